@@ -1,0 +1,26 @@
+# Every target does its own set-up from a fresh clone (python3 + make are all it needs).
+SHELL := /bin/bash
+RUN := source scripts/env.sh &&
+
+.PHONY: setup demo test bench airflow stop clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(RUN) python -m include.cxone_import.demo $(ARGS)
+
+test: setup
+	@$(RUN) python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@$(RUN) python -m include.cxone_import.bench $(ARGS)
+
+airflow: setup
+	@bash scripts/stack.sh start
+
+stop:
+	@bash scripts/stack.sh stop
+
+clean:
+	rm -rf .airflow data artifacts

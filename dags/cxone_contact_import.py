@@ -1,0 +1,102 @@
+"""
+### CXone outbound contact list import
+
+Reads a CRM export (CSV or JSON Lines), validates every record against the contact schema (E.164 phones,
+consent window, opt-in status, unique contactId), imports the valid records into a NICE CXone contact list in
+batches of at most 100, notifies the CRM webhook and writes a reconciled run report.
+
+Files of each run live under `{storage base}/runs/cxone_contact_import/{run_id}/`: `rejects.csv`,
+`audit.jsonl`, `batch_results.jsonl`, `dead_letter.jsonl`, `report.json`. See the README for the guarantees a run
+gives and what to do after a failed run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from include.cxone_import import airflow_tasks as steps
+
+IMPORT_PARALLELISM = steps.import_parallelism()
+
+
+@dag(
+    dag_id=steps.DAG_ID,
+    schedule="0 2 * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # one run at a time: the rate budget is per run (see README)
+    doc_md=__doc__,
+    tags=["cxone", "outbound", "contacts"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params={
+        "source_uri": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^([a-z][a-z0-9+.-]*://\S+|/\S+)$",
+            title="Source URI",
+            description="CRM export to import (file://, s3://, ... or an absolute path; .csv or .jsonl). "
+            "Empty: the run day's file from the cxone_source_base Variable (contacts_{ds}.csv).",
+        ),
+        "contact_list_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z0-9_-]{1,64}$",
+            title="Contact list id",
+            description="Target CXone contact list. Empty: the cxone_contact_list_id Variable.",
+        ),
+        "dry_run": Param(False, type="boolean", title="Dry run", description="Validate and chunk; send nothing."),
+        "max_consent_age_days": Param(
+            1825, type="integer", minimum=1, maximum=36500, title="Max consent age (days)",
+            description="Reject records whose consent is older than this (TCPA/GDPR window).",
+        ),
+        "batch_size": Param(
+            100, type="integer", minimum=1, maximum=100, title="Batch size",
+            description="Records per API request (CXone accepts at most 100).",
+        ),
+        "max_reject_share": Param(
+            0.25, type="number", minimum=0, maximum=1, title="Max reject share",
+            description="Fail the run (after writing rejects and report) when more than this share of rows is rejected.",
+        ),
+        "redrive_run_id": Param(
+            None, type=["null", "string"], title="Redrive run id",
+            description="Import exactly the dead-letter records of this earlier run instead of a source file.",
+        ),
+    },
+)
+def cxone_contact_import():
+    @task
+    def extract(params=None, **context):
+        return steps.extract(params, context)
+
+    @task
+    def validate(extracted: dict, params=None, **context):
+        return steps.validate(extracted, params, context)
+
+    @task
+    def chunk(validated: dict, params=None, **context):
+        return steps.chunk(validated, params, context)
+
+    @task(pool="cxone_api", max_active_tis_per_dagrun=IMPORT_PARALLELISM, retries=3)
+    def import_batches(group: dict, params=None, **context):
+        return steps.import_group(group, params, context)
+
+    @task(trigger_rule="all_done", retries=0)
+    def notify_webhook(validated: dict, params=None, **context):
+        return steps.notify(validated, params, context)
+
+    @task(trigger_rule="all_done", retries=0)
+    def report(extracted: dict, validated: dict, groups: list, webhook: dict | None, params=None, **context):
+        return steps.report(extracted, validated, groups, webhook, params, context)
+
+    extracted = extract()
+    validated = validate(extracted)
+    groups = chunk(validated)
+    imported = import_batches.expand(group=groups)
+    notified = notify_webhook(validated)
+    imported >> notified
+    report(extracted, validated, groups, notified)
+
+
+cxone_contact_import()

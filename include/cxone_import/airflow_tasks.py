@@ -1,0 +1,262 @@
+"""Task bodies of the import DAG: the one module in include/ that reads Airflow context, Variables and
+connections. Each function resolves its inputs and then calls the plain modules (pipeline, engine, report,
+webhook), which know nothing of Airflow. XCom carries only what these return: paths, counts, per-batch metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from include.cxone_import import pipeline
+from include.cxone_import.engine import GroupImporter, TransientImportError
+from include.cxone_import.report import RunFailedError, build_report, format_report, group_summaries, load_outcomes, totals
+from include.cxone_import.sources import SourceFormatError
+from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, write_jsonl
+from include.cxone_import.webhook import (
+    WebhookSender,
+    WebhookTarget,
+    batch_events,
+    delivery_summary,
+    summary_event,
+)
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "cxone_contact_import"
+STORAGE_BASE_VARIABLE = "cxone_storage_base"
+STORAGE_CONN_VARIABLE = "cxone_storage_conn_id"
+CONTACT_LIST_VARIABLE = "cxone_contact_list_id"
+SOURCE_BASE_VARIABLE = "cxone_source_base"
+SOURCE_TEMPLATE_VARIABLE = "cxone_source_template"
+DEFAULT_SOURCE_TEMPLATE = "contacts_{ds}.csv"
+CXONE_CONN_ID = "cxone_default"
+WEBHOOK_CONN_ID = "crm_webhook"
+
+
+def import_parallelism() -> int:
+    """How many import tasks of one run may run at once; the rate budget is split among them (see README)."""
+    return max(1, int(os.environ.get("CXONE_IMPORT_PARALLELISM", "4")))
+
+
+def _variable(key: str, default: Any = None) -> Any:
+    from airflow.sdk import Variable
+
+    try:
+        return Variable.get(key, default=default)
+    except Exception:  # noqa: BLE001 - a missing Variable backend in a bare test run means "not set"
+        return default
+
+
+def storage_base() -> Any:
+    from airflow.sdk import ObjectStoragePath
+
+    default = os.environ.get("CXONE_IMPORT_STORAGE_BASE") or "file://" + os.path.join(
+        os.environ.get("AIRFLOW_HOME", os.getcwd()), "cxone-data"
+    )
+    uri = _variable(STORAGE_BASE_VARIABLE, default) or default
+    conn_id = _variable(STORAGE_CONN_VARIABLE, None)
+    return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
+
+
+def layout_for(run_id: str) -> RunLayout:
+    return RunLayout.for_run(storage_base(), DAG_ID, run_id)
+
+
+def _as_path(uri: str) -> Any:
+    from airflow.sdk import ObjectStoragePath
+
+    if not urlsplit(uri).scheme:
+        uri = "file://" + os.path.abspath(uri)
+    return ObjectStoragePath(uri)
+
+
+def _run_day(context: dict[str, Any]) -> str:
+    logical = context.get("logical_date")
+    if logical is None:
+        dag_run = context.get("dag_run")
+        logical = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
+    return logical.strftime("%Y-%m-%d")
+
+
+def resolve_source(params: dict[str, Any], context: dict[str, Any]) -> Any:
+    """The source to read: a redrive's dead letters, the ``source_uri`` param, or the run day's dated file."""
+    if params.get("redrive_run_id"):
+        return layout_for(params["redrive_run_id"]).dead_letter
+    if params.get("source_uri"):
+        return _as_path(params["source_uri"])
+    base = _variable(SOURCE_BASE_VARIABLE, None) or str(storage_base() / "incoming")
+    template = _variable(SOURCE_TEMPLATE_VARIABLE, None) or DEFAULT_SOURCE_TEMPLATE
+    return _as_path(base.rstrip("/") + "/" + template.format(ds=_run_day(context)))
+
+
+def contact_list_id(params: dict[str, Any]) -> str:
+    value = params.get("contact_list_id") or _variable(CONTACT_LIST_VARIABLE, None)
+    if not value:
+        raise ValueError(
+            f"no contact list: pass the contact_list_id param or set the Airflow Variable {CONTACT_LIST_VARIABLE!r}"
+        )
+    return str(value)
+
+
+def run_info(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dag_id": DAG_ID,
+        "run_id": context["run_id"],
+        "contact_list_id": contact_list_id(params),
+        "dry_run": bool(params.get("dry_run")),
+        "redrive_run_id": params.get("redrive_run_id"),
+        "logical_date": str(context.get("logical_date")),
+    }
+
+
+# -- tasks -----------------------------------------------------------------------------------------------------
+
+
+def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    run = run_info(params, context)
+    source = resolve_source(params, context)
+    if not source.exists():
+        raise SourceFormatError(str(source), None, "source_exists", "the source file does not exist")
+    layout = layout_for(run["run_id"])
+    fmt = "jsonl" if params.get("redrive_run_id") else None
+    result = pipeline.extract(source, layout, fmt=fmt)
+    log.info("extracted %d rows from %s into %s", result["input_rows"], source, layout.root)
+    return {**result, "run": run, "run_root": str(layout.root)}
+
+
+def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    layout = layout_for(context["run_id"])
+    result = pipeline.validate(
+        layout, parts=extracted["parts"], max_consent_age_days=int(params["max_consent_age_days"])
+    )
+    log.info(
+        "validated %d rows: %d valid, %d rejected (%s); normalised %s",
+        result["input_rows"], result["valid_rows"], result["rejected_rows"], result["rejects_by_rule"], result["normalised"],
+    )
+    return result
+
+
+def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plan the mapped import: [] on a dry run (import is then skipped)."""
+    from airflow.configuration import conf
+
+    layout = layout_for(context["run_id"])
+    groups = pipeline.chunk(
+        layout,
+        parts=validated["parts"],
+        valid_rows=validated["valid_rows"],
+        contact_list_id=contact_list_id(params),
+        batch_size=int(params["batch_size"]),
+        parallelism=import_parallelism(),
+        max_map_length=conf.getint("core", "max_map_length", fallback=1024),
+    )
+    if params.get("dry_run"):
+        log.info("dry run: %d groups planned, nothing will be sent", len(groups))
+        return []
+    return [{**g, "groups_total": len(groups)} for g in groups]
+
+
+def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Send one group under this task's share of the rate budget; raise (after writing outcomes) on transient failures."""
+    from cxone_provider.hooks.cxone import CXoneHook
+    from cxone_provider.ratelimit import RateLimiter
+
+    hook = CXoneHook(cxone_conn_id=CXONE_CONN_ID)
+    concurrent_tasks = max(1, min(import_parallelism(), int(group.get("groups_total") or 1)))
+    budget = hook.requests_per_minute / concurrent_tasks
+    limiter = RateLimiter(budget)
+    layout = layout_for(context["run_id"])
+    log.info(
+        "group %d: budget %.0f requests/min (%.0f over %d concurrent tasks), %d threads",
+        group["group_index"], budget, hook.requests_per_minute, concurrent_tasks, hook.max_concurrency,
+    )
+    with hook.get_client(rate_limiter=limiter) as client:
+        summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
+            int(group["group_index"])
+        )
+    if summary["transient_failed_batches"]:
+        raise TransientImportError(
+            f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "
+            f"({summary['failed']} records); the task retry resends only those, the rest is checkpointed"
+        )
+    return summary
+
+
+def _webhook_target() -> WebhookTarget | None:
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(WEBHOOK_CONN_ID)
+    except Exception:  # noqa: BLE001 - no connection configured means no webhook
+        log.warning("no %s connection: webhook events are not sent", WEBHOOK_CONN_ID)
+        return None
+    extra = dict(conn.extra_dejson)
+    host = conn.host or ""
+    if "://" in host:
+        url = host.rstrip("/")
+    else:
+        url = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
+    path = extra.get("endpoint") or extra.get("path") or ""
+    if path:
+        url = url.rstrip("/") + "/" + str(path).lstrip("/")
+    return WebhookTarget(
+        url=url,
+        secret=conn.password or extra.get("signing_secret") or None,
+        timeout_s=float(extra.get("timeout", 5)),
+        verify=str(extra.get("verify_ssl", "true")).lower() not in ("false", "0", "no"),
+        max_attempts=int(extra.get("max_attempts", 4)),
+        backoff_base_s=float(extra.get("backoff_base_s", 0.5)),
+    )
+
+
+def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """One event per batch, then the run summary; failures are recorded, never raised."""
+    layout = layout_for(context["run_id"])
+    run = run_info(params, context)
+    summaries = group_summaries(layout)
+    metrics = [m for s in summaries for m in s["batch_metrics"]]
+    audit_by_batch = {
+        entry["batchId"]: entry
+        for part in list_files(layout.root / "audit", "import-group-*.jsonl")
+        for entry in iter_jsonl(part)
+    }
+    numbers = totals(validated, load_outcomes(layout), summaries)
+    events = batch_events(metrics, audit_by_batch, context["run_id"])
+    events.append(summary_event(context["run_id"], numbers, run))
+    target = _webhook_target()
+    if target is None:
+        return {"events": len(events), "delivered": 0, "failed": len(events), "errors": ["no crm_webhook connection"]}
+    deliveries = WebhookSender(target).send_all(events)
+    summary = delivery_summary(deliveries)
+    write_jsonl(layout.audit_part("webhook"), summary.pop("audit"))
+    log.info("webhook: %d of %d events delivered", summary["delivered"], summary["events"])
+    return summary
+
+
+def report(
+    extracted: dict[str, Any],
+    validated: dict[str, Any],
+    groups: list[dict[str, Any]],
+    webhook: dict[str, Any] | None,
+    params: dict[str, Any],
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    layout = layout_for(context["run_id"])
+    result = build_report(
+        layout,
+        run=run_info(params, context),
+        extracted=extracted,
+        validated=validated,
+        groups=groups,
+        webhook=webhook,
+        max_reject_share=params.get("max_reject_share"),
+    )
+    text = format_report(result)
+    log.info("\n%s", text)
+    if result["problems"]:
+        raise RunFailedError("; ".join(result["problems"]))
+    return {k: result[k] for k in ("status", "totals", "files", "reconciliation", "reject_share")}

@@ -1,0 +1,340 @@
+"""The import engine: send one group of batches concurrently, lose nothing, create nothing twice.
+
+Every record of the group ends in exactly one outcome: ``imported``, ``duplicate`` or ``failed``.
+
+- A batch's outcome is checkpointed as soon as it is known; a re-run skips acknowledged batches.
+- Before a batch is sent an in-flight marker is written; if a later attempt finds the marker (the earlier one was
+  sent but its answer never arrived), the duplicates the server reports for it are our own records from that
+  attempt, so they count as ``imported``.
+- A 409 (atomic: nothing created) sets aside the duplicates the server names and sends the rest again; when it
+  names none the batch is split in halves until each duplicate is isolated. A 400 is handled the same way, the
+  records the server names (or isolates) ending ``failed`` with the server's reason.
+- Errors left after the client's retries (rate limit, 5xx, connection) fail the batch *transiently*: nothing is
+  checkpointed, the task raises at the end, and Airflow's retry of the task sends only those batches again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import pandas as pd
+
+from include.cxone_import.storage import RunLayout, read_json, read_parquet, write_json, write_jsonl, write_parquet
+
+log = logging.getLogger(__name__)
+
+IMPORTED, DUPLICATE, FAILED = "imported", "duplicate", "failed"
+OUTCOMES = (IMPORTED, DUPLICATE, FAILED)
+
+
+class BatchClient(Protocol):
+    """What the engine needs of ``cxone_provider.client.CXoneClient``."""
+
+    def import_batch(self, contact_list_id: str, records: Sequence[dict[str, Any]]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Row:
+    row_number: int
+    contact_id: str
+    record: dict[str, Any]
+
+
+@dataclass
+class BatchMetrics:
+    """Per-batch metrics: small, no personal data (they go to XCom, webhooks and the audit log)."""
+
+    batch_id: str
+    batch_index: int
+    records: int
+    imported: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    confirmed_on_retry: int = 0
+    status: str = "pending"
+    latency_ms: float = 0.0
+    attempts: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    request_ids: list[str] = field(default_factory=list)
+    error: str | None = None
+    transient: bool = False
+    resumed: bool = False
+    started_at: str = ""
+    finished_at: str = ""
+
+
+class TransientImportError(RuntimeError):
+    """Some batches could not be sent after the client's retries; the task should be retried."""
+
+
+class CheckpointStore:
+    """Batch outcomes and in-flight markers as small JSON objects under the run's storage prefix."""
+
+    def __init__(self, layout: RunLayout) -> None:
+        self._layout = layout
+
+    def load(self, batch_id: str) -> dict[str, Any] | None:
+        path = self._layout.checkpoint(batch_id)
+        return read_json(path) if path.exists() else None
+
+    def save(self, batch_id: str, payload: dict[str, Any]) -> None:
+        write_json(self._layout.checkpoint(batch_id), payload)
+        self.clear_inflight(batch_id)
+
+    def mark_inflight(self, batch_id: str) -> None:
+        write_json(self._layout.inflight(batch_id), {"batch_id": batch_id, "since": _now()})
+
+    def was_inflight(self, batch_id: str) -> bool:
+        return self._layout.inflight(batch_id).exists()
+
+    def clear_inflight(self, batch_id: str) -> None:
+        path = self._layout.inflight(batch_id)
+        if path.exists():
+            path.unlink()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class GroupImporter:
+    """Imports one group file's batches with bounded concurrency (the client holds the rate limiter)."""
+
+    def __init__(
+        self,
+        client: BatchClient,
+        contact_list_id: str,
+        layout: RunLayout,
+        *,
+        concurrency: int = 8,
+    ) -> None:
+        from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
+
+        self._client = client
+        self._contact_list_id = contact_list_id
+        self._layout = layout
+        self._checkpoints = CheckpointStore(layout)
+        self._concurrency = max(1, concurrency)
+        self._conflict, self._validation, self._cxone_error = CXoneConflictError, CXoneValidationError, CXoneError
+
+    def run(self, group_index: int) -> dict[str, Any]:
+        """Import the group; write its outcomes, batch metrics and audit entries; return the group summary."""
+        frame = read_parquet(self._layout.group_file(group_index))
+        batches = [(int(i), str(b), members) for (i, b), members in frame.groupby(["batch_index", "batch_id"], sort=True)]
+        log.info("group %d: %d records in %d batches, concurrency %d", group_index, len(frame), len(batches), self._concurrency)
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}") as pool:
+            results = list(pool.map(lambda b: self._import_batch(*b), batches))
+        elapsed = time.monotonic() - started
+        outcomes = pd.DataFrame(
+            [o for _, batch_outcomes in results for o in batch_outcomes],
+            columns=["row_number", "contact_id", "outcome", "batch_id", "detail"],
+        ).astype({"row_number": "int64"})
+        metrics = [m for m, _ in results]
+        write_parquet(self._layout.outcome_file(group_index), outcomes)
+        write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), (_audit_entry(m) for m in metrics))
+        counts = outcomes["outcome"].value_counts()
+        summary = {
+            "group_index": group_index,
+            "records": len(frame),
+            "batches": len(metrics),
+            **{name: int(counts.get(name, 0)) for name in OUTCOMES},
+            "transient_failed_batches": sum(1 for m in metrics if m.transient),
+            "resumed_batches": sum(1 for m in metrics if m.resumed),
+            "requests": sum(m.requests for m in metrics),
+            "rate_limited": sum(m.rate_limited for m in metrics),
+            "seconds": round(elapsed, 3),
+            "batch_metrics": [asdict(m) for m in metrics],
+        }
+        write_json(self._layout.outcome_file(group_index).with_suffix(".json"), summary)
+        log.info(
+            "group %d done in %.1fs: %d imported, %d duplicate, %d failed, %d requests, %d answered 429",
+            group_index, elapsed, summary[IMPORTED], summary[DUPLICATE], summary[FAILED], summary["requests"],
+            summary["rate_limited"],
+        )
+        return summary
+
+    # -- one batch ---------------------------------------------------------------------------------------------
+
+    def _import_batch(self, batch_index: int, batch_id: str, members: pd.DataFrame) -> tuple[BatchMetrics, list]:
+        metrics = BatchMetrics(batch_id=batch_id, batch_index=batch_index, records=len(members), started_at=_now())
+        checkpoint = self._checkpoints.load(batch_id)
+        if checkpoint is not None:
+            metrics = BatchMetrics(**{**checkpoint["metrics"], "resumed": True})
+            log.info("batch %s already acknowledged (%s); skipped", batch_id, metrics.status)
+            return metrics, [tuple(o) for o in checkpoint["outcomes"]]
+        rows = [
+            Row(int(r), str(c), json.loads(j))
+            for r, c, j in zip(members["row_number"], members["contact_id"], members["record_json"], strict=True)
+        ]
+        uncertain = self._checkpoints.was_inflight(batch_id)
+        self._checkpoints.mark_inflight(batch_id)
+        outcomes: list[tuple[int, str, str, str, str]] = []
+        self._send(batch_id, rows, uncertain, metrics, outcomes)
+        metrics.finished_at = _now()
+        for name, attr in ((IMPORTED, "imported"), (DUPLICATE, "duplicates"), (FAILED, "failed")):
+            setattr(metrics, attr, sum(1 for o in outcomes if o[2] == name))
+        metrics.status = "failed" if metrics.failed == metrics.records else ("partial" if metrics.failed else "success")
+        if metrics.transient:
+            # Outcome not final: no checkpoint, so the task's retry sends this batch again.
+            log.warning("batch %s failed transiently after %d attempts: %s", batch_id, metrics.attempts, metrics.error)
+        else:
+            self._checkpoints.save(batch_id, {"metrics": asdict(metrics), "outcomes": outcomes})
+        return metrics, outcomes
+
+    def _send(
+        self, batch_id: str, rows: list[Row], uncertain: bool, metrics: BatchMetrics, outcomes: list
+    ) -> None:
+        metrics.requests += 1
+        try:
+            result = self._client.import_batch(self._contact_list_id, [r.record for r in rows])
+        except self._conflict as exc:
+            self._account_call(metrics, exc)
+            self._isolate(batch_id, rows, uncertain or exc.outcome_uncertain, metrics, outcomes, exc.duplicates, DUPLICATE)
+            return
+        except self._validation as exc:
+            self._account_call(metrics, exc)
+            named = [_ErrorItem.parse(e) for e in (exc.errors or [])]
+            self._isolate(batch_id, rows, uncertain, metrics, outcomes, named, FAILED, reason=str(exc))
+            return
+        except self._cxone_error as exc:
+            self._account_call(metrics, exc)
+            metrics.transient = True
+            metrics.error = str(exc)
+            created_earlier = any(o[2] == IMPORTED for o in outcomes)
+            if not (exc.outcome_uncertain or uncertain or created_earlier):
+                # A definitive refusal and nothing of this batch created: the retry starts clean.
+                self._checkpoints.clear_inflight(batch_id)
+            outcomes.extend((r.row_number, r.contact_id, FAILED, batch_id, str(exc)) for r in rows)
+            return
+        self._account_call(metrics, result)
+        if result.request_id:
+            metrics.request_ids.append(result.request_id)
+        metrics.latency_ms += result.latency_ms
+        uncertain = uncertain or result.outcome_uncertain
+        duplicates = _named_indexes(rows, result.duplicates)
+        for i, row in enumerate(rows):
+            if i in duplicates:
+                if uncertain:
+                    metrics.confirmed_on_retry += 1
+                    outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, "confirmed_on_retry"))
+                else:
+                    outcomes.append((row.row_number, row.contact_id, DUPLICATE, batch_id, duplicates[i]))
+            else:
+                outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, ""))
+        expected = len(rows) - len(duplicates)
+        if result.created != expected:
+            log.warning("batch %s: server says %d created, expected %d", batch_id, result.created, expected)
+
+    def _isolate(
+        self,
+        batch_id: str,
+        rows: list[Row],
+        uncertain: bool,
+        metrics: BatchMetrics,
+        outcomes: list,
+        named_items: Sequence[Any],
+        outcome: str,
+        reason: str = "",
+    ) -> None:
+        """Set aside the records the server named (or find them by halving) and send the rest again."""
+        named = _named_indexes(rows, named_items)
+        if named:
+            for i, detail in named.items():
+                row = rows[i]
+                if outcome == DUPLICATE and uncertain:
+                    metrics.confirmed_on_retry += 1
+                    outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, "confirmed_on_retry"))
+                else:
+                    outcomes.append((row.row_number, row.contact_id, outcome, batch_id, detail or reason))
+            rest = [r for i, r in enumerate(rows) if i not in named]
+            if rest:
+                self._send(batch_id, rest, uncertain, metrics, outcomes)
+        elif len(rows) == 1:
+            row = rows[0]
+            if outcome == DUPLICATE and uncertain:
+                metrics.confirmed_on_retry += 1
+                outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, "confirmed_on_retry"))
+            else:
+                outcomes.append((row.row_number, row.contact_id, outcome, batch_id, reason or "duplicate"))
+        else:
+            middle = len(rows) // 2
+            self._send(batch_id, rows[:middle], uncertain, metrics, outcomes)
+            self._send(batch_id, rows[middle:], uncertain, metrics, outcomes)
+
+    @staticmethod
+    def _account_call(metrics: BatchMetrics, result: Any) -> None:
+        metrics.attempts += int(getattr(result, "attempts", 1) or 1)
+        metrics.rate_limited += int(getattr(result, "rate_limited", 0) or 0)
+        request_id = getattr(result, "request_id", None)
+        if request_id and not hasattr(result, "created"):
+            metrics.request_ids.append(request_id)
+
+
+@dataclass(frozen=True)
+class _ErrorItem:
+    """A 400's field error, reduced to what isolates a record."""
+
+    index: int | None
+    contact_id: str | None
+    message: str
+
+    @classmethod
+    def parse(cls, item: Any) -> _ErrorItem:
+        if not isinstance(item, dict):
+            return cls(None, None, str(item))
+        index = item.get("index")
+        text = " ".join(str(item[k]) for k in ("field", "code", "message") if item.get(k))
+        return cls(index if isinstance(index, int) else None, item.get("contactId"), text)
+
+
+def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
+    """Map warnings/errors naming records (by index in this request and/or contactId) to row positions."""
+    by_id: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_id.setdefault(row.contact_id, []).append(i)
+    named: dict[int, str] = {}
+    for item in items:
+        index = getattr(item, "index", None)
+        contact_id = getattr(item, "contact_id", None)
+        detail = getattr(item, "code", None) or getattr(item, "message", "") or ""
+        if isinstance(index, int) and 0 <= index < len(rows) and (contact_id is None or rows[index].contact_id == contact_id):
+            named[index] = detail
+        elif contact_id is not None and contact_id in by_id:
+            for i in by_id[contact_id]:
+                named[i] = detail
+    return named
+
+
+def _audit_entry(metrics: BatchMetrics) -> dict[str, Any]:
+    return {
+        "auditId": str(uuid.uuid4()),
+        "timestamp": metrics.finished_at or _now(),
+        "kind": "batch",
+        "batchId": metrics.batch_id,
+        "batchIndex": metrics.batch_index,
+        "recordCount": metrics.records,
+        "status": metrics.status if not metrics.transient else "failed_transient",
+        "latencyMs": round(metrics.latency_ms, 2),
+        "details": {
+            "imported": metrics.imported,
+            "duplicates": metrics.duplicates,
+            "failed": metrics.failed,
+            "confirmedOnRetry": metrics.confirmed_on_retry,
+            "attempts": metrics.attempts,
+            "requests": metrics.requests,
+            "rateLimited": metrics.rate_limited,
+            "requestIds": metrics.request_ids[:10],
+            "error": metrics.error,
+            "resumed": metrics.resumed,
+        },
+    }

@@ -1,0 +1,228 @@
+"""The extract, validate and chunk steps: plain functions over storage paths, streaming chunk by chunk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from include.cxone_import.masking import neutralise_formulas
+from include.cxone_import.payloads import record_json
+from include.cxone_import.schema import REJECT_COLUMNS, ContactRecordSchema, SeenContactIds, validate_chunk
+from include.cxone_import.sources import ROW_NUMBER, iter_canonical_chunks
+from include.cxone_import.storage import RunLayout, ensure_parent, read_parquet, write_jsonl, write_parquet
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_SIZE = 100
+MAX_BATCHES_PER_GROUP = 500
+GROUP_SCHEMA = pa.schema(
+    [
+        (ROW_NUMBER, pa.int64()),
+        ("batch_index", pa.int64()),
+        ("batch_id", pa.string()),
+        ("contact_id", pa.string()),
+        ("record_json", pa.string()),
+    ]
+)
+
+
+def extract(source: Any, layout: RunLayout, *, fmt: str | None = None, chunk_rows: int = 200_000) -> dict[str, Any]:
+    """Read the source in chunks into canonical parquet parts under the run."""
+    parts: list[str] = []
+    rows = 0
+    for n, frame in enumerate(iter_canonical_chunks(source, fmt=fmt, chunk_rows=chunk_rows)):
+        path = layout.extract_part(n)
+        write_parquet(path, frame)
+        parts.append(str(path))
+        rows += len(frame)
+        log.info("extracted part %d: %d rows (total %d)", n, len(frame), rows)
+    return {"source_uri": str(source), "parts": len(parts), "input_rows": rows}
+
+
+def validate(
+    layout: RunLayout,
+    *,
+    parts: int,
+    max_consent_age_days: int,
+    as_of: datetime | None = None,
+) -> dict[str, Any]:
+    """Validate every extracted part; write valid parts, the rejects files and the rejection audit entries."""
+    schema = ContactRecordSchema.policy(max_consent_age_days, as_of or datetime.now(timezone.utc))
+    seen = SeenContactIds()
+    totals = {"input_rows": 0, "valid_rows": 0, "rejected_rows": 0, "reject_entries": 0}
+    normalised: dict[str, int] = {}
+    by_rule: dict[str, int] = {}
+    reject_frames: list[pd.DataFrame] = []
+    started = datetime.now(timezone.utc)
+    for n in range(parts):
+        frame = read_parquet(layout.extract_part(n))
+        result = validate_chunk(frame, schema, seen)
+        write_parquet(layout.valid_part(n), result.valid)
+        totals["input_rows"] += len(frame)
+        totals["valid_rows"] += len(result.valid)
+        totals["rejected_rows"] += result.rejected_rows
+        totals["reject_entries"] += len(result.rejects)
+        for how, count in result.normalised.items():
+            normalised[how] = normalised.get(how, 0) + count
+        for rule, count in result.rejects["rule"].value_counts().items():
+            by_rule[str(rule)] = by_rule.get(str(rule), 0) + int(count)
+        reject_frames.append(result.rejects)
+        log.info(
+            "validated part %d: %d rows, %d valid, %d rejected", n, len(frame), len(result.valid), result.rejected_rows
+        )
+    rejects = pd.concat(reject_frames, ignore_index=True) if reject_frames else pd.DataFrame(columns=REJECT_COLUMNS)
+    _write_rejects(layout, rejects)
+    elapsed = (datetime.now(timezone.utc) - started).total_seconds()
+    return {
+        **totals,
+        "normalised": normalised,
+        "rejects_by_rule": dict(sorted(by_rule.items())),
+        "rejects_csv": str(layout.rejects_csv),
+        "parts": parts,
+        "validation_seconds": round(elapsed, 3),
+    }
+
+
+def _write_rejects(layout: RunLayout, rejects: pd.DataFrame) -> None:
+    """rejects.parquet (for reconciliation), rejects.csv (for people, formula-safe), audit entries per record."""
+    rejects = rejects.astype({"row_number": "int64"})
+    write_parquet(layout.rejects_parquet, rejects)
+    ensure_parent(layout.rejects_csv)
+    with layout.rejects_csv.open("w") as handle:
+        neutralise_formulas(rejects).to_csv(handle, index=False)
+    now = datetime.now(timezone.utc).isoformat()
+    grouped = rejects.groupby("row_number", sort=True)
+    write_jsonl(
+        layout.audit_part("rejects"),
+        (
+            {
+                "auditId": str(uuid.uuid4()),
+                "timestamp": now,
+                "kind": "record",
+                "status": "validation_failed",
+                "rowNumber": int(row_number),
+                "contactId": group["contact_id"].iloc[0] if pd.notna(group["contact_id"].iloc[0]) else None,
+                "latencyMs": None,
+                "details": {"rules": sorted(set(group["rule"])), "columns": sorted(set(group["column"]))},
+            }
+            for row_number, group in grouped
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """How the valid records split into batches and mapped import tasks."""
+
+    batches: int
+    groups: int
+    batches_per_group: int
+
+    @classmethod
+    def plan(cls, valid_rows: int, batch_size: int, parallelism: int, max_map_length: int) -> GroupPlan:
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+        batches = math.ceil(valid_rows / batch_size)
+        if batches == 0:
+            return cls(0, 0, 0)
+        wanted = max(parallelism, math.ceil(batches / MAX_BATCHES_PER_GROUP))
+        groups = max(1, min(wanted, batches, max_map_length))
+        per_group = math.ceil(batches / groups)
+        return cls(batches, math.ceil(batches / per_group), per_group)
+
+
+def batch_id(contact_list_id: str, contact_ids: list[str]) -> str:
+    """Deterministic: the same list and the same records (in order) give the same id, run after run."""
+    digest = hashlib.sha256(contact_list_id.encode())
+    for contact_id in contact_ids:
+        digest.update(b"\x1f" + contact_id.encode())
+    return digest.hexdigest()[:24]
+
+
+def chunk(
+    layout: RunLayout,
+    *,
+    parts: int,
+    valid_rows: int,
+    contact_list_id: str,
+    batch_size: int,
+    parallelism: int,
+    max_map_length: int,
+) -> list[dict[str, Any]]:
+    """Number the valid records into batches, stream them into one file per import group, write the manifest."""
+    plan = GroupPlan.plan(valid_rows, batch_size, parallelism, max_map_length)
+    rows_per_group = plan.batches_per_group * batch_size
+    writers: dict[int, pq.ParquetWriter] = {}
+    handles: dict[int, Any] = {}
+    manifest: list[pd.DataFrame] = []
+    position = 0  # index of the next valid record across all parts
+    groups: dict[int, dict[str, Any]] = {}
+    try:
+        for n in range(parts):
+            frame = read_parquet(layout.valid_part(n))
+            if not len(frame):
+                continue
+            positions = np.arange(position, position + len(frame))
+            position += len(frame)
+            frame.insert(1, "batch_index", (positions // batch_size).astype("int64"))
+            ids = frame.groupby("batch_index", sort=True)["contact_id"].agg(list)
+            frame["batch_id"] = frame["batch_index"].map({b: batch_id(contact_list_id, c) for b, c in ids.items()})
+            frame["group_index"] = (positions // rows_per_group).astype("int64")
+            payload = pd.DataFrame(
+                {
+                    ROW_NUMBER: frame[ROW_NUMBER].to_numpy(),
+                    "batch_index": frame["batch_index"].to_numpy(),
+                    "batch_id": frame["batch_id"].to_numpy(),
+                    "contact_id": frame["contact_id"].to_numpy(),
+                    "record_json": record_json(frame),
+                }
+            )
+            for group_index, members in payload.groupby(frame["group_index"].to_numpy(), sort=True):
+                table = pa.Table.from_pandas(members, schema=GROUP_SCHEMA, preserve_index=False)
+                if group_index not in writers:
+                    path = layout.group_file(int(group_index))
+                    ensure_parent(path)
+                    handles[group_index] = path.open("wb")
+                    writers[group_index] = pq.ParquetWriter(handles[group_index], GROUP_SCHEMA)
+                writers[group_index].write_table(table)
+                info = groups.setdefault(
+                    int(group_index),
+                    {"group_index": int(group_index), "path": str(layout.group_file(int(group_index))), "records": 0},
+                )
+                info["records"] += len(members)
+            manifest.append(
+                frame.groupby("batch_index", sort=True).agg(
+                    batch_id=("batch_id", "first"),
+                    group_index=("group_index", "first"),
+                    records=(ROW_NUMBER, "size"),
+                    first_row=(ROW_NUMBER, "min"),
+                    last_row=(ROW_NUMBER, "max"),
+                ).reset_index()
+            )
+    finally:
+        for writer in writers.values():
+            writer.close()
+        for handle in handles.values():
+            handle.close()
+    if manifest:
+        batches = pd.concat(manifest, ignore_index=True)
+        batches = batches.groupby("batch_index", sort=True).agg(
+            batch_id=("batch_id", "first"), group_index=("group_index", "first"), records=("records", "sum"),
+            first_row=("first_row", "min"), last_row=("last_row", "max"),
+        ).reset_index()
+        write_parquet(layout.batch_manifest, batches)
+        counts = batches.groupby("group_index")["batch_index"].size()
+        for group_index, info in groups.items():
+            info["batches"] = int(counts[group_index])
+    log.info("chunked %d records into %d batches of <= %d in %d groups", valid_rows, plan.batches, batch_size, len(groups))
+    return [groups[g] for g in sorted(groups)]

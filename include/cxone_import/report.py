@@ -1,0 +1,241 @@
+"""Run report: totals, latency, reconciliation by record id sets, dead letters and the assembled audit log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
+from include.cxone_import.storage import (
+    RunLayout,
+    ensure_parent,
+    iter_jsonl,
+    list_files,
+    read_json,
+    read_parquet,
+    write_json,
+    write_jsonl,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ReconciliationError(RuntimeError):
+    """Input records and accounted outcomes do not match one-to-one."""
+
+
+class RunFailedError(RuntimeError):
+    """The run finished and wrote its report, but its result needs a person (failed records, too many rejects)."""
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """input = imported + duplicate + rejected + failed, checked on row-number sets."""
+
+    ok: bool
+    input_rows: int
+    accounted: int
+    missing: list[int]
+    double_counted: list[int]
+    unknown: list[int]
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"all {self.input_rows} input records accounted for exactly once"
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} input rows have no outcome (first rows: {self.missing[:10]})")
+        if self.double_counted:
+            parts.append(f"{len(self.double_counted)} rows have more than one outcome (first rows: {self.double_counted[:10]})")
+        if self.unknown:
+            parts.append(f"{len(self.unknown)} outcomes name rows not in the input (first rows: {self.unknown[:10]})")
+        return "; ".join(parts)
+
+
+def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
+    return [read_json(p) for p in list_files(layout.root / "outcomes", "group-*.json")]
+
+
+def load_outcomes(layout: RunLayout) -> pd.DataFrame:
+    frames = [read_parquet(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
+    if not frames:
+        return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
+    return pd.concat(frames, ignore_index=True)
+
+
+def reconcile(layout: RunLayout, *, extract_parts: int, outcomes: pd.DataFrame) -> Reconciliation:
+    """Compare the set of input row numbers with rejected + imported + duplicate + failed row numbers."""
+    inputs = np.concatenate(
+        [read_parquet(layout.extract_part(n), columns=["row_number"])["row_number"].to_numpy() for n in range(extract_parts)]
+        or [np.empty(0, dtype=np.int64)]
+    )
+    rejected = np.unique(read_parquet(layout.rejects_parquet, columns=["row_number"])["row_number"].to_numpy())
+    accounted = np.concatenate([rejected, outcomes["row_number"].to_numpy(dtype=np.int64)])
+    values, counts = np.unique(accounted, return_counts=True)
+    input_unique = np.unique(inputs)
+    return Reconciliation(
+        ok=bool(len(inputs) == len(accounted) and len(values) == len(accounted) and np.array_equal(values, input_unique)),
+        input_rows=int(len(inputs)),
+        accounted=int(len(accounted)),
+        missing=[int(x) for x in np.setdiff1d(input_unique, values)[:1000]],
+        double_counted=[int(x) for x in values[counts > 1][:1000]],
+        unknown=[int(x) for x in np.setdiff1d(values, input_unique)[:1000]],
+    )
+
+
+def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and latency over the whole run; success rate is over ALL input records, rejected included."""
+    counts = outcomes["outcome"].value_counts() if len(outcomes) else pd.Series(dtype="int64")
+    metrics = [m for s in summaries for m in s["batch_metrics"] if not m.get("resumed")]
+    all_metrics = [m for s in summaries for m in s["batch_metrics"]]
+    latencies = np.array([m["latency_ms"] for m in all_metrics if m["latency_ms"] > 0], dtype=float)
+    input_rows = int(validated["input_rows"])
+    imported, duplicates, failed = (int(counts.get(k, 0)) for k in (IMPORTED, DUPLICATE, FAILED))
+    on_server = imported + duplicates
+    return {
+        "input": input_rows,
+        "rejected": int(validated["rejected_rows"]),
+        "valid": int(validated["valid_rows"]),
+        "imported": imported,
+        "duplicates": duplicates,
+        "failed": failed,
+        "confirmed_on_retry": sum(int(m.get("confirmed_on_retry", 0)) for m in all_metrics),
+        "success_rate_percent": round(100.0 * on_server / input_rows, 2) if input_rows else 0.0,
+        "import_rate_percent": round(100.0 * imported / input_rows, 2) if input_rows else 0.0,
+        "batches": len(all_metrics),
+        "batches_resumed": len(all_metrics) - len(metrics),
+        "requests": sum(int(m["requests"]) for m in metrics),
+        "attempts": sum(int(m["attempts"]) for m in metrics),
+        "rate_limited": sum(int(m["rate_limited"]) for m in metrics),
+        "average_batch_latency_ms": round(float(latencies.mean()), 2) if len(latencies) else 0.0,
+        "p95_batch_latency_ms": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else 0.0,
+    }
+
+
+def write_dead_letter(layout: RunLayout, outcomes: pd.DataFrame, groups: list[dict[str, Any]]) -> int:
+    """Failed records in the API record shape plus their row and last error, ready for a redrive run."""
+    failed = outcomes[outcomes["outcome"] == FAILED]
+    ensure_parent(layout.dead_letter)
+    written = 0
+    with layout.dead_letter.open("w") as handle:
+        if len(failed):
+            wanted = set(failed["row_number"].astype("int64"))
+            errors = dict(zip(failed["row_number"].astype("int64"), failed["detail"], strict=True))
+            for group in groups:
+                frame = read_parquet(layout.group_file(int(group["group_index"])), columns=["row_number", "record_json"])
+                for row_number, record_json in zip(frame["row_number"], frame["record_json"], strict=True):
+                    if int(row_number) in wanted:
+                        record = json.loads(record_json)
+                        record["_sourceRowNumber"] = int(row_number)
+                        record["_lastError"] = errors[int(row_number)]
+                        handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+                        written += 1
+    return written
+
+
+def assemble_audit_log(layout: RunLayout, extra_entries: list[dict[str, Any]]) -> int:
+    """One JSON Lines audit log per run: rejected records, batches, webhook deliveries."""
+    def entries():
+        for part in list_files(layout.root / "audit", "*.jsonl"):
+            yield from iter_jsonl(part)
+        yield from extra_entries
+
+    return write_jsonl(layout.audit_log, entries())
+
+
+def build_report(
+    layout: RunLayout,
+    *,
+    run: dict[str, Any],
+    extracted: dict[str, Any],
+    validated: dict[str, Any],
+    groups: list[dict[str, Any]],
+    webhook: dict[str, Any] | None,
+    max_reject_share: float | None = None,
+) -> dict[str, Any]:
+    """Write report.json, the dead-letter file and the audit log; raise if the run's result needs a person."""
+    outcomes = load_outcomes(layout)
+    summaries = group_summaries(layout)
+    reconciliation = reconcile(layout, extract_parts=int(extracted["parts"]), outcomes=outcomes)
+    numbers = totals(validated, outcomes, summaries)
+    dead_letters = write_dead_letter(layout, outcomes, groups)
+    webhook = webhook or {"events": 0, "delivered": 0, "failed": 0, "audit": []}
+    audit_entries = assemble_audit_log(layout, webhook.get("audit", []))
+    reject_share = numbers["rejected"] / numbers["input"] if numbers["input"] else 0.0
+    problems: list[str] = []
+    if not reconciliation.ok:
+        problems.append("reconciliation failed: " + reconciliation.describe())
+    if numbers["failed"]:
+        problems.append(
+            f"{numbers['failed']} records failed to import; they are in {layout.dead_letter} with their last error "
+            f"(trigger a run with redrive_run_id={run.get('run_id')!r} to send exactly those again)"
+        )
+    if max_reject_share is not None and reject_share > max_reject_share:
+        problems.append(
+            f"{numbers['rejected']} of {numbers['input']} rows rejected ({reject_share:.1%}), over max_reject_share "
+            f"{max_reject_share:.1%}; see {layout.rejects_csv}"
+        )
+    report = {
+        "run": run,
+        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "source_uri": extracted.get("source_uri"),
+        "totals": numbers,
+        "reject_share": round(reject_share, 4),
+        "rejects_by_rule": validated.get("rejects_by_rule", {}),
+        "normalised": validated.get("normalised", {}),
+        "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
+        "webhook": {k: v for k, v in webhook.items() if k != "audit"},
+        "timings_seconds": {"validation": validated.get("validation_seconds")},
+        "files": {
+            "report": str(layout.report),
+            "rejects_csv": str(layout.rejects_csv),
+            "audit_log": str(layout.audit_log),
+            "dead_letter": str(layout.dead_letter),
+            "batch_results": str(layout.batch_results),
+        },
+        "audit_entries": audit_entries,
+        "dead_letters": dead_letters,
+        "status": "failed" if problems else "success",
+        "problems": problems,
+    }
+    write_jsonl(
+        layout.batch_results,
+        (m for s in sorted(summaries, key=lambda s: s["group_index"]) for m in s["batch_metrics"]),
+    )
+    write_json(layout.report, report)
+    log.info(
+        "report: input %d, rejected %d, imported %d, duplicates %d, failed %d, success rate %.2f%%",
+        numbers["input"], numbers["rejected"], numbers["imported"], numbers["duplicates"], numbers["failed"],
+        numbers["success_rate_percent"],
+    )
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a person reads it at the end of a run."""
+    t = report["totals"]
+    lines = [
+        f"CXone import report ({report['status'].upper()})  run {report['run'].get('run_id')}",
+        f"  source            {report.get('source_uri')}",
+        f"  contact list      {report['run'].get('contact_list_id')}",
+        f"  input records     {t['input']}",
+        f"  rejected          {t['rejected']}  {report.get('rejects_by_rule')}",
+        f"  imported          {t['imported']}  (confirmed on retry: {t['confirmed_on_retry']})",
+        f"  duplicates        {t['duplicates']}",
+        f"  failed            {t['failed']}",
+        f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates)",
+        f"  batches           {t['batches']} ({t['batches_resumed']} resumed), {t['requests']} requests, {t['rate_limited']} answered 429",
+        f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",
+        f"  normalised        {report.get('normalised') or 'nothing'}",
+        f"  reconciliation    {report['reconciliation']['detail']}",
+        f"  webhook           {report['webhook'].get('delivered', 0)} of {report['webhook'].get('events', 0)} events delivered",
+    ]
+    lines += [f"  {name:<17} {path}" for name, path in report["files"].items()]
+    lines += [f"  PROBLEM: {p}" for p in report.get("problems", [])]
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""Read CRM exports (CSV or JSON Lines) in bounded chunks into the canonical record frame.
+
+The canonical frame has one row per input record and only string columns besides ``row_number``:
+``contact_id``, ``consent_timestamp``, ``opt_in_status``, one ``phone_<type>`` column per phone type and one
+``cf_<name>`` column per custom field. Nothing is judged here (that is the schema's job) except problems of the
+file as a whole, which raise :class:`SourceFormatError` naming the file, the column and the rule.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterator
+from typing import IO, Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+REQUIRED_COLUMNS = ("contact_id", "consent_timestamp", "opt_in_status")
+PHONE_PREFIX = "phone_"
+CUSTOM_PREFIX = "cf_"
+CSV_PHONE_SUFFIX = "_phone"
+ROW_NUMBER = "row_number"
+SOURCE_ERROR = "source_error"
+DEFAULT_CHUNK_ROWS = 200_000
+_CSV_BLOCK_BYTES = 8 << 20
+_TYPE_SAFE = re.compile(r"[^a-z0-9]+")
+
+
+class SourceFormatError(ValueError):
+    """The source file as a whole cannot be read as a contact list."""
+
+    def __init__(self, source: str, column: str | None, rule: str, message: str) -> None:
+        self.source, self.column, self.rule = source, column, rule
+        where = f" column {column!r}" if column else ""
+        super().__init__(f"{source}:{where} [{rule}] {message}")
+
+
+class ReadablePath(Protocol):
+    """What we need of an ObjectStoragePath / UPath / pathlib.Path."""
+
+    name: str
+
+    def open(self, mode: str = ...) -> IO[Any]: ...
+
+
+def detect_format(path: ReadablePath) -> str:
+    """``csv`` or ``jsonl`` from the file name."""
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith((".csv", ".txt")):
+        return "csv"
+    raise SourceFormatError(str(path), None, "file_format", "unknown file type: name it .csv or .jsonl")
+
+
+def iter_canonical_chunks(
+    path: ReadablePath, *, fmt: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """Yield canonical frames of at most about ``chunk_rows`` rows, in file order, numbered from 1."""
+    fmt = fmt or detect_format(path)
+    if fmt == "csv":
+        yield from _iter_csv(path, chunk_rows)
+    elif fmt == "jsonl":
+        yield from _iter_jsonl(path, chunk_rows)
+    else:
+        raise SourceFormatError(str(path), None, "file_format", f"unsupported format {fmt!r}")
+
+
+def phone_type_of(column: str) -> str:
+    """``phone_mobile`` -> ``mobile`` (the API's phone type)."""
+    return re.sub(r"_\d+$", "", column[len(PHONE_PREFIX) :])
+
+
+def _canonical_csv_name(column: str) -> str:
+    if column in REQUIRED_COLUMNS:
+        return column
+    if column.endswith(CSV_PHONE_SUFFIX) and len(column) > len(CSV_PHONE_SUFFIX):
+        return PHONE_PREFIX + column[: -len(CSV_PHONE_SUFFIX)]
+    return CUSTOM_PREFIX + column
+
+
+def _csv_header(path: ReadablePath) -> list[str]:
+    with path.open("rb") as handle:
+        try:
+            reader = pacsv.open_csv(
+                handle,
+                read_options=pacsv.ReadOptions(block_size=1 << 16),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            )
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                raise SourceFormatError(str(path), None, "not_empty", "the file is empty (no header row)") from exc
+            raise _csv_error(path, exc) from exc
+        return [name.strip() for name in reader.schema.names]
+
+
+def _check_csv_header(path: ReadablePath, header: list[str]) -> None:
+    seen: set[str] = set()
+    for column in header:
+        if column in seen:
+            raise SourceFormatError(str(path), column, "unique_header", "the header names this column twice")
+        seen.add(column)
+    for column in REQUIRED_COLUMNS:
+        if column not in seen:
+            hint = ""
+            if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+                hint = " (the header parses as one column: is the file comma-delimited?)"
+            raise SourceFormatError(
+                str(path), column, "required_column", f"required column is missing from the header{hint}"
+            )
+    if not any(_canonical_csv_name(c).startswith(PHONE_PREFIX) for c in header):
+        raise SourceFormatError(
+            str(path), "*_phone", "phone_column", "the header has no phone column (e.g. mobile_phone)"
+        )
+
+
+def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    header = _csv_header(path)
+    _check_csv_header(path, header)
+    names = [_canonical_csv_name(c) for c in header]
+    next_row = 1
+    with path.open("rb") as handle:
+        reader = pacsv.open_csv(
+            handle,
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=1, block_size=_CSV_BLOCK_BYTES, encoding="utf8"
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False, quoted_strings_can_be_null=False
+            ),
+        )
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise _csv_error(path, exc) from exc
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows >= chunk_rows:
+                yield _csv_frame(pending, next_row)
+                next_row += pending_rows
+                pending, pending_rows = [], 0
+        if pending_rows or next_row == 1:
+            if pending_rows == 0:
+                raise SourceFormatError(str(path), None, "has_records", "the file has a header but no records")
+            yield _csv_frame(pending, next_row)
+
+
+def _csv_frame(batches: list[pa.RecordBatch], first_row: int) -> pd.DataFrame:
+    frame = pa.Table.from_batches(batches).to_pandas()
+    frame = frame.replace("", None) if len(frame) else frame
+    frame.insert(0, ROW_NUMBER, pd.RangeIndex(first_row, first_row + len(frame)).to_numpy(dtype="int64"))
+    return frame
+
+
+def _csv_error(path: ReadablePath, exc: pa.ArrowInvalid) -> SourceFormatError:
+    text = str(exc)
+    if "invalid UTF8" in text or "UTF8" in text:
+        offset = _first_invalid_utf8_offset(path)
+        return SourceFormatError(
+            str(path),
+            None,
+            "utf8_encoding",
+            f"the file is not UTF-8 (first invalid byte at offset {offset}); re-export it as UTF-8",
+        )
+    return SourceFormatError(str(path), None, "csv_syntax", text.splitlines()[0])
+
+
+def _first_invalid_utf8_offset(path: ReadablePath) -> int | None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                return offset + exc.start
+            offset += len(block)
+    return None
+
+
+def _iter_jsonl(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """JSON Lines in the API record shape; a malformed line becomes a row-level ``json_parseable`` problem."""
+    rows: list[dict[str, Any]] = []
+    line_number = 0
+    seen_any = False
+    with path.open("rb") as handle:
+        for raw in handle:
+            line_number += 1
+            try:
+                text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise SourceFormatError(
+                    str(path), None, "utf8_encoding", f"line {line_number} is not UTF-8 (byte {exc.start})"
+                ) from exc
+            if not text.strip():
+                continue
+            seen_any = True
+            rows.append(_flatten_json_record(text, line_number))
+            if len(rows) >= chunk_rows:
+                yield _jsonl_frame(rows)
+                rows = []
+    if not seen_any:
+        raise SourceFormatError(str(path), None, "not_empty", "the file has no records")
+    if rows:
+        yield _jsonl_frame(rows)
+
+
+def _flatten_json_record(text: str, line_number: int) -> dict[str, Any]:
+    flat: dict[str, Any] = {ROW_NUMBER: line_number}
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        flat[SOURCE_ERROR] = f"json_parseable: {exc.msg} at column {exc.colno}"
+        return flat
+    if not isinstance(record, dict):
+        flat[SOURCE_ERROR] = "json_parseable: the line is not a JSON object"
+        return flat
+    for key, column in (("contactId", "contact_id"), ("consentTimestamp", "consent_timestamp"), ("optInStatus", "opt_in_status")):
+        value = record.get(key)
+        flat[column] = None if value in (None, "") else str(value)
+    phones = record.get("phoneNumbers") or []
+    if isinstance(phones, list):
+        for phone in phones:
+            if not isinstance(phone, dict):
+                continue
+            kind = _TYPE_SAFE.sub("_", str(phone.get("type") or "other").lower()).strip("_") or "other"
+            column, n = PHONE_PREFIX + kind, 1
+            while column in flat:
+                n += 1
+                column = f"{PHONE_PREFIX}{kind}_{n}"
+            number = phone.get("number")
+            flat[column] = None if number in (None, "") else str(number)
+    custom = record.get("customFields") or {}
+    if isinstance(custom, dict):
+        for key, value in custom.items():
+            if value not in (None, ""):
+                flat[CUSTOM_PREFIX + str(key)] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+def _jsonl_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(rows)
+    for column in (*REQUIRED_COLUMNS, SOURCE_ERROR):
+        if column not in frame.columns:
+            frame[column] = None
+    frame[ROW_NUMBER] = frame[ROW_NUMBER].astype("int64")
+    text_columns = [c for c in frame.columns if c != ROW_NUMBER]
+    frame[text_columns] = frame[text_columns].astype("str").where(frame[text_columns].notna(), None)
+    return frame

@@ -1,0 +1,135 @@
+"""Where a run keeps its files under the storage base (any ObjectStoragePath / UPath: file://, s3://, ...)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
+
+
+def safe_segment(value: str) -> str:
+    """A run id such as ``manual__2026-11-27T06:31:23+00:00`` as one portable path segment."""
+    return _UNSAFE.sub("_", value).strip("_") or "_"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of one DAG run: ``{base}/runs/{dag_id}/{run_id}/...``."""
+
+    root: Any  # ObjectStoragePath
+
+    @classmethod
+    def for_run(cls, base: Any, dag_id: str, run_id: str) -> RunLayout:
+        return cls(base / "runs" / safe_segment(dag_id) / safe_segment(run_id))
+
+    def extract_part(self, n: int) -> Any:
+        return self.root / "extract" / f"part-{n:05d}.parquet"
+
+    def valid_part(self, n: int) -> Any:
+        return self.root / "valid" / f"part-{n:05d}.parquet"
+
+    def group_file(self, n: int) -> Any:
+        return self.root / "groups" / f"group-{n:05d}.parquet"
+
+    def outcome_file(self, n: int) -> Any:
+        return self.root / "outcomes" / f"group-{n:05d}.parquet"
+
+    def audit_part(self, name: str) -> Any:
+        return self.root / "audit" / f"{name}.jsonl"
+
+    def checkpoint(self, batch_id: str) -> Any:
+        return self.root / "checkpoints" / f"{batch_id}.json"
+
+    def inflight(self, batch_id: str) -> Any:
+        return self.root / "inflight" / f"{batch_id}.json"
+
+    @property
+    def rejects_csv(self) -> Any:
+        return self.root / "rejects.csv"
+
+    @property
+    def rejects_parquet(self) -> Any:
+        return self.root / "rejects.parquet"
+
+    @property
+    def batch_manifest(self) -> Any:
+        return self.root / "batch_manifest.parquet"
+
+    @property
+    def batch_results(self) -> Any:
+        return self.root / "batch_results.jsonl"
+
+    @property
+    def audit_log(self) -> Any:
+        return self.root / "audit.jsonl"
+
+    @property
+    def dead_letter(self) -> Any:
+        return self.root / "dead_letter.jsonl"
+
+    @property
+    def report(self) -> Any:
+        return self.root / "report.json"
+
+
+def ensure_parent(path: Any) -> None:
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (NotImplementedError, FileExistsError):  # object stores have no directories
+        pass
+
+
+def write_parquet(path: Any, frame: pd.DataFrame | pa.Table) -> None:
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    ensure_parent(path)
+    with path.open("wb") as handle:
+        pq.write_table(table, handle)
+
+
+def read_parquet(path: Any, columns: list[str] | None = None) -> pd.DataFrame:
+    with path.open("rb") as handle:
+        return pq.read_table(handle, columns=columns).to_pandas()
+
+
+def write_json(path: Any, payload: Any) -> None:
+    ensure_parent(path)
+    with path.open("w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+
+
+def read_json(path: Any) -> Any:
+    with path.open("r") as handle:
+        return json.load(handle)
+
+
+def write_jsonl(path: Any, entries: Iterable[dict[str, Any]]) -> int:
+    ensure_parent(path)
+    n = 0
+    with path.open("w") as handle:
+        for entry in entries:
+            handle.write(json.dumps(entry, default=str, separators=(",", ":")) + "\n")
+            n += 1
+    return n
+
+
+def iter_jsonl(path: Any) -> Iterator[dict[str, Any]]:
+    with path.open("r") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def list_files(directory: Any, pattern: str = "*") -> list[Any]:
+    try:
+        return sorted(directory.glob(pattern), key=lambda p: p.name)
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,545 @@
+"""
+HTTP client for the CXone contact-list records API (plain Python, no Airflow imports).
+
+The session carries a :class:`ClientCredentialsAuth` that owns the OAuth2 token cache, so call
+sites never touch headers. Retries follow a :class:`~cxone_provider.retry.RetryPolicy`; every
+attempt first takes a slot from the shared :class:`~cxone_provider.ratelimit.RateLimiter`, and a
+429 pauses every sender of that limiter, not just the request that got it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+
+from cxone_provider import __version__
+from cxone_provider.errors import (
+    CXoneAuthError,
+    CXoneConnectionError,
+    CXoneError,
+    CXoneRateLimitError,
+    CXoneStatusError,
+    CXoneTimeoutError,
+    status_error,
+)
+from cxone_provider.models import BatchResult, DuplicateWarning, parse_duplicates
+from cxone_provider.ratelimit import RateLimiter
+from cxone_provider.retry import RetryPolicy, is_retryable
+
+__all__ = [
+    "DEFAULT_SCOPE",
+    "MAX_RECORDS_PER_BATCH",
+    "REGION_BASE_URLS",
+    "BatchResult",
+    "ClientCredentialsAuth",
+    "CXoneClient",
+    "DuplicateWarning",
+    "base_url_for",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDS_PER_BATCH = 100
+DEFAULT_SCOPE = "contactlists:write contactlists:read"
+TOKEN_REFRESH_MARGIN_S = 60.0
+DEFAULT_TOKEN_LIFETIME_S = 300.0  # assumed when the token response has no usable expires_in
+REGION_BASE_URLS = {
+    "us": "https://api.cloud.nice-incontact.com",
+    "eu": "https://api-eu.cloud.nice-incontact.com",
+}
+_USER_AGENT = f"cxone-airflow-provider/{__version__} python-requests/{requests.__version__}"
+_OBJECT_REPR = re.compile(r"<[^<>]+ at 0x[0-9a-f]+>:?\s*")
+
+
+def base_url_for(region: str | None = None, host: str | None = None) -> str:
+    """
+    Base URL of the CXone API: an explicit ``host`` wins, otherwise the ``region`` (us, eu; default us).
+
+    ``host`` may come with or without a scheme (``api.example.com`` means https) and with a port.
+    """
+    if host and host.strip():
+        url = host.strip().rstrip("/")
+        return url if "://" in url else f"https://{url}"
+    key = (region or "us").strip().lower()
+    try:
+        return REGION_BASE_URLS[key]
+    except KeyError:
+        raise ValueError(
+            f"unknown CXone region {region!r}: expected one of {', '.join(REGION_BASE_URLS)}, or set a host"
+        ) from None
+
+
+class ClientCredentialsAuth(AuthBase):
+    """
+    OAuth2 client-credentials auth for ``requests``: fetches, caches and refreshes the bearer token.
+
+    Thread-safe: many sender threads share one instance; only one of them fetches a token while the
+    others wait for it. A cached token is used until ``refresh_margin_s`` before it expires.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        scope: str = DEFAULT_SCOPE,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+        refresh_margin_s: float = TOKEN_REFRESH_MARGIN_S,
+        on_token: Callable[[str], None] | None = None,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.scope = scope
+        self.timeout = timeout
+        self.verify = verify
+        self.refresh_margin_s = refresh_margin_s
+        self._on_token = on_token
+        self._session = session or requests.Session()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[str, float] | None = None  # (token, expires_at on self._clock)
+        self.token_requests = 0
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.get_token()}"
+        return request
+
+    def __repr__(self) -> str:
+        return f"ClientCredentialsAuth(token_url={self.token_url!r}, client_id={self.client_id!r})"
+
+    def get_token(self) -> str:
+        """The cached token, or a new one when there is none or it is within the refresh margin."""
+        token = self._usable_token()
+        if token is not None:
+            return token
+        with self._lock:
+            token = self._usable_token()
+            return token if token is not None else self._fetch_locked()
+
+    def fetch_token(self) -> str:
+        """Request a new token now, whatever the cache holds, and cache it."""
+        with self._lock:
+            return self._fetch_locked()
+
+    def invalidate(self, token: str | None = None) -> None:
+        """
+        Forget the cached token.
+
+        :param token: forget it only if it is still this one, so that many threads reacting to
+            the same revoked token cause one refresh, not one each.
+        """
+        with self._lock:
+            if self._cached is not None and (token is None or self._cached[0] == token):
+                self._cached = None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _usable_token(self) -> str | None:
+        cached = self._cached
+        if cached is not None and self._clock() < cached[1] - self.refresh_margin_s:
+            return cached[0]
+        return None
+
+    def _fetch_locked(self) -> str:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self._client_secret,
+            "scope": self.scope,
+        }
+        try:
+            response = self._session.post(
+                self.token_url,
+                data=form,
+                headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
+                timeout=self.timeout,
+                verify=self.verify,
+            )
+        except requests.Timeout as exc:
+            raise CXoneTimeoutError(
+                f"CXone token request timed out after {self.timeout:g}s ({self.token_url})"
+            ) from exc
+        except requests.RequestException as exc:
+            raise CXoneConnectionError(
+                f"CXone token request failed: no answer from {self.token_url}: {_connection_reason(exc)}"
+            ) from exc
+        request_id = response.headers.get("X-Request-Id")
+        body = _parse_body(response)
+        self.token_requests += 1
+        if not 200 <= response.status_code < 300:
+            raise status_error(
+                response.status_code,
+                operation="token request",
+                request_id=request_id,
+                body=body,
+                retry_after=_retry_after_s(response),
+                token_endpoint=True,
+            )
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise CXoneAuthError(
+                f"CXone token request failed: {response.status_code} answer without an access_token "
+                f"(request id {request_id or 'n/a'})",
+                status_code=response.status_code,
+                request_id=request_id,
+                body=None,
+            )
+        if self._on_token is not None:
+            try:
+                self._on_token(token)
+            except Exception:
+                log.warning("on_token callback failed", exc_info=True)
+        lifetime_s = _expires_in_s(body)
+        self._cached = (token, self._clock() + lifetime_s)
+        log.info("fetched a CXone access token (expires in %.0fs, request id %s)", lifetime_s, request_id)
+        return token
+
+
+class CXoneClient:
+    """
+    Client for one CXone tenant; safe to share between sender threads.
+
+    :param base_url: API base URL, see :func:`base_url_for`.
+    :param client_id: OAuth2 client id.
+    :param client_secret: OAuth2 client secret; never logged, never part of an error message.
+    :param scope: OAuth2 scope requested with each token.
+    :param timeout: seconds to wait for a connection and for an answer, per attempt.
+    :param verify: TLS verification (``requests`` semantics: bool or CA bundle path).
+    :param retry_policy: attempts and backoff for retryable failures.
+    :param rate_limiter: shared limiter; every attempt takes a slot, a 429 pauses all its senders.
+    :param pool_size: HTTP connections kept per host; at least the number of sender threads.
+    :param on_token: called with every new token (e.g. to register it with a log masker).
+    :param session: a ``requests.Session`` to use instead of a new one; the client sets its auth.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        scope: str = DEFAULT_SCOPE,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+        retry_policy: RetryPolicy = RetryPolicy(),
+        rate_limiter: RateLimiter | None = None,
+        pool_size: int = 16,
+        on_token: Callable[[str], None] | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("CXone client id and client secret are both required")
+        self.base_url = base_url_for(host=base_url)
+        self.timeout = timeout
+        self.retry_policy = retry_policy
+        self.rate_limiter = rate_limiter
+        self._sleep: Callable[[float], None] = time.sleep
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        session.headers.update({"Accept": "application/json", "User-Agent": _USER_AGENT})
+        session.verify = verify
+        self.auth = ClientCredentialsAuth(
+            f"{self.base_url}/oauth2/token",
+            client_id,
+            client_secret,
+            scope=scope,
+            timeout=timeout,
+            verify=verify,
+            on_token=on_token,
+        )
+        session.auth = self.auth
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"CXoneClient(base_url={self.base_url!r}, client_id={self.auth.client_id!r})"
+
+    def __enter__(self) -> CXoneClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.auth.close()
+        if self._owns_session:
+            self._session.close()
+
+    def fetch_token(self) -> str:
+        """Request a new access token now (also a cheap check that the credentials work)."""
+        return self.auth.fetch_token()
+
+    def import_batch(self, contact_list_id: str, records: Sequence[Mapping[str, Any]]) -> BatchResult:
+        """
+        Send one batch of at most 100 records to a contact list.
+
+        Retryable failures (429, 5xx, dropped connections, timeouts) are retried per the retry
+        policy; a 401 gets a new token and exactly one more attempt.
+
+        :param contact_list_id: the CXone contact list to add the records to.
+        :param records: records in the API shape (contactId, phoneNumbers, customFields, ...).
+        :return: what the server reported for the accepted batch.
+        :raises ValueError: more than 100 records, or none, before anything is sent.
+        :raises CXoneError: a typed subclass, with ``attempts`` and ``outcome_uncertain`` set.
+        """
+        if len(records) > MAX_RECORDS_PER_BATCH:
+            raise ValueError(
+                f"a batch holds at most {MAX_RECORDS_PER_BATCH} records, got {len(records)}; split it first"
+            )
+        if not records:
+            raise ValueError("a batch needs at least one record")
+        url = f"{self.base_url}/api/v2/contactlists/{quote(str(contact_list_id), safe='')}/records"
+        payload = json.dumps({"records": [dict(record) for record in records]}).encode()
+        return self._post_with_retries(url, payload, contact_list_id, len(records))
+
+    def _post_with_retries(self, url: str, payload: bytes, contact_list_id: str, n_records: int) -> BatchResult:
+        policy = self.retry_policy
+        call_started = time.monotonic()
+        attempt_budget = policy.max_attempts
+        attempt = 0
+        outcome_uncertain = False
+        rate_limited = 0
+        token_refreshed = False
+        while True:
+            attempt += 1
+            if self.rate_limiter is not None:
+                self.rate_limiter.acquire()
+            attempt_started = time.monotonic()
+            error: CXoneError
+            try:
+                response = self._session.post(
+                    url, data=payload, headers={"Content-Type": "application/json"}, timeout=self.timeout
+                )
+            except CXoneError as exc:  # raised by the auth: the token request failed, the POST never left
+                error = exc
+            except requests.Timeout as exc:
+                sent = _request_may_have_been_sent(exc)
+                outcome_uncertain |= sent
+                error = CXoneTimeoutError(
+                    f"CXone record import to list {contact_list_id} timed out after {self.timeout:g}s",
+                    outcome_uncertain=sent,
+                )
+            except requests.RequestException as exc:
+                sent = _request_may_have_been_sent(exc)
+                outcome_uncertain |= sent
+                error = CXoneConnectionError(
+                    f"CXone record import to list {contact_list_id} got no answer: {_connection_reason(exc)}",
+                    outcome_uncertain=sent,
+                )
+            else:
+                latency_ms = (time.monotonic() - attempt_started) * 1000.0
+                if 200 <= response.status_code < 300:
+                    return self._batch_result(
+                        response,
+                        contact_list_id=contact_list_id,
+                        n_records=n_records,
+                        latency_ms=latency_ms,
+                        total_latency_ms=(time.monotonic() - call_started) * 1000.0,
+                        attempts=attempt,
+                        outcome_uncertain=outcome_uncertain,
+                        rate_limited=rate_limited,
+                    )
+                error = status_error(
+                    response.status_code,
+                    operation=f"record import to list {contact_list_id}",
+                    request_id=response.headers.get("X-Request-Id"),
+                    body=_parse_body(response),
+                    retry_after=_retry_after_s(response),
+                )
+                if response.status_code >= 500:
+                    outcome_uncertain = True
+                if response.status_code == 401 and not token_refreshed:
+                    token_refreshed = True
+                    attempt_budget += 1  # the one retry after a refresh does not use the retry budget
+                    self.auth.invalidate(_bearer_token(response.request))
+                    log.warning(
+                        "list %s: 401 on attempt %d (request id %s); retrying once with a new token",
+                        contact_list_id,
+                        attempt,
+                        error.request_id,
+                    )
+                    continue
+            if isinstance(error, CXoneRateLimitError):
+                rate_limited += 1
+            retryable = is_retryable(error)
+            if not retryable or attempt >= attempt_budget:
+                error.attempts = attempt
+                error.outcome_uncertain = outcome_uncertain
+                if retryable:
+                    log.warning("list %s: giving up after %d attempt(s): %s", contact_list_id, attempt, error)
+                else:
+                    log.info("list %s: not retryable: %s", contact_list_id, error)
+                raise error
+            delay_s = policy.delay_for(attempt, error)
+            log.warning(
+                "list %s: attempt %d/%d failed (%s, request id %s); retrying in %.2fs",
+                contact_list_id,
+                attempt,
+                attempt_budget,
+                _error_kind(error),
+                getattr(error, "request_id", None) or "n/a",
+                delay_s,
+            )
+            if isinstance(error, CXoneRateLimitError) and self.rate_limiter is not None:
+                self.rate_limiter.penalize(delay_s)  # every sender waits; our next acquire() includes it
+            elif delay_s > 0:
+                self._sleep(delay_s)
+
+    def _batch_result(
+        self,
+        response: requests.Response,
+        *,
+        contact_list_id: str,
+        n_records: int,
+        latency_ms: float,
+        total_latency_ms: float,
+        attempts: int,
+        outcome_uncertain: bool,
+        rate_limited: int,
+    ) -> BatchResult:
+        request_id = response.headers.get("X-Request-Id")
+        body = _parse_body(response)
+        if not isinstance(body, dict) or not isinstance(body.get("recordsCreated"), int):
+            raise CXoneStatusError(
+                f"CXone record import to list {contact_list_id}: {response.status_code} answer without "
+                f"recordsCreated (request id {request_id or 'n/a'}); records may have been created",
+                status_code=response.status_code,
+                request_id=request_id,
+                body=None,
+                attempts=attempts,
+                outcome_uncertain=True,
+            )
+        duplicates = parse_duplicates(body.get("warnings"))
+        if body.get("errors"):
+            log.warning(
+                "list %s: accepted batch also reported %d error(s) (request id %s)",
+                contact_list_id,
+                len(body["errors"]) if isinstance(body["errors"], list) else 1,
+                request_id,
+            )
+        result = BatchResult(
+            created=body["recordsCreated"],
+            duplicates=duplicates,
+            latency_ms=latency_ms,
+            total_latency_ms=total_latency_ms,
+            request_id=request_id,
+            response_id=str(body["id"]) if body.get("id") is not None else None,
+            attempts=attempts,
+            status_code=response.status_code,
+            outcome_uncertain=outcome_uncertain,
+            rate_limited=rate_limited,
+        )
+        log.info(
+            "list %s: batch of %d sent, %d created, %d duplicate warning(s); status %d, request id %s, "
+            "%d attempt(s), %.0f ms%s",
+            contact_list_id,
+            n_records,
+            result.created,
+            len(duplicates),
+            result.status_code,
+            request_id,
+            attempts,
+            latency_ms,
+            " (outcome of an earlier attempt uncertain)" if outcome_uncertain else "",
+        )
+        return result
+
+
+def _parse_body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    """Retry-After in seconds, from either of its forms (delta-seconds or HTTP date)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _expires_in_s(body: Mapping[str, Any]) -> float:
+    try:
+        lifetime_s = float(body.get("expires_in"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_TOKEN_LIFETIME_S
+    return lifetime_s if lifetime_s > 0 else DEFAULT_TOKEN_LIFETIME_S
+
+
+def _bearer_token(request: requests.PreparedRequest | None) -> str | None:
+    header = request.headers.get("Authorization", "") if request is not None else ""
+    return header[len("Bearer ") :] if header.startswith("Bearer ") else None
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps (requests -> urllib3 -> socket), outermost first."""
+    chain = [exc]
+    while len(chain) < 8:
+        current = chain[-1]
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in reversed(current.args) if isinstance(arg, BaseException)), None)
+        if inner is None:
+            inner = current.__cause__ or current.__context__
+        if inner is None or inner in chain:
+            break
+        chain.append(inner)
+    return chain
+
+
+def _request_may_have_been_sent(exc: requests.RequestException) -> bool:
+    """False only when the connection was never established (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    from urllib3.exceptions import NewConnectionError  # also covers NameResolutionError
+
+    return not any(isinstance(link, NewConnectionError) for link in _exception_chain(exc))
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, short and free of object reprs."""
+    text = ""
+    for link in reversed(_exception_chain(exc)):
+        text = _OBJECT_REPR.sub("", str(link)).strip()
+        if text:
+            break
+    text = text or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _error_kind(error: CXoneError) -> str:
+    status = getattr(error, "status_code", None)
+    return f"{status} {type(error).__name__}" if status is not None else type(error).__name__

@@ -1,0 +1,214 @@
+"""Typed errors raised by the CXone client; callers decide what to do by type, not by message.
+
+Modelled on openai-python's ``_exceptions.py``: a status error carrying status code, request id and
+parsed body, with one subclass per kind of answer, and a separate connection/timeout branch.
+``str()`` of every error is one line naming the status, the request id and a short reason; it never
+contains a token, a secret or a full phone number.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Any
+
+from cxone_provider.models import DuplicateWarning, parse_duplicates
+
+__all__ = [
+    "CXoneAuthError",
+    "CXoneConflictError",
+    "CXoneConnectionError",
+    "CXoneError",
+    "CXoneRateLimitError",
+    "CXoneServerError",
+    "CXoneStatusError",
+    "CXoneTimeoutError",
+    "CXoneValidationError",
+    "status_error",
+]
+
+_SECRET_KEYS = frozenset({"access_token", "refresh_token", "id_token", "client_secret", "password"})
+_PHONE_LIKE = re.compile(r"\+?\d{7,}")
+_MAX_REASON_CHARS = 160
+_MAX_TEXT_BODY_CHARS = 2000
+
+
+class CXoneError(Exception):
+    """Base class of every error the CXone client raises."""
+
+    attempts: int
+    """How many HTTP attempts the failed call made."""
+    outcome_uncertain: bool
+    """True when an attempt ended without a definitive answer (drop, timeout, 5xx): it may have been processed."""
+
+    def __init__(self, message: str, *, attempts: int = 1, outcome_uncertain: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.attempts = attempts
+        self.outcome_uncertain = outcome_uncertain
+
+    def __str__(self) -> str:
+        notes = []
+        if self.attempts > 1:
+            notes.append(f"after {self.attempts} attempts")
+        if self.outcome_uncertain:
+            notes.append("outcome uncertain")
+        return f"{self.message} [{', '.join(notes)}]" if notes else self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keyword-only constructors do not survive the default Exception pickling
+        return _rebuild_error, (type(self), self.args, self.__dict__.copy())
+
+
+def _rebuild_error(cls: type[CXoneError], args: tuple[Any, ...], state: dict[str, Any]) -> CXoneError:
+    error = Exception.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class CXoneStatusError(CXoneError):
+    """The server answered with an error status; carries status code, request id and parsed body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        request_id: str | None = None,
+        body: Any = None,
+        attempts: int = 1,
+        outcome_uncertain: bool = False,
+    ) -> None:
+        super().__init__(message, attempts=attempts, outcome_uncertain=outcome_uncertain)
+        self.status_code = status_code
+        self.request_id = request_id
+        self.body = body
+
+
+class CXoneAuthError(CXoneStatusError):
+    """Credentials or token rejected: 401/403 on a data call, or the token endpoint refused to issue one."""
+
+
+class CXoneRateLimitError(CXoneStatusError):
+    """429 Too Many Requests; ``retry_after`` is the server's Retry-After in seconds, if it sent one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class CXoneValidationError(CXoneStatusError):
+    """400 Bad Request: the payload or some fields were rejected and nothing was created."""
+
+    def __init__(self, message: str, *, errors: list[Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.errors = list(errors or [])
+
+
+class CXoneConflictError(CXoneStatusError):
+    """409 Conflict: the batch held duplicates and, being atomic, created nothing."""
+
+    def __init__(self, message: str, *, duplicates: tuple[DuplicateWarning, ...] = (), **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.duplicates = tuple(duplicates)
+
+
+class CXoneServerError(CXoneStatusError):
+    """5xx: a transient server failure; the request may or may not have been processed."""
+
+
+class CXoneConnectionError(CXoneError):
+    """No HTTP answer: the connection failed or was dropped before a response arrived."""
+
+
+class CXoneTimeoutError(CXoneConnectionError):
+    """No HTTP answer within the configured timeout."""
+
+
+def status_error(
+    status_code: int,
+    *,
+    operation: str,
+    request_id: str | None = None,
+    body: Any = None,
+    retry_after: float | None = None,
+    token_endpoint: bool = False,
+) -> CXoneStatusError:
+    """
+    Build the typed error for one non-2xx answer.
+
+    On the token endpoint every rejection (400 invalid_request, 401 invalid_client, ...) is a
+    CXoneAuthError, while 429 and 5xx keep their own types so they can be retried.
+    """
+    body = _scrub(body)
+    message = _describe(operation, status_code, request_id, _reason(status_code, body))
+    common: dict[str, Any] = {"status_code": status_code, "request_id": request_id, "body": body}
+    if status_code == 429:
+        return CXoneRateLimitError(message, retry_after=retry_after, **common)
+    if status_code >= 500:
+        return CXoneServerError(message, **common)
+    if token_endpoint or status_code in (401, 403):
+        return CXoneAuthError(message, **common)
+    if status_code == 400:
+        errors = body.get("errors") if isinstance(body, dict) else None
+        return CXoneValidationError(message, errors=errors if isinstance(errors, list) else [], **common)
+    if status_code == 409:
+        warnings = body.get("warnings") if isinstance(body, dict) else None
+        return CXoneConflictError(message, duplicates=parse_duplicates(warnings), **common)
+    return CXoneStatusError(message, **common)
+
+
+def _describe(operation: str, status_code: int, request_id: str | None, reason: str) -> str:
+    try:
+        phrase = HTTPStatus(status_code).phrase
+    except ValueError:
+        phrase = "Unknown Status"
+    text = f"CXone {operation} failed: {status_code} {phrase} (request id {request_id or 'n/a'})"
+    return f"{text}: {reason}" if reason else text
+
+
+def _reason(status_code: int, body: Any) -> str:
+    """A short, one-line, phone-number-free summary of an error body."""
+    reason = ""
+    if isinstance(body, dict):
+        if isinstance(body.get("warnings"), list) and status_code == 409:
+            reason = f"{len(body['warnings'])} duplicate record(s); nothing in the batch was created"
+        elif isinstance(body.get("errors"), list) and body["errors"]:
+            errors = body["errors"]
+            reason = _error_item_text(errors[0])
+            if len(errors) > 1:
+                reason = f"{len(errors)} errors, first: {reason}"
+        else:
+            for key in ("error_description", "message", "error", "detail"):
+                if isinstance(body.get(key), str) and body[key]:
+                    reason = body[key]
+                    break
+    elif isinstance(body, str):
+        reason = body.strip().splitlines()[0] if body.strip() else ""
+    reason = _PHONE_LIKE.sub(lambda match: "***" + match.group()[-2:], " ".join(reason.split()))
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[: _MAX_REASON_CHARS - 3] + "..."
+    return reason
+
+
+def _error_item_text(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    message = str(item.get("message") or item.get("code") or "")
+    field = str(item.get("field") or item.get("path") or "")
+    where = field if field not in message else ""  # skip the field when the message names it
+    if item.get("index") is not None:
+        where = f"record {item['index']}" + (f" {where}" if where else "")
+    return f"{where}: {message}" if where else message
+
+
+def _scrub(body: Any) -> Any:
+    """Drop anything that looks like a credential from a parsed body; truncate long text bodies."""
+    if isinstance(body, dict):
+        return {key: "***" if key in _SECRET_KEYS else _scrub(value) for key, value in body.items()}
+    if isinstance(body, list):
+        return [_scrub(item) for item in body]
+    if isinstance(body, str) and len(body) > _MAX_TEXT_BODY_CHARS:
+        return body[:_MAX_TEXT_BODY_CHARS] + "..."
+    return body

@@ -1,0 +1,230 @@
+"""``CXoneHook``: builds a :class:`~cxone_provider.client.CXoneClient` from an Airflow connection."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.bases.hook import BaseHook
+from airflow.sdk.log import mask_secret
+
+from cxone_provider.client import CXoneClient, base_url_for
+from cxone_provider.connection_form import (
+    CONN_FIELDS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_REQUESTS_PER_MINUTE,
+    DEFAULT_SCOPE,
+    DEFAULT_TIMEOUT_S,
+    UI_FIELD_BEHAVIOUR,
+)
+from cxone_provider.errors import CXoneError
+from cxone_provider.models import BatchResult
+from cxone_provider.ratelimit import RateLimiter
+from cxone_provider.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from airflow.sdk.definitions.connection import Connection
+
+_TRUE = frozenset({"true", "1", "yes", "y", "on"})
+_FALSE = frozenset({"false", "0", "no", "n", "off"})
+
+
+class CXoneHook(BaseHook):
+    """
+    Talk to the NICE CXone contact-list API with the credentials of an Airflow connection.
+
+    Connection: login = OAuth2 client id, password = client secret. Extras (all optional):
+    ``region`` (us, eu), ``host`` (explicit base URL; the connection's own host/port/schema work
+    too), ``scope``, ``timeout`` (seconds), ``requests_per_minute`` (default 1000),
+    ``verify_ssl`` (default true), ``max_concurrency`` (default 8).
+
+    :param cxone_conn_id: the Airflow connection to use.
+    :param retry_policy: attempts and backoff for clients built by this hook.
+    """
+
+    conn_name_attr = "cxone_conn_id"
+    default_conn_name = "cxone_default"
+    conn_type = "cxone"
+    hook_name = "NICE CXone"
+
+    def __init__(
+        self,
+        cxone_conn_id: str = default_conn_name,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cxone_conn_id = cxone_conn_id
+        self.retry_policy = retry_policy or RetryPolicy()
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """
+        Extra fields for the Flask connection form of Airflow < 3.2.
+
+        Airflow 3.2+ reads ``conn-fields`` from the provider info instead and never calls this.
+        """
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import BooleanField, IntegerField, StringField
+        from wtforms.validators import NumberRange, Optional, any_of
+
+        def label(name: str) -> Any:
+            return lazy_gettext(CONN_FIELDS[name]["label"])
+
+        return {
+            "region": StringField(
+                label("region"), validators=[Optional(), any_of(["us", "eu"])], widget=BS3TextFieldWidget()
+            ),
+            "host": StringField(label("host"), widget=BS3TextFieldWidget()),
+            "scope": StringField(label("scope"), widget=BS3TextFieldWidget(), default=DEFAULT_SCOPE),
+            "requests_per_minute": IntegerField(
+                label("requests_per_minute"),
+                validators=[Optional(), NumberRange(min=1)],
+                widget=BS3TextFieldWidget(),
+                default=DEFAULT_REQUESTS_PER_MINUTE,
+            ),
+            "max_concurrency": IntegerField(
+                label("max_concurrency"),
+                validators=[Optional(), NumberRange(min=1)],
+                widget=BS3TextFieldWidget(),
+                default=DEFAULT_MAX_CONCURRENCY,
+            ),
+            "timeout": StringField(label("timeout"), widget=BS3TextFieldWidget(), default=str(DEFAULT_TIMEOUT_S)),
+            "verify_ssl": BooleanField(label("verify_ssl"), default=True),
+        }
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Standard-field behaviour for Airflow < 3.2 (3.2+ reads ``ui-field-behaviour`` from the provider info)."""
+        return {
+            "hidden_fields": list(UI_FIELD_BEHAVIOUR["hidden-fields"]),
+            "relabeling": dict(UI_FIELD_BEHAVIOUR["relabeling"]),
+            "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
+        }
+
+    @cached_property
+    def connection(self) -> Connection:
+        return self.get_connection(self.cxone_conn_id)
+
+    @cached_property
+    def extras(self) -> dict[str, Any]:
+        """A copy of the connection's extras; the connection itself is never mutated."""
+        return copy.deepcopy(self.connection.extra_dejson)
+
+    def _extra(self, name: str, default: Any = None) -> Any:
+        # accept both plain keys and the "extra__cxone__<name>" keys older UIs wrote
+        for key in (name, f"extra__{self.conn_type}__{name}"):
+            value = self.extras.get(key)
+            if value is not None and value != "":
+                return value
+        return default
+
+    @property
+    def base_url(self) -> str:
+        """The ``host`` extra, else the connection's host (with schema and port), else the region's URL."""
+        host = self._extra("host")
+        conn = self.connection
+        if not host and conn.host:
+            host = conn.host
+            if "://" not in host:
+                host = f"{conn.schema or 'https'}://{host}"
+            if conn.port:
+                host = f"{host.rstrip('/')}:{conn.port}"
+        return base_url_for(region=self._extra("region"), host=host)
+
+    @property
+    def requests_per_minute(self) -> float:
+        """Request budget shared by every sender of one task."""
+        return self._positive_number("requests_per_minute", DEFAULT_REQUESTS_PER_MINUTE, float)
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many sender threads one task should use."""
+        return int(self._positive_number("max_concurrency", DEFAULT_MAX_CONCURRENCY, int))
+
+    @property
+    def timeout(self) -> float:
+        return self._positive_number("timeout", DEFAULT_TIMEOUT_S, float)
+
+    @property
+    def verify_ssl(self) -> bool:
+        value = self._extra("verify_ssl", True)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ValueError(f"connection {self.cxone_conn_id}: verify_ssl must be true or false, got {value!r}")
+
+    @property
+    def scope(self) -> str:
+        return str(self._extra("scope", DEFAULT_SCOPE))
+
+    def _positive_number(self, name: str, default: float, kind: type) -> Any:
+        value = self._extra(name, default)
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(value, bool) or number <= 0:
+            raise ValueError(f"connection {self.cxone_conn_id}: {name} must be a positive number, got {value!r}")
+        return number
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        """This hook's limiter at the connection's ``requests_per_minute``, shared by its clients."""
+        return RateLimiter(self.requests_per_minute)
+
+    def get_client(self, rate_limiter: RateLimiter | None = None) -> CXoneClient:
+        """
+        Build a client for this connection; the caller closes it.
+
+        :param rate_limiter: limiter shared by every sender; defaults to :attr:`rate_limiter`.
+        """
+        conn = self.connection
+        if not conn.login or not conn.password:
+            raise ValueError(
+                f"connection {self.cxone_conn_id}: login (client id) and password (client secret) are required"
+            )
+        return CXoneClient(
+            self.base_url,
+            conn.login,
+            conn.password,
+            scope=self.scope,
+            timeout=self.timeout,
+            verify=self.verify_ssl,
+            retry_policy=self.retry_policy,
+            rate_limiter=rate_limiter or self.rate_limiter,
+            pool_size=self.max_concurrency,
+            on_token=mask_secret,
+        )
+
+    @cached_property
+    def client(self) -> CXoneClient:
+        """A client kept for this hook's lifetime (used by :meth:`import_batch`)."""
+        return self.get_client()
+
+    def get_conn(self) -> CXoneClient:
+        return self.client
+
+    def import_batch(self, contact_list_id: str, records: Sequence[Mapping[str, Any]]) -> BatchResult:
+        """
+        Send up to 100 records to a contact list with this hook's client.
+
+        :param contact_list_id: the CXone contact list.
+        :param records: records in the API shape.
+        """
+        return self.client.import_batch(contact_list_id, records)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Request a token with the connection's credentials; on failure return the server's answer."""
+        try:
+            with self.get_client() as client:
+                client.fetch_token()
+        except (CXoneError, ValueError) as exc:
+            return False, str(exc)
+        return True, f"Fetched an access token from {client.base_url}"

@@ -1,0 +1,59 @@
+"""Value objects returned by the CXone client: one batch result and the duplicates it reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DuplicateWarning:
+    """One duplicate the server named, by position in the batch and/or contactId."""
+
+    index: int | None
+    contact_id: str | None
+    code: str | None
+    message: str
+
+    @classmethod
+    def from_api(cls, item: Any) -> DuplicateWarning:
+        """Parse one ``warnings`` item, tolerating missing or oddly typed fields."""
+        if not isinstance(item, dict):
+            return cls(index=None, contact_id=None, code=None, message=str(item))
+        index = item.get("index")
+        contact_id = item.get("contactId")
+        code = item.get("code")
+        return cls(
+            index=index if isinstance(index, int) and not isinstance(index, bool) else None,
+            contact_id=str(contact_id) if contact_id is not None else None,
+            code=str(code) if code is not None else None,
+            message=str(item.get("message") or ""),
+        )
+
+
+def parse_duplicates(items: Iterable[Any] | None) -> tuple[DuplicateWarning, ...]:
+    """Turn a response's ``warnings`` list into DuplicateWarning values (an absent list gives none)."""
+    if not isinstance(items, list):
+        return ()
+    return tuple(DuplicateWarning.from_api(item) for item in items)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What the server said about one accepted batch, and what it took to get there."""
+
+    created: int
+    duplicates: tuple[DuplicateWarning, ...]
+    latency_ms: float
+    """Wall time of the final, successful attempt."""
+    total_latency_ms: float
+    """Wall time of the whole call: every attempt, rate-limiter waits and backoff."""
+    request_id: str | None
+    response_id: str | None
+    attempts: int
+    status_code: int
+    outcome_uncertain: bool
+    """True when an earlier attempt ended without an answer, so it may have created records too."""
+    rate_limited: int
+    """How many 429 responses the call saw."""
