@@ -12,13 +12,14 @@ gives and what to do after a failed run.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
 from include.cxone_import import airflow_tasks as steps
 
 IMPORT_PARALLELISM = steps.import_parallelism()
+RETRY_DELAY = steps.retry_delay()
 
 
 @dag(
@@ -29,7 +30,7 @@ IMPORT_PARALLELISM = steps.import_parallelism()
     max_active_runs=1,  # one run at a time: the rate budget is per run (see README)
     doc_md=__doc__,
     tags=["cxone", "outbound", "contacts"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={
         "source_uri": Param(
             None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +40,11 @@ WEBHOOK_CONN_ID = "crm_webhook"
 def import_parallelism() -> int:
     """How many import tasks of one run may run at once; the rate budget is split among them (see README)."""
     return max(1, int(os.environ.get("CXONE_IMPORT_PARALLELISM", "4")))
+
+
+def retry_delay() -> timedelta:
+    """Delay before a task retry (the import resumes from its checkpoints); tests shorten it."""
+    return timedelta(seconds=float(os.environ.get("CXONE_IMPORT_RETRY_DELAY_S", "30")))
 
 
 def _variable(key: str, default: Any = None) -> Any:

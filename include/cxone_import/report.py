@@ -25,6 +25,8 @@ from include.cxone_import.storage import (
 
 log = logging.getLogger(__name__)
 
+NOT_SENT = "not_sent"
+
 
 class ReconciliationError(RuntimeError):
     """Input records and accounted outcomes do not match one-to-one."""
@@ -62,8 +64,15 @@ def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
     return [read_json(p) for p in list_files(layout.root / "outcomes", "group-*.json")]
 
 
-def load_outcomes(layout: RunLayout) -> pd.DataFrame:
-    frames = [read_parquet(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
+def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
+    """Every imported/duplicate/failed row; on a dry run the planned rows, as ``not_sent``."""
+    if dry_run:
+        frames = [
+            read_parquet(p, columns=["row_number"]).assign(outcome=NOT_SENT)
+            for p in list_files(layout.root / "groups", "group-*.parquet")
+        ]
+    else:
+        frames = [read_parquet(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
     if not frames:
         return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
     return pd.concat(frames, ignore_index=True)
@@ -105,6 +114,7 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[di
         "imported": imported,
         "duplicates": duplicates,
         "failed": failed,
+        "not_sent": int(counts.get(NOT_SENT, 0)),
         "confirmed_on_retry": sum(int(m.get("confirmed_on_retry", 0)) for m in all_metrics),
         "success_rate_percent": round(100.0 * on_server / input_rows, 2) if input_rows else 0.0,
         "import_rate_percent": round(100.0 * imported / input_rows, 2) if input_rows else 0.0,
@@ -160,7 +170,7 @@ def build_report(
     max_reject_share: float | None = None,
 ) -> dict[str, Any]:
     """Write report.json, the dead-letter file and the audit log; raise if the run's result needs a person."""
-    outcomes = load_outcomes(layout)
+    outcomes = load_outcomes(layout, dry_run=bool(run.get("dry_run")))
     summaries = group_summaries(layout)
     reconciliation = reconcile(layout, extract_parts=int(extracted["parts"]), outcomes=outcomes)
     numbers = totals(validated, outcomes, summaries)
@@ -229,6 +239,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"  imported          {t['imported']}  (confirmed on retry: {t['confirmed_on_retry']})",
         f"  duplicates        {t['duplicates']}",
         f"  failed            {t['failed']}",
+        *([f"  not sent          {t['not_sent']} (dry run)"] if t.get("not_sent") else []),
         f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates)",
         f"  batches           {t['batches']} ({t['batches_resumed']} resumed), {t['requests']} requests, {t['rate_limited']} answered 429",
         f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",

@@ -1,0 +1,86 @@
+"""Shared fixtures. Airflow's environment is set before anything imports airflow (see scripts/env.sh)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+for path in (str(ROOT), str(ROOT / "plugins")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import json  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from include.cxone_sandbox import CXoneSandbox, SandboxConfig, WebhookSink  # noqa: E402
+
+CONTACT_LIST_ID = "list-e2e"
+
+
+@pytest.fixture
+def cxone_sandbox():
+    with CXoneSandbox(SandboxConfig(seed=7)) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def webhook_sink():
+    with WebhookSink() as sink:
+        yield sink
+
+
+@dataclass
+class ImportRun:
+    """One dag.test() run of the import DAG and what it left behind."""
+
+    dag_run: Any
+    report: dict[str, Any] | None
+    root: Path
+
+    @property
+    def state(self) -> str:
+        return str(getattr(self.dag_run.state, "value", self.dag_run.state))
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    def jsonl(self, name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.file(name).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def storage_base(tmp_path, monkeypatch) -> Path:
+    base = tmp_path / "storage"
+    base.mkdir()
+    monkeypatch.setenv("CXONE_IMPORT_STORAGE_BASE", f"file://{base}")
+    return base
+
+
+@pytest.fixture
+def run_import(storage_base, cxone_sandbox, webhook_sink, monkeypatch):
+    """Run the DAG against the sandbox: ``run_import(conf, **connection_options) -> ImportRun``."""
+    from include.cxone_import.localrun import connection_env, run_dag
+    from include.cxone_import.storage import safe_segment
+
+    def _run(conf: dict[str, Any], *, webhook_url: str | None = None, logical_date: Any = None, **conn: Any) -> ImportRun:
+        conn.setdefault("max_concurrency", 4)
+        env = connection_env(cxone_sandbox.url, webhook_url or webhook_sink.url, **conn)
+        for key, value in {**env, "CXONE_IMPORT_PARALLELISM": "1"}.items():
+            monkeypatch.setenv(key, value)
+        conf = {"contact_list_id": CONTACT_LIST_ID, **conf}
+        dag_run = run_dag(conf, logical_date=logical_date)
+        root = storage_base / "runs" / "cxone_contact_import" / safe_segment(dag_run.run_id)
+        report_path = root / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() else None
+        return ImportRun(dag_run, report, root)
+
+    return _run

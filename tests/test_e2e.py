@@ -1,0 +1,84 @@
+"""Whole DAG runs (dag.test) against the sandbox over real HTTP, with a generated export holding bad rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from include.cxone_import.sample_data import generate_crm_export
+from tests.conftest import CONTACT_LIST_ID
+
+pytestmark = pytest.mark.timeout(300)
+
+ROWS = 1200
+BATCH_SIZE = 50
+
+
+@pytest.fixture
+def export(tmp_path):
+    return generate_crm_export(tmp_path / "contacts.csv", ROWS, bad_share=0.15, seed=11)
+
+
+def test_import_accounts_for_every_row(run_import, export, cxone_sandbox, webhook_sink):
+    run = run_import({"source_uri": f"file://{export.path}", "batch_size": BATCH_SIZE})
+
+    assert run.state == "success"
+    stored = cxone_sandbox.records(CONTACT_LIST_ID)
+    stored_ids = [r["contactId"] for r in stored]
+    assert len(stored_ids) == len(set(stored_ids)), "a record was created twice"
+    assert set(stored_ids) == set(export.valid_contact_ids)
+
+    with run.file("rejects.csv").open() as handle:
+        rejects = list(csv.DictReader(handle))
+    reasons: dict[int, set[str]] = {}
+    for row in rejects:
+        reasons.setdefault(int(row["row_number"]), set()).add(row["rule"])
+    assert reasons == {row: set(rules) for row, rules in export.expected_rejects.items()}
+    assert all(row["message"] for row in rejects)
+
+    totals = run.report["totals"]
+    assert totals["input"] == ROWS
+    assert totals["rejected"] == len(export.expected_rejects)
+    assert totals["imported"] == len(export.valid_contact_ids)
+    assert totals["duplicates"] == totals["failed"] == 0
+    assert totals["input"] == totals["imported"] + totals["duplicates"] + totals["rejected"] + totals["failed"]
+    assert totals["success_rate_percent"] == round(100 * len(export.valid_contact_ids) / ROWS, 2)
+    assert run.report["reconciliation"]["ok"] is True
+    assert totals["p95_batch_latency_ms"] >= totals["average_batch_latency_ms"] > 0
+
+    batches = math.ceil(len(export.valid_contact_ids) / BATCH_SIZE)
+    events = [e["body"] for e in webhook_sink.events() if e.get("status", 200) == 200]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("cxone_contact_import_batch_complete") == batches
+    assert kinds.count("cxone_contact_import_run_complete") == 1
+    summary = next(e for e in events if e["event"] == "cxone_contact_import_run_complete")
+    assert summary["metrics"]["totalProcessed"] == ROWS
+    assert {"event", "timestamp", "metrics", "auditTrailer"} <= set(events[0])
+
+    audit = run.jsonl("audit.jsonl")
+    assert sum(1 for e in audit if e["kind"] == "batch") == batches
+    assert sum(1 for e in audit if e["kind"] == "record") == len(export.expected_rejects)
+    assert all({"auditId", "timestamp", "status", "latencyMs", "details"} <= set(e) for e in audit)
+
+
+def test_dry_run_sends_nothing(run_import, export, cxone_sandbox):
+    run = run_import({"source_uri": f"file://{export.path}", "dry_run": True})
+
+    assert run.state == "success"
+    assert cxone_sandbox.records(CONTACT_LIST_ID) == []
+    assert cxone_sandbox.stats()["records_requests"] == 0
+    assert run.report["totals"]["rejected"] == len(export.expected_rejects)
+
+
+def test_scheduled_run_reads_its_own_day(run_import, storage_base, tmp_path, cxone_sandbox):
+    from datetime import datetime, timezone
+
+    day = datetime(2026, 3, 4, tzinfo=timezone.utc)
+    export = generate_crm_export(storage_base / "incoming" / "contacts_2026-03-04.csv", 150, bad_share=0.0, seed=3,
+                                 now=datetime(2026, 3, 5, tzinfo=timezone.utc))
+    run = run_import({}, logical_date=day)
+
+    assert run.state == "success"
+    assert {r["contactId"] for r in cxone_sandbox.records(CONTACT_LIST_ID)} == set(export.valid_contact_ids)
