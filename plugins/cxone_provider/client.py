@@ -244,6 +244,8 @@ class CXoneClient:
         on_token: Callable[[str], None] | None = None,
         session: requests.Session | None = None,
     ) -> None:
+        if not base_url or not base_url.strip():
+            raise ValueError("CXone base URL is required (see base_url_for)")
         if not client_id or not client_secret:
             raise ValueError("CXone client id and client secret are both required")
         self.base_url = base_url_for(host=base_url)
