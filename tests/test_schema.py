@@ -101,7 +101,7 @@ def test_normalisation_is_counted_not_silent(tmp_path):
         "c-2,Bo,+14155550102,,2026-06-01T09:15:00Z,PENDING",
         "c-3,Cy,+14155550103,,2026-06-01T09:15:00Z,yes",
     )
-    assert normalised == {"phone: removed spaces, dashes, dots or brackets": 1, "optInStatus: changed to lower case": 2}
+    assert normalised == {"phone_punctuation_removed": 1, "opt_in_status_lowercased": 2}
     assert list(valid["phone_mobile"])[:2] == ["+14155550100", "+14155550102"]
     assert list(valid["opt_in_status"]) == ["confirmed", "pending"]
     assert reasons(rejects) == {3: {"opt_in_status_allowed"}}

@@ -193,13 +193,13 @@ def normalise(frame: pd.DataFrame) -> dict[str, int]:
             frame[column] = cleaned.where(cleaned != "", None)
             changed_rows |= changed
     if changed_rows.any():
-        counts["phone: removed spaces, dashes, dots or brackets"] = int(changed_rows.sum())
+        counts["phone_punctuation_removed"] = int(changed_rows.sum())
     opt_in = frame["opt_in_status"]
     lowered = opt_in.str.strip().str.lower()
     fixable = (lowered != opt_in).fillna(False) & lowered.isin(ALLOWED_OPT_IN)
     if fixable.any():
         frame.loc[fixable, "opt_in_status"] = lowered[fixable]
-        counts["optInStatus: changed to lower case"] = int(fixable.sum())
+        counts["opt_in_status_lowercased"] = int(fixable.sum())
     return counts
 
 

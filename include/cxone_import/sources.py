@@ -92,7 +92,7 @@ def _csv_header(path: ReadablePath) -> list[str]:
             )
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
-                raise SourceFormatError(str(path), None, "not_empty", "the file is empty (no header row)") from exc
+                raise SourceFormatError(str(path), None, "file_not_empty", "the file is empty (no header row)") from exc
             raise _csv_error(path, exc) from exc
         return [name.strip() for name in reader.schema.names]
 
@@ -109,11 +109,11 @@ def _check_csv_header(path: ReadablePath, header: list[str]) -> None:
             if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
                 hint = " (the header parses as one column: is the file comma-delimited?)"
             raise SourceFormatError(
-                str(path), column, "required_column", f"required column is missing from the header{hint}"
+                str(path), column, "required_column_present", f"required column is missing from the header{hint}"
             )
     if not any(_canonical_csv_name(c).startswith(PHONE_PREFIX) for c in header):
         raise SourceFormatError(
-            str(path), "*_phone", "phone_column", "the header has no phone column (e.g. mobile_phone)"
+            str(path), "*_phone", "phone_column_present", "the header has no phone column (e.g. mobile_phone)"
         )
 
 
@@ -123,7 +123,7 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
     names = [_canonical_csv_name(c) for c in header]
     next_row = 1
     with path.open("rb") as handle:
-        reader = pacsv.open_csv(
+        reader = _guarded(path, lambda: pacsv.open_csv(
             handle,
             read_options=pacsv.ReadOptions(
                 column_names=names, skip_rows=1, block_size=_CSV_BLOCK_BYTES, encoding="utf8"
@@ -132,7 +132,7 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False, quoted_strings_can_be_null=False
             ),
-        )
+        ))
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
         while True:
@@ -150,8 +150,15 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 pending, pending_rows = [], 0
         if pending_rows or next_row == 1:
             if pending_rows == 0:
-                raise SourceFormatError(str(path), None, "has_records", "the file has a header but no records")
+                raise SourceFormatError(str(path), None, "file_has_rows", "the file has a header but no records")
             yield _csv_frame(pending, next_row)
+
+
+def _guarded(path: ReadablePath, open_reader: Any) -> Any:
+    try:
+        return open_reader()
+    except pa.ArrowInvalid as exc:
+        raise _csv_error(path, exc) from exc
 
 
 def _csv_frame(batches: list[pa.RecordBatch], first_row: int) -> pd.DataFrame:
@@ -209,7 +216,7 @@ def _iter_jsonl(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 yield _jsonl_frame(rows)
                 rows = []
     if not seen_any:
-        raise SourceFormatError(str(path), None, "not_empty", "the file has no records")
+        raise SourceFormatError(str(path), None, "file_not_empty", "the file has no records")
     if rows:
         yield _jsonl_frame(rows)
 
