@@ -183,10 +183,14 @@ def test_jsonl_carries_the_same_records_as_csv(tmp_path: Path) -> None:
 def test_cli_prints_one_line_summary(tmp_path: Path) -> None:
     out_path = tmp_path / "cli" / "crm.jsonl"
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'plugins'}"}
-    command = [sys.executable, "-m", "include.cxone_import.sample_data", str(out_path), "--rows", "500",
-               "--bad-share", "0.2", "--seed", "5", "--format", "jsonl", "--now", "2026-11-27T00:00:00+00:00"]  # fmt: skip
+    command = [
+        sys.executable, "-m", "include.cxone_import.sample_data", str(out_path), "--rows", "500", "--bad-share", "0.2",
+        "--seed", "5", "--format", "jsonl", "--now", "2026-11-27T00:00:00+00:00",
+    ]  # fmt: skip
 
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True, timeout=60)
+    completed = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True, timeout=60
+    )
 
     lines = completed.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -225,7 +229,9 @@ def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
 # --- the hand-made corpus in tests/data/bad_inputs -------------------------------------------------------------
 
 EXPECTATIONS = json.loads((BAD_INPUTS / "expectations.json").read_text(encoding="utf-8"))
-ACCEPTED_CSV_FILES = sorted(name for name, exp in EXPECTATIONS.items() if exp["file_error"] is None and name.endswith(".csv"))
+ACCEPTED_CSV_FILES = sorted(
+    name for name, expectation in EXPECTATIONS.items() if expectation["file_error"] is None and name.endswith(".csv")
+)
 
 
 def test_expectations_cover_every_corpus_file() -> None:
@@ -234,7 +240,8 @@ def test_expectations_cover_every_corpus_file() -> None:
 
     assert set(EXPECTATIONS) == corpus_files
     assert all(f"`{name}`" in readme for name in corpus_files)
-    assert all(set(exp) == {"file_error", "rejects", "normalised", "valid_contact_ids"} for exp in EXPECTATIONS.values())
+    expectation_keys = {"file_error", "rejects", "normalised", "valid_contact_ids"}
+    assert all(set(expectation) == expectation_keys for expectation in EXPECTATIONS.values())
 
 
 def test_corpus_file_level_defects_are_real() -> None:
@@ -259,4 +266,5 @@ def test_corpus_rows_add_up(name: str) -> None:
 
     assert rejected_rows <= set(range(1, len(frame) + 1))
     assert sorted(set(kept_ids)) == sorted(expectation["valid_contact_ids"])
-    assert e164_after_normalising.loc[kept_ids.index].apply(lambda column: column.eq("") | column.str.fullmatch(E164)).all().all()
+    kept_phones = e164_after_normalising.loc[kept_ids.index]
+    assert kept_phones.apply(lambda column: column.eq("") | column.str.fullmatch(E164)).all().all()

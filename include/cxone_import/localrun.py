@@ -97,7 +97,9 @@ def run_dag(run_conf: dict[str, Any], *, logical_date: Any = None) -> Any:
     dag = load_dag()
     kwargs: dict[str, Any] = {"run_conf": run_conf}
     if logical_date is not None:
+        # run_after fixes the run id too, so running the same date again re-runs that run (like a clear)
         kwargs["logical_date"] = logical_date
+        kwargs["run_after"] = logical_date
     return dag.test(**kwargs)
 
 

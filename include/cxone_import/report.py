@@ -101,7 +101,7 @@ def reconcile(layout: RunLayout, *, extract_parts: int, outcomes: pd.DataFrame) 
 def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts and latency over the whole run; success rate is over ALL input records, rejected included."""
     counts = outcomes["outcome"].value_counts() if len(outcomes) else pd.Series(dtype="int64")
-    metrics = [m for s in summaries for m in s["batch_metrics"] if not m.get("resumed")]
+    # A resumed batch carries the metrics of the attempt that acknowledged it, so sums cover the whole run.
     all_metrics = [m for s in summaries for m in s["batch_metrics"]]
     latencies = np.array([m["latency_ms"] for m in all_metrics if m["latency_ms"] > 0], dtype=float)
     input_rows = int(validated["input_rows"])
@@ -119,10 +119,10 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[di
         "success_rate_percent": round(100.0 * on_server / input_rows, 2) if input_rows else 0.0,
         "import_rate_percent": round(100.0 * imported / input_rows, 2) if input_rows else 0.0,
         "batches": len(all_metrics),
-        "batches_resumed": len(all_metrics) - len(metrics),
-        "requests": sum(int(m["requests"]) for m in metrics),
-        "attempts": sum(int(m["attempts"]) for m in metrics),
-        "rate_limited": sum(int(m["rate_limited"]) for m in metrics),
+        "batches_resumed": sum(1 for m in all_metrics if m.get("resumed")),
+        "requests": sum(int(m["requests"]) for m in all_metrics),
+        "attempts": sum(int(m["attempts"]) for m in all_metrics),
+        "rate_limited": sum(int(m["rate_limited"]) for m in all_metrics),
         "average_batch_latency_ms": round(float(latencies.mean()), 2) if len(latencies) else 0.0,
         "p95_batch_latency_ms": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else 0.0,
     }

@@ -69,6 +69,7 @@ class SandboxConfig:
     latency_ms: float = 0.0
     requests_per_minute: int | None = None
     retry_after: bool = True
+    rate_window_s: float = RATE_WINDOW_S  # sliding window; the limit is requests_per_minute scaled to it
     error_rate_5xx: float = 0.0
     drop_rate: float = 0.0
     drop_after_commit_rate: float = 0.0
@@ -88,6 +89,8 @@ class SandboxConfig:
             or self.requests_per_minute < 1
         ):
             raise SandboxConfigError("requests_per_minute must be None or an integer >= 1")
+        if not isinstance(self.rate_window_s, (int, float)) or isinstance(self.rate_window_s, bool) or self.rate_window_s <= 0:
+            raise SandboxConfigError("rate_window_s must be a number > 0")
         for name in ("error_rate_5xx", "drop_rate", "drop_after_commit_rate"):
             share = getattr(self, name)
             if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 <= share <= 1.0:
@@ -681,12 +684,14 @@ class CXoneSandbox(_ServerRunner):
                 return _Reply(drop=True)
             if config.requests_per_minute is not None:
                 window = self._rate_window
-                while window and window[0] <= now - RATE_WINDOW_S:
+                span = config.rate_window_s
+                allowed = max(1, int(config.requests_per_minute * span / 60.0))
+                while window and window[0] <= now - span:
                     window.popleft()
-                if len(window) >= config.requests_per_minute:
+                if len(window) >= allowed:
                     headers = None
                     if config.retry_after:
-                        wait_s = max(1, math.ceil(window[0] + RATE_WINDOW_S - now))
+                        wait_s = max(1, math.ceil(window[0] + span - now))
                         headers = {"Retry-After": str(wait_s)}
                     return _Reply(429, {"error": "rate_limited"}, headers)
                 window.append(now)

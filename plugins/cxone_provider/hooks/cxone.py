@@ -38,7 +38,8 @@ class CXoneHook(BaseHook):
     Connection: login = OAuth2 client id, password = client secret. Extras (all optional):
     ``region`` (us, eu), ``host`` (explicit base URL; the connection's own host/port/schema work
     too), ``scope``, ``timeout`` (seconds), ``requests_per_minute`` (default 1000),
-    ``verify_ssl`` (default true), ``max_concurrency`` (default 8).
+    ``verify_ssl`` (default true), ``max_concurrency`` (default 8), and the retry policy's
+    ``max_attempts``, ``backoff_base_s``, ``backoff_max_s``, ``retry_after_cap_s``.
 
     :param cxone_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff for clients built by this hook.
@@ -58,7 +59,21 @@ class CXoneHook(BaseHook):
     ) -> None:
         super().__init__(**kwargs)
         self.cxone_conn_id = cxone_conn_id
-        self.retry_policy = retry_policy or RetryPolicy()
+        self._retry_policy = retry_policy
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The policy given to the hook, else one from the extras ``max_attempts``, ``backoff_base_s``,
+        ``backoff_max_s`` and ``retry_after_cap_s`` (each defaulting to :class:`RetryPolicy`'s)."""
+        if self._retry_policy is not None:
+            return self._retry_policy
+        defaults = RetryPolicy()
+        return RetryPolicy(
+            max_attempts=int(self._extra("max_attempts", defaults.max_attempts)),
+            backoff_base_s=float(self._extra("backoff_base_s", defaults.backoff_base_s)),
+            backoff_max_s=float(self._extra("backoff_max_s", defaults.backoff_max_s)),
+            retry_after_cap_s=float(self._extra("retry_after_cap_s", defaults.retry_after_cap_s)),
+        )
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
