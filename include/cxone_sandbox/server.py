@@ -513,6 +513,7 @@ class CXoneSandbox(_ServerRunner):
         self._lock = threading.Lock()
         self._lists: dict[str, _ContactList] = {}
         self._tokens: dict[str, float] = {}
+        self._issued: list[str] = []
         self._rate_window: deque[float] = deque()
         self._random = random.Random(self._config.seed)
         self._stats = _empty_stats()
@@ -549,6 +550,7 @@ class CXoneSandbox(_ServerRunner):
             self._config = _updated_config(config, knobs)
             self._lists.clear()
             self._tokens.clear()
+            self._issued.clear()
             self._rate_window.clear()
             self._random.seed(self._config.seed)
             self._stats = _empty_stats()
@@ -568,6 +570,11 @@ class CXoneSandbox(_ServerRunner):
             contact_list = self._lists.setdefault(contact_list_id, _ContactList())
             for record in copies:
                 contact_list.add(record)
+
+    def issued_tokens(self) -> list[str]:
+        """Every access token issued since start or the last reset (for tests that grep logs for leaks)."""
+        with self._lock:
+            return list(self._issued)
 
     def revoke_tokens(self) -> int:
         """Invalidate every token issued so far; returns how many were live."""
@@ -598,6 +605,7 @@ class CXoneSandbox(_ServerRunner):
                 if len(self._tokens) > 1000:
                     self._tokens = {token: expiry for token, expiry in self._tokens.items() if expiry > now}
                 self._tokens[payload["access_token"]] = now + lifetime
+                self._issued.append(payload["access_token"])
                 payload["expires_in"] = lifetime
         headers = {"Cache-Control": "no-store"}
         if status == 401:
