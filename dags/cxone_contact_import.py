@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
 from include.cxone_import import airflow_tasks as steps
+from include.cxone_import.notifier import CrmRunFailedNotifier
 
 IMPORT_PARALLELISM = steps.import_parallelism()
 RETRY_DELAY = steps.retry_delay()
@@ -29,6 +30,7 @@ RETRY_DELAY = steps.retry_delay()
     catchup=False,
     max_active_runs=1,  # one run at a time: the rate budget is per run (see README)
     doc_md=__doc__,
+    on_failure_callback=CrmRunFailedNotifier(),
     tags=["cxone", "outbound", "contacts"],
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={
@@ -79,8 +81,15 @@ def cxone_contact_import():
     def chunk(validated: dict, params=None, **context):
         return steps.chunk(validated, params, context)
 
-    @task(pool="cxone_api", max_active_tis_per_dagrun=IMPORT_PARALLELISM, retries=3)
+    @task(
+        pool="cxone_api",
+        max_active_tis_per_dagrun=IMPORT_PARALLELISM,
+        retries=3,
+        outlets=[AssetAlias(steps.CONTACT_LIST_ASSET_ALIAS)],
+        map_index_template="{{ group_label }}",
+    )
     def import_batches(group: dict, params=None, **context):
+        get_current_context()["group_label"] = steps.group_label(group)
         return steps.import_group(group, params, context)
 
     @task(trigger_rule="all_done", retries=0)

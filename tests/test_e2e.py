@@ -82,3 +82,35 @@ def test_scheduled_run_reads_its_own_day(run_import, storage_base, tmp_path, cxo
 
     assert run.state == "success"
     assert {r["contactId"] for r in cxone_sandbox.records(CONTACT_LIST_ID)} == set(export.valid_contact_ids)
+
+
+def test_asset_event_for_the_contact_list(run_import, export, cxone_sandbox):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    run = run_import({"source_uri": f"file://{export.path}"})
+    assert run.state == "success"
+    host = cxone_sandbox.url.split("://", 1)[1]
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == f"cxone://{host}/contactlists/{CONTACT_LIST_ID}")
+            .filter(AssetEvent.source_run_id == run.dag_run.run_id)
+            .all()
+        )
+    assert events
+    assert sum(e.extra["imported"] for e in events) == len(export.valid_contact_ids)
+
+
+def test_too_many_rejects_fails_the_run_after_writing_everything(run_import, export, cxone_sandbox, webhook_sink):
+    run = run_import({"source_uri": f"file://{export.path}", "max_reject_share": 0.05})
+
+    assert run.state == "failed"
+    assert run.file("rejects.csv").exists()
+    assert run.report["status"] == "failed"
+    assert any("max_reject_share" in p for p in run.report["problems"])
+    failure = [e["body"] for e in webhook_sink.events() if e["body"].get("event") == "cxone_contact_import_run_failed"]
+    assert len(failure) == 1
+    assert failure[0]["failedTask"] == "report"
+    assert any("max_reject_share" in p for p in failure[0]["problems"])

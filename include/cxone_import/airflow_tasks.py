@@ -34,6 +34,7 @@ SOURCE_BASE_VARIABLE = "cxone_source_base"
 SOURCE_TEMPLATE_VARIABLE = "cxone_source_template"
 DEFAULT_SOURCE_TEMPLATE = "contacts_{ds}.csv"
 CXONE_CONN_ID = "cxone_default"
+CONTACT_LIST_ASSET_ALIAS = "cxone_contact_list"
 WEBHOOK_CONN_ID = "crm_webhook"
 
 
@@ -183,6 +184,7 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
             int(group["group_index"])
         )
+    _emit_contact_list_asset(context, hook.base_url, contact_list_id(params), summary)
     if summary["transient_failed_batches"]:
         raise TransientImportError(
             f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "
@@ -191,7 +193,27 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     return summary
 
 
-def _webhook_target() -> WebhookTarget | None:
+def group_label(group: dict[str, Any]) -> str:
+    """How a mapped import task is named in the UI."""
+    return f"group {group['group_index']}: {group.get('batches', '?')} batches, {group['records']} records"
+
+
+def _emit_contact_list_asset(context: dict[str, Any], base_url: str, list_id: str, summary: dict[str, Any]) -> None:
+    """An Asset event for the contact list this task wrote to (``cxone://<host>/contactlists/<id>``)."""
+    from airflow.sdk import Asset, AssetAlias
+
+    events = context.get("outlet_events")
+    if events is None:
+        return
+    host = urlsplit(base_url).netloc or "cxone"
+    asset = Asset(name=f"cxone_contact_list__{list_id}", uri=f"cxone://{host}/contactlists/{list_id}", group="cxone")
+    events[AssetAlias(CONTACT_LIST_ASSET_ALIAS)].add(
+        asset,
+        extra={k: summary[k] for k in ("group_index", "records", "imported", "duplicate", "failed")},
+    )
+
+
+def webhook_target() -> WebhookTarget | None:
     from airflow.sdk import BaseHook
 
     try:
@@ -232,7 +254,7 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     numbers = totals(validated, load_outcomes(layout), summaries)
     events = batch_events(metrics, audit_by_batch, context["run_id"])
     events.append(summary_event(context["run_id"], numbers, run))
-    target = _webhook_target()
+    target = webhook_target()
     if target is None:
         return {"events": len(events), "delivered": 0, "failed": len(events), "errors": ["no crm_webhook connection"]}
     deliveries = WebhookSender(target).send_all(events)
