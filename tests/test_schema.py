@@ -23,7 +23,7 @@ def validate_csv(tmp_path: Path, *rows: str, max_age: int = 1825, chunk_rows: in
     schema = ContactRecordSchema.policy(max_age, AS_OF)
     seen = SeenContactIds()
     results = [validate_chunk(f, schema, seen) for f in iter_canonical_chunks(path, chunk_rows=chunk_rows)]
-    valid = pd.concat([r.valid for r in results], ignore_index=True)
+    valid = pd.concat([r.valid.to_pandas() for r in results], ignore_index=True)
     rejects = pd.concat([r.rejects for r in results], ignore_index=True)
     normalised: dict[str, int] = {}
     for r in results:

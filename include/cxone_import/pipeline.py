@@ -8,6 +8,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -100,24 +101,33 @@ def _write_rejects(layout: RunLayout, rejects: pd.DataFrame) -> None:
     ensure_parent(layout.rejects_csv)
     with layout.rejects_csv.open("w") as handle:
         neutralise_formulas(rejects).to_csv(handle, index=False)
+    write_jsonl(layout.audit_part("rejects"), _rejection_audit_entries(rejects))
+
+
+def _rejection_audit_entries(rejects: pd.DataFrame) -> Iterator[dict[str, Any]]:
+    """One audit entry per rejected record (its rules and columns), in row order."""
     now = datetime.now(timezone.utc).isoformat()
-    grouped = rejects.groupby("row_number", sort=True)
-    write_jsonl(
-        layout.audit_part("rejects"),
-        (
-            {
-                "auditId": str(uuid.uuid4()),
-                "timestamp": now,
-                "kind": "record",
-                "status": "validation_failed",
-                "rowNumber": int(row_number),
-                "contactId": group["contact_id"].iloc[0] if pd.notna(group["contact_id"].iloc[0]) else None,
-                "latencyMs": None,
-                "details": {"rules": sorted(set(group["rule"])), "columns": sorted(set(group["column"]))},
-            }
-            for row_number, group in grouped
-        ),
-    )
+    ordered = rejects.sort_values("row_number", kind="stable")
+    rows = ordered["row_number"].to_numpy()
+    if not len(rows):
+        return
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(rows)) + 1])
+    ends = np.append(starts[1:], len(rows))
+    contact_ids = ordered["contact_id"].to_numpy(dtype=object)
+    rules = ordered["rule"].to_numpy(dtype=object)
+    columns = ordered["column"].to_numpy(dtype=object)
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        contact_id = contact_ids[start]
+        yield {
+            "auditId": str(uuid.uuid4()),
+            "timestamp": now,
+            "kind": "record",
+            "status": "validation_failed",
+            "rowNumber": int(rows[start]),
+            "contactId": contact_id if isinstance(contact_id, str) else None,
+            "latencyMs": None,
+            "details": {"rules": sorted(set(rules[start:end])), "columns": sorted(set(columns[start:end]))},
+        }
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,30 @@ class GroupPlan:
         return cls(batches, math.ceil(batches / per_group), per_group)
 
 
-def batch_id(contact_list_id: str, contact_ids: list[str]) -> str:
+def _batch_aligned(layout: RunLayout, parts: int, batch_size: int) -> Iterator[pd.DataFrame]:
+    """The valid parts re-cut so that no batch spans two frames (a batch id covers all its records)."""
+    carry: pd.DataFrame | None = None
+    for n in range(parts):
+        frame = read_parquet(layout.valid_part(n))
+        if carry is not None and len(carry):
+            frame = pd.concat([carry, frame], ignore_index=True)
+        whole = len(frame) - len(frame) % batch_size
+        carry = frame.iloc[whole:]
+        if whole:
+            yield frame.iloc[:whole].reset_index(drop=True)
+    if carry is not None and len(carry):
+        yield carry.reset_index(drop=True)
+
+
+def _batch_ids(contact_list_id: str, batch_index: np.ndarray, contact_ids: np.ndarray) -> np.ndarray:
+    """The batch id of every row (rows of a batch are contiguous)."""
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(batch_index)) + 1])
+    ends = np.append(starts[1:], len(batch_index))
+    ids = [batch_id(contact_list_id, contact_ids[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return np.repeat(np.array(ids, dtype=object), ends - starts)
+
+
+def batch_id(contact_list_id: str, contact_ids: Any) -> str:
     """Deterministic: the same list and the same records (in order) give the same id, run after run."""
     digest = hashlib.sha256(contact_list_id.encode())
     for contact_id in contact_ids:
@@ -168,27 +201,26 @@ def chunk(
     position = 0  # index of the next valid record across all parts
     groups: dict[int, dict[str, Any]] = {}
     try:
-        for n in range(parts):
-            frame = read_parquet(layout.valid_part(n))
-            if not len(frame):
-                continue
+        for frame in _batch_aligned(layout, parts, batch_size):
             positions = np.arange(position, position + len(frame))
             position += len(frame)
             frame.insert(1, "batch_index", (positions // batch_size).astype("int64"))
-            ids = frame.groupby("batch_index", sort=True)["contact_id"].agg(list)
-            frame["batch_id"] = frame["batch_index"].map({b: batch_id(contact_list_id, c) for b, c in ids.items()})
-            frame["group_index"] = (positions // rows_per_group).astype("int64")
-            payload = pd.DataFrame(
+            batch_index = frame["batch_index"].to_numpy()
+            frame["batch_id"] = _batch_ids(contact_list_id, batch_index, frame["contact_id"].to_numpy(dtype=object))
+            group_of_row = (positions // rows_per_group).astype("int64")
+            frame["group_index"] = group_of_row
+            payload = pa.table(
                 {
-                    ROW_NUMBER: frame[ROW_NUMBER].to_numpy(),
-                    "batch_index": frame["batch_index"].to_numpy(),
-                    "batch_id": frame["batch_id"].to_numpy(),
-                    "contact_id": frame["contact_id"].to_numpy(),
-                    "record_json": record_json(frame),
+                    ROW_NUMBER: pa.array(frame[ROW_NUMBER].to_numpy(), pa.int64()),
+                    "batch_index": pa.array(batch_index, pa.int64()),
+                    "batch_id": pa.array(frame["batch_id"].to_numpy(dtype=object), pa.string()),
+                    "contact_id": pa.array(frame["contact_id"].to_numpy(dtype=object), pa.string()),
+                    "record_json": record_json(frame).cast(pa.string()),
                 }
             )
-            for group_index, members in payload.groupby(frame["group_index"].to_numpy(), sort=True):
-                table = pa.Table.from_pandas(members, schema=GROUP_SCHEMA, preserve_index=False)
+            for group_index in np.unique(group_of_row).tolist():
+                at = np.flatnonzero(group_of_row == group_index)
+                table = payload.slice(int(at[0]), len(at))  # rows of a group are contiguous
                 if group_index not in writers:
                     path = layout.group_file(int(group_index))
                     ensure_parent(path)
@@ -199,7 +231,7 @@ def chunk(
                     int(group_index),
                     {"group_index": int(group_index), "path": str(layout.group_file(int(group_index))), "records": 0},
                 )
-                info["records"] += len(members)
+                info["records"] += table.num_rows
             manifest.append(
                 frame.groupby("batch_index", sort=True).agg(
                     batch_id=("batch_id", "first"),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
+import pandera.pandas as pandera
+import pyarrow as pa
+import pyarrow.compute as pc
 from pandera.typing import Series
 
 from include.cxone_import.masking import mask_value
@@ -28,11 +30,13 @@ _ISO_8601 = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{
 _HAS_ZONE = r"(?:Z|z|[+-]\d{2}:?\d{2})$"
 _PHONE_PUNCTUATION = r"[\s\-\.\(\)]"
 
+PHONE_COUNT = "phones_given"
+CONTACT_ID_REPEAT = "contact_id_repeat"
 CONSENT_AT = "consent_at"
-CONSENT_HAS_ZONE = "consent_has_zone"
-SEEN_EARLIER = "contact_id_seen_earlier"
+CONSENT_UNPARSED = "consent_unparsed"
+CONSENT_ZONELESS = "consent_zoneless"
 LONGEST_FIELD = "longest_field"
-_DERIVED = (CONSENT_AT, CONSENT_HAS_ZONE, SEEN_EARLIER, LONGEST_FIELD)
+_DERIVED = (PHONE_COUNT, CONTACT_ID_REPEAT, CONSENT_AT, CONSENT_UNPARSED, CONSENT_ZONELESS, LONGEST_FIELD)
 
 RULE_MESSAGES = {
     "json_parseable": "the line is not a valid JSON record",
@@ -48,7 +52,7 @@ RULE_MESSAGES = {
     "opt_in_status_allowed": "optInStatus must be confirmed or pending",
     "field_too_long": f"a field is longer than {MAX_FIELD_LENGTH} characters",
 }
-# The column a record-level (dataframe) rule is about, for the rejects report.
+# The column a rule is reported on (rules checked on a derived column name the user's column instead).
 RULE_COLUMN = {
     "consent_present": "consent_timestamp",
     "json_parseable": SOURCE_ERROR,
@@ -65,29 +69,35 @@ RULE_COLUMN = {
 REJECT_COLUMNS = ("row_number", "contact_id", "column", "rule", "message", "value_masked")
 
 
-class ContactRecordSchema(pa.DataFrameModel):
+class ContactRecordSchema(pandera.DataFrameModel):
     """A contact record ready for the CXone records API (one row of the canonical frame).
 
+    Every rule is a column check named after the rule, so each failure case is one (row, column, rule):
+    rules about several columns check a column that ``prepare`` derives (``phones_given``, ``consent_at``, ...).
     Limits that vary per run (``max_consent_age_days``, ``as_of``) are class attributes; ``policy`` makes a
-    subclass with them set. Every check is named after its rule so failure cases map one-to-one to rejections.
+    subclass with them set.
     """
 
-    row_number: Series[np.int64] = pa.Field(unique=True)
-    contact_id: Series[str] = pa.Field(nullable=True)
-    phone: Series[str] = pa.Field(alias=f"^{PHONE_PREFIX}", regex=True, nullable=True)
-    consent_timestamp: Series[str] = pa.Field(nullable=True)
-    consent_at: Series[pd.DatetimeTZDtype(unit="ns", tz="UTC")] = pa.Field(nullable=True)  # type: ignore[valid-type]
-    consent_has_zone: Series[bool]
-    contact_id_seen_earlier: Series[bool]
+    row_number: Series[np.int64] = pandera.Field(unique=True)
+    contact_id: Series[str] = pandera.Field(nullable=True)
+    phone: Series[str] = pandera.Field(alias=f"^{PHONE_PREFIX}", regex=True, nullable=True)
+    consent_timestamp: Series[str] = pandera.Field(nullable=True)
+    opt_in_status: Series[str] = pandera.Field(nullable=True)
+    source_error: Optional[Series[str]] = pandera.Field(nullable=True)
+    # derived by prepare()
+    phones_given: Series[np.int64]
+    contact_id_repeat: Series[bool]
+    consent_at: Series[pd.DatetimeTZDtype(unit="ns", tz="UTC")] = pandera.Field(nullable=True)  # type: ignore[valid-type]
+    consent_unparsed: Series[bool]
+    consent_zoneless: Series[bool]
     longest_field: Series[np.int64]
-    opt_in_status: Series[str] = pa.Field(nullable=True)
 
     _max_consent_age_days: ClassVar[int] = DEFAULT_MAX_CONSENT_AGE_DAYS
     _as_of: ClassVar[datetime | None] = None
 
     class Config:
-        strict = False  # custom fields (cf_*) and JSONL's source_error travel alongside
-        coerce = False  # the frame is built with the right types; a mismatch is our bug, not the user's
+        strict = False  # custom fields (cf_*) travel alongside
+        coerce = False  # prepare() builds the right types; a mismatch is our bug, not the user's
 
     @classmethod
     def policy(cls, max_consent_age_days: int, as_of: datetime) -> type[ContactRecordSchema]:
@@ -101,120 +111,180 @@ class ContactRecordSchema(pa.DataFrameModel):
     def _now(cls) -> pd.Timestamp:
         return pd.Timestamp(cls._as_of or datetime.now(timezone.utc)).tz_convert("UTC")
 
-    @pa.check(f"^{PHONE_PREFIX}")
+    @pandera.check("source_error", ignore_na=False)
+    def json_parseable(cls, source_error: Series[str]) -> Series[bool]:
+        return source_error.isna()
+
+    @pandera.check("contact_id", ignore_na=False)
+    def contact_id_present(cls, contact_id: Series[str]) -> Series[bool]:
+        return contact_id.notna()
+
+    @pandera.check("contact_id_repeat")
+    def contact_id_unique(cls, repeat: Series[bool]) -> Series[bool]:
+        return ~repeat
+
+    @pandera.check(f"^{PHONE_PREFIX}")
     def phone_e164(cls, phone: Series[str]) -> Series[bool]:
         return phone.str.fullmatch(E164_PATTERN)
 
-    @pa.dataframe_check
-    def consent_parseable(cls, frame: pd.DataFrame) -> Series[bool]:
-        return frame["consent_timestamp"].isna() | frame[CONSENT_AT].notna()
+    @pandera.check("phones_given")
+    def phone_present(cls, phones_given: Series[np.int64]) -> Series[bool]:
+        return phones_given > 0
 
-    @pa.dataframe_check
-    def opt_in_status_allowed(cls, frame: pd.DataFrame) -> Series[bool]:
-        return frame["opt_in_status"].isin(ALLOWED_OPT_IN)  # missing is not allowed either
+    @pandera.check("consent_timestamp", ignore_na=False)
+    def consent_present(cls, consent: Series[str]) -> Series[bool]:
+        return consent.notna()
 
-    @pa.dataframe_check
-    def json_parseable(cls, frame: pd.DataFrame) -> Series[bool]:
-        if SOURCE_ERROR not in frame.columns:
-            return pd.Series(True, index=frame.index)
-        return frame[SOURCE_ERROR].isna()
+    @pandera.check("consent_unparsed")
+    def consent_parseable(cls, unparsed: Series[bool]) -> Series[bool]:
+        return ~unparsed
 
-    @pa.dataframe_check
-    def contact_id_present(cls, frame: pd.DataFrame) -> Series[bool]:
-        return frame["contact_id"].notna()
+    @pandera.check("consent_zoneless")
+    def consent_timezone(cls, zoneless: Series[bool]) -> Series[bool]:
+        return ~zoneless
 
-    @pa.dataframe_check
-    def contact_id_unique(cls, frame: pd.DataFrame) -> Series[bool]:
-        ids = frame["contact_id"]
-        return ids.isna() | ~(ids.duplicated(keep="first") | frame[SEEN_EARLIER])
+    @pandera.check("consent_at")
+    def consent_not_future(cls, consent_at: Series[pd.Timestamp]) -> Series[bool]:
+        return consent_at <= cls._now() + CLOCK_SKEW
 
-    @pa.dataframe_check
-    def phone_present(cls, frame: pd.DataFrame) -> Series[bool]:
-        return frame.filter(regex=f"^{PHONE_PREFIX}").notna().any(axis=1)
+    @pandera.check("consent_at")
+    def consent_max_age(cls, consent_at: Series[pd.Timestamp]) -> Series[bool]:
+        return consent_at >= cls._now() - timedelta(days=cls._max_consent_age_days)
 
-    @pa.dataframe_check
-    def consent_present(cls, frame: pd.DataFrame) -> Series[bool]:
-        return frame["consent_timestamp"].notna()
+    @pandera.check("opt_in_status", ignore_na=False)
+    def opt_in_status_allowed(cls, opt_in: Series[str]) -> Series[bool]:
+        return opt_in.isin(ALLOWED_OPT_IN)  # missing is not allowed either
 
-    @pa.dataframe_check
-    def consent_timezone(cls, frame: pd.DataFrame) -> Series[bool]:
-        return frame[CONSENT_AT].isna() | frame[CONSENT_HAS_ZONE]
-
-    @pa.dataframe_check
-    def consent_not_future(cls, frame: pd.DataFrame) -> Series[bool]:
-        return ~(frame[CONSENT_AT] > cls._now() + CLOCK_SKEW)
-
-    @pa.dataframe_check
-    def consent_max_age(cls, frame: pd.DataFrame) -> Series[bool]:
-        return ~(frame[CONSENT_AT] < cls._now() - timedelta(days=cls._max_consent_age_days))
-
-    @pa.dataframe_check
-    def field_too_long(cls, frame: pd.DataFrame) -> Series[bool]:
-        return frame[LONGEST_FIELD] <= MAX_FIELD_LENGTH
+    @pandera.check("longest_field")
+    def field_too_long(cls, longest: Series[np.int64]) -> Series[bool]:
+        return longest <= MAX_FIELD_LENGTH
 
 
 @dataclass
 class ChunkValidation:
-    """One validated chunk: the records to import, the rejections, and what was normalised."""
+    """One validated chunk: the records to import (arrow), the rejections, and what was normalised."""
 
-    valid: pd.DataFrame
+    valid: pa.Table
     rejects: pd.DataFrame
     rejected_rows: int
     normalised: dict[str, int] = field(default_factory=dict)
 
 
 class SeenContactIds:
-    """Remembers contactIds across chunks as sorted 64-bit hashes (16 MB for 2M ids), for the uniqueness rule."""
+    """The uniqueness rule across a whole file, in flat memory: contactIds kept as sorted 64-bit hashes
+    (16 MB for 2M ids). Two different ids sharing a hash would be reported as a repeat: at 2M ids the chance
+    is about 1 in 10^7 per file."""
 
     def __init__(self) -> None:
-        self._hashes = np.empty(0, dtype=np.uint64)
+        self._blocks: list[np.ndarray] = []  # one sorted, unique block per chunk: no re-sorting of the past
 
-    def mark(self, contact_ids: pd.Series) -> np.ndarray:
-        """Return, per row, whether the id was seen in an earlier chunk; then remember this chunk's ids."""
-        present = contact_ids.notna().to_numpy()
-        hashes = pd.util.hash_array(contact_ids.fillna("").to_numpy(dtype=object))
-        seen = np.zeros(len(contact_ids), dtype=bool)
-        if len(self._hashes):
-            seen = np.isin(hashes, self._hashes, assume_unique=False) & present
-        self._hashes = np.union1d(self._hashes, hashes[present])
-        return seen
+    def repeats(self, contact_ids: pd.Series) -> np.ndarray:
+        """Per row: does this id appear earlier in the chunk or in an earlier chunk? Then remember the chunk."""
+        ids = _arrow(contact_ids)
+        present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+        hashes = string_hashes(ids)
+        repeat = np.zeros(len(hashes), dtype=bool)
+        candidates = np.flatnonzero(present)
+        unique, first = np.unique(hashes[candidates], return_index=True)
+        repeat[candidates] = True
+        repeat[candidates[first]] = False
+        for block in self._blocks:
+            at = np.searchsorted(block, hashes).clip(max=len(block) - 1)
+            repeat |= present & (block[at] == hashes)
+        if len(unique):
+            self._blocks.append(unique)
+        return repeat
+
+
+_HASH_MULTIPLIER = np.uint64(0x100000001B3)
+_HASH_POWERS: list[np.ndarray] = []
+
+
+def string_hashes(values: pa.Array) -> np.ndarray:
+    """A 64-bit polynomial hash per string, vectorised over the arrow buffers (nulls hash like "")."""
+    values = pc.fill_null(values.cast(pa.large_string()), "")
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8) if values.buffers()[2] else np.empty(0, np.uint8)
+    data = data[offsets[0] : offsets[-1]].astype(np.uint64)
+    starts = offsets[:-1] - offsets[0]
+    lengths = np.diff(offsets)
+    if not len(data):
+        return lengths.astype(np.uint64)
+    position = np.arange(len(data)) - np.repeat(starts, lengths)
+    powers = _powers(int(lengths.max()))
+    with np.errstate(over="ignore"):
+        terms = (data + np.uint64(1)) * powers[position]
+        sums = np.add.reduceat(terms, np.minimum(starts, len(data) - 1)) if len(starts) else terms[:0]
+    sums[lengths == 0] = 0
+    return sums ^ lengths.astype(np.uint64)
+
+
+def _powers(n: int) -> np.ndarray:
+    if not _HASH_POWERS or len(_HASH_POWERS[0]) < n:
+        size = max(n, 64)
+        with np.errstate(over="ignore"):
+            table = np.cumprod(np.full(size, _HASH_MULTIPLIER, dtype=np.uint64), dtype=np.uint64)
+        _HASH_POWERS[:] = [table]
+    return _HASH_POWERS[0]
 
 
 def normalise(frame: pd.DataFrame) -> dict[str, int]:
     """Repairs we allow, in place, each counted in rows: phone punctuation and opt-in letter case."""
     counts: dict[str, int] = {}
-    phone_columns = [c for c in frame.columns if c.startswith(PHONE_PREFIX)]
     changed_rows = np.zeros(len(frame), dtype=bool)
-    for column in phone_columns:
-        raw = frame[column]
-        cleaned = raw.str.replace(_PHONE_PUNCTUATION, "", regex=True)
-        changed = ((cleaned != raw) & raw.notna()).fillna(False).to_numpy(dtype=bool)
+    for column in (c for c in frame.columns if c.startswith(PHONE_PREFIX)):
+        raw = _arrow(frame[column])
+        cleaned = pc.replace_substring_regex(raw, _PHONE_PUNCTUATION, "")
+        changed = pc.fill_null(pc.not_equal(raw, cleaned), False).to_numpy(zero_copy_only=False)
         if changed.any():
-            frame[column] = cleaned.where(cleaned != "", None)
+            cleaned = pc.if_else(pc.equal(cleaned, ""), pa.scalar(None, pa.string()), cleaned)
+            frame[column] = _series(cleaned, frame.index)
             changed_rows |= changed
     if changed_rows.any():
         counts["phone_punctuation_removed"] = int(changed_rows.sum())
-    opt_in = frame["opt_in_status"]
-    lowered = opt_in.str.strip().str.lower()
-    fixable = (lowered != opt_in).fillna(False) & lowered.isin(ALLOWED_OPT_IN)
+    raw = _arrow(frame["opt_in_status"])
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(raw))
+    fixable = pc.fill_null(
+        pc.and_(pc.not_equal(raw, lowered), pc.is_in(lowered, pa.array(ALLOWED_OPT_IN))), False
+    ).to_numpy(zero_copy_only=False)
     if fixable.any():
-        frame.loc[fixable, "opt_in_status"] = lowered[fixable]
+        frame["opt_in_status"] = _series(pc.if_else(pa.array(fixable), lowered, raw), frame.index)
         counts["opt_in_status_lowercased"] = int(fixable.sum())
     return counts
 
 
+def _arrow(series: pd.Series) -> pa.Array:
+    """A string column as a pyarrow array (zero-copy for pandas' arrow-backed strings)."""
+    return pa.array(series.array, type=pa.large_string(), from_pandas=True) if len(series) else pa.array([], pa.large_string())
+
+
+def _series(values: pa.Array, index: pd.Index) -> pd.Series:
+    return pd.Series(values.to_pandas(types_mapper=pd.ArrowDtype).astype("str"), index=index)
+
+
 def prepare(frame: pd.DataFrame, seen: SeenContactIds) -> pd.DataFrame:
-    """Add the derived columns the schema checks (parsed consent time, zone flag, cross-chunk id flag, length)."""
-    consent = frame["consent_timestamp"]
-    iso = consent.str.fullmatch(_ISO_8601).fillna(False).astype(bool)
-    parsed = pd.to_datetime(consent.where(iso), utc=True, format="ISO8601", errors="coerce")
-    frame[CONSENT_AT] = parsed.astype("datetime64[ns, UTC]")
-    frame[CONSENT_HAS_ZONE] = consent.str.contains(_HAS_ZONE, regex=True).fillna(False).astype(bool).to_numpy()
-    frame[SEEN_EARLIER] = seen.mark(frame["contact_id"])
-    text_columns = [c for c in frame.columns if c not in (ROW_NUMBER, *_DERIVED)]
+    """Add the derived columns the schema checks; each is a plain vectorised computation."""
+    phone_columns = [c for c in frame.columns if c.startswith(PHONE_PREFIX)]
+    frame[PHONE_COUNT] = frame[phone_columns].notna().sum(axis=1).astype("int64") if phone_columns else 0
+    frame[CONTACT_ID_REPEAT] = seen.repeats(frame["contact_id"])
+    consent = _arrow(frame["consent_timestamp"])
+    iso = pc.fill_null(pc.match_substring_regex(consent, _ISO_8601), False)
+    parsed = pd.to_datetime(
+        pd.Series(pc.if_else(iso, consent, pa.scalar(None, pa.large_string())).to_pandas(), dtype=object),
+        utc=True, format="ISO8601", errors="coerce",
+    )
+    frame[CONSENT_AT] = parsed.astype("datetime64[ns, UTC]").array
+    given = pc.is_valid(consent).to_numpy(zero_copy_only=False)
+    frame[CONSENT_UNPARSED] = given & parsed.isna().to_numpy()
+    has_zone = pc.fill_null(pc.match_substring_regex(consent, _HAS_ZONE), False).to_numpy(zero_copy_only=False)
+    frame[CONSENT_ZONELESS] = parsed.notna().to_numpy() & ~has_zone
     lengths = np.zeros(len(frame), dtype=np.int64)
-    for column in text_columns:
-        lengths = np.maximum(lengths, frame[column].str.len().fillna(0).to_numpy(dtype=np.int64))
+    for column in frame.columns:
+        if column not in _DERIVED and column != ROW_NUMBER:
+            length = pc.fill_null(pc.utf8_length(_arrow(frame[column])), 0)
+            lengths = np.maximum(lengths, length.to_numpy(zero_copy_only=False))
     frame[LONGEST_FIELD] = lengths
     return frame
 
@@ -224,64 +294,66 @@ def validate_chunk(
     schema: type[ContactRecordSchema],
     seen: SeenContactIds,
 ) -> ChunkValidation:
-    """Normalise, validate lazily and split one canonical chunk."""
+    """Normalise, validate lazily (every failing cell of every rule) and split one canonical chunk."""
     frame = frame.reset_index(drop=True)
     normalised = normalise(frame)
     prepare(frame, seen)
     try:
         schema.validate(frame, lazy=True)
-        failures = pd.DataFrame(columns=["index", "column", "check", "failure_case"])
-    except pa.errors.SchemaErrors as exc:
+        failures = pd.DataFrame({"index": pd.Series(dtype="int64"), "column": [], "check": []})
+    except pandera.errors.SchemaErrors as exc:
         failures = exc.failure_cases
     rejects = _rejections(frame, failures)
-    bad_index = np.unique(failures["index"].dropna().astype("int64").to_numpy()) if len(failures) else []
-    valid = frame.drop(index=bad_index).drop(columns=list(_DERIVED))
-    if SOURCE_ERROR in valid.columns:
-        valid = valid.drop(columns=[SOURCE_ERROR])
-    return ChunkValidation(valid=valid, rejects=rejects, rejected_rows=len(bad_index), normalised=normalised)
-
-
-def _rejections(frame: pd.DataFrame, failures: pd.DataFrame) -> pd.DataFrame:
-    """failure_cases -> one row per (row, column, rule); dataframe-level rules are reported once per row."""
-    if not len(failures):
-        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "row_number" else "str") for c in REJECT_COLUMNS})
-    unknown = failures[failures["index"].isna() | ~failures["check"].isin(RULE_MESSAGES.keys())]
-    if len(unknown):
-        raise SchemaContractError(unknown.head(5).to_string())
-    failures = failures.assign(index=failures["index"].astype("int64"))
-    record_level = failures["check"].isin(RULE_COLUMN.keys())
-    column_level = failures[~record_level][["index", "column", "check"]]
-    per_record = failures[record_level][["index", "check"]].drop_duplicates()
-    per_record = per_record.assign(column=per_record["check"].map(RULE_COLUMN))
-    rows = pd.concat([column_level, per_record], ignore_index=True)
-    # json_parseable rows carry only that reason: the rest would be noise about an unreadable line.
-    unreadable = set(rows.loc[rows["check"] == "json_parseable", "index"])
-    if unreadable:
-        rows = rows[~rows["index"].isin(unreadable) | (rows["check"] == "json_parseable")]
-    rows = rows.sort_values(["index", "check", "column"], kind="stable").reset_index(drop=True)
-    index = rows["index"].to_numpy()
-    values = [
-        _value_at(frame, i, column) for i, column in zip(index, rows["column"].to_numpy(), strict=True)
-    ]
-    return pd.DataFrame(
-        {
-            "row_number": frame[ROW_NUMBER].to_numpy()[index],
-            "contact_id": frame["contact_id"].to_numpy()[index],
-            "column": rows["column"].to_numpy(),
-            "rule": rows["check"].to_numpy(),
-            "message": rows["check"].map(RULE_MESSAGES).to_numpy(),
-            "value_masked": values,
-        }
+    keep = np.ones(len(frame), dtype=bool)
+    keep[rejects["index"].to_numpy()] = False
+    columns = [c for c in frame.columns if c not in _DERIVED and c != SOURCE_ERROR]
+    valid = pa.Table.from_pandas(frame[columns], preserve_index=False).filter(pa.array(keep))
+    return ChunkValidation(
+        valid=valid,
+        rejects=rejects.drop(columns=["index"]),
+        rejected_rows=int((~keep).sum()),
+        normalised=normalised,
     )
 
 
-def _value_at(frame: pd.DataFrame, index: int, column: str) -> str:
-    if column not in frame.columns:
-        return ""
-    value = frame.at[index, column]
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return ""
-    return mask_value(column, str(value))
+def _rejections(frame: pd.DataFrame, failures: pd.DataFrame) -> pd.DataFrame:
+    """failure_cases -> one row per (row, column, rule) with the user-facing column and a masked value."""
+    unknown = failures[failures["index"].isna() | ~failures["check"].isin(RULE_MESSAGES.keys())]
+    if len(unknown):
+        raise SchemaContractError(unknown.head(5).to_string())
+    rows = pd.DataFrame(
+        {
+            "index": failures["index"].astype("int64").to_numpy(),
+            "rule": failures["check"].astype("str").to_numpy(),
+            "column": failures["column"].astype("str").to_numpy(),
+        }
+    )
+    derived = rows["rule"].isin(RULE_COLUMN.keys())
+    rows.loc[derived, "column"] = rows.loc[derived, "rule"].map(RULE_COLUMN)
+    # A line that is not JSON carries only that reason: the rest would be noise about an unreadable line.
+    unreadable = rows.loc[rows["rule"] == "json_parseable", "index"]
+    if len(unreadable):
+        rows = rows[~rows["index"].isin(unreadable) | (rows["rule"] == "json_parseable")]
+    rows = rows.drop_duplicates().sort_values(["index", "rule", "column"], kind="stable").reset_index(drop=True)
+    index = rows["index"].to_numpy()
+    values = np.full(len(rows), "", dtype=object)
+    for column in rows["column"].unique():
+        if column not in frame.columns:
+            continue
+        at = (rows["column"] == column).to_numpy()
+        raw = frame[column].to_numpy(dtype=object)[index[at]]
+        values[at] = [mask_value(column, str(v)) if isinstance(v, str) else "" for v in raw]
+    return pd.DataFrame(
+        {
+            "index": index,
+            "row_number": frame[ROW_NUMBER].to_numpy()[index],
+            "contact_id": frame["contact_id"].to_numpy(dtype=object)[index],
+            "column": rows["column"].to_numpy(),
+            "rule": rows["rule"].to_numpy(),
+            "message": rows["rule"].map(RULE_MESSAGES).to_numpy(),
+            "value_masked": values,
+        }
+    )
 
 
 class SchemaContractError(RuntimeError):
