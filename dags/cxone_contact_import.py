@@ -71,15 +71,18 @@ RETRY_DELAY = steps.retry_delay()
 def cxone_contact_import():
     @task
     def extract(params=None, **context):
-        return steps.extract(params, context)
+        with steps.measured(context, "extract"):
+            return steps.extract(params, context)
 
     @task
     def validate(extracted: dict, params=None, **context):
-        return steps.validate(extracted, params, context)
+        with steps.measured(context, "validate"):
+            return steps.validate(extracted, params, context)
 
     @task
     def chunk(validated: dict, params=None, **context):
-        return steps.chunk(validated, params, context)
+        with steps.measured(context, "chunk"):
+            return steps.chunk(validated, params, context)
 
     @task(
         pool="cxone_api",
@@ -90,7 +93,8 @@ def cxone_contact_import():
     )
     def import_batches(group: dict, params=None, **context):
         get_current_context()["group_label"] = steps.group_label(group)
-        return steps.import_group(group, params, context)
+        with steps.measured(context, "import_batches"):
+            return steps.import_group(group, params, context)
 
     @task(trigger_rule="all_done", retries=0)
     def notify_webhook(validated: dict, params=None, **context):

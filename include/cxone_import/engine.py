@@ -15,19 +15,20 @@ Every record of the group ends in exactly one outcome: ``imported``, ``duplicate
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from include.cxone_import.storage import RunLayout, read_json, read_parquet, write_json, write_jsonl, write_parquet
+from include.cxone_import.storage import RunLayout, read_json, write_json, write_jsonl, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,14 @@ OUTCOMES = (IMPORTED, DUPLICATE, FAILED)
 class BatchClient(Protocol):
     """What the engine needs of ``cxone_provider.client.CXoneClient``."""
 
-    def import_batch(self, contact_list_id: str, records: Sequence[dict[str, Any]]) -> Any: ...
+    def import_batch_json(self, contact_list_id: str, records_json: Sequence[str]) -> Any: ...
 
 
 @dataclass(frozen=True)
 class Row:
     row_number: int
     contact_id: str
-    record: dict[str, Any]
+    record_json: str
 
 
 @dataclass
@@ -128,9 +129,9 @@ class GroupImporter:
 
     def run(self, group_index: int) -> dict[str, Any]:
         """Import the group; write its outcomes, batch metrics and audit entries; return the group summary."""
-        frame = read_parquet(self._layout.group_file(group_index))
-        batches = [(int(i), str(b), members) for (i, b), members in frame.groupby(["batch_index", "batch_id"], sort=True)]
-        log.info("group %d: %d records in %d batches, concurrency %d", group_index, len(frame), len(batches), self._concurrency)
+        batches = list(_read_batches(self._layout.group_file(group_index)))
+        records = sum(len(b[2]) for b in batches)
+        log.info("group %d: %d records in %d batches, concurrency %d", group_index, records, len(batches), self._concurrency)
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}") as pool:
             results = list(pool.map(lambda b: self._import_batch(*b), batches))
@@ -145,7 +146,7 @@ class GroupImporter:
         counts = outcomes["outcome"].value_counts()
         summary = {
             "group_index": group_index,
-            "records": len(frame),
+            "records": records,
             "batches": len(metrics),
             **{name: int(counts.get(name, 0)) for name in OUTCOMES},
             "transient_failed_batches": sum(1 for m in metrics if m.transient),
@@ -165,17 +166,14 @@ class GroupImporter:
 
     # -- one batch ---------------------------------------------------------------------------------------------
 
-    def _import_batch(self, batch_index: int, batch_id: str, members: pd.DataFrame) -> tuple[BatchMetrics, list]:
+    def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> tuple[BatchMetrics, list]:
         metrics = BatchMetrics(batch_id=batch_id, batch_index=batch_index, records=len(members), started_at=_now())
         checkpoint = self._checkpoints.load(batch_id)
         if checkpoint is not None:
             metrics = BatchMetrics(**{**checkpoint["metrics"], "resumed": True})
             log.info("batch %s already acknowledged (%s); skipped", batch_id, metrics.status)
             return metrics, [tuple(o) for o in checkpoint["outcomes"]]
-        rows = [
-            Row(int(r), str(c), json.loads(j))
-            for r, c, j in zip(members["row_number"], members["contact_id"], members["record_json"], strict=True)
-        ]
+        rows = [Row(r, c, j) for r, c, j in members]
         uncertain = self._checkpoints.was_inflight(batch_id)
         self._checkpoints.mark_inflight(batch_id)
         outcomes: list[tuple[int, str, str, str, str]] = []
@@ -196,7 +194,7 @@ class GroupImporter:
     ) -> None:
         metrics.requests += 1
         try:
-            result = self._client.import_batch(self._contact_list_id, [r.record for r in rows])
+            result = self._client.import_batch_json(self._contact_list_id, [r.record_json for r in rows])
         except self._conflict as exc:
             self._account_call(metrics, exc)
             self._isolate(batch_id, rows, uncertain or exc.outcome_uncertain, metrics, outcomes, exc.duplicates, DUPLICATE)
@@ -295,6 +293,21 @@ class _ErrorItem:
         index = item.get("index")
         text = " ".join(str(item[k]) for k in ("field", "code", "message") if item.get(k))
         return cls(index if isinstance(index, int) else None, item.get("contactId"), text)
+
+
+def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
+    """A group file's batches in order: (batch_index, batch_id, [(row_number, contact_id, record_json)])."""
+    with path.open("rb") as handle:
+        table = pq.read_table(handle)
+    batch_index = table["batch_index"].to_numpy()
+    if not len(batch_index):
+        return
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(batch_index)) + 1])
+    ends = np.append(starts[1:], len(batch_index))
+    rows = list(zip(table["row_number"].to_pylist(), table["contact_id"].to_pylist(), table["record_json"].to_pylist(), strict=True))
+    batch_ids = table["batch_id"].to_pylist()
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield int(batch_index[start]), batch_ids[start], rows[start:end]
 
 
 def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:

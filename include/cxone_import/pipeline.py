@@ -25,7 +25,7 @@ from include.cxone_import.storage import RunLayout, ensure_parent, read_parquet,
 log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 100
-MAX_BATCHES_PER_GROUP = 500
+MAX_BATCHES_PER_GROUP = 2000  # bounds an import task's memory and the work a task retry may repeat
 GROUP_SCHEMA = pa.schema(
     [
         (ROW_NUMBER, pa.int64()),
@@ -145,8 +145,9 @@ class GroupPlan:
         batches = math.ceil(valid_rows / batch_size)
         if batches == 0:
             return cls(0, 0, 0)
-        wanted = max(parallelism, math.ceil(batches / MAX_BATCHES_PER_GROUP))
-        groups = max(1, min(wanted, batches, max_map_length))
+        # whole waves of `parallelism` tasks, so no task runs alone on its share of the budget at the end
+        waves = math.ceil(batches / (parallelism * MAX_BATCHES_PER_GROUP))
+        groups = max(1, min(waves * parallelism, batches, max_map_length))
         per_group = math.ceil(batches / groups)
         return cls(batches, math.ceil(batches / per_group), per_group)
 

@@ -62,6 +62,13 @@ _USER_AGENT = f"cxone-airflow-provider/{__version__} python-requests/{requests._
 _OBJECT_REPR = re.compile(r"<[^<>]+ at 0x[0-9a-f]+>:?\s*")
 
 
+def _check_batch_size(n_records: int) -> None:
+    if n_records > MAX_RECORDS_PER_BATCH:
+        raise ValueError(f"a batch holds at most {MAX_RECORDS_PER_BATCH} records, got {n_records}; split it first")
+    if not n_records:
+        raise ValueError("a batch needs at least one record")
+
+
 def base_url_for(region: str | None = None, host: str | None = None) -> str:
     """
     Base URL of the CXone API: an explicit ``host`` wins, otherwise the ``region`` (us, eu; default us).
@@ -305,15 +312,24 @@ class CXoneClient:
         :raises ValueError: more than 100 records, or none, before anything is sent.
         :raises CXoneError: a typed subclass, with ``attempts`` and ``outcome_uncertain`` set.
         """
-        if len(records) > MAX_RECORDS_PER_BATCH:
-            raise ValueError(
-                f"a batch holds at most {MAX_RECORDS_PER_BATCH} records, got {len(records)}; split it first"
-            )
-        if not records:
-            raise ValueError("a batch needs at least one record")
-        url = f"{self.base_url}/api/v2/contactlists/{quote(str(contact_list_id), safe='')}/records"
+        _check_batch_size(len(records))
         payload = json.dumps({"records": [dict(record) for record in records]}).encode()
-        return self._post_with_retries(url, payload, contact_list_id, len(records))
+        return self._post_with_retries(self._records_url(contact_list_id), payload, contact_list_id, len(records))
+
+    def import_batch_json(self, contact_list_id: str, records_json: Sequence[str]) -> BatchResult:
+        """
+        Like :meth:`import_batch` for records already serialised as JSON objects (one string each):
+        the body is joined, not re-encoded, which saves a decode/encode per record on large imports.
+
+        :param contact_list_id: the CXone contact list to add the records to.
+        :param records_json: each a JSON object in the API record shape.
+        """
+        _check_batch_size(len(records_json))
+        payload = ('{"records":[' + ",".join(records_json) + "]}").encode()
+        return self._post_with_retries(self._records_url(contact_list_id), payload, contact_list_id, len(records_json))
+
+    def _records_url(self, contact_list_id: str) -> str:
+        return f"{self.base_url}/api/v2/contactlists/{quote(str(contact_list_id), safe='')}/records"
 
     def _post_with_retries(self, url: str, payload: bytes, contact_list_id: str, n_records: int) -> BatchResult:
         policy = self.retry_policy
