@@ -16,6 +16,7 @@ Every record of the group ends in exactly one outcome: ``imported``, ``duplicate
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -133,6 +134,7 @@ class GroupImporter:
         records = sum(len(b[2]) for b in batches)
         log.info("group %d: %d records in %d batches, concurrency %d", group_index, records, len(batches), self._concurrency)
         started = time.monotonic()
+        self._progress = _Progress(group_index, len(batches), started)
         with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}") as pool:
             results = list(pool.map(lambda b: self._import_batch(*b), batches))
         elapsed = time.monotonic() - started
@@ -187,6 +189,7 @@ class GroupImporter:
             log.warning("batch %s failed transiently after %d attempts: %s", batch_id, metrics.attempts, metrics.error)
         else:
             self._checkpoints.save(batch_id, {"metrics": asdict(metrics), "outcomes": outcomes})
+        self._progress.batch_done(metrics.records)
         return metrics, outcomes
 
     def _send(
@@ -276,6 +279,28 @@ class GroupImporter:
         request_id = getattr(result, "request_id", None)
         if request_id and not hasattr(result, "created"):
             metrics.request_ids.append(request_id)
+
+
+class _Progress:
+    """Logs a group's progress at each tenth of its batches (not per batch: a list has thousands)."""
+
+    def __init__(self, group_index: int, batches: int, started: float) -> None:
+        self._group, self._batches, self._started = group_index, batches, started
+        self._done = self._records = 0
+        self._lock = threading.Lock()
+
+    def batch_done(self, records: int) -> None:
+        with self._lock:
+            self._done += 1
+            self._records += records
+            step = max(1, self._batches // 10)
+            if self._done % step and self._done != self._batches:
+                return
+            elapsed = max(time.monotonic() - self._started, 1e-9)
+            log.info(
+                "group %d: %d/%d batches, %d records, %.0f records/s",
+                self._group, self._done, self._batches, self._records, self._records / elapsed,
+            )
 
 
 @dataclass(frozen=True)

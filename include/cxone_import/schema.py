@@ -282,9 +282,13 @@ def prepare(frame: pd.DataFrame, seen: SeenContactIds) -> pd.DataFrame:
     frame[CONSENT_ZONELESS] = parsed.notna().to_numpy() & ~has_zone
     lengths = np.zeros(len(frame), dtype=np.int64)
     for column in frame.columns:
-        if column not in _DERIVED and column != ROW_NUMBER:
-            length = pc.fill_null(pc.utf8_length(_arrow(frame[column])), 0)
-            lengths = np.maximum(lengths, length.to_numpy(zero_copy_only=False))
+        if column in _DERIVED or column == ROW_NUMBER:
+            continue
+        values = _arrow(frame[column])
+        if (pc.max(pc.binary_length(values)).as_py() or 0) <= MAX_FIELD_LENGTH:
+            continue  # bytes bound characters: no value here can be too long
+        length = pc.fill_null(pc.utf8_length(values), 0)
+        lengths = np.maximum(lengths, length.to_numpy(zero_copy_only=False))
     frame[LONGEST_FIELD] = lengths
     return frame
 

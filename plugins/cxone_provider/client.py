@@ -468,7 +468,7 @@ class CXoneClient:
             outcome_uncertain=outcome_uncertain,
             rate_limited=rate_limited,
         )
-        log.info(
+        log.debug(  # per batch: debug, since a nightly list makes thousands of them (the engine logs progress)
             "list %s: batch of %d sent, %d created, %d duplicate warning(s); status %d, request id %s, "
             "%d attempt(s), %.0f ms%s",
             contact_list_id,
