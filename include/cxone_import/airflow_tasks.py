@@ -40,6 +40,7 @@ SOURCE_TEMPLATE_VARIABLE = "cxone_source_template"
 DEFAULT_SOURCE_TEMPLATE = "contacts_{ds}.csv"
 CXONE_CONN_ID = "cxone_default"
 CONTACT_LIST_ASSET_ALIAS = "cxone_contact_list"
+XCOM_BATCH_FIELDS = ("batch_id", "batch_index", "records", "imported", "duplicates", "failed", "status", "latency_ms", "attempts")
 WEBHOOK_CONN_ID = "crm_webhook"
 
 
@@ -223,7 +224,8 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
             f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "
             f"({summary['failed']} records); the task retry resends only those, the rest is checkpointed"
         )
-    return summary
+    # XCom keeps the per-batch metrics compact; the full ones (request ids, timestamps) are in storage.
+    return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
 
 
 def budget_limiter(requests_per_minute: float) -> Any:
