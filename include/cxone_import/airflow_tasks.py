@@ -234,7 +234,8 @@ def budget_limiter(requests_per_minute: float) -> Any:
     from cxone_provider.ratelimit import RateLimiter
 
     burst = max(1, math.ceil(requests_per_minute / 600))
-    return RateLimiter(max(requests_per_minute - (burst - 1), 1.0), burst=burst)
+    # a window can hold rate + burst sends (both ends of a 60 s span), so the rate gives up `burst`
+    return RateLimiter(max(requests_per_minute - burst, requests_per_minute / 2), burst=burst)
 
 
 def group_label(group: dict[str, Any]) -> str:

@@ -1,0 +1,84 @@
+"""Chunking: batch ids, group planning under the map-length cap, batches never split across parts; the task
+budget limiter never exceeds the connection's budget."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from upath import UPath
+
+from include.cxone_import import pipeline
+from include.cxone_import.airflow_tasks import budget_limiter
+from include.cxone_import.storage import RunLayout, write_parquet
+from tests.test_ratelimit import SIMULATED_MINUTE_S, ThreadLocalClock, max_in_any_window, run_senders
+
+
+@pytest.mark.parametrize(
+    ("valid_rows", "batch_size", "parallelism", "max_map", "expected"),
+    [
+        pytest.param(0, 100, 4, 1024, (0, 0, 0), id="empty"),
+        pytest.param(250, 100, 4, 1024, (3, 3, 1), id="fewer-batches-than-tasks"),
+        pytest.param(1_000_000, 100, 4, 1024, (10_000, 8, 1250), id="1M-two-waves-of-4"),
+        pytest.param(1_000_000, 100, 1, 1024, (10_000, 5, 2000), id="1M-sequential"),
+        pytest.param(10_000_000, 10, 4, 1024, (1_000_000, 500, 2000), id="capped-by-group-size"),
+        pytest.param(50_000_000, 10, 4, 1024, (5_000_000, 1024, 4883), id="capped-by-max-map-length"),
+    ],
+)
+def test_group_plan(valid_rows, batch_size, parallelism, max_map, expected):
+    plan = pipeline.GroupPlan.plan(valid_rows, batch_size, parallelism, max_map)
+    assert (plan.batches, plan.groups, plan.batches_per_group) == expected
+    assert plan.groups <= max_map
+    assert plan.groups * plan.batches_per_group >= plan.batches
+
+
+@pytest.mark.parametrize("batch_size", [0, 101])
+def test_batch_size_limits(batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.GroupPlan.plan(10, batch_size, 1, 1024)
+
+
+def test_batch_id_is_deterministic_and_list_specific():
+    ids = ["a", "b", "c"]
+    assert pipeline.batch_id("L1", ids) == pipeline.batch_id("L1", list(ids))
+    assert pipeline.batch_id("L1", ids) != pipeline.batch_id("L2", ids)
+    assert pipeline.batch_id("L1", ids) != pipeline.batch_id("L1", ["a", "b"])
+
+
+def test_a_batch_spanning_two_parts_stays_whole(tmp_path):
+    layout = RunLayout.for_run(UPath(f"file://{tmp_path}"), "d", "r")
+    sizes = [7, 5, 9]
+    row = 1
+    for n, size in enumerate(sizes):
+        frame = pd.DataFrame(
+            {
+                "row_number": range(row, row + size),
+                "contact_id": [f"c{i}" for i in range(row, row + size)],
+                "phone_mobile": [f"+1415555{i:04d}" for i in range(row, row + size)],
+                "consent_timestamp": "2026-06-01T00:00:00Z",
+                "opt_in_status": "pending",
+            }
+        )
+        write_parquet(layout.valid_part(n), frame)
+        row += size
+    groups = pipeline.chunk(layout, parts=3, valid_rows=sum(sizes), contact_list_id="L", batch_size=4,
+                            parallelism=2, max_map_length=1024)
+    tables = [pq.read_table(layout.group_file(g["group_index"]).path).to_pandas() for g in groups]
+    rows = pd.concat(tables, ignore_index=True)
+    assert list(rows["row_number"]) == list(range(1, 22))
+    per_batch = rows.groupby("batch_index").agg(ids=("batch_id", "nunique"), n=("row_number", "size"))
+    assert (per_batch["ids"] == 1).all(), "one id per batch"
+    assert list(per_batch["n"]) == [4, 4, 4, 4, 4, 1]
+    for index, batch in rows.groupby("batch_index"):
+        assert batch["batch_id"].iloc[0] == pipeline.batch_id("L", list(batch["contact_id"]))
+    assert sum(g["records"] for g in groups) == 21 and sum(g["batches"] for g in groups) == 6
+
+
+@pytest.mark.parametrize("budget", [6000, 1500, 250, 60], ids=lambda b: f"{b}rpm")
+def test_task_limiter_never_exceeds_its_budget(budget):
+    clock = ThreadLocalClock()
+    limiter = budget_limiter(budget)
+    limiter._clock, limiter._sleep = clock.now, clock.sleep  # simulated time, no real waits
+    sends = run_senders(limiter, clock, per_thread=int(budget * 2 / 8) + 1)
+    assert max_in_any_window(sends, SIMULATED_MINUTE_S) <= budget
+    assert max(sends) <= (len(sends) / budget) * 60.0 * 1.01, "and it uses the budget"
