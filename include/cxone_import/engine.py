@@ -29,6 +29,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
+from cxone_provider.models import parse_record_issues
+
 from include.cxone_import.storage import RunLayout, read_json, write_json, write_jsonl, write_parquet
 
 log = logging.getLogger(__name__)
@@ -119,14 +122,11 @@ class GroupImporter:
         *,
         concurrency: int = 8,
     ) -> None:
-        from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
-
         self._client = client
         self._contact_list_id = contact_list_id
         self._layout = layout
         self._checkpoints = CheckpointStore(layout)
         self._concurrency = max(1, concurrency)
-        self._conflict, self._validation, self._cxone_error = CXoneConflictError, CXoneValidationError, CXoneError
 
     def run(self, group_index: int) -> dict[str, Any]:
         """Import the group; write its outcomes, batch metrics and audit entries; return the group summary."""
@@ -198,16 +198,16 @@ class GroupImporter:
         metrics.requests += 1
         try:
             result = self._client.import_batch_json(self._contact_list_id, [r.record_json for r in rows])
-        except self._conflict as exc:
+        except CXoneConflictError as exc:
             self._account_call(metrics, exc)
             self._isolate(batch_id, rows, uncertain or exc.outcome_uncertain, metrics, outcomes, exc.duplicates, DUPLICATE)
             return
-        except self._validation as exc:
+        except CXoneValidationError as exc:
             self._account_call(metrics, exc)
-            named = [_ErrorItem.parse(e) for e in (exc.errors or [])]
+            named = parse_record_issues(exc.errors)
             self._isolate(batch_id, rows, uncertain, metrics, outcomes, named, FAILED, reason=str(exc))
             return
-        except self._cxone_error as exc:
+        except CXoneError as exc:
             self._account_call(metrics, exc)
             metrics.transient = True
             metrics.error = str(exc)
@@ -303,23 +303,6 @@ class _Progress:
             )
 
 
-@dataclass(frozen=True)
-class _ErrorItem:
-    """A 400's field error, reduced to what isolates a record."""
-
-    index: int | None
-    contact_id: str | None
-    message: str
-
-    @classmethod
-    def parse(cls, item: Any) -> _ErrorItem:
-        if not isinstance(item, dict):
-            return cls(None, None, str(item))
-        index = item.get("index")
-        text = " ".join(str(item[k]) for k in ("field", "code", "message") if item.get(k))
-        return cls(index if isinstance(index, int) else None, item.get("contactId"), text)
-
-
 def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
     """A group file's batches in order: (batch_index, batch_id, [(row_number, contact_id, record_json)])."""
     with path.open("rb") as handle:
@@ -344,7 +327,7 @@ def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
     for item in items:
         index = getattr(item, "index", None)
         contact_id = getattr(item, "contact_id", None)
-        detail = getattr(item, "code", None) or getattr(item, "message", "") or ""
+        detail = " ".join(p for p in (getattr(item, "field", None), getattr(item, "code", None), getattr(item, "message", None)) if p)
         if isinstance(index, int) and 0 <= index < len(rows) and (contact_id is None or rows[index].contact_id == contact_id):
             named[index] = detail
         elif contact_id is not None and contact_id in by_id:

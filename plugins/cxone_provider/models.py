@@ -8,35 +8,45 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class DuplicateWarning:
-    """One duplicate the server named, by position in the batch and/or contactId."""
+class RecordIssue:
+    """One record the server named in ``warnings`` (a duplicate) or ``errors`` (a field error), by position in
+    the batch and/or contactId."""
 
     index: int | None
     contact_id: str | None
     code: str | None
     message: str
+    field: str | None = None
 
     @classmethod
-    def from_api(cls, item: Any) -> DuplicateWarning:
-        """Parse one ``warnings`` item, tolerating missing or oddly typed fields."""
+    def from_api(cls, item: Any) -> RecordIssue:
+        """Parse one ``warnings``/``errors`` item, tolerating missing or oddly typed fields."""
         if not isinstance(item, dict):
             return cls(index=None, contact_id=None, code=None, message=str(item))
         index = item.get("index")
         contact_id = item.get("contactId")
         code = item.get("code")
+        field = item.get("field")
         return cls(
             index=index if isinstance(index, int) and not isinstance(index, bool) else None,
             contact_id=str(contact_id) if contact_id is not None else None,
             code=str(code) if code is not None else None,
             message=str(item.get("message") or ""),
+            field=str(field) if field is not None else None,
         )
 
 
-def parse_duplicates(items: Iterable[Any] | None) -> tuple[DuplicateWarning, ...]:
-    """Turn a response's ``warnings`` list into DuplicateWarning values (an absent list gives none)."""
+DuplicateWarning = RecordIssue  # what a warnings item is called where duplicates are meant
+
+
+def parse_record_issues(items: Iterable[Any] | None) -> tuple[RecordIssue, ...]:
+    """Turn a response's ``warnings`` or ``errors`` list into RecordIssue values (an absent list gives none)."""
     if not isinstance(items, list):
         return ()
-    return tuple(DuplicateWarning.from_api(item) for item in items)
+    return tuple(RecordIssue.from_api(item) for item in items)
+
+
+parse_duplicates = parse_record_issues
 
 
 @dataclass(frozen=True)
