@@ -201,7 +201,7 @@ def build_report(
         "normalised": validated.get("normalised", {}),
         "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
         "webhook": {k: v for k, v in webhook.items() if k != "audit"},
-        "timings_seconds": {"validation": validated.get("validation_seconds")},
+        "timings_seconds": {"validation": validated.get("validation_seconds"), "schema": validated.get("schema_seconds")},
         "files": {
             "report": str(layout.report),
             "rejects_csv": str(layout.rejects_csv),
