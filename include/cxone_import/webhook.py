@@ -38,7 +38,7 @@ class WebhookTarget:
     verify: bool = True
     max_attempts: int = 4
     backoff_base_s: float = 0.5
-    concurrency: int = 4
+    concurrency: int = 8
 
 
 @dataclass(frozen=True)
