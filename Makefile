@@ -16,7 +16,7 @@ test: setup
 bench: setup
 	@$(RUN) python -m include.cxone_import.bench $(ARGS)
 
-airflow: setup
+airflow:
 	@bash scripts/stack.sh start
 
 stop:

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_import_files(settings, out_dir, cxone_url=args.cxone_url, webhook_url=args.webhook_url)
     commands = import_commands(paths)
     if args.dry_run:
-        for kind, path in paths.items():
+        for path in paths.values():
             print(f"# {path}\n{json.dumps(_masked(json.loads(path.read_text())), indent=2)}")
         for argv_ in commands:
             print("airflow " + " ".join(argv_))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full local Airflow stack on 127.0.0.1: `make airflow` (start) / `make stop` (stop) / `bash scripts/stack.sh status`.
+# The full local Airflow stack on 127.0.0.1: `make airflow` (start), `make stop` (stop), `bash scripts/stack.sh status`.
 #
 # start   set-up (scripts/setup.sh), then as background processes, each in its own process group with its pid in
 #         $AIRFLOW_HOME/stack/<name>.pid and its output in $AIRFLOW_HOME/stack/<name>.log:
@@ -18,10 +18,12 @@
 #
 # Parameters (environment): AIRFLOW_HOME (default .airflow), AIRFLOW_API_PORT (8080), CXONE_SANDBOX_PORT (8765),
 # CXONE_WEBHOOK_PORT (8766), CXONE_IMPORT_STORAGE_BASE (file://<repo>/data), CXONE_IMPORT_PARALLELISM (4),
-# AIRFLOW_ADMIN_PASSWORD (admin), STACK_START_TIMEOUT (s, 150), STACK_STOP_TIMEOUT (s, 30), STACK_OWNER_PID (when
-# set, a watchdog stops the stack once that process is gone: used by tests/stack.py), any AIRFLOW__SECTION__KEY.
+# AIRFLOW_ADMIN_PASSWORD (admin), STACK_START_TIMEOUT (s the processes get to become ready after set-up, 120),
+# STACK_STOP_TIMEOUT (s, 30), STACK_OWNER_PID (when set, a watchdog stops the stack once that process is gone: used
+# by tests/stack.py), any AIRFLOW__SECTION__KEY.
 # The metadata DB is SQLite in $AIRFLOW_HOME unless AIRFLOW__DATABASE__SQL_ALCHEMY_CONN says otherwise.
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
@@ -30,9 +32,9 @@ API_PORT="${AIRFLOW_API_PORT:-8080}"
 SANDBOX_PORT="${CXONE_SANDBOX_PORT:-8765}"
 WEBHOOK_PORT="${CXONE_WEBHOOK_PORT:-8766}"
 STACK_DIR="$AIRFLOW_HOME/stack"
-START_TIMEOUT="${STACK_START_TIMEOUT:-150}"
+START_TIMEOUT="${STACK_START_TIMEOUT:-120}"
 STOP_TIMEOUT="${STACK_STOP_TIMEOUT:-30}"
-ADMIN_USER=admin
+ADMIN_USER="admin"
 ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-admin}"
 API_URL="http://127.0.0.1:$API_PORT"
 SANDBOX_URL="http://127.0.0.1:$SANDBOX_PORT"
@@ -93,7 +95,12 @@ descendants() {  # pids...: every descendant of these processes (task runners mo
   ps -e -o pid=,ppid= | awk -v roots="$*" '
     BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) want[r[i]] = 1 }
     { parent[$1] = $2 }
-    END { do { changed = 0; for (p in parent) if (!(p in want) && (parent[p] in want)) { want[p] = 1; changed = 1; print p } } while (changed) }'
+    END {
+      do {
+        changed = 0
+        for (p in parent) if (!(p in want) && (parent[p] in want)) { want[p] = 1; changed = 1; print p }
+      } while (changed)
+    }'
 }
 
 launch() {  # name command...: start in a new session (own process group), record the pid
@@ -118,28 +125,22 @@ running_components() {
   return 0
 }
 
-stop_stack() {
-  local names=() leaders=() name pid i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    name="${COMPONENTS[$i]}"
-    [ "$name" = watchdog ] && [ -n "${STACK_FROM_WATCHDOG:-}" ] && continue  # the watchdog removes its own file
-    pid="$(pid_of "$name")" || continue
-    if ours "$name" "$pid"; then
-      names+=("$name"); leaders+=("$pid")
-    else
-      rm -f "$STACK_DIR/$name.pid"
-    fi
-  done
-  if [ ${#leaders[@]} -eq 0 ]; then
-    say "nothing running (AIRFLOW_HOME=$AIRFLOW_HOME)"
-    return 0
-  fi
-  # Snapshot the process trees first: a task runner lives in its own process group and outlives its parents.
-  local tree; tree="$(descendants "${leaders[@]}" | tr '\n' ' ')"
-  say "stopping ${names[*]}"
-  # TERM the leaders (they shut their own children down), after 10s TERM whatever is left in their process
-  # groups, after STACK_STOP_TIMEOUT KILL it.
-  for pid in "${leaders[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+in_groups() {  # pid pgid...: the process belongs to one of these process groups
+  local pgid; pgid="$(ps -o pgid= -p "$1" 2>/dev/null | tr -d ' ')" || return 1
+  local g; for g in "${@:2}"; do [ "$pgid" = "$g" ] && return 0; done
+  return 1
+}
+
+terminate() {  # leader pids...: stop these process groups and everything they spawned, wait until all is gone
+  local leaders=("$@") pid
+  # Snapshot the process trees first: task runners live in their own process groups and outlive their parents.
+  local tree runners=()
+  tree="$(descendants "${leaders[@]}" | tr '\n' ' ')"
+  for pid in $tree; do in_groups "$pid" "${leaders[@]}" || runners+=("$pid"); done
+  # TERM the leaders (the scheduler's executor then shuts its workers down) and the task runners (a task ends as
+  # failed and reports so while the api-server still answers); after 10s TERM whatever is left in the groups,
+  # after STACK_STOP_TIMEOUT KILL it.
+  for pid in "${leaders[@]}" "${runners[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   local begun=$SECONDS signalled_groups=0 left
   while :; do
     left=()
@@ -162,8 +163,37 @@ stop_stack() {
   if [ ${#stray[@]} -gt 0 ]; then
     kill -TERM "${stray[@]}" 2>/dev/null || true
     sleep 1
-    for pid in "${stray[@]}"; do alive "$pid" && kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${stray[@]}"; do
+      if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
   fi
+}
+
+stop_stack() {
+  local names=() leaders=() first=() name pid i
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    name="${COMPONENTS[$i]}"
+    [ "$name" = watchdog ] && [ -n "${STACK_FROM_WATCHDOG:-}" ] && continue  # the watchdog removes its own file
+    pid="$(pid_of "$name")" || continue
+    if ours "$name" "$pid"; then
+      names+=("$name")
+      case "$name" in
+        scheduler | dag-processor) first+=("$pid") ;;
+        *) leaders+=("$pid") ;;
+      esac
+    else
+      rm -f "$STACK_DIR/$name.pid"
+    fi
+  done
+  if [ ${#names[@]} -eq 0 ]; then
+    say "nothing running (AIRFLOW_HOME=$AIRFLOW_HOME)"
+    return 0
+  fi
+  say "stopping ${names[*]}"
+  # Scheduler and dag-processor (with the running tasks) first, while the api-server still takes the tasks' last
+  # reports; then the api-server, the sandbox and the watchdog.
+  if [ ${#first[@]} -gt 0 ]; then terminate "${first[@]}"; fi
+  if [ ${#leaders[@]} -gt 0 ]; then terminate "${leaders[@]}"; fi
   for name in "${names[@]}"; do rm -f "$STACK_DIR/$name.pid"; done
   rm -f "$STACK_DIR/sandbox.json"
   say "stopped"
@@ -197,9 +227,16 @@ EOF
   fi
 }
 
+on_start_exit() {  # exit status: a failed start stops what it had started
+  if [ "$1" -ne 0 ]; then
+    say "start failed, stopping what was started" >&2
+    stop_stack >&2 || true
+  fi
+}
+
 start_stack() {
   mkdir -p "$STACK_DIR"
-  local running; running="$(running_components | tr '\n' ' ')"
+  local running; running="$(running_components | xargs)"
   if [ -n "$running" ]; then
     if [ "$(wc -w <<<"${running/watchdog/}")" -eq 4 ]; then
       say "already running ($running) for AIRFLOW_HOME=$AIRFLOW_HOME: UI $API_URL, login $ADMIN_USER / $ADMIN_PASSWORD"
@@ -210,17 +247,19 @@ start_stack() {
   fi
   local port
   for port in "$API_PORT" "$SANDBOX_PORT" "$WEBHOOK_PORT"; do
-    port_in_use "$port" && die "port $port on 127.0.0.1 is in use (set AIRFLOW_API_PORT / CXONE_SANDBOX_PORT / CXONE_WEBHOOK_PORT)"
+    port_in_use "$port" \
+      && die "port $port on 127.0.0.1 is in use (set AIRFLOW_API_PORT / CXONE_SANDBOX_PORT / CXONE_WEBHOOK_PORT)"
   done
   local started=$SECONDS
   bash "$ROOT/scripts/setup.sh"
 
   # On any failure from here on, stop what was started.
-  trap 'status=$?; if [ $status -ne 0 ]; then say "start failed, stopping what was started"; stop_stack >&2 || true; fi' EXIT
+  trap 'on_start_exit $?' EXIT
 
   # The login: SimpleAuthManager reads passwords from this file (it only generates ones for users missing in it).
   local password_file="$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
-  ( umask 077; printf '{"%s": "%s"}\n' "$ADMIN_USER" "$ADMIN_PASSWORD" >"$password_file" )
+  ( umask 077; python -c 'import json, sys; print(json.dumps({sys.argv[1]: sys.argv[2]}))' \
+      "$ADMIN_USER" "$ADMIN_PASSWORD" >"$password_file" )
   rm -f "$STACK_DIR/sandbox.json" "$STACK_DIR"/*.log
 
   say "starting the CXone sandbox on :$SANDBOX_PORT and the webhook sink on :$WEBHOOK_PORT"
@@ -249,8 +288,8 @@ start_stack() {
 
   local state
   state="$(python "$ROOT/scripts/stack_probe.py" wait --stack-dir "$STACK_DIR" --api-url "$API_URL" \
-    --user "$ADMIN_USER" --password "$ADMIN_PASSWORD" --dag-id "$DAG_ID" \
-    --timeout $((START_TIMEOUT - (SECONDS - started))))" || die "not ready (logs: $STACK_DIR)"
+    --user "$ADMIN_USER" --password-file "$password_file" --dag-id "$DAG_ID" --timeout "$START_TIMEOUT")" \
+    || die "not ready (logs: $STACK_DIR)"
   trap - EXIT
   print_summary "$state" $((SECONDS - started))
 }

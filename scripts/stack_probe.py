@@ -1,12 +1,14 @@
 """Readiness probe for ``scripts/stack.sh``: standard library only, so it starts in milliseconds.
 
-    python scripts/stack_probe.py wait --stack-dir DIR --api-url URL --user U --password P --dag-id ID [--timeout S]
+    python scripts/stack_probe.py wait --stack-dir DIR --api-url URL --user U --password-file F --dag-id ID \
+        [--timeout S]
     python scripts/stack_probe.py health --api-url URL
 
-``wait`` prints ``paused`` or ``active`` (the DAG's state) and returns 0 once the api-server answers, the scheduler and the dag-processor report healthy heartbeats and
-the DAG is serialized (``GET /api/v2/dags/{dag_id}/details`` answers). It fails early, with the tail of the log
-that explains it, when a process recorded in ``DIR/*.pid`` exits or the DAG file has an import error, and after
-``--timeout`` seconds otherwise. ``health`` prints the api-server's ``/api/v2/monitor/health`` answer.
+``wait`` returns 0 once the api-server answers, the scheduler and the dag-processor report healthy heartbeats and
+the DAG is serialized (``GET /api/v2/dags/{dag_id}/details`` answers), and prints ``paused`` or ``active`` (the
+DAG's state). It fails early, with the tail of the log that explains it, when a process recorded in ``DIR/*.pid``
+exits or the DAG file has an import error, and after ``--timeout`` seconds otherwise. ``health`` prints the
+api-server's ``/api/v2/monitor/health`` answer.
 """
 
 from __future__ import annotations
@@ -107,11 +109,19 @@ def import_errors(api_url: str, access_token: str) -> list[dict[str, Any]]:
     return list(body.get("import_errors", []))
 
 
+def _password(path: str, user: str) -> str:
+    """The user's password from SimpleAuthManager's passwords file (kept off the command line)."""
+    try:
+        return str(json.loads(Path(path).read_text(encoding="utf-8"))[user])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ProbeError(f"no password for {user!r} in {path}: {exc!r}") from exc
+
+
 def wait_ready(args: argparse.Namespace) -> dict[str, Any]:
     """Poll until ready; return the DAG's details."""
     stack_dir = Path(args.stack_dir)
+    password = _password(args.password_file, args.user)
     deadline = time.monotonic() + args.timeout
-    waiting_for = "the api-server"
     access_token = None
     while True:
         dead = dead_components(stack_dir)
@@ -119,29 +129,34 @@ def wait_ready(args: argparse.Namespace) -> dict[str, Any]:
             raise ProbeError(f"{dead[0]} exited during start-up", stack_dir / f"{dead[0]}.log")
         report = health(args.api_url)
         if report is None:
-            waiting_for = f"the api-server on {args.api_url}"
+            waiting_for, log = f"the api-server on {args.api_url}", "api-server"
         elif not _healthy(report, "metadatabase"):
-            waiting_for = "the metadata DB (api-server health check)"
+            waiting_for, log = "the metadata DB (api-server health check)", "api-server"
         elif not _healthy(report, "scheduler"):
-            waiting_for = "the scheduler's first heartbeat"
+            waiting_for, log = "the scheduler's first heartbeat", "scheduler"
         elif not _healthy(report, "dag_processor"):
-            waiting_for = "the dag-processor's first heartbeat"
+            waiting_for, log = "the dag-processor's first heartbeat", "dag-processor"
         else:
-            access_token = access_token or token(args.api_url, args.user, args.password)
-            status, details = _request("GET", f"{args.api_url}/api/v2/dags/{args.dag_id}/details", token=access_token)
-            if status == 200:
-                return details
-            errors = import_errors(args.api_url, access_token)
+            waiting_for, log = f"the dag-processor to serialize {args.dag_id}", "dag-processor"
+            try:
+                access_token = access_token or token(args.api_url, args.user, password)
+                status, details = _request(
+                    "GET", f"{args.api_url}/api/v2/dags/{args.dag_id}/details", token=access_token
+                )
+                if status == 200 and isinstance(details, dict):
+                    return details
+                errors = import_errors(args.api_url, access_token)
+            except OSError:  # the api-server went away between two requests: the next round tells
+                errors = []
             if errors:
                 first = errors[0]
                 raise ProbeError(
                     f"DAG import error in {first.get('filename')}:\n{first.get('stack_trace', '').rstrip()}",
                     stack_dir / "dag-processor.log",
                 )
-            waiting_for = f"the dag-processor to serialize {args.dag_id} (GET /dags/{args.dag_id}/details: {status})"
         if time.monotonic() > deadline:
-            log = "api-server" if report is None else "dag-processor" if "dag" in waiting_for else "scheduler"
-            raise ProbeError(f"not ready after {args.timeout:.0f}s: waiting for {waiting_for}", stack_dir / f"{log}.log")
+            message = f"not ready after {args.timeout:.0f}s: waiting for {waiting_for}"
+            raise ProbeError(message, stack_dir / f"{log}.log")
         time.sleep(args.interval)
 
 
@@ -152,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     wait.add_argument("--stack-dir", required=True)
     wait.add_argument("--api-url", required=True)
     wait.add_argument("--user", required=True)
-    wait.add_argument("--password", required=True)
+    wait.add_argument("--password-file", required=True, help="SimpleAuthManager's passwords file (JSON)")
     wait.add_argument("--dag-id", required=True)
     wait.add_argument("--timeout", type=float, default=120.0)
     wait.add_argument("--interval", type=float, default=1.0)

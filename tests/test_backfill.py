@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,11 @@ def day_exports(airflow_stack: AirflowStack, tmp_path_factory: pytest.TempPathFa
     so separately generated files share ids and phones whatever the seed (and CXone rejects a record whose id or
     phone it already has). One 150-row export cut into three days keeps every contact unique.
     """
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     days = [today - timedelta(days=n) for n in DAYS_AGO]
     export = generate_crm_export(
         tmp_path_factory.mktemp("crm") / "export.csv", ROWS_PER_DAY * len(days), bad_share=0.0, seed=SEED,
-        now=datetime.now(timezone.utc),
+        now=datetime.now(UTC),
     )
     with export.path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -85,7 +86,7 @@ def day_exports(airflow_stack: AirflowStack, tmp_path_factory: pytest.TempPathFa
             )
         )
     assert frozenset().union(*(e.contact_ids for e in exports)) == export.valid_contact_ids
-    for earlier, later in zip(exports, exports[1:]):
+    for earlier, later in pairwise(exports):
         assert not earlier.contact_ids & later.contact_ids and not earlier.phones & later.phones
     airflow_stack.set_variable("cxone_contact_list_id", CONTACT_LIST_ID)
     return exports
@@ -130,7 +131,7 @@ def test_backfilling_a_day_again_creates_nothing_new(airflow_stack: AirflowStack
     run_id = backfilled[export.day]["dag_run_id"]
     records_before = airflow_stack.sandbox_records(CONTACT_LIST_ID)
     created_before = airflow_stack.sandbox_stats()["records_created"]
-    asked_at = datetime.now(timezone.utc)
+    asked_at = datetime.now(UTC)
 
     airflow_stack.airflow(
         "backfill", "create", "--dag-id", DAG_ID, *_backfill_window(export.day, export.day),
