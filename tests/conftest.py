@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig, WebhookSink  # noqa: E402
 
 CONTACT_LIST_ID = "list-e2e"
+pytest_plugins = ["tests.stack"]  # the session's real Airflow stack fixture (airflow_stack), started on first use
 
 
 @pytest.fixture

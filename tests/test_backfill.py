@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from include.cxone_import.sample_data import PHONE_TYPES, generate_crm_export
-from tests.stack import DAG_ID, AirflowStack, airflow_stack  # noqa: F401 - the session's stack fixture
+from tests.stack import DAG_ID, AirflowStack
 
 pytestmark = pytest.mark.timeout(600)
 

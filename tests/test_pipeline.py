@@ -69,7 +69,7 @@ def test_a_batch_spanning_two_parts_stays_whole(tmp_path):
     per_batch = rows.groupby("batch_index").agg(ids=("batch_id", "nunique"), n=("row_number", "size"))
     assert (per_batch["ids"] == 1).all(), "one id per batch"
     assert list(per_batch["n"]) == [4, 4, 4, 4, 4, 1]
-    for index, batch in rows.groupby("batch_index"):
+    for _, batch in rows.groupby("batch_index"):
         assert batch["batch_id"].iloc[0] == pipeline.batch_id("L", list(batch["contact_id"]))
     assert sum(g["records"] for g in groups) == 21 and sum(g["batches"] for g in groups) == 6
 

@@ -93,7 +93,7 @@ def test_default_burst_spaces_every_request_evenly() -> None:
 
     send_times = sorted(run_senders(limiter, clock, per_thread=25))
 
-    gaps = [later - earlier for earlier, later in zip(send_times, send_times[1:])]
+    gaps = [later - earlier for earlier, later in zip(send_times, send_times[1:], strict=False)]
     assert gaps == pytest.approx([0.1] * (len(send_times) - 1))
     assert max_in_any_window(send_times, SIMULATED_MINUTE_S) <= 600
 

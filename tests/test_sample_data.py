@@ -16,7 +16,6 @@ import pytest
 
 from include.cxone_import.sample_data import (
     BAD_KIND_RULES,
-    BAD_KINDS,
     CSV_COLUMNS,
     CUSTOM_FIELD_COLUMNS,
     PHONE_CAPACITY,
@@ -62,7 +61,7 @@ def reference_rejects(frame: pd.DataFrame, now: datetime, max_age_days: int) -> 
     )
     rows_broken = broken[broken.any(axis=1)]
     return {
-        row + 1: frozenset(rows_broken.columns[flags]) for row, flags in zip(rows_broken.index, rows_broken.to_numpy())
+        row + 1: frozenset(rows_broken.columns[flags]) for row, flags in zip(rows_broken.index, rows_broken.to_numpy(), strict=True)
     }
 
 

@@ -164,7 +164,7 @@ def generate_crm_export(
         rows=rows,
         valid_contact_ids=frozenset(contact_ids.take(pa.array(good_rows)).to_pylist()),
         expected_rejects={
-            row + 1: rule_sets[kind] for row, kind in zip(bad_rows.tolist(), kind_of_row[bad_rows].tolist())
+            row + 1: rule_sets[kind] for row, kind in zip(bad_rows.tolist(), kind_of_row[bad_rows].tolist(), strict=True)
         },
     )
 
@@ -323,7 +323,7 @@ def _iso_utc(timestamp_ms: np.ndarray) -> pa.Array:
     day_table = pa.array(np.datetime_as_string(np.arange(first_day, int(day.max()) + 1).astype("datetime64[D]")))
     time_of_day = np.arange(86_400)
     time_table = pa.array([f"T{h:02d}:{m:02d}:{s:02d}." for h, m, s in
-                           zip(time_of_day // 3600, time_of_day // 60 % 60, time_of_day % 60)])  # fmt: skip
+                           zip(time_of_day // 3600, time_of_day // 60 % 60, time_of_day % 60, strict=True)])  # fmt: skip
     millis_table = pa.array([f"{ms:03d}Z" for ms in range(1000)])
     return pc.binary_join_element_wise(
         day_table.take(pa.array(day - first_day)),

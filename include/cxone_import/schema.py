@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pandera.typing import Series
 
 from include.cxone_import.masking import mask_value
-from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR
+from include.cxone_import.sources import PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR
 
 E164_PATTERN = r"^\+[1-9]\d{1,14}$"
 ALLOWED_OPT_IN = ("confirmed", "pending")
