@@ -79,10 +79,16 @@ def layout_for(run_id: str) -> RunLayout:
 
 
 def _as_path(uri: str) -> Any:
+    """A source URI as a path; an object-store URI without its own ``conn_id@`` uses the storage connection."""
     from airflow.sdk import ObjectStoragePath
 
-    if not urlsplit(uri).scheme:
+    parts = urlsplit(uri)
+    if not parts.scheme:
         uri = "file://" + os.path.abspath(uri)
+    elif parts.scheme not in ("file", "local") and "@" not in parts.netloc:
+        conn_id = _variable(STORAGE_CONN_VARIABLE, None)
+        if conn_id:
+            return ObjectStoragePath(uri, conn_id=conn_id)
     return ObjectStoragePath(uri)
 
 
