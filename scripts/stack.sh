@@ -56,6 +56,7 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$ADMIN_USER:admin"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/simple_auth_manager_passwords.json"
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-8}"   # LocalExecutor forks this many workers
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
+export AIRFLOW__CORE__TEST_CONNECTION="${AIRFLOW__CORE__TEST_CONNECTION:-Enabled}"  # the connection form's Test button (a real token request)
 export CXONE_IMPORT_PARALLELISM="${CXONE_IMPORT_PARALLELISM:-4}"
 
 say() { printf 'stack: %s\n' "$*"; }
