@@ -15,6 +15,7 @@ Every record of the group ends in exactly one outcome: ``imported``, ``duplicate
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
 from cxone_provider.models import parse_record_issues
 
-from include.cxone_import.storage import RunLayout, read_json, write_json, write_jsonl, write_parquet
+from include.cxone_import.storage import RunLayout, write_json, write_jsonl, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -82,29 +83,70 @@ class TransientImportError(RuntimeError):
 
 
 class CheckpointStore:
-    """Batch outcomes and in-flight markers as small JSON objects under the run's storage prefix."""
+    """Batch outcomes and in-flight markers as small JSON objects under the run's storage prefix.
+
+    Works on the storage's fsspec filesystem with plain paths: a batch costs two writes on the hot path (marker,
+    outcome), and what exists is listed once per group instead of asked per batch. Markers of acknowledged
+    batches are removed in one call at the end (``tidy``); an outcome always wins over a marker.
+    """
 
     def __init__(self, layout: RunLayout) -> None:
-        self._layout = layout
+        root = layout.root
+        self._fs = root.fs
+        self._checkpoints = _fs_path(root / "checkpoints")
+        self._inflight = _fs_path(root / "inflight")
+        for directory in (self._checkpoints, self._inflight):
+            self._fs.makedirs(directory, exist_ok=True)
+        self._acknowledged = self._names(self._checkpoints)
+        self._marked = self._names(self._inflight)
+        self._lock = threading.Lock()
+
+    def _names(self, directory: str) -> set[str]:
+        try:
+            return {p.rsplit("/", 1)[-1].removesuffix(".json") for p in self._fs.ls(directory, detail=False)}
+        except FileNotFoundError:
+            return set()
+
+    def _file(self, directory: str, batch_id: str) -> str:
+        return f"{directory}/{batch_id}.json"
 
     def load(self, batch_id: str) -> dict[str, Any] | None:
-        path = self._layout.checkpoint(batch_id)
-        return read_json(path) if path.exists() else None
+        if batch_id not in self._acknowledged:
+            return None
+        return json.loads(self._fs.cat_file(self._file(self._checkpoints, batch_id)))
 
     def save(self, batch_id: str, payload: dict[str, Any]) -> None:
-        write_json(self._layout.checkpoint(batch_id), payload)
-        self.clear_inflight(batch_id)
+        self._fs.pipe_file(self._file(self._checkpoints, batch_id), json.dumps(payload, default=str).encode())
+        with self._lock:
+            self._acknowledged.add(batch_id)
 
     def mark_inflight(self, batch_id: str) -> None:
-        write_json(self._layout.inflight(batch_id), {"batch_id": batch_id, "since": _now()})
+        self._fs.pipe_file(self._file(self._inflight, batch_id), json.dumps({"batch_id": batch_id, "since": _now()}).encode())
+        with self._lock:
+            self._marked.add(batch_id)
 
     def was_inflight(self, batch_id: str) -> bool:
-        return self._layout.inflight(batch_id).exists()
+        return batch_id in self._marked
 
     def clear_inflight(self, batch_id: str) -> None:
-        path = self._layout.inflight(batch_id)
-        if path.exists():
-            path.unlink()
+        with self._lock:
+            present = batch_id in self._marked
+            self._marked.discard(batch_id)
+        if present:
+            self._fs.rm_file(self._file(self._inflight, batch_id))
+
+    def tidy(self) -> None:
+        """Remove the markers of acknowledged batches (one bulk call)."""
+        with self._lock:
+            done = sorted(self._marked & self._acknowledged)
+            self._marked -= set(done)
+        if done:
+            self._fs.rm([self._file(self._inflight, b) for b in done])
+
+
+def _fs_path(path: Any) -> str:
+    """The filesystem-level path of an ObjectStoragePath / UPath (no protocol), without a trailing slash."""
+    return str(getattr(path, "path", path)).rstrip("/")
 
 
 def _now() -> str:
@@ -137,6 +179,7 @@ class GroupImporter:
         self._progress = _Progress(group_index, len(batches), started)
         with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}") as pool:
             results = list(pool.map(lambda b: self._import_batch(*b), batches))
+        self._checkpoints.tidy()
         elapsed = time.monotonic() - started
         outcomes = pd.DataFrame(
             [o for _, batch_outcomes in results for o in batch_outcomes],
