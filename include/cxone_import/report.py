@@ -65,17 +65,23 @@ def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
 
 
 def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
-    """Every imported/duplicate/failed row; on a dry run the planned rows, as ``not_sent``."""
+    """Row number and outcome of every imported/duplicate/failed row (only those two columns: this is the part
+    of the report that grows with the list); on a dry run the planned rows, as ``not_sent``."""
     if dry_run:
         frames = [
             read_parquet(p, columns=["row_number"]).assign(outcome=NOT_SENT)
             for p in list_files(layout.root / "groups", "group-*.parquet")
         ]
     else:
-        frames = [read_parquet(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
+        frames = [
+            read_parquet(p, columns=["row_number", "outcome"])
+            for p in list_files(layout.root / "outcomes", "group-*.parquet")
+        ]
     if not frames:
         return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
-    return pd.concat(frames, ignore_index=True)
+    outcomes = pd.concat(frames, ignore_index=True)
+    outcomes["outcome"] = outcomes["outcome"].astype("category")
+    return outcomes
 
 
 def reconcile(layout: RunLayout, *, extract_parts: int, outcomes: pd.DataFrame) -> Reconciliation:
@@ -128,24 +134,29 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[di
     }
 
 
-def write_dead_letter(layout: RunLayout, outcomes: pd.DataFrame, groups: list[dict[str, Any]]) -> int:
+def write_dead_letter(layout: RunLayout, groups: list[dict[str, Any]]) -> int:
     """Failed records in the API record shape plus their row and last error, ready for a redrive run."""
-    failed = outcomes[outcomes["outcome"] == FAILED]
     ensure_parent(layout.dead_letter)
     written = 0
     with layout.dead_letter.open("w") as handle:
-        if len(failed):
-            wanted = set(failed["row_number"].astype("int64"))
+        for group in groups:
+            index = int(group["group_index"])
+            outcome_file = layout.outcome_file(index)
+            if not outcome_file.exists():
+                continue
+            outcomes = read_parquet(outcome_file, columns=["row_number", "outcome", "detail"])
+            failed = outcomes[outcomes["outcome"] == FAILED]
+            if not len(failed):
+                continue
             errors = dict(zip(failed["row_number"].astype("int64"), failed["detail"], strict=True))
-            for group in groups:
-                frame = read_parquet(layout.group_file(int(group["group_index"])), columns=["row_number", "record_json"])
-                for row_number, record_json in zip(frame["row_number"], frame["record_json"], strict=True):
-                    if int(row_number) in wanted:
-                        record = json.loads(record_json)
-                        record["_sourceRowNumber"] = int(row_number)
-                        record["_lastError"] = errors[int(row_number)]
-                        handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-                        written += 1
+            frame = read_parquet(layout.group_file(index), columns=["row_number", "record_json"])
+            for row_number, record_json in zip(frame["row_number"], frame["record_json"], strict=True):
+                if int(row_number) in errors:
+                    record = json.loads(record_json)
+                    record["_sourceRowNumber"] = int(row_number)
+                    record["_lastError"] = errors[int(row_number)]
+                    handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+                    written += 1
     return written
 
 
@@ -174,7 +185,7 @@ def build_report(
     summaries = group_summaries(layout)
     reconciliation = reconcile(layout, extract_parts=int(extracted["parts"]), outcomes=outcomes)
     numbers = totals(validated, outcomes, summaries)
-    dead_letters = write_dead_letter(layout, outcomes, groups)
+    dead_letters = write_dead_letter(layout, groups or [])
     webhook = webhook or {"events": 0, "delivered": 0, "failed": 0, "audit": []}
     audit_entries = assemble_audit_log(layout, webhook.get("audit", []))
     reject_share = numbers["rejected"] / numbers["input"] if numbers["input"] else 0.0
