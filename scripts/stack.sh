@@ -46,7 +46,7 @@ COMPONENTS=(sandbox api-server scheduler dag-processor watchdog)
 # components inherit it. The execution API URL always follows the api-server port, whatever the caller had.
 export AIRFLOW_API_PORT="$API_PORT"
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
-export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db}"
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db?timeout=60}"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$API_URL/execution/"
 export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__PORT="$API_PORT"

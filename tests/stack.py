@@ -146,7 +146,7 @@ class AirflowStack:
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW_API_PORT": str(self.api_port),
                 "AIRFLOW_ADMIN_PASSWORD": self.password,
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db?timeout=60",
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
                 "CXONE_SANDBOX_PORT": str(self.sandbox_port),
                 "CXONE_WEBHOOK_PORT": str(self.webhook_port),
