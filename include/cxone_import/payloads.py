@@ -13,16 +13,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, phone_type_of
+from include.cxone_import.sources import CUSTOM_PREFIX, arrow_strings, PHONE_PREFIX, phone_type_of
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _RARE_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
 _STR = pa.large_string()
-
-
-def _text(series: pd.Series) -> pa.Array:
-    array = pa.array(series.array, type=_STR, from_pandas=True) if len(series) else pa.array([], _STR)
-    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def _escape(values: pa.Array) -> pa.Array:
@@ -54,7 +49,7 @@ def record_json(frame: pd.DataFrame) -> pa.Array:
         return pa.array([], _STR)
     phone_columns = [c for c in frame.columns if c.startswith(PHONE_PREFIX)]
     custom_columns = [c for c in frame.columns if c.startswith(CUSTOM_PREFIX)]
-    escaped = {c: _escape(_text(frame[c])) for c in ["contact_id", "consent_timestamp", "opt_in_status", *phone_columns, *custom_columns]}
+    escaped = {c: _escape(arrow_strings(frame[c])) for c in ["contact_id", "consent_timestamp", "opt_in_status", *phone_columns, *custom_columns]}
     phones = [
         _concat('{"type":"', _escape(pa.array([phone_type_of(c)] * n, _STR)), '","number":"', escaped[c], '"}')
         for c in phone_columns

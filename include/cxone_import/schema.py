@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pandera.typing import Series
 
 from include.cxone_import.masking import mask_value
-from include.cxone_import.sources import PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR
+from include.cxone_import.sources import arrow_strings, PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR
 
 E164_PATTERN = r"^\+[1-9]\d{1,14}$"
 ALLOWED_OPT_IN = ("confirmed", "pending")
@@ -180,7 +180,7 @@ class SeenContactIds:
 
     def repeats(self, contact_ids: pd.Series) -> np.ndarray:
         """Per row: does this id appear earlier in the chunk or in an earlier chunk? Then remember the chunk."""
-        ids = _arrow(contact_ids)
+        ids = arrow_strings(contact_ids)
         present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
         hashes = string_hashes(ids)
         repeat = np.zeros(len(hashes), dtype=bool)
@@ -235,7 +235,7 @@ def normalise(frame: pd.DataFrame) -> dict[str, int]:
     counts: dict[str, int] = {}
     changed_rows = np.zeros(len(frame), dtype=bool)
     for column in (c for c in frame.columns if c.startswith(PHONE_PREFIX)):
-        raw = _arrow(frame[column])
+        raw = arrow_strings(frame[column])
         cleaned = pc.replace_substring_regex(raw, _PHONE_PUNCTUATION, "")
         changed = pc.fill_null(pc.not_equal(raw, cleaned), False).to_numpy(zero_copy_only=False)
         if changed.any():
@@ -244,7 +244,7 @@ def normalise(frame: pd.DataFrame) -> dict[str, int]:
             changed_rows |= changed
     if changed_rows.any():
         counts["phone_punctuation_removed"] = int(changed_rows.sum())
-    raw = _arrow(frame["opt_in_status"])
+    raw = arrow_strings(frame["opt_in_status"])
     lowered = pc.utf8_lower(pc.utf8_trim_whitespace(raw))
     fixable = pc.fill_null(
         pc.and_(pc.not_equal(raw, lowered), pc.is_in(lowered, pa.array(ALLOWED_OPT_IN))), False
@@ -253,11 +253,6 @@ def normalise(frame: pd.DataFrame) -> dict[str, int]:
         frame["opt_in_status"] = _series(pc.if_else(pa.array(fixable), lowered, raw), frame.index)
         counts["opt_in_status_lowercased"] = int(fixable.sum())
     return counts
-
-
-def _arrow(series: pd.Series) -> pa.Array:
-    """A string column as a pyarrow array (zero-copy for pandas' arrow-backed strings)."""
-    return pa.array(series.array, type=pa.large_string(), from_pandas=True) if len(series) else pa.array([], pa.large_string())
 
 
 def _series(values: pa.Array, index: pd.Index) -> pd.Series:
@@ -269,7 +264,7 @@ def prepare(frame: pd.DataFrame, seen: SeenContactIds) -> pd.DataFrame:
     phone_columns = [c for c in frame.columns if c.startswith(PHONE_PREFIX)]
     frame[PHONE_COUNT] = frame[phone_columns].notna().sum(axis=1).astype("int64") if phone_columns else 0
     frame[CONTACT_ID_REPEAT] = seen.repeats(frame["contact_id"])
-    consent = _arrow(frame["consent_timestamp"])
+    consent = arrow_strings(frame["consent_timestamp"])
     iso = pc.fill_null(pc.match_substring_regex(consent, _ISO_8601), False)
     parsed = pd.to_datetime(
         pd.Series(pc.if_else(iso, consent, pa.scalar(None, pa.large_string())).to_pandas(), dtype=object),
@@ -284,7 +279,7 @@ def prepare(frame: pd.DataFrame, seen: SeenContactIds) -> pd.DataFrame:
     for column in frame.columns:
         if column in _DERIVED or column == ROW_NUMBER:
             continue
-        values = _arrow(frame[column])
+        values = arrow_strings(frame[column])
         if (pc.max(pc.binary_length(values)).as_py() or 0) <= MAX_FIELD_LENGTH:
             continue  # bytes bound characters: no value here can be too long
         length = pc.fill_null(pc.utf8_length(values), 0)

@@ -69,6 +69,14 @@ def iter_canonical_chunks(
         raise SourceFormatError(str(path), None, "file_format", f"unsupported format {fmt!r}")
 
 
+def arrow_strings(series: pd.Series) -> pa.Array:
+    """A string column as one pyarrow large_string array (no copy for pandas' arrow-backed strings)."""
+    if not len(series):
+        return pa.array([], pa.large_string())
+    array = pa.array(series.array, type=pa.large_string(), from_pandas=True)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
 def phone_type_of(column: str) -> str:
     """``phone_mobile`` -> ``mobile`` (the API's phone type)."""
     return re.sub(r"_\d+$", "", column[len(PHONE_PREFIX) :])
