@@ -16,7 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
-from include.cxone_sandbox.server import DUPLICATE_MODES, CXoneSandbox, SandboxConfig, WebhookSink
+from include.cxone_sandbox import CXoneSandbox, SandboxConfig, WebhookSink
+from include.cxone_sandbox.config import DUPLICATE_MODES
 
 LOCALHOST = "127.0.0.1"
 

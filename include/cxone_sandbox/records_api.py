@@ -1,0 +1,383 @@
+"""The sandbox's records API over HTTP: token grant, records import with fault knobs, control endpoints.
+
+The contract itself (what a valid record is, what counts as a duplicate) lives in `contract`; this module adds
+what a server does around it: tokens, the rate window, injected faults, counters and the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import math
+import random
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from include.cxone_sandbox.config import SandboxConfig, SandboxConfigError, updated_config
+from include.cxone_sandbox.contract import DEFAULT_SCOPE, ContactList, batch_errors, find_duplicates
+from include.cxone_sandbox.http_server import BodyError, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
+
+_RECORDS_PATH = re.compile(r"^/api/v2/contactlists/([^/]+)/records/?$")
+_CONTROL_RECORDS_PATH = re.compile(r"^/_sandbox/records/([^/]+)/?$")
+_CONTROL_SEED_PATH = re.compile(r"^/_sandbox/seed/([^/]+)/?$")
+
+
+class _Reply:
+    """What the records flow decided to answer; `drop` means close the socket without a response."""
+
+    __slots__ = ("status", "payload", "headers", "drop")
+
+    def __init__(
+        self, status: int = 0, payload: Any = None, headers: dict[str, str] | None = None, drop: bool = False
+    ) -> None:
+        self.status = status
+        self.payload = payload
+        self.headers = headers
+        self.drop = drop
+
+
+def _empty_stats() -> dict[str, Any]:
+    return {
+        "token_requests": 0,
+        "records_requests": 0,
+        "records_created": 0,
+        "status_counts": {},
+        "token_status_counts": {},
+        "dropped": 0,
+        "dropped_after_commit": 0,
+        "max_batch_seen": 0,
+        "concurrent_max": 0,
+    }
+
+
+class CXoneSandbox(ServerRunner):
+    """Local CXone records API on 127.0.0.1 with fault knobs, store inspection and counters."""
+
+    _thread_name = "cxone-sandbox"
+
+    def __init__(self, config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self._initial_config = copy.deepcopy(config) if config is not None else SandboxConfig()
+        self._config = copy.deepcopy(self._initial_config)
+        self._lock = threading.Lock()
+        self._lists: dict[str, ContactList] = {}
+        self._tokens: dict[str, float] = {}
+        self._issued: list[str] = []
+        self._rate_window: deque[float] = deque()
+        self._random = random.Random(self._config.seed)
+        self._stats = _empty_stats()
+        self._in_flight = 0
+
+    # ---- public API -----------------------------------------------------------------------------
+
+    def start(self) -> "CXoneSandbox":
+        super().start()
+        return self
+
+    @property
+    def config(self) -> SandboxConfig:
+        """A copy of the current knobs."""
+        with self._lock:
+            return copy.deepcopy(self._config)
+
+    def configure(self, **knobs: Any) -> SandboxConfig:
+        """Change knobs live (names as in SandboxConfig); a new `seed` reseeds the fault generator."""
+        with self._lock:
+            self._config = updated_config(self._config, knobs)
+            if "seed" in knobs:
+                self._random.seed(self._config.seed)
+            return copy.deepcopy(self._config)
+
+    def reset(self, keep_config: bool = False, **knobs: Any) -> None:
+        """Clear records, tokens, counters and the rate window.
+
+        The config goes back to the one the sandbox was created with, unless `keep_config`;
+        `knobs` are then applied on top.
+        """
+        with self._lock:
+            config = self._config if keep_config else copy.deepcopy(self._initial_config)
+            self._config = updated_config(config, knobs)
+            self._lists.clear()
+            self._tokens.clear()
+            self._issued.clear()
+            self._rate_window.clear()
+            self._random.seed(self._config.seed)
+            self._stats = _empty_stats()
+
+    def records(self, contact_list_id: str) -> list[dict[str, Any]]:
+        """Stored records of a contact list, in creation order, exactly as posted (copies)."""
+        with self._lock:
+            contact_list = self._lists.get(contact_list_id)
+            return copy.deepcopy(contact_list.records) if contact_list else []
+
+    def seed_records(self, contact_list_id: str, records: list[dict[str, Any]]) -> None:
+        """Store records without validation and without counting them as created."""
+        if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+            raise SandboxConfigError("seed records must be a list of objects")
+        copies = copy.deepcopy(records)
+        with self._lock:
+            contact_list = self._lists.setdefault(contact_list_id, ContactList())
+            for record in copies:
+                contact_list.add(record)
+
+    def issued_tokens(self) -> list[str]:
+        """Every access token issued since start or the last reset (for tests that grep logs for leaks)."""
+        with self._lock:
+            return list(self._issued)
+
+    def revoke_tokens(self) -> int:
+        """Invalidate every token issued so far; returns how many were live."""
+        with self._lock:
+            revoked = len(self._tokens)
+            self._tokens.clear()
+            return revoked
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start or the last reset (a copy)."""
+        with self._lock:
+            stats = copy.deepcopy(self._stats)
+            stats["in_flight"] = self._in_flight
+        stats["connections_accepted"] = self._connections_accepted()
+        return stats
+
+    # ---- request handling (called from handler threads) -----------------------------------------
+
+    def _issue_token(self, handler: JsonHandler, body: bytes) -> None:
+        status, payload = self._token_reply(handler, body)
+        with self._lock:
+            self._stats["token_requests"] += 1
+            counts = self._stats["token_status_counts"]
+            counts[str(status)] = counts.get(str(status), 0) + 1
+            if status == 200:
+                lifetime = self._config.token_lifetime_s
+                now = time.monotonic()
+                if len(self._tokens) > 1000:
+                    self._tokens = {token: expiry for token, expiry in self._tokens.items() if expiry > now}
+                self._tokens[payload["access_token"]] = now + lifetime
+                self._issued.append(payload["access_token"])
+                payload["expires_in"] = lifetime
+        headers = {"Cache-Control": "no-store"}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="cxone-sandbox"'
+        handler.send_json(status, payload, headers)
+
+    def _token_reply(self, handler: JsonHandler, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError:
+            return 400, {"error": "invalid_request"}
+        fields = {name: values[0] for name, values in form.items()}
+        grant_type = fields.get("grant_type", "")
+        if not grant_type:
+            return 400, {"error": "invalid_request"}
+        if grant_type != "client_credentials":
+            return 400, {"error": "unsupported_grant_type"}
+
+        authorization = handler.headers.get("Authorization", "")
+        if authorization[:6].lower() == "basic ":
+            try:
+                decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return 401, {"error": "invalid_client"}
+            client_id, _, client_secret = decoded.partition(":")
+            client_id, client_secret = unquote(client_id), unquote(client_secret)
+        else:
+            client_id, client_secret = fields.get("client_id", ""), fields.get("client_secret", "")
+        if not client_id or not client_secret:
+            return 400, {"error": "invalid_request"}
+
+        config = self._config  # replaced, never mutated: a consistent snapshot without the lock
+        if not (
+            secrets.compare_digest(client_id.encode(), config.client_id.encode())
+            and secrets.compare_digest(client_secret.encode(), config.client_secret.encode())
+        ):
+            return 401, {"error": "invalid_client"}
+        return 200, {
+            "access_token": secrets.token_urlsafe(32),
+            "token_type": "Bearer",
+            "expires_in": config.token_lifetime_s,
+            "scope": fields.get("scope") or DEFAULT_SCOPE,
+        }
+
+    def _import_records(self, handler: JsonHandler, contact_list_id: str, body: bytes) -> None:
+        parsed_ok, payload = parse_json_body(body)
+        records = payload.get("records") if parsed_ok and isinstance(payload, dict) else None
+        batch_size = len(records) if isinstance(records, list) else 0
+        with self._lock:
+            stats = self._stats
+            stats["records_requests"] += 1
+            self._in_flight += 1
+            if self._in_flight > stats["concurrent_max"]:
+                stats["concurrent_max"] = self._in_flight
+            if batch_size > stats["max_batch_seen"]:
+                stats["max_batch_seen"] = batch_size
+        reply = _Reply(500, {"error": "internal_error"})
+        try:
+            reply = self._records_flow(handler, contact_list_id, records)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if reply.drop:
+                    self._stats["dropped"] += 1
+                else:
+                    counts = self._stats["status_counts"]
+                    counts[str(reply.status)] = counts.get(str(reply.status), 0) + 1
+        if reply.drop:
+            handler.drop_connection()
+        else:
+            handler.send_json(reply.status, reply.payload, reply.headers)
+
+    def _records_flow(self, handler: JsonHandler, contact_list_id: str, records: Any) -> _Reply:
+        token = _bearer_token(handler.headers.get("Authorization", ""))
+        with self._lock:
+            config = self._config
+            now = time.monotonic()
+            expiry = self._tokens.get(token) if token else None
+            if expiry is None or now >= expiry:
+                return _Reply(
+                    401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                )
+            if config.drop_rate > 0 and self._random.random() < config.drop_rate:
+                return _Reply(drop=True)
+            if config.requests_per_minute is not None:
+                window = self._rate_window
+                span = config.rate_window_s
+                allowed = max(1, int(config.requests_per_minute * span / 60.0))
+                while window and window[0] <= now - span:
+                    window.popleft()
+                if len(window) >= allowed:
+                    headers = None
+                    if config.retry_after:
+                        wait_s = max(1, math.ceil(window[0] + span - now))
+                        headers = {"Retry-After": str(wait_s)}
+                    return _Reply(429, {"error": "rate_limited"}, headers)
+                window.append(now)
+            if config.error_rate_5xx > 0 and self._random.random() < config.error_rate_5xx:
+                return _Reply(503, {"error": "service_unavailable"})
+            drop_after_commit = (
+                config.drop_after_commit_rate > 0 and self._random.random() < config.drop_after_commit_rate
+            )
+
+        if config.latency_ms > 0:
+            time.sleep(config.latency_ms / 1000.0)
+
+        errors = batch_errors(records)
+        if errors:
+            return _Reply(400, {"errors": errors})
+
+        with self._lock:
+            contact_list = self._lists.setdefault(contact_list_id, ContactList())
+            warnings, accepted = find_duplicates(contact_list, records)
+            if warnings and config.duplicate_mode == "conflict":
+                return _Reply(409, {"warnings": warnings if config.conflict_names_duplicates else []})
+            for record in accepted:
+                contact_list.add(record)
+            self._stats["records_created"] += len(accepted)
+            if drop_after_commit:
+                self._stats["dropped_after_commit"] += 1
+        if drop_after_commit:
+            return _Reply(drop=True)
+        return _Reply(
+            200, {"id": uuid.uuid4().hex, "recordsCreated": len(accepted), "warnings": warnings, "errors": []}
+        )
+
+    def _control_get(self, handler: JsonHandler, path: str) -> None:
+        match = _CONTROL_RECORDS_PATH.match(path)
+        if match:
+            handler.send_json(200, {"records": self.records(unquote(match.group(1)))})
+        elif path.rstrip("/") == "/_sandbox/stats":
+            handler.send_json(200, self.stats())
+        elif path.rstrip("/") == "/_sandbox/health":
+            handler.send_json(200, {"status": "ok"})
+        elif path.rstrip("/") == "/_sandbox/config":
+            handler.send_json(200, self.config.to_dict())
+        else:
+            handler.send_json(404, {"error": "not_found"})
+
+    def _control_post(self, handler: JsonHandler, path: str, body: bytes) -> None:
+        route = path.rstrip("/")
+        parsed_ok, payload = parse_json_body(body) if body.strip() else (True, {})
+        if not parsed_ok or not isinstance(payload, dict):
+            handler.send_json(400, {"error": "invalid_json", "message": "body must be a JSON object"})
+            return
+        try:
+            if route == "/_sandbox/config":
+                handler.send_json(200, self.configure(**payload).to_dict())
+            elif route == "/_sandbox/reset":
+                knobs = payload.get("config") or {}
+                if not isinstance(knobs, dict):
+                    raise SandboxConfigError("config must be an object")
+                self.reset(keep_config=bool(payload.get("keep_config", False)), **knobs)
+                handler.send_json(200, {"ok": True, "config": self.config.to_dict()})
+            elif route == "/_sandbox/revoke-tokens":
+                handler.send_json(200, {"revoked": self.revoke_tokens()})
+            elif _CONTROL_SEED_PATH.match(path):
+                contact_list_id = unquote(_CONTROL_SEED_PATH.match(path).group(1))
+                records = payload.get("records")
+                self.seed_records(contact_list_id, records)
+                handler.send_json(200, {"seeded": len(records)})
+            else:
+                handler.send_json(404, {"error": "not_found"})
+        except SandboxConfigError as exc:
+            handler.send_json(400, {"error": "invalid_config", "message": str(exc)})
+
+
+def _bearer_token(authorization: str) -> str | None:
+    if authorization[:7].lower() != "bearer ":
+        return None
+    return authorization[7:].strip() or None
+
+
+
+class _SandboxHandler(JsonHandler):
+    server: LocalHTTPServer
+
+    def do_POST(self) -> None:
+        app: CXoneSandbox = self.server.app
+        path = self.split_path()
+        try:
+            body = self.read_body()
+        except BodyError as exc:
+            self.send_json(exc.status, {"error": exc.error})
+            return
+        try:
+            match = _RECORDS_PATH.match(path)
+            if match:
+                app._import_records(self, unquote(match.group(1)), body)
+            elif path.rstrip("/") == "/oauth2/token":
+                app._issue_token(self, body)
+            elif path.startswith("/_sandbox/"):
+                app._control_post(self, path, body)
+            else:
+                self.send_json(404, {"error": "not_found"})
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # a sandbox bug must still answer, not hang the client
+            self.close_connection = True
+            self.send_json(500, {"error": "internal_error"})
+
+    def do_GET(self) -> None:
+        app: CXoneSandbox = self.server.app
+        path = self.split_path()
+        try:
+            self.read_body()
+        except BodyError as exc:
+            self.send_json(exc.status, {"error": exc.error})
+            return
+        if path.startswith("/_sandbox/"):
+            app._control_get(self, path)
+        elif _RECORDS_PATH.match(path) or path.rstrip("/") == "/oauth2/token":
+            self.send_json(405, {"error": "method_not_allowed"}, {"Allow": "POST"})
+        else:
+            self.send_json(404, {"error": "not_found"})
+
+
+CXoneSandbox._handler_class = _SandboxHandler
+
