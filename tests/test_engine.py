@@ -11,7 +11,7 @@ from upath import UPath
 
 from cxone_provider.client import CXoneClient
 from cxone_provider.retry import RetryPolicy
-from include.cxone_import.engine import GroupImporter
+from include.cxone_import.engine import CheckpointStore, GroupImporter
 from include.cxone_import.pipeline import GROUP_SCHEMA, batch_id
 from include.cxone_import.storage import RunLayout, read_parquet, write_parquet
 
@@ -95,3 +95,60 @@ def test_duplicates_in_warnings_mode_are_counted_per_record(layout, client, cxon
     assert (summary["imported"], summary["duplicate"]) == (6, 2)
     outcomes = read_parquet(layout.outcome_file(0)).set_index("contact_id")
     assert set(outcomes[outcomes["outcome"] == "duplicate"].index) == {"c2", "c5"}
+
+
+@pytest.mark.parametrize("names_duplicates", [True, False], ids=["409-names-them", "409-names-none"])
+def test_an_atomic_409_costs_no_good_record(layout, client, cxone_sandbox, names_duplicates):
+    cxone_sandbox.configure(duplicate_mode="conflict", conflict_names_duplicates=names_duplicates)
+    cxone_sandbox.seed_records(LIST, [record(1), record(6)])
+    write_group(layout, [record(i) for i in range(8)], batch_size=8)
+
+    summary = GroupImporter(client, LIST, layout).run(0)
+
+    assert (summary["imported"], summary["duplicate"], summary["failed"]) == (6, 2, 0)
+    outcomes = read_parquet(layout.outcome_file(0)).set_index("contact_id")
+    assert set(outcomes[outcomes["outcome"] == "duplicate"].index) == {"c1", "c6"}
+    assert sorted(r["contactId"] for r in cxone_sandbox.records(LIST)) == sorted(f"c{i}" for i in range(8))
+    # named: the batch, then the rest; unnamed: halves of 8, 4, 2 and 1 until each duplicate stands alone
+    assert summary["requests"] == (2 if names_duplicates else 11)
+
+
+@pytest.mark.parametrize("duplicate_mode", ["warnings", "conflict"])
+def test_duplicates_after_an_unanswered_attempt_are_our_own_records(layout, client, cxone_sandbox, duplicate_mode):
+    """An earlier attempt of the batch reached the server but its answer was lost (the in-flight marker is left):
+    the server now reports those records as duplicates, and they count as imported, once."""
+    cxone_sandbox.configure(duplicate_mode=duplicate_mode)
+    records = [record(i) for i in range(6)]
+    write_group(layout, records, batch_size=6)
+    batch = batch_id(LIST, [r["contactId"] for r in records])
+    CheckpointStore(layout, [batch]).mark_inflight(batch)
+    cxone_sandbox.seed_records(LIST, records[:4])  # what the lost attempt had created
+
+    summary = GroupImporter(client, LIST, layout).run(0)
+
+    assert (summary["imported"], summary["duplicate"], summary["failed"]) == (6, 0, 0)
+    assert summary["batch_metrics"][0]["confirmed_on_retry"] == 4
+    outcomes = read_parquet(layout.outcome_file(0)).set_index("contact_id")
+    assert list(outcomes.loc[[f"c{i}" for i in range(4)], "detail"]) == ["confirmed_on_retry"] * 4
+    assert len(cxone_sandbox.records(LIST)) == 6
+    assert not list((layout.root / "inflight").iterdir())  # acknowledged: the marker is gone
+
+
+def test_a_store_only_touches_its_own_batches(layout):
+    """Import tasks of one run share the checkpoint folders; each store sees and tidies only its group's batches,
+    and a marker removed by somebody else is not an error."""
+    mine, theirs = CheckpointStore(layout, ["a1", "a2"]), CheckpointStore(layout, ["b1"])
+    for store, batch in ((mine, "a1"), (mine, "a2"), (theirs, "b1")):
+        store.mark_inflight(batch)
+    mine.save("a1", {"metrics": {}, "outcomes": []})
+    theirs.save("b1", {"metrics": {}, "outcomes": []})
+
+    reopened = CheckpointStore(layout, ["a1", "a2"])
+    assert reopened.was_inflight("a2") and reopened.load("a1") is not None
+    assert reopened.load("b1") is None and not reopened.was_inflight("b1")
+    (layout.root / "inflight" / "a1.json").unlink()  # gone already (a retried task tidied it)
+    reopened.tidy()
+    mine.tidy()
+    assert sorted(p.name for p in (layout.root / "inflight").iterdir()) == ["a2.json", "b1.json"]
+    with pytest.raises(ValueError):
+        reopened.mark_inflight("b1")

@@ -20,11 +20,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,16 @@ class Row:
     row_number: int
     contact_id: str
     record_json: str
+
+
+class Outcome(NamedTuple):
+    """Where one record of a batch ended (a row of the group's outcome file)."""
+
+    row_number: int
+    contact_id: str
+    outcome: str
+    batch_id: str
+    detail: str
 
 
 @dataclass
@@ -83,16 +93,20 @@ class TransientImportError(RuntimeError):
 
 
 class CheckpointStore:
-    """Batch outcomes and in-flight markers as small JSON objects under the run's storage prefix.
+    """Batch outcomes and in-flight markers of *one group's batches*, as small JSON objects under the run's prefix.
 
-    Works on the storage's fsspec filesystem with plain paths: a batch costs two writes on the hot path (marker,
-    outcome), and what exists is listed once per group instead of asked per batch. Markers of acknowledged
-    batches are removed in one call at the end (``tidy``); an outcome always wins over a marker.
+    The checkpoint and marker folders are shared by every import task of the run, which run at the same time in
+    separate processes. A store therefore only ever reads, writes and removes the files of the batch ids it was
+    given, and removing a marker that is already gone is not an error (a retried task, or listing that lags on an
+    object store). A batch costs two writes on the hot path (marker, outcome); what exists is listed once per
+    group instead of asked per batch; markers of acknowledged batches are removed in bulk at the end
+    (``tidy``). An outcome always wins over a marker.
     """
 
-    def __init__(self, layout: RunLayout) -> None:
+    def __init__(self, layout: RunLayout, batch_ids: Iterable[str]) -> None:
         root = layout.root
         self._fs = root.fs
+        self._own = frozenset(batch_ids)
         self._checkpoints = _fs_path(root / "checkpoints")
         self._inflight = _fs_path(root / "inflight")
         for directory in (self._checkpoints, self._inflight):
@@ -102,13 +116,19 @@ class CheckpointStore:
         self._lock = threading.Lock()
 
     def _names(self, directory: str) -> set[str]:
+        """The batch ids of this group that have a file in ``directory`` (other groups' files are ignored)."""
         try:
-            return {p.rsplit("/", 1)[-1].removesuffix(".json") for p in self._fs.ls(directory, detail=False)}
+            listed = self._fs.ls(directory, detail=False, refresh=True)
         except FileNotFoundError:
             return set()
+        return {p.rsplit("/", 1)[-1].removesuffix(".json") for p in listed} & self._own
 
     def _file(self, directory: str, batch_id: str) -> str:
         return f"{directory}/{batch_id}.json"
+
+    def _check_own(self, batch_id: str) -> None:
+        if batch_id not in self._own:
+            raise ValueError(f"batch {batch_id} does not belong to this group's checkpoint store")
 
     def load(self, batch_id: str) -> dict[str, Any] | None:
         if batch_id not in self._acknowledged:
@@ -116,11 +136,13 @@ class CheckpointStore:
         return json.loads(self._fs.cat_file(self._file(self._checkpoints, batch_id)))
 
     def save(self, batch_id: str, payload: dict[str, Any]) -> None:
+        self._check_own(batch_id)
         self._fs.pipe_file(self._file(self._checkpoints, batch_id), json.dumps(payload, default=str).encode())
         with self._lock:
             self._acknowledged.add(batch_id)
 
     def mark_inflight(self, batch_id: str) -> None:
+        self._check_own(batch_id)
         self._fs.pipe_file(self._file(self._inflight, batch_id), json.dumps({"batch_id": batch_id, "since": _now()}).encode())
         with self._lock:
             self._marked.add(batch_id)
@@ -133,15 +155,26 @@ class CheckpointStore:
             present = batch_id in self._marked
             self._marked.discard(batch_id)
         if present:
-            self._fs.rm_file(self._file(self._inflight, batch_id))
+            self._remove([self._file(self._inflight, batch_id)])
 
     def tidy(self) -> None:
-        """Remove the markers of acknowledged batches (one bulk call)."""
+        """Remove the markers of this group's acknowledged batches (one bulk call)."""
         with self._lock:
             done = sorted(self._marked & self._acknowledged)
             self._marked -= set(done)
         if done:
-            self._fs.rm([self._file(self._inflight, b) for b in done])
+            self._remove([self._file(self._inflight, b) for b in done])
+
+    def _remove(self, paths: list[str]) -> None:
+        """Delete files; one that is already gone is not an error (local fsspec raises, S3 does not)."""
+        try:
+            self._fs.rm(paths)
+        except FileNotFoundError:
+            for path in paths:
+                try:
+                    self._fs.rm_file(path)
+                except FileNotFoundError:
+                    pass
 
 
 def _fs_path(path: Any) -> str:
@@ -167,12 +200,12 @@ class GroupImporter:
         self._client = client
         self._contact_list_id = contact_list_id
         self._layout = layout
-        self._checkpoints = CheckpointStore(layout)
         self._concurrency = max(1, concurrency)
 
     def run(self, group_index: int) -> dict[str, Any]:
         """Import the group; write its outcomes, batch metrics and audit entries; return the group summary."""
         batches = list(_read_batches(self._layout.group_file(group_index)))
+        self._checkpoints = CheckpointStore(self._layout, (batch_id for _, batch_id, _ in batches))
         records = sum(len(b[2]) for b in batches)
         log.info("group %d: %d records in %d batches, concurrency %d", group_index, records, len(batches), self._concurrency)
         started = time.monotonic()
@@ -182,8 +215,7 @@ class GroupImporter:
         self._checkpoints.tidy()
         elapsed = time.monotonic() - started
         outcomes = pd.DataFrame(
-            [o for _, batch_outcomes in results for o in batch_outcomes],
-            columns=["row_number", "contact_id", "outcome", "batch_id", "detail"],
+            [o for _, batch_outcomes in results for o in batch_outcomes], columns=list(Outcome._fields)
         ).astype({"row_number": "int64"})
         metrics = [m for m, _ in results]
         write_parquet(self._layout.outcome_file(group_index), outcomes)
@@ -211,54 +243,53 @@ class GroupImporter:
 
     # -- one batch ---------------------------------------------------------------------------------------------
 
-    def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> tuple[BatchMetrics, list]:
+    def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> tuple[BatchMetrics, list[Outcome]]:
         metrics = BatchMetrics(batch_id=batch_id, batch_index=batch_index, records=len(members), started_at=_now())
         checkpoint = self._checkpoints.load(batch_id)
         if checkpoint is not None:
             metrics = BatchMetrics(**{**checkpoint["metrics"], "resumed": True})
             log.info("batch %s already acknowledged (%s); skipped", batch_id, metrics.status)
-            return metrics, [tuple(o) for o in checkpoint["outcomes"]]
+            return metrics, [Outcome(*o) for o in checkpoint["outcomes"]]
         rows = [Row(r, c, j) for r, c, j in members]
         uncertain = self._checkpoints.was_inflight(batch_id)
         self._checkpoints.mark_inflight(batch_id)
-        outcomes: list[tuple[int, str, str, str, str]] = []
-        self._send(batch_id, rows, uncertain, metrics, outcomes)
+        outcomes = _BatchOutcomes(batch_id, metrics)
+        self._send(rows, uncertain, outcomes)
         metrics.finished_at = _now()
         for name, attr in ((IMPORTED, "imported"), (DUPLICATE, "duplicates"), (FAILED, "failed")):
-            setattr(metrics, attr, sum(1 for o in outcomes if o[2] == name))
+            setattr(metrics, attr, sum(1 for o in outcomes.items if o.outcome == name))
         metrics.status = "failed" if metrics.failed == metrics.records else ("partial" if metrics.failed else "success")
         if metrics.transient:
             # Outcome not final: no checkpoint, so the task's retry sends this batch again.
             log.warning("batch %s failed transiently after %d attempts: %s", batch_id, metrics.attempts, metrics.error)
         else:
-            self._checkpoints.save(batch_id, {"metrics": asdict(metrics), "outcomes": outcomes})
+            self._checkpoints.save(batch_id, {"metrics": asdict(metrics), "outcomes": outcomes.items})
         self._progress.batch_done(metrics.records)
-        return metrics, outcomes
+        return metrics, outcomes.items
 
-    def _send(
-        self, batch_id: str, rows: list[Row], uncertain: bool, metrics: BatchMetrics, outcomes: list
-    ) -> None:
+    def _send(self, rows: list[Row], uncertain: bool, outcomes: _BatchOutcomes) -> None:
+        metrics = outcomes.metrics
         metrics.requests += 1
         try:
             result = self._client.import_batch_json(self._contact_list_id, [r.record_json for r in rows])
         except CXoneConflictError as exc:
             self._account_call(metrics, exc)
-            self._isolate(batch_id, rows, uncertain or exc.outcome_uncertain, metrics, outcomes, exc.duplicates, DUPLICATE)
+            self._isolate(rows, uncertain or exc.outcome_uncertain, outcomes, exc.duplicates, DUPLICATE)
             return
         except CXoneValidationError as exc:
             self._account_call(metrics, exc)
-            named = parse_record_issues(exc.errors)
-            self._isolate(batch_id, rows, uncertain, metrics, outcomes, named, FAILED, reason=str(exc))
+            self._isolate(rows, uncertain, outcomes, parse_record_issues(exc.errors), FAILED, reason=str(exc))
             return
         except CXoneError as exc:
             self._account_call(metrics, exc)
             metrics.transient = True
             metrics.error = str(exc)
-            created_earlier = any(o[2] == IMPORTED for o in outcomes)
+            created_earlier = any(o.outcome == IMPORTED for o in outcomes.items)
             if not (exc.outcome_uncertain or uncertain or created_earlier):
                 # A definitive refusal and nothing of this batch created: the retry starts clean.
-                self._checkpoints.clear_inflight(batch_id)
-            outcomes.extend((r.row_number, r.contact_id, FAILED, batch_id, str(exc)) for r in rows)
+                self._checkpoints.clear_inflight(outcomes.batch_id)
+            for row in rows:
+                outcomes.add(row, FAILED, str(exc))
             return
         self._account_call(metrics, result)
         if result.request_id:
@@ -268,24 +299,18 @@ class GroupImporter:
         duplicates = _named_indexes(rows, result.duplicates)
         for i, row in enumerate(rows):
             if i in duplicates:
-                if uncertain:
-                    metrics.confirmed_on_retry += 1
-                    outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, "confirmed_on_retry"))
-                else:
-                    outcomes.append((row.row_number, row.contact_id, DUPLICATE, batch_id, duplicates[i]))
+                outcomes.add(row, DUPLICATE, duplicates[i], uncertain=uncertain)
             else:
-                outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, ""))
+                outcomes.add(row, IMPORTED, "")
         expected = len(rows) - len(duplicates)
         if result.created != expected:
-            log.warning("batch %s: server says %d created, expected %d", batch_id, result.created, expected)
+            log.warning("batch %s: server says %d created, expected %d", outcomes.batch_id, result.created, expected)
 
     def _isolate(
         self,
-        batch_id: str,
         rows: list[Row],
         uncertain: bool,
-        metrics: BatchMetrics,
-        outcomes: list,
+        outcomes: _BatchOutcomes,
         named_items: Sequence[Any],
         outcome: str,
         reason: str = "",
@@ -294,26 +319,16 @@ class GroupImporter:
         named = _named_indexes(rows, named_items)
         if named:
             for i, detail in named.items():
-                row = rows[i]
-                if outcome == DUPLICATE and uncertain:
-                    metrics.confirmed_on_retry += 1
-                    outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, "confirmed_on_retry"))
-                else:
-                    outcomes.append((row.row_number, row.contact_id, outcome, batch_id, detail or reason))
+                outcomes.add(rows[i], outcome, detail or reason, uncertain=uncertain)
             rest = [r for i, r in enumerate(rows) if i not in named]
             if rest:
-                self._send(batch_id, rest, uncertain, metrics, outcomes)
+                self._send(rest, uncertain, outcomes)
         elif len(rows) == 1:
-            row = rows[0]
-            if outcome == DUPLICATE and uncertain:
-                metrics.confirmed_on_retry += 1
-                outcomes.append((row.row_number, row.contact_id, IMPORTED, batch_id, "confirmed_on_retry"))
-            else:
-                outcomes.append((row.row_number, row.contact_id, outcome, batch_id, reason or "duplicate"))
+            outcomes.add(rows[0], outcome, reason or "duplicate", uncertain=uncertain)
         else:
             middle = len(rows) // 2
-            self._send(batch_id, rows[:middle], uncertain, metrics, outcomes)
-            self._send(batch_id, rows[middle:], uncertain, metrics, outcomes)
+            self._send(rows[:middle], uncertain, outcomes)
+            self._send(rows[middle:], uncertain, outcomes)
 
     @staticmethod
     def _account_call(metrics: BatchMetrics, result: Any) -> None:
@@ -322,6 +337,23 @@ class GroupImporter:
         request_id = getattr(result, "request_id", None)
         if request_id and not hasattr(result, "created"):
             metrics.request_ids.append(request_id)
+
+
+@dataclass
+class _BatchOutcomes:
+    """The outcomes of one batch as they become known, and the one rule that turns a duplicate into ``imported``."""
+
+    batch_id: str
+    metrics: BatchMetrics
+    items: list[Outcome] = field(default_factory=list)
+
+    def add(self, row: Row, outcome: str, detail: str, *, uncertain: bool = False) -> None:
+        """Record ``row``'s outcome. A duplicate of a batch whose earlier attempt may have reached the server is
+        our own record from that attempt: ``imported``, counted as ``confirmed_on_retry``."""
+        if outcome == DUPLICATE and uncertain:
+            self.metrics.confirmed_on_retry += 1
+            outcome, detail = IMPORTED, "confirmed_on_retry"
+        self.items.append(Outcome(row.row_number, row.contact_id, outcome, self.batch_id, detail))
 
 
 class _Progress:
