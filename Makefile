@@ -8,13 +8,13 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(RUN) python -m include.cxone_import.demo $(ARGS)
+	@$(RUN) python -m tools.demo $(ARGS)
 
 test: setup
 	@$(RUN) python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	@$(RUN) python -m include.cxone_import.bench $(ARGS)
+	@$(RUN) python -m tools.bench $(ARGS)
 
 airflow:
 	@bash scripts/stack.sh start

@@ -17,7 +17,7 @@ from datetime import datetime
 from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
 from include.cxone_import import airflow_tasks as steps
-from include.cxone_import.notifier import CrmRunFailedNotifier
+from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
 IMPORT_PARALLELISM = steps.import_parallelism()
 RETRY_DELAY = steps.retry_delay()

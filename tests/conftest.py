@@ -69,7 +69,7 @@ def storage_base(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def run_import(storage_base, cxone_sandbox, webhook_sink, monkeypatch):
     """Run the DAG against the sandbox: ``run_import(conf, **connection_options) -> ImportRun``."""
-    from include.cxone_import.localrun import connection_env, run_dag
+    from tools.localrun import connection_env, run_dag
     from include.cxone_import.storage import safe_segment
 
     def _run(conf: dict[str, Any], *, webhook_url: str | None = None, logical_date: Any = None, **conn: Any) -> ImportRun:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from include.cxone_import.sample_data import PHONE_TYPES, generate_crm_export
+from tools.sample_data import PHONE_TYPES, generate_crm_export
 from tests.stack import DAG_ID, AirflowStack
 
 pytestmark = pytest.mark.timeout(600)

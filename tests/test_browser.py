@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from include.cxone_import.sample_data import generate_crm_export
+from tools.sample_data import generate_crm_export
 from tests.stack import DAG_ID, AirflowApiError, AirflowStack, airflow_stack  # noqa: F401 - the session's stack
 
 pytestmark = pytest.mark.timeout(600)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from include.cxone_import.localrun import connection_env
-from include.cxone_import.sample_data import generate_crm_export
+from tools.localrun import connection_env
+from tools.sample_data import generate_crm_export
 from tests.conftest import CONTACT_LIST_ID, ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -194,7 +194,7 @@ def test_import_killed_mid_run_then_run_again(run_import, export, cxone_sandbox,
     }
     code = (
         "from datetime import datetime, timezone\n"
-        "from include.cxone_import.localrun import run_dag\n"
+        "from tools.localrun import run_dag\n"
         f"run_dag({{'source_uri': 'file://{export.path}', 'batch_size': 5, 'contact_list_id': '{CONTACT_LIST_ID}'}},"
         " logical_date=datetime(2026, 11, 21, tzinfo=timezone.utc))\n"
     )

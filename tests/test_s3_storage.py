@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from include.cxone_import.sample_data import generate_crm_export
+from tools.sample_data import generate_crm_export
 from include.cxone_import.storage import safe_segment
 from tests.conftest import CONTACT_LIST_ID
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.cxone_import.sample_data import (
+from tools.sample_data import (
     BAD_KIND_RULES,
     CSV_COLUMNS,
     CUSTOM_FIELD_COLUMNS,
@@ -183,7 +183,7 @@ def test_cli_prints_one_line_summary(tmp_path: Path) -> None:
     out_path = tmp_path / "cli" / "crm.jsonl"
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'plugins'}"}
     command = [
-        sys.executable, "-m", "include.cxone_import.sample_data", str(out_path), "--rows", "500", "--bad-share", "0.2",
+        sys.executable, "-m", "tools.sample_data", str(out_path), "--rows", "500", "--bad-share", "0.2",
         "--seed", "5", "--format", "jsonl", "--now", "2026-11-27T00:00:00+00:00",
     ]  # fmt: skip
 

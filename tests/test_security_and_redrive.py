@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from include.cxone_import.sample_data import generate_crm_export
+from tools.sample_data import generate_crm_export
 from tests.conftest import CONTACT_LIST_ID
 
 pytestmark = pytest.mark.timeout(600)

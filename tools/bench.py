@@ -1,7 +1,7 @@
 """``make bench``: the whole import DAG against the sandbox at a set latency and rate limit, and in the same
 invocation a sequential one-batch-at-a-time baseline (the specification's loop) on the same data and sandbox.
 
-    python -m include.cxone_import.bench --rows 1000000 --latency-ms 100 --rpm 6000 [--record]
+    python -m tools.bench --rows 1000000 --latency-ms 100 --rpm 6000 [--record]
 
 Prints end-to-end time and records/s, import-phase records/s and its ratio to the limit (rpm x 100 / 60),
 validation rows/s, peak RSS during each task, Airflow's own overhead and the number of 429s. ``--rows`` takes a
@@ -27,8 +27,8 @@ from typing import Any
 
 import requests
 
-from include.cxone_import.localrun import ROOT, connection_env, patched_env, run_dag, run_report
-from include.cxone_import.sample_data import generate_crm_export
+from tools.localrun import ROOT, connection_env, patched_env, run_dag, run_report
+from tools.sample_data import generate_crm_export
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         # each size in a fresh process, so one size's memory never shows up in the next one's peak RSS
         out = Path(tempfile.mkstemp(suffix=".json")[1])
         one = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--record"]
-        subprocess.run([sys.executable, "-m", "include.cxone_import.bench", *one, "--rows", str(rows), "--one", str(out)],
+        subprocess.run([sys.executable, "-m", "tools.bench", *one, "--rows", str(rows), "--one", str(out)],
                        cwd=ROOT, check=True)
         result = json.loads(out.read_text())
         out.unlink()

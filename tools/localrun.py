@@ -8,22 +8,11 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = ROOT / "dags" / "cxone_contact_import.py"
-
-
-@dataclass
-class LocalEnvironment:
-    """The servers and settings one local run talks to."""
-
-    cxone_url: str
-    webhook_url: str
-    storage_base: Path
-    contact_list_id: str
 
 
 def connection_env(

@@ -10,9 +10,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from include.cxone_import.localrun import ROOT, connection_env, patched_env, run_dag, run_report
+from tools.localrun import ROOT, connection_env, patched_env, run_dag, run_report
 from include.cxone_import.report import format_report
-from include.cxone_import.sample_data import generate_crm_export
+from tools.sample_data import generate_crm_export
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig, WebhookSink
 
 

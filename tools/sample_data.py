@@ -16,7 +16,7 @@ its own, enough for ~4.5 million rows at the average 12/7 phones per row (2.6 mi
 * ``+1 NPA 555 0200..9999`` for the same area codes (7,761,600 numbers): used only once the fictitious ranges are
   used up. These are E.164-shaped and not handed out to subscribers in practice, but not formally reserved.
 
-CLI: ``python -m include.cxone_import.sample_data OUT_PATH --rows N --bad-share 0.1 --seed 42 [--format csv|jsonl]``
+CLI: ``python -m tools.sample_data OUT_PATH --rows N --bad-share 0.1 --seed 42 [--format csv|jsonl]``
 prints a one-line JSON summary ``{"path", "rows", "valid", "rejected"}``.
 """
 
