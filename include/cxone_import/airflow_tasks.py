@@ -315,6 +315,16 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     return summary
 
 
+def rate_budget() -> float | None:
+    """The connection's requests per minute (the report's rate chart draws it); None without a connection."""
+    from cxone_provider.hooks.cxone import CXoneHook
+
+    try:
+        return CXoneHook(cxone_conn_id=CXONE_CONN_ID).requests_per_minute
+    except Exception:  # noqa: BLE001 - a dry run may have no CXone connection; the chart then has no budget line
+        return None
+
+
 def report(
     extracted: dict[str, Any],
     validated: dict[str, Any],
@@ -332,6 +342,7 @@ def report(
         groups=groups,
         webhook=webhook,
         max_reject_share=params.get("max_reject_share"),
+        budget_per_minute=rate_budget(),
     )
     text = format_report(result)
     log.info("\n%s", text)

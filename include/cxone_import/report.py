@@ -134,6 +134,65 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[di
     }
 
 
+LATENCY_BUCKET_BOUNDS_MS = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
+TIMELINE_BUCKET_CHOICES_S = (10, 30, 60, 300, 900, 3600)
+TIMELINE_MAX_BUCKETS = 360
+
+
+def latency_histogram(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch latencies in fixed buckets (the last one open-ended) plus percentiles: the same size for any run."""
+    latencies = np.array([m["latency_ms"] for m in metrics if m["latency_ms"] > 0], dtype=float)
+    counts = np.bincount(np.searchsorted(LATENCY_BUCKET_BOUNDS_MS, latencies, side="left"),
+                         minlength=len(LATENCY_BUCKET_BOUNDS_MS) + 1)
+    percentile = (lambda q: round(float(np.percentile(latencies, q)), 2)) if len(latencies) else (lambda q: 0.0)
+    return {
+        "upper_bounds_ms": list(LATENCY_BUCKET_BOUNDS_MS),
+        "counts": [int(c) for c in counts],
+        "batches": int(len(latencies)),
+        "p50_ms": percentile(50),
+        "p95_ms": percentile(95),
+        "p99_ms": percentile(99),
+        "max_ms": round(float(latencies.max()), 2) if len(latencies) else 0.0,
+    }
+
+
+def request_timeline(metrics: list[dict[str, Any]], budget_per_minute: float | None) -> dict[str, Any]:
+    """HTTP attempts per time bucket (10 s, wider for long runs), each batch's attempts spread over its send time,
+    with the connection's budget and the busiest 60 s window, for the rate chart of the report tab."""
+    timed = [m for m in metrics if m.get("started_at") and m.get("finished_at")]
+    empty = {"start": None, "bucket_seconds": TIMELINE_BUCKET_CHOICES_S[0], "attempts": [],
+             "budget_requests_per_minute": budget_per_minute, "peak_requests_per_minute": 0}
+    if not timed:
+        return empty
+    started = pd.to_datetime([m["started_at"] for m in timed], utc=True, format="ISO8601")
+    finished = pd.to_datetime([m["finished_at"] for m in timed], utc=True, format="ISO8601")
+    origin = started.min()
+    begin = (started - origin).total_seconds().to_numpy()
+    end = np.maximum((finished - origin).total_seconds().to_numpy(), begin)
+    attempts = np.array([max(int(m.get("attempts") or 0), int(m.get("requests") or 0), 1) for m in timed])
+    batch = np.repeat(np.arange(len(timed)), attempts)
+    nth = np.arange(len(batch)) - np.repeat(np.cumsum(attempts) - attempts, attempts)
+    sent_at = begin[batch] + (nth + 0.5) / attempts[batch] * (end[batch] - begin[batch])
+    span = float(end.max()) + 1e-9
+    bucket = next((s for s in TIMELINE_BUCKET_CHOICES_S if span / s <= TIMELINE_MAX_BUCKETS), TIMELINE_BUCKET_CHOICES_S[-1])
+    counts = np.bincount((sent_at // bucket).astype(int), minlength=int(span // bucket) + 1)
+    per_window = max(1, 60 // bucket)
+    windows = np.convolve(counts, np.ones(per_window, dtype=int), mode="valid") if len(counts) >= per_window else counts
+    return {
+        **empty,
+        "start": origin.isoformat(),
+        "bucket_seconds": int(bucket),
+        "attempts": [int(c) for c in counts],
+        "peak_requests_per_minute": int(windows.max() * 60 / (per_window * bucket)) if len(windows) else 0,
+    }
+
+
+def throughput(summaries: list[dict[str, Any]], budget_per_minute: float | None) -> dict[str, Any]:
+    """Compact aggregates of the per-batch metrics for the report tab: it reads report.json only."""
+    metrics = [m for s in summaries for m in s["batch_metrics"]]
+    return {"batch_latency": latency_histogram(metrics), "request_rate": request_timeline(metrics, budget_per_minute)}
+
+
 def write_dead_letter(layout: RunLayout, groups: list[dict[str, Any]]) -> int:
     """Failed records in the API record shape plus their row and last error, ready for a redrive run."""
     ensure_parent(layout.dead_letter)
@@ -179,6 +238,7 @@ def build_report(
     groups: list[dict[str, Any]],
     webhook: dict[str, Any] | None,
     max_reject_share: float | None = None,
+    budget_per_minute: float | None = None,
 ) -> dict[str, Any]:
     """Write report.json, the dead-letter file and the audit log; raise if the run's result needs a person."""
     outcomes = load_outcomes(layout, dry_run=bool(run.get("dry_run")))
@@ -212,6 +272,7 @@ def build_report(
         "normalised": validated.get("normalised", {}),
         "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
         "webhook": {k: v for k, v in webhook.items() if k != "audit"},
+        "throughput": throughput(summaries, budget_per_minute),
         "timings_seconds": {"validation": validated.get("validation_seconds"), "schema": validated.get("schema_seconds")},
         "files": {
             "report": str(layout.report),
