@@ -1,16 +1,58 @@
-"""RateLimiter: budget held across threads, penalties pause every sender. Simulated time only, no real waits."""
+"""RateLimiter: one budget held across threads, limiter objects and processes, on every store (memory, SQLite,
+a real redis-server); penalties pause every sender. Simulated time only: no assertion depends on how long a real
+wait took (the cross-process tests check the slots the store handed out, in the store's own clock)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+import uuid
 from collections import deque
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from cxone_provider.ratelimit import RateLimiter
+from cxone_provider.ratelimit import (
+    BudgetStore,
+    MemoryBudgetStore,
+    RateLimiter,
+    SQLiteBudgetStore,
+    budget_store,
+    tenant_key,
+)
+from tests.redis_server import redis_server
 
 THREADS = 8
 SIMULATED_MINUTE_S = 60.0
+PROCESSES = 4
+SLOTS_PER_PROCESS = 60
+STORES = ["memory", "sqlite", "redis"]
+SHARED_STORES = ["sqlite", "redis"]  # the ones several processes can share
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh store of the kind named by the test's `store_kind` parameter."""
+    kind = request.param
+    if kind == "memory":
+        return "memory://" + uuid.uuid4().hex  # an own object per test (budget_store caches by URL)
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'budget.sqlite'}"
+    return request.getfixturevalue("redis_url")
+
+
+def open_store(url: str) -> BudgetStore:
+    return MemoryBudgetStore() if url.startswith("memory://") else budget_store(url)
+
+
+def fresh_key() -> str:
+    return tenant_key("https://api-" + uuid.uuid4().hex + ".example", "client")
 
 
 class ThreadLocalClock:
@@ -192,3 +234,143 @@ def test_stats_count_waits() -> None:
 def test_rejects_invalid_settings(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         RateLimiter(**kwargs)
+
+
+# -- one budget shared through a store ------------------------------------------------------------------------
+
+
+def run_limiters(limiters: list[RateLimiter], clock: ThreadLocalClock, per_thread: int) -> list[float]:
+    """THREADS threads spread over several limiter objects (as over several tasks), all acquiring."""
+    send_times: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(THREADS)
+
+    def sender(limiter: RateLimiter) -> None:
+        start.wait()
+        for _ in range(per_thread):
+            limiter.acquire()
+            with lock:
+                send_times.append(clock.now())
+
+    threads = [threading.Thread(target=sender, args=(limiters[i % len(limiters)],)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return send_times
+
+
+@pytest.mark.parametrize("store_url", STORES, indirect=True)
+@pytest.mark.parametrize("budget", [pytest.param(600, id="600rpm"), pytest.param(6000, id="6000rpm")])
+def test_limiters_of_one_tenant_share_one_budget(store_url: str, budget: int) -> None:
+    """Four limiter objects (four tasks) on one key: no 60 s window above the budget, and the budget is used."""
+    clock = ThreadLocalClock()
+    store, key = open_store(store_url), fresh_key()
+    limiters = [RateLimiter.for_budget(budget, store=store, key=key, clock=clock.now, sleep=clock.sleep) for _ in range(4)]
+    per_thread = int(budget * 2 / THREADS) + 1  # about two simulated minutes
+
+    send_times = run_limiters(limiters, clock, per_thread)
+
+    assert len(send_times) == THREADS * per_thread
+    assert sum(limiter.stats.acquired for limiter in limiters) == THREADS * per_thread
+    assert max_in_any_window(send_times, SIMULATED_MINUTE_S) <= budget
+    assert len(send_times) / max(send_times) * 60 >= 0.99 * budget
+
+
+@pytest.mark.parametrize("store_url", STORES, indirect=True)
+def test_penalty_pauses_every_limiter_of_the_tenant(store_url: str) -> None:
+    clock = ThreadLocalClock()
+    store, key = open_store(store_url), fresh_key()
+    penalized, other = (RateLimiter.for_budget(6000, store=store, key=key, clock=clock.now, sleep=clock.sleep)
+                        for _ in range(2))
+    bystander = RateLimiter.for_budget(6000, store=store, key=fresh_key(), clock=clock.now, sleep=clock.sleep)
+
+    penalized.penalize(30.0)
+
+    assert other.acquire() >= 30.0
+    assert bystander.acquire() == 0.0  # another tenant's budget is not paused
+
+
+@pytest.mark.parametrize("store_url", STORES, indirect=True)
+def test_list_lease_admits_one_owner_at_a_time(store_url: str) -> None:
+    store, key = open_store(store_url), fresh_key() + ":list-1"
+
+    assert store.acquire_lease(key, "run-a", ttl_s=600) == "run-a"
+    assert store.acquire_lease(key, "run-b", ttl_s=600) == "run-a"
+    assert store.acquire_lease(key, "run-a", ttl_s=600) == "run-a"  # renewal by the holder
+    assert store.release_lease(key, "run-b") is False
+    assert store.release_lease(key, "run-a") is True
+    assert store.acquire_lease(key, "run-b", ttl_s=600) == "run-b"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_an_expired_lease_goes_to_the_next_owner(kind: str, tmp_path) -> None:
+    """A run that died without releasing its list blocks it only until the lease expires (simulated clock)."""
+    store = MemoryBudgetStore() if kind == "memory" else SQLiteBudgetStore(tmp_path / "budget.sqlite")
+
+    assert store.acquire_lease("list", "run-a", ttl_s=60, now=1000.0) == "run-a"
+    assert store.acquire_lease("list", "run-b", ttl_s=60, now=1059.0) == "run-a"
+    assert store.acquire_lease("list", "run-b", ttl_s=60, now=1060.0) == "run-b"
+
+
+def _reserve_slots(url: str, key: str, interval_s: float, count: int, ready: Callable, results) -> None:
+    store = budget_store(url)
+    ready.wait()
+    results.put([store.reserve(key, interval_s, 0.0).send_at for _ in range(count)])
+
+
+@pytest.mark.parametrize("store_url", SHARED_STORES, indirect=True)
+def test_processes_never_get_the_same_slot(store_url: str) -> None:
+    """PROCESSES processes reserving at once, in the store's real clock: every slot is its own, evenly spaced."""
+    interval_s = 60.0 / 6000
+    key = fresh_key()
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Event(), context.Queue()
+    workers = [context.Process(target=_reserve_slots, args=(store_url, key, interval_s, SLOTS_PER_PROCESS, ready, results))
+               for _ in range(PROCESSES)]
+    for worker in workers:
+        worker.start()
+    ready.set()
+    slots = sorted(slot for _ in workers for slot in results.get(timeout=60))
+    for worker in workers:
+        worker.join(timeout=30)
+
+    assert len(slots) == PROCESSES * SLOTS_PER_PROCESS
+    gaps = [later - earlier for earlier, later in zip(slots, slots[1:], strict=False)]
+    assert min(gaps) >= interval_s - 2e-6  # Redis keeps microseconds
+
+
+def _penalize(url: str, key: str, delay_s: float) -> None:
+    RateLimiter.for_budget(6000, store=budget_store(url), key=key).penalize(delay_s)
+
+
+@pytest.mark.parametrize("store_url", SHARED_STORES, indirect=True)
+def test_a_429_in_one_process_pauses_the_others(store_url: str) -> None:
+    key = fresh_key()
+    context = multiprocessing.get_context("spawn")
+    other = context.Process(target=_penalize, args=(store_url, key, 30.0))
+    other.start()
+    other.join(timeout=60)
+    assert other.exitcode == 0
+
+    slot = budget_store(store_url).reserve(key, 0.01, 0.0)
+
+    assert slot.send_at - slot.now >= 29.0  # measured in the store's clock, not by waiting
+
+
+def test_store_urls() -> None:
+    assert budget_store("memory://shared") is budget_store("memory://shared")
+    with pytest.raises(ValueError, match="absolute path"):
+        budget_store("sqlite:///relative.sqlite".replace("///", "//"))
+    with pytest.raises(ValueError) as refused:
+        budget_store("postgresql://user:s3cret@db/airflow")
+    assert "s3cret" not in str(refused.value)
+
+
+def test_tenant_key_names_the_tenant_not_the_secret() -> None:
+    key = tenant_key("https://api-na1.niceincontact.com/", "client-a")
+
+    assert key == tenant_key("https://API-na1.niceincontact.com", "client-a")
+    assert key != tenant_key("https://api-na1.niceincontact.com", "client-b")
+    assert key != tenant_key("https://api-eu1.niceincontact.com", "client-a")
+    assert "client-a" not in key and "niceincontact" not in key
