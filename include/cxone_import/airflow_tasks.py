@@ -10,7 +10,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -63,14 +63,17 @@ def _variable(key: str, default: Any = None) -> Any:
         return default
 
 
-def storage_base() -> Any:
+def storage_base(variable: Callable[[str, Any], Any] | None = None) -> Any:
+    """The storage base; ``variable(key, default)`` reads Variables (default: through the Task SDK, as tasks do;
+    the report pages in the api-server pass the metadata DB's)."""
     from airflow.sdk import ObjectStoragePath
 
+    variable = variable or _variable
     default = os.environ.get("CXONE_IMPORT_STORAGE_BASE") or "file://" + os.path.join(
         os.environ.get("AIRFLOW_HOME", os.getcwd()), "cxone-data"
     )
-    uri = _variable(STORAGE_BASE_VARIABLE, default) or default
-    conn_id = _variable(STORAGE_CONN_VARIABLE, None)
+    uri = variable(STORAGE_BASE_VARIABLE, default) or default
+    conn_id = variable(STORAGE_CONN_VARIABLE, None)
     return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
 
 
