@@ -73,7 +73,7 @@ def test_hook_builds_client_from_connection(sandbox, sandbox_hook) -> None:
     assert client.base_url == sandbox.url
     assert client.timeout == 7.0
     assert client.rate_limiter is sandbox_hook.rate_limiter
-    assert sandbox_hook.rate_limiter.requests_per_minute == 600
+    assert sandbox_hook.rate_limiter.budget_per_minute == 600
     assert (sandbox_hook.requests_per_minute, sandbox_hook.max_concurrency) == (600.0, 4)
     assert client.retry_policy == RetryPolicy(backoff_base_s=0.0)
     client.close()
@@ -85,6 +85,60 @@ def test_hook_import_batch_creates_records(sandbox, sandbox_hook) -> None:
     assert result.created == 1
     assert sandbox.records(LIST_ID) == [RECORD]
     assert sandbox_hook.rate_limiter.stats.acquired == 1
+
+
+def test_default_budget_store_is_a_file_under_airflow_home(set_connection, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("CXONE_RATE_BUDGET_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    set_connection(extra={"host": "http://127.0.0.1:9"})
+
+    hook = CXoneHook(CONN_ID)
+
+    assert hook.rate_budget_url == f"sqlite:///{tmp_path}/cxone-rate-budget.sqlite"
+    assert (tmp_path / "cxone-rate-budget.sqlite").exists() is False  # opened only when a limiter is built
+    assert hook.get_client().rate_limiter.store.url == hook.rate_budget_url
+    assert (tmp_path / "cxone-rate-budget.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra_url", "env_url", "expected"),
+    [
+        pytest.param("memory://from-extra", "memory://from-env", "memory://from-extra", id="extra-wins"),
+        pytest.param(None, "memory://from-env", "memory://from-env", id="env-when-no-extra"),
+    ],
+)
+def test_budget_store_url_from_extra_then_env(set_connection, monkeypatch, extra_url, env_url, expected) -> None:
+    monkeypatch.setenv("CXONE_RATE_BUDGET_URL", env_url)
+    set_connection(extra={"host": "http://127.0.0.1:9", **({"rate_budget_url": extra_url} if extra_url else {})})
+
+    assert CXoneHook(CONN_ID).rate_limiter.store.url == expected
+
+
+def test_every_hook_of_a_tenant_shares_one_budget(set_connection, monkeypatch) -> None:
+    monkeypatch.setenv("CXONE_RATE_BUDGET_URL", "memory://tenant-share")
+    set_connection(extra={"host": "http://127.0.0.1:9", "requests_per_minute": 6000})
+    first, second = CXoneHook(CONN_ID).rate_limiter, CXoneHook(CONN_ID).rate_limiter
+    set_connection(login="another-client", extra={"host": "http://127.0.0.1:9", "requests_per_minute": 6000})
+    other_tenant = CXoneHook(CONN_ID).rate_limiter
+
+    first.penalize(30.0)
+
+    assert (first.store, first.key) == (second.store, second.key)
+    assert second.acquire() >= 29.0
+    assert other_tenant.key != first.key and other_tenant.acquire() < 1.0
+    assert CLIENT_SECRET not in first.key
+
+
+def test_one_run_at_a_time_holds_a_contact_list(set_connection, monkeypatch) -> None:
+    monkeypatch.setenv("CXONE_RATE_BUDGET_URL", "memory://list-lease")
+    set_connection(extra={"host": "http://127.0.0.1:9"})
+    hook = CXoneHook(CONN_ID)
+
+    assert hook.acquire_list_lease("list-a", "run-1", ttl_s=600) == "run-1"
+    assert hook.acquire_list_lease("list-a", "run-2", ttl_s=600) == "run-1"
+    assert hook.acquire_list_lease("list-b", "run-2", ttl_s=600) == "run-2"  # another list runs at the same time
+    assert hook.release_list_lease("list-a", "run-1")
+    assert hook.acquire_list_lease("list-a", "run-2", ttl_s=600) == "run-2"
 
 
 def test_issued_tokens_are_registered_with_the_secret_masker(sandbox_hook) -> None:

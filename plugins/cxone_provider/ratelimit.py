@@ -5,7 +5,7 @@ One request budget per CXone tenant, shared by every sender: threads, tasks, pro
 :class:`BudgetStore`: a single "next free slot" time and a "paused until" time per key, read and advanced in one
 atomic step. The store is chosen by URL (:func:`budget_store`):
 
-- ``sqlite:///path/to/file.sqlite``: one machine, any number of processes (one row per key, updated in a
+- ``sqlite:////abs/path/file.sqlite`` (``sqlite:///`` + an absolute path): one machine, any number of processes (one row per key, updated in a
   ``BEGIN IMMEDIATE`` transaction); nothing to install or start.
 - ``redis://host:port/db`` (``rediss://``, ``unix://``): any number of hosts; one Lua script per step, timed by
   the Redis server's clock, so the hosts' clocks do not matter.
@@ -90,8 +90,8 @@ class BudgetStore(ABC):
 class MemoryBudgetStore(BudgetStore):
     """Budgets of this process only."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.url = "memory://"
+    def __init__(self, clock: Callable[[], float] = time.monotonic, url: str = "memory://") -> None:
+        self.url = url
         self._clock = clock
         self._lock = threading.Lock()
         self._state: dict[str, tuple[float | None, float]] = {}
@@ -322,7 +322,7 @@ def budget_store(url: str) -> BudgetStore:
     """
     The store for ``url``, one object per URL and process (so all hooks of a process share its connections).
 
-    :param url: ``sqlite:///abs/path.sqlite``, ``redis://host:port/db`` (also ``rediss://``, ``unix://``) or
+    :param url: ``sqlite:///`` + an absolute path, ``redis://host:port/db`` (also ``rediss://``, ``unix://``) or
         ``memory://``.
     """
     with _STORES_LOCK:
@@ -337,13 +337,13 @@ def _open_store(url: str) -> BudgetStore:
     if scheme in ("redis", "rediss", "unix"):
         return RedisBudgetStore(url)
     if scheme == "sqlite":
-        path = unquote(url[len("sqlite://"):])
+        path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else ""
         if not path.startswith("/"):
-            raise ValueError(f"rate budget URL {url!r}: use an absolute path, sqlite:////abs/path.sqlite")
+            raise ValueError(f"rate budget URL {url!r}: name an absolute path, sqlite:////abs/path.sqlite")
         return SQLiteBudgetStore(path)
     if scheme == "memory":
-        return MemoryBudgetStore()
-    raise ValueError(f"rate budget URL {_redacted(url)!r}: expected sqlite:///<path>, redis://host:port/db or memory://")
+        return MemoryBudgetStore(url=url)
+    raise ValueError(f"rate budget URL {_redacted(url)!r}: expected sqlite:///<absolute path>, redis://host:port/db or memory://")
 
 
 def _redacted(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -21,12 +22,14 @@ from cxone_provider.connection_form import (
 )
 from cxone_provider.errors import CXoneError
 from cxone_provider.models import BatchResult
-from cxone_provider.ratelimit import RateLimiter
+from cxone_provider.ratelimit import BudgetStore, RateLimiter, budget_store, tenant_key
 from cxone_provider.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.connection import Connection
 
+RATE_BUDGET_URL_ENV = "CXONE_RATE_BUDGET_URL"
+RATE_BUDGET_FILE = "cxone-rate-budget.sqlite"
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
 
@@ -38,8 +41,9 @@ class CXoneHook(BaseHook):
     Connection: login = OAuth2 client id, password = client secret. Extras (all optional):
     ``region`` (us, eu), ``host`` (explicit base URL; the connection's own host/port/schema work
     too), ``scope``, ``timeout`` (seconds), ``requests_per_minute`` (default 1000),
-    ``verify_ssl`` (default true), ``max_concurrency`` (default 8), and the retry policy's
-    ``max_attempts``, ``backoff_base_s``, ``backoff_max_s``, ``retry_after_cap_s``.
+    ``verify_ssl`` (default true), ``max_concurrency`` (default 8), ``rate_budget_url`` (where the tenant's
+    shared request budget lives, see :attr:`rate_budget_url`), and the retry policy's ``max_attempts``,
+    ``backoff_base_s``, ``backoff_max_s``, ``retry_after_cap_s``.
 
     :param cxone_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff for clients built by this hook.
@@ -153,7 +157,7 @@ class CXoneHook(BaseHook):
 
     @property
     def requests_per_minute(self) -> float:
-        """Request budget shared by every sender of one task."""
+        """The tenant's request budget, shared by every sender of every process (see :attr:`rate_limiter`)."""
         return self._positive_number("requests_per_minute", DEFAULT_REQUESTS_PER_MINUTE, float)
 
     @property
@@ -189,16 +193,60 @@ class CXoneHook(BaseHook):
             raise ValueError(f"connection {self.cxone_conn_id}: {name} must be a positive number, got {value!r}")
         return number
 
+    @property
+    def rate_budget_url(self) -> str:
+        """
+        Where the tenant's budget lives: the ``rate_budget_url`` extra, else env ``CXONE_RATE_BUDGET_URL``, else
+        ``sqlite:///$AIRFLOW_HOME/cxone-rate-budget.sqlite`` (every process of one machine; nothing to start).
+        A deployment with workers on several hosts names a Redis: ``redis://host:6379/0``.
+        """
+        url = self._extra("rate_budget_url") or os.environ.get(RATE_BUDGET_URL_ENV)
+        if url:
+            return str(url)
+        airflow_home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+        return f"sqlite:///{os.path.abspath(os.path.join(airflow_home, RATE_BUDGET_FILE))}"
+
+    @cached_property
+    def budget_store(self) -> BudgetStore:
+        """The store at :attr:`rate_budget_url` (one per URL and process)."""
+        return budget_store(self.rate_budget_url)
+
+    @property
+    def budget_key(self) -> str:
+        """The tenant's key in the store: a hash of the base URL and the client id, never the secret."""
+        return tenant_key(self.base_url, self.connection.login or "")
+
     @cached_property
     def rate_limiter(self) -> RateLimiter:
-        """This hook's limiter at the connection's ``requests_per_minute``, shared by its clients."""
-        return RateLimiter(self.requests_per_minute)
+        """
+        The tenant's shared limiter at the connection's ``requests_per_minute``: every thread, task, process and
+        worker using this tenant takes its slots from the one budget in :attr:`budget_store`, a 429 pauses them all,
+        and no 60 s window holds more than the budget.
+        """
+        return RateLimiter.for_budget(self.requests_per_minute, store=self.budget_store, key=self.budget_key)
+
+    def _list_lease_key(self, contact_list_id: str) -> str:
+        return f"{self.budget_key.replace('cxone-rate:', 'cxone-list:')}:{contact_list_id}"
+
+    def acquire_list_lease(self, contact_list_id: str, owner: str, ttl_s: float) -> str:
+        """
+        Take or renew the exclusive lease on a contact list of this tenant for ``owner``; return the holder.
+
+        :param contact_list_id: the CXone contact list.
+        :param owner: who asks (a DAG run).
+        :param ttl_s: the lease lapses this long after the last renewal (a run that died frees the list).
+        """
+        return self.budget_store.acquire_lease(self._list_lease_key(contact_list_id), owner, ttl_s)
+
+    def release_list_lease(self, contact_list_id: str, owner: str) -> bool:
+        """Give the list back when ``owner`` holds it."""
+        return self.budget_store.release_lease(self._list_lease_key(contact_list_id), owner)
 
     def get_client(self, rate_limiter: RateLimiter | None = None) -> CXoneClient:
         """
         Build a client for this connection; the caller closes it.
 
-        :param rate_limiter: limiter shared by every sender; defaults to :attr:`rate_limiter`.
+        :param rate_limiter: limiter for every attempt; defaults to the tenant's shared :attr:`rate_limiter`.
         """
         conn = self.connection
         if not conn.login or not conn.password:
