@@ -2,8 +2,8 @@
 HTTP client for the CXone contact-list records API (plain Python, no Airflow imports).
 
 The session carries a :class:`ClientCredentialsAuth` that owns the OAuth2 token cache, so call
-sites never touch headers. Retries follow a :class:`~cxone_provider.retry.RetryPolicy`; every
-attempt first takes a slot from the shared :class:`~cxone_provider.ratelimit.RateLimiter`, and a
+sites never touch headers. Retries are the tenacity retrying of a :class:`~cxone_provider.retry.RetryPolicy`;
+every attempt first takes a slot from the shared :class:`~cxone_provider.ratelimit.RateLimiter`, and a
 429 pauses every sender of that limiter, not just the request that got it.
 """
 
@@ -219,6 +219,24 @@ class ClientCredentialsAuth(AuthBase):
         return token
 
 
+class _Call:
+    """What one import call has seen so far, across its attempts."""
+
+    def __init__(self, contact_list_id: str) -> None:
+        self.contact_list_id = contact_list_id
+        self.started = time.monotonic()
+        self.attempts = 0
+        self.rate_limited = 0
+        self.outcome_uncertain = False
+        self.token_refreshed = False
+
+    def may_have_been_sent(self, exc: requests.RequestException) -> bool:
+        """Whether the failed send may have reached the server; remembered for the whole call."""
+        sent = _request_may_have_been_sent(exc)
+        self.outcome_uncertain |= sent
+        return sent
+
+
 class CXoneClient:
     """
     Client for one CXone tenant; safe to share between sender threads.
@@ -259,7 +277,7 @@ class CXoneClient:
         self.timeout = timeout
         self.retry_policy = retry_policy
         self.rate_limiter = rate_limiter
-        self._sleep: Callable[[float], None] = time.sleep
+        self._retrying = retry_policy.retrying(is_retryable, shared_pause=rate_limiter)
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -332,97 +350,79 @@ class CXoneClient:
         return f"{self.base_url}/api/v2/contactlists/{quote(str(contact_list_id), safe='')}/records"
 
     def _post_with_retries(self, url: str, payload: bytes, contact_list_id: str, n_records: int) -> BatchResult:
-        policy = self.retry_policy
-        call_started = time.monotonic()
-        attempt_budget = policy.max_attempts
-        attempt = 0
-        outcome_uncertain = False
-        rate_limited = 0
-        token_refreshed = False
+        call = _Call(contact_list_id)
+        try:
+            response, latency_ms = self._retrying(self._attempt, call, url, payload)
+        except CXoneError as error:
+            error.attempts = call.attempts
+            error.outcome_uncertain = call.outcome_uncertain
+            if is_retryable(error):
+                log.warning("list %s: giving up after %d attempt(s): %s", contact_list_id, call.attempts, error)
+            else:
+                log.info("list %s: not retryable: %s", contact_list_id, error)
+            raise
+        return self._batch_result(
+            response,
+            contact_list_id=contact_list_id,
+            n_records=n_records,
+            latency_ms=latency_ms,
+            total_latency_ms=(time.monotonic() - call.started) * 1000.0,
+            attempts=call.attempts,
+            outcome_uncertain=call.outcome_uncertain,
+            rate_limited=call.rate_limited,
+        )
+
+    def _attempt(self, call: _Call, url: str, payload: bytes) -> tuple[requests.Response, float]:
+        """
+        One attempt of the retrying: take a limiter slot, POST, return (response, latency) on a 2xx, else raise
+        a typed error. A first 401 gets a new token and one more send within this attempt (no retry used).
+        """
         while True:
-            attempt += 1
+            call.attempts += 1
             if self.rate_limiter is not None:
                 self.rate_limiter.acquire()
-            attempt_started = time.monotonic()
-            error: CXoneError
-            try:
+            started = time.monotonic()
+            try:  # a CXoneError from the auth (the token request failed) propagates: the POST never left
                 response = self._session.post(
                     url, data=payload, headers={"Content-Type": "application/json"}, timeout=self.timeout
                 )
-            except CXoneError as exc:  # raised by the auth: the token request failed, the POST never left
-                error = exc
             except requests.Timeout as exc:
-                sent = _request_may_have_been_sent(exc)
-                outcome_uncertain |= sent
-                error = CXoneTimeoutError(
-                    f"CXone record import to list {contact_list_id} timed out after {self.timeout:g}s",
+                sent = call.may_have_been_sent(exc)
+                raise CXoneTimeoutError(
+                    f"CXone record import to list {call.contact_list_id} timed out after {self.timeout:g}s",
                     outcome_uncertain=sent,
-                )
+                ) from exc
             except requests.RequestException as exc:
-                sent = _request_may_have_been_sent(exc)
-                outcome_uncertain |= sent
-                error = CXoneConnectionError(
-                    f"CXone record import to list {contact_list_id} got no answer: {_connection_reason(exc)}",
+                sent = call.may_have_been_sent(exc)
+                raise CXoneConnectionError(
+                    f"CXone record import to list {call.contact_list_id} got no answer: {_connection_reason(exc)}",
                     outcome_uncertain=sent,
-                )
-            else:
-                latency_ms = (time.monotonic() - attempt_started) * 1000.0
-                if 200 <= response.status_code < 300:
-                    return self._batch_result(
-                        response,
-                        contact_list_id=contact_list_id,
-                        n_records=n_records,
-                        latency_ms=latency_ms,
-                        total_latency_ms=(time.monotonic() - call_started) * 1000.0,
-                        attempts=attempt,
-                        outcome_uncertain=outcome_uncertain,
-                        rate_limited=rate_limited,
-                    )
-                error = status_error(
-                    response.status_code,
-                    operation=f"record import to list {contact_list_id}",
-                    request_id=response.headers.get("X-Request-Id"),
-                    body=_parse_body(response),
-                    retry_after=_retry_after_s(response),
-                )
-                if response.status_code >= 500:
-                    outcome_uncertain = True
-                if response.status_code == 401 and not token_refreshed:
-                    token_refreshed = True
-                    attempt_budget += 1  # the one retry after a refresh does not use the retry budget
-                    self.auth.invalidate(_bearer_token(response.request))
-                    log.warning(
-                        "list %s: 401 on attempt %d (request id %s); retrying once with a new token",
-                        contact_list_id,
-                        attempt,
-                        error.request_id,
-                    )
-                    continue
-            if isinstance(error, CXoneRateLimitError):
-                rate_limited += 1
-            retryable = is_retryable(error)
-            if not retryable or attempt >= attempt_budget:
-                error.attempts = attempt
-                error.outcome_uncertain = outcome_uncertain
-                if retryable:
-                    log.warning("list %s: giving up after %d attempt(s): %s", contact_list_id, attempt, error)
-                else:
-                    log.info("list %s: not retryable: %s", contact_list_id, error)
-                raise error
-            delay_s = policy.delay_for(attempt, error)
-            log.warning(
-                "list %s: attempt %d/%d failed (%s, request id %s); retrying in %.2fs",
-                contact_list_id,
-                attempt,
-                attempt_budget,
-                _error_kind(error),
-                getattr(error, "request_id", None) or "n/a",
-                delay_s,
+                ) from exc
+            latency_ms = (time.monotonic() - started) * 1000.0
+            if 200 <= response.status_code < 300:
+                return response, latency_ms
+            error = status_error(
+                response.status_code,
+                operation=f"record import to list {call.contact_list_id}",
+                request_id=response.headers.get("X-Request-Id"),
+                body=_parse_body(response),
+                retry_after=_retry_after_s(response),
             )
-            if isinstance(error, CXoneRateLimitError) and self.rate_limiter is not None:
-                self.rate_limiter.penalize(delay_s)  # every sender waits; our next acquire() includes it
-            elif delay_s > 0:
-                self._sleep(delay_s)
+            if response.status_code >= 500:
+                call.outcome_uncertain = True
+            if response.status_code == 401 and not call.token_refreshed:
+                call.token_refreshed = True
+                self.auth.invalidate(_bearer_token(response.request))
+                log.warning(
+                    "list %s: 401 on attempt %d (request id %s); retrying once with a new token",
+                    call.contact_list_id,
+                    call.attempts,
+                    error.request_id,
+                )
+                continue
+            if isinstance(error, CXoneRateLimitError):
+                call.rate_limited += 1
+            raise error
 
     def _batch_result(
         self,
@@ -556,8 +556,3 @@ def _connection_reason(exc: BaseException) -> str:
             break
     text = text or type(exc).__name__
     return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _error_kind(error: CXoneError) -> str:
-    status = getattr(error, "status_code", None)
-    return f"{status} {type(error).__name__}" if status is not None else type(error).__name__
