@@ -77,3 +77,58 @@ def test_rejects_file_is_safe_in_a_spreadsheet(layout, tmp_path):
     text = layout.rejects_csv.read_text()
     assert "\n=" not in text and ",=" not in text
     assert "'=HYPERLINK" in text
+
+
+def _run_validation(layout, source):
+    extracted = pipeline.extract(UPath(source), layout)
+    pipeline.validate(layout, parts=extracted["parts"], max_consent_age_days=1825)
+    with layout.rejects_csv.open("r") as handle:
+        rejects = list(csv.DictReader(handle))
+    valid = read_parquet(layout.valid_part(0)) if extracted["parts"] else None
+    return rejects, valid
+
+
+def test_field_too_long_names_its_column(layout):
+    rejects, _ = _run_validation(layout, CORPUS / "very_long_fields.csv")
+    assert [(r["row_number"], r["rule"], r["column"]) for r in rejects] == [("1", "field_too_long", "notes")]
+
+
+def test_consent_is_sent_in_utc_with_milliseconds(layout):
+    _, valid = _run_validation(layout, CORPUS / "consent_far_future.csv")
+    assert list(valid["consent_timestamp"]) == ["2024-11-01T07:15:00.123Z"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'C1,2026-06-01T00:00:00Z,confirmed,"+14155550100,"unterminated\n',
+        "C1,2026-06-01T00:00:00Z,confirmed,+14155550100\nC2,+14155550101,\"x\"y\"\n",
+    ],
+    ids=["unterminated-quote", "stray-quote"],
+)
+def test_csv_errors_never_quote_a_record(layout, tmp_path, body):
+    source = tmp_path / "broken.csv"
+    source.write_text("contact_id,consent_timestamp,opt_in_status,mobile_phone\n" + body)
+    try:
+        rejects, _ = _run_validation(layout, source)
+    except SourceFormatError as error:
+        assert error.rule == "csv_syntax" and "record" in str(error)
+        text = str(error) + repr(error.__cause__) + repr(error.__context__)
+    else:
+        text = json.dumps(rejects)
+    assert "4155550" not in text
+
+
+def test_a_ragged_row_costs_one_row_and_shows_no_data(layout):
+    rejects, _ = _run_validation(layout, CORPUS / "ragged_rows.csv")
+    assert {r["row_number"]: r["rule"] for r in rejects} == {"2": "csv_field_count", "4": "csv_field_count"}
+    assert all("555" not in value for r in rejects for value in r.values())
+    assert "expected 5 fields, got 6" in rejects[0]["value_masked"]
+
+
+def test_a_directory_is_not_a_source(layout, tmp_path):
+    folder = tmp_path / "contacts.csv"
+    folder.mkdir()
+    with pytest.raises(SourceFormatError) as caught:
+        pipeline.extract(UPath(folder), layout)
+    assert caught.value.rule == "file_format" and str(folder) in str(caught.value)

@@ -26,10 +26,11 @@ def mask_text(value: str) -> str:
 
 
 def mask_value(column: str, value: str) -> str:
-    """Mask by column: phones and custom fields are personal data; ids, timestamps and statuses are not."""
+    """Mask by column: phones and custom fields are personal data; ids, timestamps, statuses and the reader's own
+    problem notes (``source_error``, which never quote the record) are not."""
     if column.startswith("phone_") or column == "phoneNumbers":
         return mask_phone(value)
-    if column.startswith("cf_") or column in ("*", "source_error"):
+    if column.startswith("cf_"):
         return mask_text(value)
     return value if len(value) <= 64 else value[:61] + "..."
 

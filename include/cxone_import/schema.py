@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pandera.typing import Series
 
 from include.cxone_import.masking import mask_value
-from include.cxone_import.sources import arrow_strings, PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR
+from include.cxone_import.sources import PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR, arrow_strings, display_column
 
 E164_PATTERN = r"^\+[1-9]\d{1,14}$"
 ALLOWED_OPT_IN = ("confirmed", "pending")
@@ -29,6 +29,8 @@ CLOCK_SKEW = timedelta(minutes=5)
 _ISO_8601 = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}:?\d{2})?$"
 _HAS_ZONE = r"(?:Z|z|[+-]\d{2}:?\d{2})$"
 _PHONE_PUNCTUATION = r"[\s\-\.\(\)]"
+# whitespace (Unicode) and the invisible characters a CRM export carries around ids: ZWSP/ZWNJ/ZWJ, word joiner, BOM
+_EDGE_INVISIBLE = r"^[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+|[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+$"
 
 PHONE_COUNT = "phones_given"
 CONTACT_ID_REPEAT = "contact_id_repeat"
@@ -36,10 +38,15 @@ CONSENT_AT = "consent_at"
 CONSENT_UNPARSED = "consent_unparsed"
 CONSENT_ZONELESS = "consent_zoneless"
 LONGEST_FIELD = "longest_field"
-_DERIVED = (PHONE_COUNT, CONTACT_ID_REPEAT, CONSENT_AT, CONSENT_UNPARSED, CONSENT_ZONELESS, LONGEST_FIELD)
+LONGEST_FIELD_COLUMN = "longest_field_column"
+_DERIVED = (PHONE_COUNT, CONTACT_ID_REPEAT, CONSENT_AT, CONSENT_UNPARSED, CONSENT_ZONELESS, LONGEST_FIELD, LONGEST_FIELD_COLUMN)
+# Rules decided while reading the source (its ``source_error`` column starts with the rule's name): a record
+# that could not be read carries only that reason, the rest would be noise about an unreadable record.
+SOURCE_RULES = ("json_parseable", "csv_field_count")
 
 RULE_MESSAGES = {
     "json_parseable": "the line is not a valid JSON record",
+    "csv_field_count": "the record has a different number of fields than the header",
     "contact_id_present": "contactId is missing",
     "contact_id_unique": "contactId appears earlier in the input",
     "phone_present": "the record has no phone number",
@@ -56,6 +63,7 @@ RULE_MESSAGES = {
 RULE_COLUMN = {
     "consent_present": "consent_timestamp",
     "json_parseable": SOURCE_ERROR,
+    "csv_field_count": SOURCE_ERROR,
     "contact_id_present": "contact_id",
     "contact_id_unique": "contact_id",
     "phone_present": "phoneNumbers",
@@ -64,7 +72,6 @@ RULE_COLUMN = {
     "consent_not_future": "consent_timestamp",
     "consent_max_age": "consent_timestamp",
     "opt_in_status_allowed": "opt_in_status",
-    "field_too_long": "*",
 }
 REJECT_COLUMNS = ("row_number", "contact_id", "column", "rule", "message", "value_masked")
 
@@ -87,7 +94,7 @@ class ContactRecordSchema(pandera.DataFrameModel):
     # derived by prepare()
     phones_given: Series[np.int64]
     contact_id_repeat: Series[bool]
-    consent_at: Series[pd.DatetimeTZDtype(unit="ns", tz="UTC")] = pandera.Field(nullable=True)  # type: ignore[valid-type]
+    consent_at: Series[pd.DatetimeTZDtype(unit="us", tz="UTC")] = pandera.Field(nullable=True)  # type: ignore[valid-type]
     consent_unparsed: Series[bool]
     consent_zoneless: Series[bool]
     longest_field: Series[np.int64]
@@ -113,7 +120,11 @@ class ContactRecordSchema(pandera.DataFrameModel):
 
     @pandera.check("source_error", ignore_na=False)
     def json_parseable(cls, source_error: Series[str]) -> Series[bool]:
-        return source_error.isna()
+        return ~source_error.str.startswith("json_parseable").fillna(False).astype(bool)
+
+    @pandera.check("source_error", ignore_na=False)
+    def csv_field_count(cls, source_error: Series[str]) -> Series[bool]:
+        return ~source_error.str.startswith("csv_field_count").fillna(False).astype(bool)
 
     @pandera.check("contact_id", ignore_na=False)
     def contact_id_present(cls, contact_id: Series[str]) -> Series[bool]:
@@ -231,7 +242,8 @@ def _powers(n: int) -> np.ndarray:
 
 
 def normalise(frame: pd.DataFrame) -> dict[str, int]:
-    """Repairs we allow, in place, each counted in rows: phone punctuation and opt-in letter case."""
+    """Repairs we allow, in place, each counted in rows: phone punctuation, whitespace around contactIds, opt-in
+    letter case."""
     counts: dict[str, int] = {}
     changed_rows = np.zeros(len(frame), dtype=bool)
     for column in (c for c in frame.columns if c.startswith(PHONE_PREFIX)):
@@ -244,6 +256,17 @@ def normalise(frame: pd.DataFrame) -> dict[str, int]:
             changed_rows |= changed
     if changed_rows.any():
         counts["phone_punctuation_removed"] = int(changed_rows.sum())
+    raw = arrow_strings(frame["contact_id"])
+    trimmed = pc.replace_substring_regex(raw, _EDGE_INVISIBLE, "")
+    changed = pc.fill_null(pc.not_equal(raw, trimmed), False).to_numpy(zero_copy_only=False)
+    if changed.any():
+        # an id that is only whitespace or invisible characters is no id: contact_id_present rejects it
+        emptied = pc.equal(trimmed, "")
+        trimmed = pc.if_else(emptied, pa.scalar(None, pa.large_string()), trimmed)
+        frame["contact_id"] = _series(trimmed, frame.index)
+        kept = changed & ~pc.fill_null(emptied, False).to_numpy(zero_copy_only=False)
+        if kept.any():
+            counts["contact_id_trimmed"] = int(kept.sum())
     raw = arrow_strings(frame["opt_in_status"])
     lowered = pc.utf8_lower(pc.utf8_trim_whitespace(raw))
     fixable = pc.fill_null(
@@ -266,25 +289,32 @@ def prepare(frame: pd.DataFrame, seen: SeenContactIds) -> pd.DataFrame:
     frame[CONTACT_ID_REPEAT] = seen.repeats(frame["contact_id"])
     consent = arrow_strings(frame["consent_timestamp"])
     iso = pc.fill_null(pc.match_substring_regex(consent, _ISO_8601), False)
+    # beyond microseconds nothing is kept (the API gets milliseconds); parsing at microsecond resolution also
+    # keeps a far-future year a date (consent_not_future) instead of a nanosecond overflow
+    to_parse = pc.replace_substring_regex(consent, r"(\.\d{6})\d+", r"\1")
     parsed = pd.to_datetime(
-        pd.Series(pc.if_else(iso, consent, pa.scalar(None, pa.large_string())).to_pandas(), dtype=object),
+        pd.Series(pc.if_else(iso, to_parse, pa.scalar(None, pa.large_string())).to_pandas(), dtype=object),
         utc=True, format="ISO8601", errors="coerce",
     )
-    frame[CONSENT_AT] = parsed.astype("datetime64[ns, UTC]").array
+    frame[CONSENT_AT] = parsed.astype("datetime64[us, UTC]").array
     given = pc.is_valid(consent).to_numpy(zero_copy_only=False)
     frame[CONSENT_UNPARSED] = given & parsed.isna().to_numpy()
     has_zone = pc.fill_null(pc.match_substring_regex(consent, _HAS_ZONE), False).to_numpy(zero_copy_only=False)
     frame[CONSENT_ZONELESS] = parsed.notna().to_numpy() & ~has_zone
     lengths = np.zeros(len(frame), dtype=np.int64)
+    longest_column = np.full(len(frame), "", dtype=object)
     for column in frame.columns:
         if column in _DERIVED or column == ROW_NUMBER:
             continue
         values = arrow_strings(frame[column])
         if (pc.max(pc.binary_length(values)).as_py() or 0) <= MAX_FIELD_LENGTH:
             continue  # bytes bound characters: no value here can be too long
-        length = pc.fill_null(pc.utf8_length(values), 0)
-        lengths = np.maximum(lengths, length.to_numpy(zero_copy_only=False))
+        length = pc.fill_null(pc.utf8_length(values), 0).to_numpy(zero_copy_only=False)
+        longer = length > lengths
+        longest_column[longer] = display_column(column)
+        lengths = np.maximum(lengths, length)
     frame[LONGEST_FIELD] = lengths
+    frame[LONGEST_FIELD_COLUMN] = longest_column
     return frame
 
 
@@ -307,6 +337,12 @@ def validate_chunk(
     keep[rejects["index"].to_numpy()] = False
     columns = [c for c in frame.columns if c not in _DERIVED and c != SOURCE_ERROR]
     valid = pa.Table.from_pandas(frame[columns], preserve_index=False).filter(pa.array(keep))
+    consent_utc = pa.array(frame[CONSENT_AT].to_numpy()[keep]).cast(pa.timestamp("ms", tz="UTC"), safe=False)
+    # sent as UTC with millisecond precision: 2024-11-01T09:15:00.000Z whatever offset or precision came in
+    valid = valid.set_column(
+        valid.schema.get_field_index("consent_timestamp"), "consent_timestamp",
+        pc.strftime(consent_utc, format="%Y-%m-%dT%H:%M:%SZ").cast(valid.schema.field("consent_timestamp").type),
+    )
     return ChunkValidation(
         valid=valid,
         rejects=rejects.drop(columns=["index"]),
@@ -329,10 +365,12 @@ def _rejections(frame: pd.DataFrame, failures: pd.DataFrame) -> pd.DataFrame:
     )
     derived = rows["rule"].isin(RULE_COLUMN.keys())
     rows.loc[derived, "column"] = rows.loc[derived, "rule"].map(RULE_COLUMN)
-    # A line that is not JSON carries only that reason: the rest would be noise about an unreadable line.
-    unreadable = rows.loc[rows["rule"] == "json_parseable", "index"]
+    too_long = (rows["rule"] == "field_too_long").to_numpy()
+    if too_long.any():
+        rows.loc[too_long, "column"] = frame[LONGEST_FIELD_COLUMN].to_numpy(dtype=object)[rows.loc[too_long, "index"]]
+    unreadable = rows.loc[rows["rule"].isin(SOURCE_RULES), "index"]
     if len(unreadable):
-        rows = rows[~rows["index"].isin(unreadable) | (rows["rule"] == "json_parseable")]
+        rows = rows[~rows["index"].isin(unreadable) | rows["rule"].isin(SOURCE_RULES)]
     rows = rows.drop_duplicates().sort_values(["index", "rule", "column"], kind="stable").reset_index(drop=True)
     index = rows["index"].to_numpy()
     values = np.full(len(rows), "", dtype=object)

@@ -9,11 +9,14 @@ file as a whole, which raise :class:`SourceFormatError` naming the file, the col
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import json
 import re
 from collections.abc import Iterator
 from typing import IO, Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -27,6 +30,9 @@ SOURCE_ERROR = "source_error"
 DEFAULT_CHUNK_ROWS = 200_000
 _CSV_BLOCK_BYTES = 8 << 20
 _TYPE_SAFE = re.compile(r"[^a-z0-9]+")
+_PHONE_COLUMN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*_phone$")
+CSV_FIELD_COUNT = "csv_field_count"
+_FALLBACK_READ_BYTES = 1 << 20
 
 
 class SourceFormatError(ValueError):
@@ -60,6 +66,9 @@ def iter_canonical_chunks(
     path: ReadablePath, *, fmt: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Iterator[pd.DataFrame]:
     """Yield canonical frames of at most about ``chunk_rows`` rows, in file order, numbered from 1."""
+    is_dir = getattr(path, "is_dir", None)
+    if callable(is_dir) and is_dir():
+        raise SourceFormatError(str(path), None, "file_format", "the source is a directory, not a file")
     fmt = fmt or detect_format(path)
     if fmt == "csv":
         yield from _iter_csv(path, chunk_rows)
@@ -83,11 +92,23 @@ def phone_type_of(column: str) -> str:
 
 
 def _canonical_csv_name(column: str) -> str:
-    if column in REQUIRED_COLUMNS:
-        return column
-    if column.endswith(CSV_PHONE_SUFFIX) and len(column) > len(CSV_PHONE_SUFFIX):
-        return PHONE_PREFIX + column[: -len(CSV_PHONE_SUFFIX)]
-    return CUSTOM_PREFIX + column
+    """Required and phone columns are matched case-insensitively after trimming; other columns keep their name
+    as the custom field's key."""
+    key = column.strip().lower()
+    if key in REQUIRED_COLUMNS:
+        return key
+    if _PHONE_COLUMN.fullmatch(key):
+        return PHONE_PREFIX + key[: -len(CSV_PHONE_SUFFIX)]
+    return CUSTOM_PREFIX + column.strip()
+
+
+def display_column(column: str) -> str:
+    """The user's name for a canonical column: ``phone_mobile`` -> ``mobile_phone``, ``cf_notes`` -> ``notes``."""
+    if column.startswith(PHONE_PREFIX):
+        return column[len(PHONE_PREFIX) :] + CSV_PHONE_SUFFIX
+    if column.startswith(CUSTOM_PREFIX):
+        return column[len(CUSTOM_PREFIX) :]
+    return column
 
 
 def _csv_header(path: ReadablePath) -> list[str]:
@@ -96,21 +117,22 @@ def _csv_header(path: ReadablePath) -> list[str]:
             reader = pacsv.open_csv(
                 handle,
                 read_options=pacsv.ReadOptions(block_size=1 << 16),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=lambda row: "skip"),
             )
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 raise SourceFormatError(str(path), None, "file_not_empty", "the file is empty (no header row)") from exc
-            raise _csv_error(path, exc) from exc
+            raise _csv_error(path, exc) from None  # Arrow's message quotes the row: never chained into a log
         return [name.strip() for name in reader.schema.names]
 
 
 def _check_csv_header(path: ReadablePath, header: list[str]) -> None:
+    canonical = [_canonical_csv_name(c) for c in header]
     seen: set[str] = set()
-    for column in header:
-        if column in seen:
+    for column, name in zip(header, canonical, strict=True):
+        if name in seen:
             raise SourceFormatError(str(path), column, "unique_header", "the header names this column twice")
-        seen.add(column)
+        seen.add(name)
     for column in REQUIRED_COLUMNS:
         if column not in seen:
             hint = ""
@@ -119,24 +141,39 @@ def _check_csv_header(path: ReadablePath, header: list[str]) -> None:
             raise SourceFormatError(
                 str(path), column, "required_column_present", f"required column is missing from the header{hint}"
             )
-    if not any(_canonical_csv_name(c).startswith(PHONE_PREFIX) for c in header):
+    for column, name in zip(header, canonical, strict=True):
+        if name.startswith(CUSTOM_PREFIX) and "phone" in column.lower():
+            # numbers in a custom field would be sent unchecked: refuse the file rather than guess
+            kind = _TYPE_SAFE.sub("_", column.lower().replace("phone", " ").replace("number", " ")).strip("_")
+            raise SourceFormatError(
+                str(path), column, "phone_column_name",
+                f"looks like a phone column but does not follow the layout <type>_phone (e.g. {kind or 'mobile'}_phone);"
+                " rename it so its numbers are checked, or remove it",
+            )
+    if not any(name.startswith(PHONE_PREFIX) for name in seen):
         raise SourceFormatError(
             str(path), "*_phone", "phone_column_present", "the header has no phone column (e.g. mobile_phone)"
         )
 
 
 def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Arrow's streaming reader for the common case. A record with the wrong number of fields is rejected as a row
+    (rule ``csv_field_count``), not the file: Arrow cannot say where such a record sits, so from the chunk that holds
+    the first one the file is read on by the ``csv`` module, which numbers every record."""
     header = _csv_header(path)
     _check_csv_header(path, header)
     names = [_canonical_csv_name(c) for c in header]
+    ragged: list[int] = []
     next_row = 1
     with path.open("rb") as handle:
-        reader = _guarded(path, lambda: pacsv.open_csv(
+        reader = _guarded(path, next_row, lambda: pacsv.open_csv(
             handle,
             read_options=pacsv.ReadOptions(
                 column_names=names, skip_rows=1, block_size=_CSV_BLOCK_BYTES, encoding="utf8"
             ),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(
+                newlines_in_values=True, invalid_row_handler=lambda row: ragged.append(row.actual_columns) or "skip"
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False, quoted_strings_can_be_null=False
             ),
@@ -149,24 +186,77 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
-                raise _csv_error(path, exc) from exc
+                raise _csv_error(path, exc, next_row + pending_rows) from None
+            if ragged:
+                break  # the records not yet handed out are read again, numbered, by the csv module
             pending.append(batch)
             pending_rows += batch.num_rows
             if pending_rows >= chunk_rows:
                 yield _csv_frame(pending, next_row)
                 next_row += pending_rows
                 pending, pending_rows = [], 0
-        if pending_rows or next_row == 1:
-            if pending_rows == 0:
-                raise SourceFormatError(str(path), None, "file_has_rows", "the file has a header but no records")
-            yield _csv_frame(pending, next_row)
+    if ragged:
+        yield from _iter_csv_numbered(path, names, chunk_rows, first_row=next_row)
+        return
+    if pending_rows == 0 and next_row == 1:
+        raise SourceFormatError(str(path), None, "file_has_rows", "the file has a header but no records")
+    if pending_rows:
+        yield _csv_frame(pending, next_row)
 
 
-def _guarded(path: ReadablePath, open_reader: Any) -> Any:
+def _iter_csv_numbered(path: ReadablePath, names: list[str], chunk_rows: int, first_row: int) -> Iterator[pd.DataFrame]:
+    """The records from number ``first_row`` on, read by the ``csv`` module; a record whose field count differs
+    from the header's becomes a row carrying only its ``csv_field_count`` problem (never its text)."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    rows: list[list[str | None]] = []
+    errors: list[str | None] = []
+    numbers: list[int] = []
+    record = 0
+    try:
+        with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+            reader = csv.reader(text)
+            next(reader, None)  # the header
+            for fields in reader:
+                if not fields:
+                    continue  # a blank line is not a record (as for Arrow)
+                record += 1
+                if record < first_row:
+                    continue
+                numbers.append(record)
+                if len(fields) == len(names):
+                    rows.append([f if f != "" else None for f in fields])
+                    errors.append(None)
+                else:
+                    rows.append([None] * len(names))
+                    errors.append(f"{CSV_FIELD_COUNT}: expected {len(names)} fields, got {len(fields)}")
+                if len(rows) >= chunk_rows:
+                    yield _numbered_frame(names, rows, errors, numbers)
+                    rows, errors, numbers = [], [], []
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+    except csv.Error as exc:
+        raise SourceFormatError(
+            str(path), None, "csv_syntax", f"the file is not valid CSV at record {record + 1} ({_csv_reason(str(exc))})"
+        ) from None
+    if rows:
+        yield _numbered_frame(names, rows, errors, numbers)
+    elif record == 0:
+        raise SourceFormatError(str(path), None, "file_has_rows", "the file has a header but no records")
+
+
+def _numbered_frame(names: list[str], rows: list[list[str | None]], errors: list[str | None], numbers: list[int]) -> pd.DataFrame:
+    """The same frame as ``_csv_frame`` builds (through Arrow), plus the ``source_error`` of ragged records."""
+    columns = {name: pa.array(values, pa.string()) for name, values in zip(names, zip(*rows), strict=True)}
+    frame = pa.table({**columns, SOURCE_ERROR: pa.array(errors, pa.string())}).to_pandas()
+    frame.insert(0, ROW_NUMBER, np.asarray(numbers, dtype="int64"))
+    return frame
+
+
+def _guarded(path: ReadablePath, record: int, open_reader: Any) -> Any:
     try:
         return open_reader()
     except pa.ArrowInvalid as exc:
-        raise _csv_error(path, exc) from exc
+        raise _csv_error(path, exc, record) from None
 
 
 def _csv_frame(batches: list[pa.RecordBatch], first_row: int) -> pd.DataFrame:
@@ -176,17 +266,34 @@ def _csv_frame(batches: list[pa.RecordBatch], first_row: int) -> pd.DataFrame:
     return frame
 
 
-def _csv_error(path: ReadablePath, exc: pa.ArrowInvalid) -> SourceFormatError:
+def _csv_error(path: ReadablePath, exc: pa.ArrowInvalid, record: int | None = None) -> SourceFormatError:
+    """A file-level CSV error. Arrow's message quotes the offending row, which is personal data: only the kind of
+    problem and the record number go into the message."""
     text = str(exc)
-    if "invalid UTF8" in text or "UTF8" in text:
-        offset = _first_invalid_utf8_offset(path)
-        return SourceFormatError(
-            str(path),
-            None,
-            "utf8_encoding",
-            f"the file is not UTF-8 (first invalid byte at offset {offset}); re-export it as UTF-8",
-        )
-    return SourceFormatError(str(path), None, "csv_syntax", text.splitlines()[0])
+    if "UTF8" in text or "UTF-8" in text:
+        return _utf8_error(path)
+    where = f" at or after record {record}" if record else ""
+    return SourceFormatError(str(path), None, "csv_syntax", f"the file is not valid CSV{where} ({_csv_reason(text)})")
+
+
+def _csv_reason(text: str) -> str:
+    """What kind of CSV problem a parser message describes, without any of the data it may quote."""
+    lowered = text.lower()
+    if "quote" in lowered:
+        return "an unterminated or misplaced quote"
+    if "expected" in lowered and "column" in lowered:
+        return "a record with the wrong number of fields"
+    if "null" in lowered or "nul" in lowered:
+        return "a NUL byte"
+    return "unparseable record"
+
+
+def _utf8_error(path: ReadablePath) -> SourceFormatError:
+    offset = _first_invalid_utf8_offset(path)
+    return SourceFormatError(
+        str(path), None, "utf8_encoding",
+        f"the file is not UTF-8 (first invalid byte at offset {offset}); re-export it as UTF-8",
+    )
 
 
 def _first_invalid_utf8_offset(path: ReadablePath) -> int | None:
@@ -215,7 +322,7 @@ def _iter_jsonl(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
             except UnicodeDecodeError as exc:
                 raise SourceFormatError(
                     str(path), None, "utf8_encoding", f"line {line_number} is not UTF-8 (byte {exc.start})"
-                ) from exc
+                ) from None
             if not text.strip():
                 continue
             seen_any = True
