@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
+from include.cxone_import.state import read_changes, read_unchanged_rows
 from include.cxone_import.storage import (
     RunLayout,
     ensure_parent,
@@ -26,6 +27,7 @@ from include.cxone_import.storage import (
 log = logging.getLogger(__name__)
 
 NOT_SENT = "not_sent"
+UNCHANGED = "unchanged"  # the list already holds this record exactly as it is (include/cxone_import/state.py)
 
 
 class ReconciliationError(RuntimeError):
@@ -65,8 +67,8 @@ def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
 
 
 def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
-    """Row number and outcome of every imported/duplicate/failed row (only those two columns: this is the part
-    of the report that grows with the list); on a dry run the planned rows, as ``not_sent``."""
+    """Row number and outcome of every imported/duplicate/failed/unchanged row (only those two columns: this is
+    the part of the report that grows with the list); on a dry run the planned rows, as ``not_sent``."""
     if dry_run:
         frames = [
             read_parquet(p, columns=["row_number"]).assign(outcome=NOT_SENT)
@@ -77,6 +79,9 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
             read_parquet(p, columns=["row_number", "outcome"])
             for p in list_files(layout.root / "outcomes", "group-*.parquet")
         ]
+    unchanged = read_unchanged_rows(layout)
+    if len(unchanged):
+        frames.append(pd.DataFrame({"row_number": unchanged, "outcome": UNCHANGED}))
     if not frames:
         return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
     outcomes = pd.concat(frames, ignore_index=True)
@@ -85,7 +90,7 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
 
 
 def reconcile(layout: RunLayout, *, extract_parts: int, outcomes: pd.DataFrame) -> Reconciliation:
-    """Compare the set of input row numbers with rejected + imported + duplicate + failed row numbers."""
+    """Compare the set of input row numbers with rejected + imported + duplicate + failed + unchanged row numbers."""
     inputs = np.concatenate(
         [read_parquet(layout.extract_part(n), columns=["row_number"])["row_number"].to_numpy() for n in range(extract_parts)]
         or [np.empty(0, dtype=np.int64)]
@@ -111,8 +116,8 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[di
     all_metrics = [m for s in summaries for m in s["batch_metrics"]]
     latencies = np.array([m["latency_ms"] for m in all_metrics if m["latency_ms"] > 0], dtype=float)
     input_rows = int(validated["input_rows"])
-    imported, duplicates, failed = (int(counts.get(k, 0)) for k in (IMPORTED, DUPLICATE, FAILED))
-    on_server = imported + duplicates
+    imported, duplicates, failed, unchanged = (int(counts.get(k, 0)) for k in (IMPORTED, DUPLICATE, FAILED, UNCHANGED))
+    on_server = imported + duplicates + unchanged
     return {
         "input": input_rows,
         "rejected": int(validated["rejected_rows"]),
@@ -120,6 +125,7 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[di
         "imported": imported,
         "duplicates": duplicates,
         "failed": failed,
+        "unchanged": unchanged,
         "not_sent": int(counts.get(NOT_SENT, 0)),
         "confirmed_on_retry": sum(int(m.get("confirmed_on_retry", 0)) for m in all_metrics),
         "success_rate_percent": round(100.0 * on_server / input_rows, 2) if input_rows else 0.0,
@@ -270,6 +276,7 @@ def build_report(
         "reject_share": round(reject_share, 4),
         "rejects_by_rule": validated.get("rejects_by_rule", {}),
         "normalised": validated.get("normalised", {}),
+        "changes": read_changes(layout),
         "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
         "webhook": {k: v for k, v in webhook.items() if k != "audit"},
         "throughput": throughput(summaries, budget_per_minute),
@@ -292,9 +299,9 @@ def build_report(
     )
     write_json(layout.report, report)
     log.info(
-        "report: input %d, rejected %d, imported %d, duplicates %d, failed %d, success rate %.2f%%",
-        numbers["input"], numbers["rejected"], numbers["imported"], numbers["duplicates"], numbers["failed"],
-        numbers["success_rate_percent"],
+        "report: input %d, rejected %d, imported %d, duplicates %d, unchanged %d, failed %d, success rate %.2f%%",
+        numbers["input"], numbers["rejected"], numbers["imported"], numbers["duplicates"], numbers["unchanged"],
+        numbers["failed"], numbers["success_rate_percent"],
     )
     return report
 
@@ -310,9 +317,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"  rejected          {t['rejected']}  {report.get('rejects_by_rule')}",
         f"  imported          {t['imported']}  (confirmed on retry: {t['confirmed_on_retry']})",
         f"  duplicates        {t['duplicates']}",
+        f"  unchanged         {t.get('unchanged', 0)}  (already on the list as they are; not sent)",
         f"  failed            {t['failed']}",
         *([f"  not sent          {t['not_sent']} (dry run)"] if t.get("not_sent") else []),
-        f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates)",
+        f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates + unchanged)",
         f"  batches           {t['batches']} ({t['batches_resumed']} resumed), {t['requests']} requests, {t['rate_limited']} answered 429",
         f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",
         f"  normalised        {report.get('normalised') or 'nothing'}",

@@ -92,11 +92,12 @@ def summary_event(run_key: str, numbers: dict[str, Any], run: dict[str, Any]) ->
         "run": run,
         "metrics": {
             "totalProcessed": numbers["input"],
-            "successCount": numbers["imported"] + numbers["duplicates"],
+            "successCount": numbers["imported"] + numbers["duplicates"] + numbers.get("unchanged", 0),
             "failureCount": numbers["failed"] + numbers["rejected"],
             "rejectedCount": numbers["rejected"],
             "importedCount": numbers["imported"],
             "duplicateCount": numbers["duplicates"],
+            "unchangedCount": numbers.get("unchanged", 0),
             "failedCount": numbers["failed"],
             "successRatePercent": numbers["success_rate_percent"],
             "averageLatencyMs": numbers["average_batch_latency_ms"],

@@ -1,0 +1,230 @@
+"""Nightly runs send only what changed: whole DAG runs against the sandbox, counting the requests it answered."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONTACT_LIST_ID, ROOT
+from tools.localrun import connection_env
+from tools.sample_data import generate_crm_export
+
+pytestmark = pytest.mark.timeout(600)
+
+ROWS = 300
+BATCH_SIZE = 20
+DAY = datetime(2026, 11, 20, tzinfo=timezone.utc)
+NEW_PHONES = [f"+6149157{n:04d}" for n in range(100)]  # Australian fiction range: never in the generated export
+
+
+@pytest.fixture
+def export(tmp_path):
+    return generate_crm_export(tmp_path / "contacts.csv", ROWS, bad_share=0.1, seed=21)
+
+
+def requests_sent(sandbox) -> int:
+    return sandbox.stats()["records_requests"]
+
+
+def stored_once(sandbox) -> set[str]:
+    ids = Counter(r["contactId"] for r in sandbox.records(CONTACT_LIST_ID))
+    assert not [cid for cid, n in ids.items() if n > 1], "a record was created twice"
+    return set(ids)
+
+
+def nightly(run_import, path: Path, day: int, *, conn: dict | None = None, **params):
+    """The scheduled run of the day ``day`` after DAY (its own run id), reading ``path``."""
+    return run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, **params},
+                      logical_date=DAY + timedelta(days=day), **(conn or {}))
+
+
+def edited_export(export, tmp_path, *, change: int, add: int) -> tuple[Path, set[str], set[str]]:
+    """A copy of the export with ``change`` valid contacts edited (custom field) and ``add`` new ones."""
+    with export.path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    changed: set[str] = set()
+    seen: set[str] = set()
+    for row in rows:
+        contact_id = row["contact_id"]
+        if contact_id in export.valid_contact_ids and contact_id not in seen and len(changed) < change:
+            row["tier"] = "changed-" + row["tier"]
+            changed.add(contact_id)
+        seen.add(contact_id)
+    template = next(r for r in rows if r["contact_id"] in export.valid_contact_ids)
+    phone_columns = [f for f in fields if f.endswith("_phone")]
+    added = {f"crm-new-{n:04d}" for n in range(add)}
+    for n, contact_id in enumerate(sorted(added)):
+        rows.append({**template, "contact_id": contact_id, **{c: "" for c in phone_columns},
+                     phone_columns[0]: NEW_PHONES[n]})
+    path = tmp_path / "contacts_next.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, changed, added
+
+
+def test_second_run_of_an_unchanged_file_sends_nothing(run_import, export, cxone_sandbox, webhook_sink, storage_base):
+    first = nightly(run_import, export.path, 0)
+    assert first.state == "success"
+    assert first.report["totals"]["imported"] == len(export.valid_contact_ids)
+    sent_first = requests_sent(cxone_sandbox)
+
+    second = nightly(run_import, export.path, 1)
+
+    assert second.state == "success"
+    assert requests_sent(cxone_sandbox) == sent_first, "nothing is sent again"
+    totals = second.report["totals"]
+    assert totals["unchanged"] == len(export.valid_contact_ids)
+    assert totals["imported"] == totals["duplicates"] == totals["failed"] == totals["batches"] == 0
+    assert totals["rejected"] == len(export.expected_rejects)
+    assert second.report["reconciliation"]["ok"], second.report["reconciliation"]["detail"]
+    assert totals["success_rate_percent"] == first.report["totals"]["success_rate_percent"]
+    assert second.report["changes"]["mode"] == "compare"
+    summaries = [e["body"] for e in webhook_sink.events()
+                 if e["body"].get("event") == "cxone_contact_import_run_complete"]
+    assert summaries[-1]["metrics"]["unchangedCount"] == len(export.valid_contact_ids)
+    state = storage_base / "state" / "cxone_contact_import" / CONTACT_LIST_ID
+    assert json.loads((state / "CURRENT.json").read_text())["contacts"] == len(export.valid_contact_ids)
+    assert stored_once(cxone_sandbox) == set(export.valid_contact_ids)
+
+
+def test_changed_and_new_contacts_are_sent(run_import, export, cxone_sandbox, tmp_path):
+    assert nightly(run_import, export.path, 0).state == "success"
+    path, changed, added = edited_export(export, tmp_path, change=5, add=4)
+    sent_first = requests_sent(cxone_sandbox)
+
+    second = nightly(run_import, path, 1)
+
+    assert second.state == "success"
+    totals = second.report["totals"]
+    assert totals["imported"] == len(added)
+    assert totals["duplicates"] == len(changed), "changed contacts are sent (the server already has their id)"
+    assert totals["unchanged"] == len(export.valid_contact_ids) - len(changed)
+    assert requests_sent(cxone_sandbox) - sent_first == totals["requests"] == 1, "9 records fit one batch"
+    assert second.report["reconciliation"]["ok"], second.report["reconciliation"]["detail"]
+    assert stored_once(cxone_sandbox) == set(export.valid_contact_ids) | added
+
+    third = nightly(run_import, path, 2)
+    assert third.report["totals"]["unchanged"] == len(export.valid_contact_ids) + len(added)
+    assert third.report["totals"]["requests"] == 0
+
+
+def test_full_resync_sends_everything(run_import, export, cxone_sandbox):
+    assert nightly(run_import, export.path, 0).state == "success"
+    sent_first = requests_sent(cxone_sandbox)
+
+    resync = nightly(run_import, export.path, 1, full_resync=True)
+
+    assert resync.state == "success"
+    totals = resync.report["totals"]
+    assert totals["unchanged"] == 0
+    assert totals["duplicates"] == len(export.valid_contact_ids)
+    assert requests_sent(cxone_sandbox) - sent_first == totals["requests"] == sent_first
+    assert resync.report["changes"]["mode"] == "full_resync"
+
+
+def test_dry_run_reports_what_would_be_sent_and_writes_no_state(run_import, export, cxone_sandbox, tmp_path, storage_base):
+    assert nightly(run_import, export.path, 0).state == "success"
+    path, changed, added = edited_export(export, tmp_path, change=3, add=2)
+    state = storage_base / "state" / "cxone_contact_import" / CONTACT_LIST_ID
+    before = sorted(p.relative_to(state) for p in state.rglob("*") if p.is_file())
+    sent_first = requests_sent(cxone_sandbox)
+
+    dry = nightly(run_import, path, 1, dry_run=True)
+
+    assert dry.state == "success"
+    assert requests_sent(cxone_sandbox) == sent_first
+    assert dry.report["totals"]["not_sent"] == len(changed) + len(added)
+    assert dry.report["totals"]["unchanged"] == len(export.valid_contact_ids) - len(changed)
+    assert dry.report["reconciliation"]["ok"], dry.report["reconciliation"]["detail"]
+    assert sorted(p.relative_to(state) for p in state.rglob("*") if p.is_file()) == before, "a dry run folds nothing"
+
+
+def test_killed_mid_import_then_next_run_loses_nothing_and_resends_nothing(
+    run_import, export, cxone_sandbox, webhook_sink, storage_base, tmp_path
+):
+    """The killed run never wrote its delta: the next run (another run id) recovers what it had acknowledged from
+    its checkpoints, sends only the rest, and the run after that sends nothing."""
+    cxone_sandbox.configure(latency_ms=150)
+    env = {
+        **os.environ,
+        **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
+        "CXONE_IMPORT_PARALLELISM": "1",
+        "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}",
+    }
+    code = (
+        "from datetime import datetime, timezone\n"
+        "from tools.localrun import run_dag\n"
+        f"run_dag({{'source_uri': 'file://{export.path}', 'batch_size': 5, 'contact_list_id': '{CONTACT_LIST_ID}'}},"
+        f" logical_date=datetime({DAY.year}, {DAY.month}, {DAY.day}, tzinfo=timezone.utc))\n"
+    )
+    log = (tmp_path / "killed-run.log").open("w")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len(list(storage_base.glob("runs/*/*/checkpoints/*.json"))) >= 10:
+                break
+            assert child.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.1)
+        else:
+            pytest.fail("the import never started")
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        log.close()
+    acknowledged = {
+        o[1] for p in storage_base.glob("runs/*/*/checkpoints/*.json")
+        for o in json.loads(p.read_text())["outcomes"] if o[2] in ("imported", "duplicate")
+    }
+    created_before = len(cxone_sandbox.records(CONTACT_LIST_ID))
+    assert 0 < len(acknowledged) <= created_before < len(export.valid_contact_ids), "killed mid-import"
+    assert not list(storage_base.glob("state/*/*/deltas/*.parquet")), "the killed task wrote no delta"
+
+    cxone_sandbox.configure(latency_ms=0)
+    second = nightly(run_import, export.path, 1)
+
+    assert second.state == "success"
+    totals = second.report["totals"]
+    assert totals["unchanged"] == len(acknowledged), "what was acknowledged is not sent again"
+    in_flight_at_kill = created_before - len(acknowledged)  # created on the server, answer never read
+    assert totals["duplicates"] == in_flight_at_kill <= 2 * 5
+    assert totals["imported"] + totals["duplicates"] + totals["unchanged"] == len(export.valid_contact_ids)
+    assert second.report["changes"]["groups_recovered"] == 1
+    assert second.report["reconciliation"]["ok"], second.report["reconciliation"]["detail"]
+    assert stored_once(cxone_sandbox) == set(export.valid_contact_ids)
+
+    third = nightly(run_import, export.path, 2)
+    assert third.report["totals"]["unchanged"] == len(export.valid_contact_ids), "nothing was lost from the state"
+    assert third.report["totals"]["requests"] == 0
+
+
+def test_a_redrive_sends_its_records_even_if_unchanged(run_import, export, cxone_sandbox, monkeypatch):
+    """A redrive imports exactly the dead letters it names; the state never makes it skip one."""
+    monkeypatch.setenv("CXONE_IMPORT_RETRY_DELAY_S", "0.2")
+    cxone_sandbox.configure(error_rate_5xx=1.0)
+    failed = nightly(run_import, export.path, 0, conn={"extra": {"max_attempts": 1, "backoff_base_s": 0.01}})
+    assert failed.report["totals"]["failed"] == len(export.valid_contact_ids)
+    cxone_sandbox.configure(error_rate_5xx=0.0)
+    assert nightly(run_import, export.path, 1).report["totals"]["imported"] == len(export.valid_contact_ids)
+
+    redrive = run_import({"redrive_run_id": failed.dag_run.run_id, "batch_size": 50})
+
+    assert redrive.state == "success"
+    assert redrive.report["changes"]["mode"] == "redrive"
+    assert redrive.report["totals"]["unchanged"] == 0
+    assert redrive.report["totals"]["duplicates"] == len(export.valid_contact_ids)
