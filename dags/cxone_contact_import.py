@@ -19,7 +19,6 @@ from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 from include.cxone_import import airflow_tasks as steps
 from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
-IMPORT_PARALLELISM = steps.import_parallelism()
 RETRY_DELAY = steps.retry_delay()
 
 
@@ -28,7 +27,8 @@ RETRY_DELAY = steps.retry_delay()
     schedule="0 2 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,  # one run at a time: the rate budget is per run (see README)
+    # runs for different contact lists go on at the same time: one tenant budget is shared by all of them, and
+    # each list is held by one run at a time (a lease taken by the import tasks; see README, "Throughput")
     doc_md=__doc__,
     on_failure_callback=CrmRunFailedNotifier(),
     tags=["cxone", "outbound", "contacts"],
@@ -66,16 +66,6 @@ RETRY_DELAY = steps.retry_delay()
             None, type=["null", "string"], title="Redrive run id",
             description="Import exactly the dead-letter records of this earlier run instead of a source file.",
         ),
-        "full_resync": Param(
-            False, type="boolean", title="Full resync",
-            description="Send every valid record, ignoring what the list already acknowledged (its state is still "
-            "updated). Default: only new and changed records are sent, the others end as unchanged.",
-        ),
-        "default_phone_region": Param(
-            None, type=["null", "string"], pattern=r"^[A-Za-z]{2}$", title="Default phone region",
-            description="Two-letter region (e.g. US, GB, DE) for phone numbers written without +: parsed for that "
-            "region and sent in E.164. Empty: a number without + is rejected.",
-        ),
     },
 )
 def cxone_contact_import():
@@ -95,8 +85,7 @@ def cxone_contact_import():
             return steps.chunk(validated, params, context)
 
     @task(
-        pool="cxone_api",
-        max_active_tis_per_dagrun=IMPORT_PARALLELISM,
+        pool="cxone_api",  # bounds the worker slots import tasks hold; the request budget does not depend on it
         retries=3,
         outlets=[AssetAlias(steps.CONTACT_LIST_ASSET_ALIAS)],
         map_index_template="{{ group_label }}",
@@ -112,7 +101,10 @@ def cxone_contact_import():
 
     @task(trigger_rule="all_done", retries=0)
     def report(extracted: dict, validated: dict, groups: list, webhook: dict | None, params=None, **context):
-        return steps.report(extracted, validated, groups, webhook, params, context)
+        try:
+            return steps.report(extracted, validated, groups, webhook, params, context)
+        finally:
+            steps.release_contact_list(params, context)
 
     extracted = extract()
     validated = validate(extracted)

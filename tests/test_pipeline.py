@@ -1,5 +1,5 @@
-"""Chunking: batch ids, group planning under the map-length cap, batches never split across parts; the task
-budget limiter never exceeds the connection's budget."""
+"""Chunking: batch ids, group planning (list size, executor, map-length cap), batches never split across parts.
+The shared budget's limits are tested in test_ratelimit.py."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ import pytest
 from upath import UPath
 
 from include.cxone_import import pipeline
-from include.cxone_import.airflow_tasks import budget_limiter
 from include.cxone_import.storage import RunLayout, write_parquet
-from tests.test_ratelimit import SIMULATED_MINUTE_S, ThreadLocalClock, max_in_any_window, run_senders
 
 
 @pytest.mark.parametrize(
     ("valid_rows", "batch_size", "parallelism", "max_map", "expected"),
     [
         pytest.param(0, 100, 4, 1024, (0, 0, 0), id="empty"),
-        pytest.param(250, 100, 4, 1024, (3, 3, 1), id="fewer-batches-than-tasks"),
-        pytest.param(1_000_000, 100, 4, 1024, (10_000, 8, 1250), id="1M-two-waves-of-4"),
-        pytest.param(1_000_000, 100, 1, 1024, (10_000, 5, 2000), id="1M-sequential"),
+        pytest.param(250, 100, 32, 1024, (3, 1, 3), id="small-list-one-task"),
+        pytest.param(20_000, 100, 32, 1024, (200, 1, 200), id="20k-one-task"),
+        pytest.param(200_000, 100, 32, 1024, (2_000, 4, 500), id="200k-spread-over-4"),
+        pytest.param(1_000_000, 100, 32, 1024, (10_000, 20, 500), id="1M-spread-over-20"),
+        pytest.param(1_000_000, 100, 4, 1024, (10_000, 5, 2000), id="1M-by-group-size"),
+        pytest.param(1_000_000, 100, 1, 1024, (10_000, 5, 2000), id="1M-one-slot"),
         pytest.param(10_000_000, 10, 4, 1024, (1_000_000, 500, 2000), id="capped-by-group-size"),
         pytest.param(50_000_000, 10, 4, 1024, (5_000_000, 1024, 4883), id="capped-by-max-map-length"),
     ],
@@ -72,13 +73,3 @@ def test_a_batch_spanning_two_parts_stays_whole(tmp_path):
     for _, batch in rows.groupby("batch_index"):
         assert batch["batch_id"].iloc[0] == pipeline.batch_id("L", list(batch["contact_id"]))
     assert sum(g["records"] for g in groups) == 21 and sum(g["batches"] for g in groups) == 6
-
-
-@pytest.mark.parametrize("budget", [6000, 1500, 250, 60], ids=lambda b: f"{b}rpm")
-def test_task_limiter_never_exceeds_its_budget(budget):
-    clock = ThreadLocalClock()
-    limiter = budget_limiter(budget)
-    limiter._clock, limiter._sleep = clock.now, clock.sleep  # simulated time, no real waits
-    sends = run_senders(limiter, clock, per_thread=int(budget * 2 / 8) + 1)
-    assert max_in_any_window(sends, SIMULATED_MINUTE_S) <= budget
-    assert max(sends) <= (len(sends) / budget) * 60.0 * 1.01, "and it uses the budget"

@@ -6,9 +6,9 @@ webhook), which know nothing of Airflow. XCom carries only what these return: pa
 from __future__ import annotations
 
 import logging
-import math
 import os
 import resource
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +20,6 @@ from include.cxone_import import pipeline
 from include.cxone_import.engine import GroupImporter, TransientImportError
 from include.cxone_import.report import RunFailedError, build_report, format_report, group_summaries, load_outcomes, totals
 from include.cxone_import.sources import SourceFormatError
-from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
 from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, write_json, write_jsonl
 from include.cxone_import.webhook import (
     WebhookSender,
@@ -45,9 +44,13 @@ XCOM_BATCH_FIELDS = ("batch_id", "batch_index", "records", "imported", "duplicat
 WEBHOOK_CONN_ID = "crm_webhook"
 
 
-def import_parallelism() -> int:
-    """How many import tasks of one run may run at once; the rate budget is split among them (see README)."""
-    return max(1, int(os.environ.get("CXONE_IMPORT_PARALLELISM", "4")))
+LIST_LEASE_TTL_S = 1800  # a run that died without its report frees its contact list after this long
+LIST_LEASE_RENEW_S = 60
+
+
+def list_wait() -> timedelta:
+    """How long an import task waits (rescheduled, its worker slot freed) while another run holds its list."""
+    return timedelta(seconds=float(os.environ.get("CXONE_LIST_WAIT_S", "30")))
 
 
 def retry_delay() -> timedelta:
@@ -131,7 +134,6 @@ def run_info(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         "contact_list_id": contact_list_id(params),
         "dry_run": bool(params.get("dry_run")),
         "redrive_run_id": params.get("redrive_run_id"),
-        "full_resync": bool(params.get("full_resync")),
         "logical_date": str(context.get("logical_date")),
     }
 
@@ -192,67 +194,42 @@ def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[st
     return result
 
 
-def list_state(list_id: str) -> ContactListState:
-    """The change-detection state of a contact list: ``{storage base}/state/{dag_id}/{contact_list_id}/``."""
-    return ContactListState(storage_base(), DAG_ID, list_id)
-
-
-def change_mode(params: dict[str, Any]) -> str:
-    """How a run uses the list's state: a redrive and ``full_resync`` send everything, a dry run only reads it."""
-    if params.get("redrive_run_id"):
-        return "redrive"
-    if params.get("full_resync"):
-        return "full_resync"
-    return "dry_run" if params.get("dry_run") else "compare"
-
-
 def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> list[dict[str, Any]]:
-    """Leave out the unchanged records, plan the mapped import: [] on a dry run (import is then skipped)."""
+    """Plan the mapped import: [] on a dry run (import is then skipped)."""
     from airflow.configuration import conf
 
     layout = layout_for(context["run_id"])
-    state = list_state(contact_list_id(params))
-    changes = find_unchanged(layout, state, parts=validated["parts"], run_id=context["run_id"], mode=change_mode(params))
     groups = pipeline.chunk(
         layout,
         parts=validated["parts"],
         valid_rows=validated["valid_rows"],
         contact_list_id=contact_list_id(params),
         batch_size=int(params["batch_size"]),
-        parallelism=import_parallelism(),
+        parallelism=conf.getint("core", "parallelism", fallback=32),
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
-        unchanged_rows=read_unchanged_rows(layout) if changes["unchanged"] else None,
     )
     if params.get("dry_run"):
-        log.info("dry run: %d groups planned, %d records unchanged, nothing will be sent", len(groups), changes["unchanged"])
+        log.info("dry run: %d groups planned, nothing will be sent", len(groups))
         return []
-    if groups:
-        state.register_run(context["run_id"], [g["group_index"] for g in groups])
     return [{**g, "groups_total": len(groups)} for g in groups]
 
 
 def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """Send one group under this task's share of the rate budget; raise (after writing outcomes) on transient failures."""
+    """Send one group under the tenant's shared rate budget while this run holds the contact list; raise (after
+    writing outcomes) on transient failures."""
     from cxone_provider.hooks.cxone import CXoneHook
 
     hook = CXoneHook(cxone_conn_id=CXONE_CONN_ID)
-    concurrent_tasks = max(1, min(import_parallelism(), int(group.get("groups_total") or 1)))
-    budget = hook.requests_per_minute / concurrent_tasks
-    limiter = budget_limiter(budget)
     layout = layout_for(context["run_id"])
     log.info(
-        "group %d: budget %.0f requests/min (%.0f over %d concurrent tasks), %d threads",
-        group["group_index"], budget, hook.requests_per_minute, concurrent_tasks, hook.max_concurrency,
+        "group %d: %d threads under the tenant's budget of %.0f requests/min (%s)",
+        group["group_index"], hook.max_concurrency, hook.requests_per_minute, hook.rate_limiter,
     )
-    with hook.get_client(rate_limiter=limiter) as client:
+    with contact_list_lease(hook, contact_list_id(params), context), hook.get_client() as client:
         summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
             int(group["group_index"])
         )
     _emit_contact_list_asset(context, hook.base_url, contact_list_id(params), summary)
-    # the list's state learns what this task had acknowledged, before a transient failure is raised
-    keys, fingerprints = acknowledged_from_outcomes(layout, int(group["group_index"]))
-    if len(keys):
-        list_state(contact_list_id(params)).write_delta(context["run_id"], int(group["group_index"]), keys, fingerprints)
     if summary["transient_failed_batches"]:
         raise TransientImportError(
             f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "
@@ -262,14 +239,52 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
 
 
-def budget_limiter(requests_per_minute: float) -> Any:
-    """A limiter that may catch up after a late sender (burst of 0.1 s worth of requests) yet never exceeds
-    the budget in any 60 s window: the steady rate is lowered by the burst it allows."""
-    from cxone_provider.ratelimit import RateLimiter
+def _lease_owner(context: dict[str, Any]) -> str:
+    return f"{DAG_ID}/{context['run_id']}"
 
-    burst = max(1, math.ceil(requests_per_minute / 600))
-    # a window can hold rate + burst sends (both ends of a 60 s span), so the rate gives up `burst`
-    return RateLimiter(max(requests_per_minute - burst, requests_per_minute / 2), burst=burst)
+
+@contextmanager
+def contact_list_lease(hook: Any, list_id: str, context: dict[str, Any]) -> Iterator[None]:
+    """
+    Hold the contact list for this run while the task sends (one run per list at a time; runs for other lists go
+    on). The lease lives in the tenant's budget store, is shared by the run's import tasks, renewed while they run
+    and released by the report task; when another run holds the list the task is rescheduled (its slot freed).
+    """
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    owner = _lease_owner(context)
+    holder = hook.acquire_list_lease(list_id, owner, LIST_LEASE_TTL_S)
+    if holder != owner:
+        log.info("contact list %s is being imported by %s: waiting %s", list_id, holder, list_wait())
+        raise AirflowRescheduleException(datetime.now(timezone.utc) + list_wait())
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LIST_LEASE_RENEW_S):
+            try:
+                if hook.acquire_list_lease(list_id, owner, LIST_LEASE_TTL_S) != owner:
+                    log.warning("lost the lease on contact list %s", list_id)
+            except Exception:  # noqa: BLE001 - a store hiccup must not kill the import; the TTL is long
+                log.warning("could not renew the lease on contact list %s", list_id, exc_info=True)
+
+    renewer = threading.Thread(target=renew, name="list-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+
+
+def release_contact_list(params: dict[str, Any], context: dict[str, Any]) -> None:
+    """Give the run's contact list back (the report task does, whatever the run's outcome)."""
+    from cxone_provider.hooks.cxone import CXoneHook
+
+    try:
+        if CXoneHook(cxone_conn_id=CXONE_CONN_ID).release_list_lease(contact_list_id(params), _lease_owner(context)):
+            log.info("released contact list %s", contact_list_id(params))
+    except Exception:  # noqa: BLE001 - never fail the report over it; the lease lapses after LIST_LEASE_TTL_S
+        log.warning("could not release contact list lease", exc_info=True)
 
 
 def group_label(group: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 100
 MAX_BATCHES_PER_GROUP = 2000  # bounds an import task's memory and the work a task retry may repeat
+MIN_BATCHES_PER_GROUP = 500  # below this a task's start-up costs more than spreading the list over workers gains
 GROUP_SCHEMA = pa.schema(
     [
         (ROW_NUMBER, pa.int64()),
@@ -145,28 +146,29 @@ class GroupPlan:
 
     @classmethod
     def plan(cls, valid_rows: int, batch_size: int, parallelism: int, max_map_length: int) -> GroupPlan:
+        """
+        Groups follow the list size (at most ``MAX_BATCHES_PER_GROUP`` batches each) and the executor: a large
+        list is spread over up to ``parallelism`` tasks of at least ``MIN_BATCHES_PER_GROUP`` batches, so that
+        several workers send (and start up) side by side. All of them draw on the one tenant budget, so how many
+        actually run at once never changes the rate; never more than ``max_map_length`` groups.
+        """
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
         batches = math.ceil(valid_rows / batch_size)
         if batches == 0:
             return cls(0, 0, 0)
-        # whole waves of `parallelism` tasks, so no task runs alone on its share of the budget at the end
-        waves = math.ceil(batches / (parallelism * MAX_BATCHES_PER_GROUP))
-        groups = max(1, min(waves * parallelism, batches, max_map_length))
+        by_size = math.ceil(batches / MAX_BATCHES_PER_GROUP)
+        spread = min(parallelism, batches // MIN_BATCHES_PER_GROUP)
+        groups = max(1, min(max(by_size, spread), batches, max_map_length))
         per_group = math.ceil(batches / groups)
         return cls(batches, math.ceil(batches / per_group), per_group)
 
 
-def _batch_aligned(
-    layout: RunLayout, parts: int, batch_size: int, unchanged_rows: np.ndarray | None = None
-) -> Iterator[pd.DataFrame]:
-    """The valid parts, less the unchanged rows, re-cut so that no batch spans two frames (a batch id covers
-    all its records)."""
+def _batch_aligned(layout: RunLayout, parts: int, batch_size: int) -> Iterator[pd.DataFrame]:
+    """The valid parts re-cut so that no batch spans two frames (a batch id covers all its records)."""
     carry: pd.DataFrame | None = None
     for n in range(parts):
         frame = read_parquet(layout.valid_part(n))
-        if unchanged_rows is not None and len(unchanged_rows):
-            frame = frame[~np.isin(frame[ROW_NUMBER].to_numpy(), unchanged_rows)].reset_index(drop=True)
         if carry is not None and len(carry):
             frame = pd.concat([carry, frame], ignore_index=True)
         whole = len(frame) - len(frame) % batch_size
@@ -202,12 +204,9 @@ def chunk(
     batch_size: int,
     parallelism: int,
     max_map_length: int,
-    unchanged_rows: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Number the valid records to send (all but ``unchanged_rows``) into batches, stream them into one file per
-    import group, write the manifest."""
-    to_send = valid_rows - (len(unchanged_rows) if unchanged_rows is not None else 0)
-    plan = GroupPlan.plan(to_send, batch_size, parallelism, max_map_length)
+    """Number the valid records into batches, stream them into one file per import group, write the manifest."""
+    plan = GroupPlan.plan(valid_rows, batch_size, parallelism, max_map_length)
     rows_per_group = plan.batches_per_group * batch_size
     writers: dict[int, pq.ParquetWriter] = {}
     handles: dict[int, Any] = {}
@@ -215,7 +214,7 @@ def chunk(
     position = 0  # index of the next valid record across all parts
     groups: dict[int, dict[str, Any]] = {}
     try:
-        for frame in _batch_aligned(layout, parts, batch_size, unchanged_rows):
+        for frame in _batch_aligned(layout, parts, batch_size):
             positions = np.arange(position, position + len(frame))
             position += len(frame)
             frame.insert(1, "batch_index", (positions // batch_size).astype("int64"))
@@ -270,5 +269,5 @@ def chunk(
         counts = batches.groupby("group_index")["batch_index"].size()
         for group_index, info in groups.items():
             info["batches"] = int(counts[group_index])
-    log.info("chunked %d records into %d batches of <= %d in %d groups", to_send, plan.batches, batch_size, len(groups))
+    log.info("chunked %d records into %d batches of <= %d in %d groups", valid_rows, plan.batches, batch_size, len(groups))
     return [groups[g] for g in sorted(groups)]
