@@ -97,7 +97,7 @@ def backfilled(airflow_stack: AirflowStack, day_exports: list[DayExport]) -> dic
     """Backfill the three days and wait for their runs; returns the finished run per day."""
     airflow_stack.airflow(
         "backfill", "create", "--dag-id", DAG_ID, *_backfill_window(day_exports[0].day, day_exports[-1].day),
-        "--max-active-runs", "1",  # the DAG's own max_active_runs=1 (a backfill's default would be 10)
+        "--max-active-runs", "1",  # one day after the other: every day imports into the same contact list
     )
     runs = airflow_stack.dag_runs(DAG_ID, run_type="backfill")
     assert len(runs) == len(day_exports), [r["dag_run_id"] for r in runs]

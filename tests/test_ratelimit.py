@@ -261,7 +261,7 @@ def run_limiters(limiters: list[RateLimiter], clock: ThreadLocalClock, per_threa
 
 
 @pytest.mark.parametrize("store_url", STORES, indirect=True)
-@pytest.mark.parametrize("budget", [pytest.param(600, id="600rpm"), pytest.param(6000, id="6000rpm")])
+@pytest.mark.parametrize("budget", [60, 600, 6000], ids=lambda budget: f"{budget}rpm")
 def test_limiters_of_one_tenant_share_one_budget(store_url: str, budget: int) -> None:
     """Four limiter objects (four tasks) on one key: no 60 s window above the budget, and the budget is used."""
     clock = ThreadLocalClock()
