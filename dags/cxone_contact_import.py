@@ -66,6 +66,16 @@ RETRY_DELAY = steps.retry_delay()
             None, type=["null", "string"], title="Redrive run id",
             description="Import exactly the dead-letter records of this earlier run instead of a source file.",
         ),
+        "full_resync": Param(
+            False, type="boolean", title="Full resync",
+            description="Send every valid record, ignoring what the list already acknowledged (its state is still "
+            "updated). Default: only new and changed records are sent, the others end as unchanged.",
+        ),
+        "default_phone_region": Param(
+            None, type=["null", "string"], pattern=r"^[A-Za-z]{2}$", title="Default phone region",
+            description="Two-letter region (e.g. US, GB, DE) for phone numbers written without +: parsed for that "
+            "region and sent in E.164. Empty: a number without + is rejected.",
+        ),
     },
 )
 def cxone_contact_import():

@@ -20,6 +20,7 @@ from include.cxone_import import pipeline
 from include.cxone_import.engine import GroupImporter, TransientImportError
 from include.cxone_import.report import RunFailedError, build_report, format_report, group_summaries, load_outcomes, totals
 from include.cxone_import.sources import SourceFormatError
+from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
 from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, write_json, write_jsonl
 from include.cxone_import.webhook import (
     WebhookSender,
@@ -134,6 +135,7 @@ def run_info(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         "contact_list_id": contact_list_id(params),
         "dry_run": bool(params.get("dry_run")),
         "redrive_run_id": params.get("redrive_run_id"),
+        "full_resync": bool(params.get("full_resync")),
         "logical_date": str(context.get("logical_date")),
     }
 
@@ -194,11 +196,27 @@ def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[st
     return result
 
 
+def list_state(list_id: str) -> ContactListState:
+    """The change-detection state of a contact list: ``{storage base}/state/{dag_id}/{contact_list_id}/``."""
+    return ContactListState(storage_base(), DAG_ID, list_id)
+
+
+def change_mode(params: dict[str, Any]) -> str:
+    """How a run uses the list's state: a redrive and ``full_resync`` send everything, a dry run only reads it."""
+    if params.get("redrive_run_id"):
+        return "redrive"
+    if params.get("full_resync"):
+        return "full_resync"
+    return "dry_run" if params.get("dry_run") else "compare"
+
+
 def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> list[dict[str, Any]]:
-    """Plan the mapped import: [] on a dry run (import is then skipped)."""
+    """Leave out the unchanged records, plan the mapped import: [] on a dry run (import is then skipped)."""
     from airflow.configuration import conf
 
     layout = layout_for(context["run_id"])
+    state = list_state(contact_list_id(params))
+    changes = find_unchanged(layout, state, parts=validated["parts"], run_id=context["run_id"], mode=change_mode(params))
     groups = pipeline.chunk(
         layout,
         parts=validated["parts"],
@@ -207,10 +225,13 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         batch_size=int(params["batch_size"]),
         parallelism=conf.getint("core", "parallelism", fallback=32),
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
+        unchanged_rows=read_unchanged_rows(layout) if changes["unchanged"] else None,
     )
     if params.get("dry_run"):
-        log.info("dry run: %d groups planned, nothing will be sent", len(groups))
+        log.info("dry run: %d groups planned, %d records unchanged, nothing will be sent", len(groups), changes["unchanged"])
         return []
+    if groups:
+        state.register_run(context["run_id"], [g["group_index"] for g in groups])
     return [{**g, "groups_total": len(groups)} for g in groups]
 
 
@@ -230,6 +251,10 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
             int(group["group_index"])
         )
     _emit_contact_list_asset(context, hook.base_url, contact_list_id(params), summary)
+    # the list's state learns what this task had acknowledged, before a transient failure is raised
+    keys, fingerprints = acknowledged_from_outcomes(layout, int(group["group_index"]))
+    if len(keys):
+        list_state(contact_list_id(params)).write_delta(context["run_id"], int(group["group_index"]), keys, fingerprints)
     if summary["transient_failed_batches"]:
         raise TransientImportError(
             f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "

@@ -164,11 +164,16 @@ class GroupPlan:
         return cls(batches, math.ceil(batches / per_group), per_group)
 
 
-def _batch_aligned(layout: RunLayout, parts: int, batch_size: int) -> Iterator[pd.DataFrame]:
-    """The valid parts re-cut so that no batch spans two frames (a batch id covers all its records)."""
+def _batch_aligned(
+    layout: RunLayout, parts: int, batch_size: int, unchanged_rows: np.ndarray | None = None
+) -> Iterator[pd.DataFrame]:
+    """The valid parts, less the unchanged rows, re-cut so that no batch spans two frames (a batch id covers
+    all its records)."""
     carry: pd.DataFrame | None = None
     for n in range(parts):
         frame = read_parquet(layout.valid_part(n))
+        if unchanged_rows is not None and len(unchanged_rows):
+            frame = frame[~np.isin(frame[ROW_NUMBER].to_numpy(), unchanged_rows)].reset_index(drop=True)
         if carry is not None and len(carry):
             frame = pd.concat([carry, frame], ignore_index=True)
         whole = len(frame) - len(frame) % batch_size
@@ -204,9 +209,12 @@ def chunk(
     batch_size: int,
     parallelism: int,
     max_map_length: int,
+    unchanged_rows: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Number the valid records into batches, stream them into one file per import group, write the manifest."""
-    plan = GroupPlan.plan(valid_rows, batch_size, parallelism, max_map_length)
+    """Number the valid records to send (all but ``unchanged_rows``) into batches, stream them into one file per
+    import group, write the manifest."""
+    to_send = valid_rows - (len(unchanged_rows) if unchanged_rows is not None else 0)
+    plan = GroupPlan.plan(to_send, batch_size, parallelism, max_map_length)
     rows_per_group = plan.batches_per_group * batch_size
     writers: dict[int, pq.ParquetWriter] = {}
     handles: dict[int, Any] = {}
@@ -214,7 +222,7 @@ def chunk(
     position = 0  # index of the next valid record across all parts
     groups: dict[int, dict[str, Any]] = {}
     try:
-        for frame in _batch_aligned(layout, parts, batch_size):
+        for frame in _batch_aligned(layout, parts, batch_size, unchanged_rows):
             positions = np.arange(position, position + len(frame))
             position += len(frame)
             frame.insert(1, "batch_index", (positions // batch_size).astype("int64"))
@@ -269,5 +277,5 @@ def chunk(
         counts = batches.groupby("group_index")["batch_index"].size()
         for group_index, info in groups.items():
             info["batches"] = int(counts[group_index])
-    log.info("chunked %d records into %d batches of <= %d in %d groups", valid_rows, plan.batches, batch_size, len(groups))
+    log.info("chunked %d records into %d batches of <= %d in %d groups", to_send, plan.batches, batch_size, len(groups))
     return [groups[g] for g in sorted(groups)]
