@@ -30,7 +30,7 @@ RETRY_DELAY = steps.retry_delay()
     # runs for different contact lists go on at the same time: one tenant budget is shared by all of them, and
     # each list is held by one run at a time (a lease taken by the import tasks; see README, "Throughput")
     doc_md=__doc__,
-    on_failure_callback=CrmRunFailedNotifier(),
+    on_failure_callback=CrmRunFailedNotifier(build_event=steps.failure_event, http_conn_id=steps.WEBHOOK_CONN_ID),
     tags=["cxone", "outbound", "contacts"],
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={

@@ -16,19 +16,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
+
 from include.cxone_import import pipeline
 from include.cxone_import.engine import GroupImporter, TransientImportError
 from include.cxone_import.report import RunFailedError, build_report, format_report, group_summaries, load_outcomes, totals
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
-from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, write_json, write_jsonl
-from include.cxone_import.webhook import (
-    WebhookSender,
-    WebhookTarget,
-    batch_events,
-    delivery_summary,
-    summary_event,
-)
+from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, write_json, write_jsonl
+from include.cxone_import.webhook import batch_events, delivery_summary, run_failed_event, summary_event
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +56,10 @@ def retry_delay() -> timedelta:
 
 
 def _variable(key: str, default: Any = None) -> Any:
+    """The Variable, or ``default`` when it is not set; a failure to read it (secrets backend) fails the task."""
     from airflow.sdk import Variable
 
-    try:
-        return Variable.get(key, default=default)
-    except Exception:  # noqa: BLE001 - a missing Variable backend in a bare test run means "not set"
-        return default
+    return Variable.get(key, default=default)
 
 
 def storage_base(variable: Callable[[str, Any], Any] | None = None) -> Any:
@@ -333,29 +327,29 @@ def _emit_contact_list_asset(context: dict[str, Any], base_url: str, list_id: st
 
 
 def webhook_target() -> WebhookTarget | None:
-    from airflow.sdk import BaseHook
+    """The CRM webhook, or None when its connection is not defined; any other lookup failure raises."""
+    from cxone_provider.hooks.crm_webhook import CrmWebhookHook
 
+    return CrmWebhookHook(WEBHOOK_CONN_ID).get_target()
+
+
+def failure_event(context: dict[str, Any]) -> dict[str, Any]:
+    """The event of a failed run (the DAG's ``on_failure_callback``), with the problems its report lists."""
+    run_id = str(context.get("run_id") or getattr(context.get("dag_run"), "run_id", ""))
+    ti = context.get("ti") or context.get("task_instance")
+    layout = layout_for(run_id)
+    problems: list[str] = []
     try:
-        conn = BaseHook.get_connection(WEBHOOK_CONN_ID)
-    except Exception:  # noqa: BLE001 - no connection configured means no webhook
-        log.warning("no %s connection: webhook events are not sent", WEBHOOK_CONN_ID)
-        return None
-    extra = dict(conn.extra_dejson)
-    host = conn.host or ""
-    if "://" in host:
-        url = host.rstrip("/")
-    else:
-        url = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
-    path = extra.get("endpoint") or extra.get("path") or ""
-    if path:
-        url = url.rstrip("/") + "/" + str(path).lstrip("/")
-    return WebhookTarget(
-        url=url,
-        secret=conn.password or extra.get("signing_secret") or None,
-        timeout_s=float(extra.get("timeout", 5)),
-        verify=str(extra.get("verify_ssl", "true")).lower() not in ("false", "0", "no"),
-        max_attempts=int(extra.get("max_attempts", 4)),
-        backoff_base_s=float(extra.get("backoff_base_s", 0.5)),
+        if layout.report.exists():
+            problems = list(read_json(layout.report).get("problems", []))
+    except Exception:  # noqa: BLE001 - the notification must go out even when storage is unreadable
+        log.warning("could not read the report of %s; notifying without its problems", run_id, exc_info=True)
+    return run_failed_event(
+        {"dag_id": DAG_ID, "run_id": run_id},
+        reason=str(context.get("reason") or "failed"),
+        failed_task=getattr(ti, "task_id", None),
+        problems=problems,
+        report=str(layout.report),
     )
 
 

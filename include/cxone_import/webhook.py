@@ -1,58 +1,21 @@
-"""CRM webhook events: one per batch in the specification's shape, plus a run summary.
+"""CRM webhook events: one per batch in the specification's shape, a run summary, and a run failure.
 
-Delivery is bounded (retries with backoff), each event carries an idempotency key, and the body is signed with
-HMAC-SHA256 (``X-Signature: sha256=<hex>``) when a secret is configured. A failed delivery is recorded, never
-raised: the import does not depend on the CRM being up.
+Plain functions building the events and summarising their deliveries; the provider delivers them
+(:mod:`cxone_provider.crm_webhook`: signed, keyed, retried). A failed delivery is recorded, never raised: the
+import does not depend on the CRM being up.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import logging
-import random
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import requests
-
-log = logging.getLogger(__name__)
+from cxone_provider.crm_webhook import Delivery
 
 BATCH_EVENT = "cxone_contact_import_batch_complete"
 SUMMARY_EVENT = "cxone_contact_import_run_complete"
 FAILURE_EVENT = "cxone_contact_import_run_failed"
-
-
-@dataclass(frozen=True)
-class WebhookTarget:
-    """Where and how to deliver: URL, optional signing secret, timeout, TLS verification and retry bounds."""
-
-    url: str
-    secret: str | None = None
-    timeout_s: float = 5.0
-    verify: bool = True
-    max_attempts: int = 4
-    backoff_base_s: float = 0.5
-    concurrency: int = 8
-
-
-@dataclass(frozen=True)
-class Delivery:
-    event_id: str
-    event: str
-    ok: bool
-    status_code: int | None
-    attempts: int
-    error: str | None
-
-
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def batch_events(batch_metrics: list[dict[str, Any]], audit_by_batch: dict[str, dict[str, Any]], run_key: str) -> list[dict[str, Any]]:
@@ -107,47 +70,19 @@ def summary_event(run_key: str, numbers: dict[str, Any], run: dict[str, Any]) ->
     }
 
 
-class WebhookSender:
-    """Posts events with bounded retries; thread-safe (one session, its pool sized to the concurrency)."""
-
-    def __init__(self, target: WebhookTarget, session: requests.Session | None = None, sleep=time.sleep) -> None:
-        self.target = target
-        self._sleep = sleep
-        self._session = session or requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(target.concurrency, 1))
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-
-    def send(self, event: dict[str, Any]) -> Delivery:
-        body = json.dumps(event, separators=(",", ":"), default=str).encode()
-        headers = {"Content-Type": "application/json", "Idempotency-Key": event["eventId"]}
-        if self.target.secret:
-            headers["X-Signature"] = sign(body, self.target.secret)
-        error: str | None = None
-        status: int | None = None
-        for attempt in range(1, self.target.max_attempts + 1):
-            try:
-                response = self._session.post(
-                    self.target.url, data=body, headers=headers, timeout=self.target.timeout_s, verify=self.target.verify
-                )
-                status = response.status_code
-                if status < 300:
-                    return Delivery(event["eventId"], event["event"], True, status, attempt, None)
-                error = f"HTTP {status}"
-                if 400 <= status < 500 and status not in (408, 425, 429):
-                    break
-            except requests.RequestException as exc:
-                error = type(exc).__name__
-            if attempt < self.target.max_attempts:
-                self._sleep(random.uniform(0, self.target.backoff_base_s * 2 ** (attempt - 1)))
-        log.warning("webhook event %s not delivered after %d attempts: %s", event["eventId"], attempt, error)
-        return Delivery(event["eventId"], event["event"], False, status, attempt, error)
-
-    def send_all(self, events: list[dict[str, Any]]) -> list[Delivery]:
-        if not events:
-            return []
-        with ThreadPoolExecutor(max_workers=max(1, self.target.concurrency)) as pool:
-            return list(pool.map(self.send, events))
+def run_failed_event(run: dict[str, Any], reason: str, failed_task: str | None, problems: list[str], report: str) -> dict[str, Any]:
+    """The event a failed run sends (DAG ``on_failure_callback``): why, where, and the report's problems."""
+    return {
+        "eventId": f"{run['run_id']}:failed",
+        "event": FAILURE_EVENT,
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "run": run,
+        "reason": reason,
+        "failedTask": failed_task,
+        "problems": problems,
+        "report": report,
+        "auditTrailer": {"auditId": str(uuid.uuid4()), "status": "run_failed"},
+    }
 
 
 def delivery_summary(deliveries: list[Delivery]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ class WebhookSink(ServerRunner):
         self._events: list[dict[str, Any]] = []
         self._fail_status: int | None = None
         self._fail_count: int | None = None
+        self._retry_after: int | None = None
 
     def start(self) -> "WebhookSink":
         super().start()
@@ -32,8 +33,11 @@ class WebhookSink(ServerRunner):
         with self._lock:
             return copy.deepcopy(self._events)
 
-    def configure(self, fail_status: int | None = None, fail_count: int | None = None) -> None:
-        """Answer `fail_status` to the next `fail_count` POSTs (to all of them when `fail_count` is None).
+    def configure(
+        self, fail_status: int | None = None, fail_count: int | None = None, retry_after: int | None = None
+    ) -> None:
+        """Answer `fail_status` to the next `fail_count` POSTs (to all of them when `fail_count` is None), with a
+        `Retry-After: <retry_after>` header when that is set.
 
         `configure()` with no arguments turns failures off.
         """
@@ -45,9 +49,14 @@ class WebhookSink(ServerRunner):
             not isinstance(fail_count, int) or isinstance(fail_count, bool) or fail_count < 0
         ):
             raise SandboxConfigError("fail_count must be None or an integer >= 0")
+        if retry_after is not None and (
+            not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0
+        ):
+            raise SandboxConfigError("retry_after must be None or an integer >= 0")
         with self._lock:
             self._fail_status = fail_status
             self._fail_count = fail_count
+            self._retry_after = retry_after
 
     def reset(self) -> None:
         """Forget events and failure settings."""
@@ -55,12 +64,14 @@ class WebhookSink(ServerRunner):
             self._events.clear()
             self._fail_status = None
             self._fail_count = None
+            self._retry_after = None
 
     def _receive(self, handler: JsonHandler, path: str, body: bytes) -> None:
         parsed_ok, payload = parse_json_body(body)
         event_body = payload if parsed_ok else body.decode("utf-8", errors="replace")
         with self._lock:
             status = 200
+            retry_after = self._retry_after
             if self._fail_status is not None:
                 if self._fail_count is None:
                     status = self._fail_status
@@ -79,7 +90,8 @@ class WebhookSink(ServerRunner):
         if status == 200:
             handler.send_json(200, {"ok": True})
         else:
-            handler.send_json(status, {"ok": False, "error": "configured failure"})
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+            handler.send_json(status, {"ok": False, "error": "configured failure"}, headers)
 
     def _control(self, handler: JsonHandler, method: str, path: str, body: bytes) -> None:
         route = path.rstrip("/")
@@ -95,7 +107,7 @@ class WebhookSink(ServerRunner):
             if not parsed_ok or not isinstance(payload, dict):
                 handler.send_json(400, {"error": "invalid_json", "message": "body must be a JSON object"})
                 return
-            unknown = sorted(set(payload) - {"fail_status", "fail_count"})
+            unknown = sorted(set(payload) - {"fail_status", "fail_count", "retry_after"})
             try:
                 if unknown:
                     raise SandboxConfigError(f"unknown sink knob(s): {', '.join(unknown)}")

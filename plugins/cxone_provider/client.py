@@ -9,7 +9,6 @@ every attempt first takes a slot from the shared :class:`~cxone_provider.ratelim
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import re
@@ -35,7 +34,7 @@ from cxone_provider.errors import (
 )
 from cxone_provider.models import BatchResult, DuplicateWarning, parse_duplicates
 from cxone_provider.ratelimit import RateLimiter
-from cxone_provider.retry import RetryPolicy, is_retryable
+from cxone_provider.retry import RetryPolicy, is_retryable, retry_after_s
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -196,7 +195,7 @@ class ClientCredentialsAuth(AuthBase):
                 operation="token request",
                 request_id=request_id,
                 body=body,
-                retry_after=_retry_after_s(response),
+                retry_after=retry_after_s(response.headers.get("Retry-After")),
                 token_endpoint=True,
             )
         token = body.get("access_token") if isinstance(body, dict) else None
@@ -406,7 +405,7 @@ class CXoneClient:
                 operation=f"record import to list {call.contact_list_id}",
                 request_id=response.headers.get("X-Request-Id"),
                 body=_parse_body(response),
-                retry_after=_retry_after_s(response),
+                retry_after=retry_after_s(response.headers.get("Retry-After")),
             )
             if response.status_code >= 500:
                 call.outcome_uncertain = True
@@ -489,24 +488,6 @@ def _parse_body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text
-
-
-def _retry_after_s(response: requests.Response) -> float | None:
-    """Retry-After in seconds, from either of its forms (delta-seconds or HTTP date)."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _expires_in_s(body: Mapping[str, Any]) -> float:

@@ -7,6 +7,7 @@ says how a call is retried.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import time
@@ -121,6 +122,24 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A Retry-After header in seconds, from either of its forms (delta-seconds or HTTP date); None when absent
+    or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _error_of(state: tenacity.RetryCallState) -> BaseException | None:

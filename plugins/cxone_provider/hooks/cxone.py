@@ -20,6 +20,7 @@ from cxone_provider.connection_form import (
     DEFAULT_TIMEOUT_S,
     UI_FIELD_BEHAVIOUR,
 )
+from cxone_provider.connections import connection_url, parse_bool
 from cxone_provider.errors import CXoneError
 from cxone_provider.models import BatchResult
 from cxone_provider.ratelimit import BudgetStore, RateLimiter, budget_store, tenant_key
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 RATE_BUDGET_URL_ENV = "CXONE_RATE_BUDGET_URL"
 RATE_BUDGET_FILE = "cxone-rate-budget.sqlite"
-_TRUE = frozenset({"true", "1", "yes", "y", "on"})
-_FALSE = frozenset({"false", "0", "no", "n", "off"})
 
 
 class CXoneHook(BaseHook):
@@ -148,11 +147,7 @@ class CXoneHook(BaseHook):
         host = self._extra("host")
         conn = self.connection
         if not host and conn.host:
-            host = conn.host
-            if "://" not in host:
-                host = f"{conn.schema or 'https'}://{host}"
-            if conn.port:
-                host = f"{host.rstrip('/')}:{conn.port}"
+            host = connection_url(conn.host, conn.schema, conn.port)
         return base_url_for(region=self._extra("region"), host=host)
 
     @property
@@ -171,13 +166,7 @@ class CXoneHook(BaseHook):
 
     @property
     def verify_ssl(self) -> bool:
-        value = self._extra("verify_ssl", True)
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE | _FALSE:
-            return text in _TRUE
-        raise ValueError(f"connection {self.cxone_conn_id}: verify_ssl must be true or false, got {value!r}")
+        return parse_bool(self._extra("verify_ssl", True), name=f"connection {self.cxone_conn_id}: verify_ssl")
 
     @property
     def scope(self) -> str:

@@ -1,0 +1,1 @@
+"""Notifiers of the provider (DAG and task callbacks)."""

@@ -1,53 +1,46 @@
-"""Tell the CRM when a run fails: an Airflow notifier posting to the ``crm_webhook`` connection."""
+"""Tell the CRM when a run fails: an Airflow notifier posting one event to the CRM webhook connection."""
 
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from include.cxone_import.storage import read_json
-from include.cxone_import.webhook import FAILURE_EVENT, WebhookSender
+from cxone_provider.hooks.crm_webhook import CrmWebhookHook
 
 log = logging.getLogger(__name__)
 
 
 class CrmRunFailedNotifier(BaseNotifier):
-    """DAG ``on_failure_callback``: one signed, keyed event with the reason and the report's problems."""
+    """
+    DAG ``on_failure_callback``: one signed, keyed event describing the failed run.
+
+    :param build_event: turns the callback's context into the event (``eventId`` and ``event`` required); the
+        DAG's own module knows where its report lives, the notifier only delivers.
+    :param http_conn_id: the CRM webhook connection; nothing is sent when it is not defined.
+    """
 
     template_fields = ()
+
+    def __init__(
+        self, build_event: Callable[[Any], dict[str, Any]], http_conn_id: str = CrmWebhookHook.default_conn_name
+    ) -> None:
+        super().__init__()
+        self.build_event = build_event
+        self.http_conn_id = http_conn_id
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         """Nothing is templated; skipping this also spares dag.test's serialized DAG (it has no Jinja env)."""
 
     def notify(self, context: Any) -> None:
-        from include.cxone_import import airflow_tasks as steps
-
-        run_id = str(context.get("run_id") or getattr(context.get("dag_run"), "run_id", ""))
-        ti = context.get("ti") or context.get("task_instance")
-        layout = steps.layout_for(run_id)
-        problems: list[str] = []
-        try:
-            if layout.report.exists():
-                problems = list(read_json(layout.report).get("problems", []))
-        except Exception:  # noqa: BLE001 - the notification must go out even if storage is unreadable
-            log.warning("could not read the report of %s", run_id)
-        event = {
-            "eventId": f"{run_id}:failed",
-            "event": FAILURE_EVENT,
-            "timestamp": datetime.now(timezone.utc).isoformat(),
-            "run": {"dag_id": steps.DAG_ID, "run_id": run_id},
-            "reason": str(context.get("reason") or "failed"),
-            "failedTask": getattr(ti, "task_id", None),
-            "problems": problems,
-            "report": str(layout.report),
-            "auditTrailer": {"auditId": str(uuid.uuid4()), "status": "run_failed"},
-        }
-        target = steps.webhook_target()
-        if target is None:
+        sender = CrmWebhookHook(self.http_conn_id).get_conn()
+        if sender is None:
             return
-        delivery = WebhookSender(target).send(event)
-        log.info("run failure notification for %s: delivered=%s attempts=%d", run_id, delivery.ok, delivery.attempts)
+        event = self.build_event(context)
+        try:
+            delivery = sender.send(event)
+        finally:
+            sender.close()
+        log.info("run failure notification %s: delivered=%s attempts=%d", event["eventId"], delivery.ok, delivery.attempts)

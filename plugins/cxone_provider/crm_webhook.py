@@ -1,0 +1,132 @@
+"""Deliver events to the CRM webhook: signed, keyed, retried through the provider's one retry mechanism.
+
+Plain Python (no Airflow import); :class:`~cxone_provider.hooks.crm_webhook.CrmWebhookHook` builds the target
+from an Airflow connection. A failed delivery is returned as a :class:`Delivery`, never raised: callers record it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from cxone_provider.retry import RetryPolicy, retry_after_s
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_RETRY_POLICY = RetryPolicy(max_attempts=4, backoff_base_s=0.5, backoff_max_s=8.0, retry_after_cap_s=10.0)
+"""Bounded so that a CRM that is down delays the run by seconds per event, not minutes."""
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where and how to deliver: URL, optional signing secret, timeout, TLS verification, retries, senders."""
+
+    url: str
+    secret: str | None = None
+    timeout_s: float = 5.0
+    verify: bool = True
+    retry_policy: RetryPolicy = field(default=WEBHOOK_RETRY_POLICY)
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one event."""
+
+    event_id: str
+    event: str
+    ok: bool
+    status_code: int | None
+    attempts: int
+    error: str | None
+
+
+class WebhookDeliveryError(Exception):
+    """One delivery attempt failed: an HTTP status (with the server's Retry-After, if any) or no answer."""
+
+    def __init__(self, reason: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """No answer, 5xx, 408, 425 and 429 may succeed when sent again; other answers will not."""
+        return self.status_code is None or self.status_code >= 500 or self.status_code in RETRYABLE_CLIENT_STATUSES
+
+
+def is_retryable_delivery(error: BaseException) -> bool:
+    return isinstance(error, WebhookDeliveryError) and error.retryable
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The ``X-Signature`` value: ``sha256=<HMAC-SHA256 of the body, hex>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookSender:
+    """Posts events with bounded retries; thread-safe (one session, its pool sized to the concurrency)."""
+
+    def __init__(
+        self,
+        target: WebhookTarget,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.target = target
+        self._session = session or requests.Session()
+        adapter = HTTPAdapter(pool_maxsize=max(target.concurrency, 1), max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._retrying = target.retry_policy.retrying(is_retryable_delivery, sleep=sleep)
+
+    def send(self, event: dict[str, Any]) -> Delivery:
+        """Deliver one event (``eventId`` is its idempotency key); the outcome is returned, never raised."""
+        body = json.dumps(event, separators=(",", ":"), default=str).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": event["eventId"]}
+        if self.target.secret:
+            headers["X-Signature"] = sign(body, self.target.secret)
+        attempts: list[int] = []
+        try:
+            status = self._retrying(self._post, body, headers, attempts)
+        except WebhookDeliveryError as error:
+            log.warning("webhook event %s not delivered after %d attempt(s): %s", event["eventId"], len(attempts), error)
+            return Delivery(event["eventId"], event["event"], False, error.status_code, len(attempts), str(error))
+        return Delivery(event["eventId"], event["event"], True, status, len(attempts), None)
+
+    def send_all(self, events: list[dict[str, Any]]) -> list[Delivery]:
+        """Deliver events concurrently (``concurrency`` senders); outcomes in the order of ``events``."""
+        if not events:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, self.target.concurrency)) as pool:
+            return list(pool.map(self.send, events))
+
+    def _post(self, body: bytes, headers: dict[str, str], attempts: list[int]) -> int:
+        attempts.append(1)
+        try:
+            response = self._session.post(
+                self.target.url, data=body, headers=headers, timeout=self.target.timeout_s, verify=self.target.verify
+            )
+        except requests.RequestException as exc:
+            raise WebhookDeliveryError(type(exc).__name__) from exc
+        if response.status_code < 300:
+            return response.status_code
+        raise WebhookDeliveryError(
+            f"HTTP {response.status_code}",
+            status_code=response.status_code,
+            retry_after=retry_after_s(response.headers.get("Retry-After")),
+        )
+
+    def close(self) -> None:
+        self._session.close()

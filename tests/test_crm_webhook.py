@@ -1,0 +1,182 @@
+"""CRM webhook delivery (provider): signed and keyed events, retries through the RetryPolicy, Retry-After honoured;
+the hook reads its connection one way (URL, verify_ssl) and fails on a lookup error instead of going quiet."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+
+from cxone_provider.connections import connection_url, parse_bool
+from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
+from cxone_provider.hooks.crm_webhook import CrmWebhookHook
+from cxone_provider.retry import RetryPolicy
+from tests.ports import free_port
+
+SECRET = "webhook-signing-secret"
+CONN_ID = "crm_webhook_test"
+CONN_ENV = "AIRFLOW_CONN_CRM_WEBHOOK_TEST"
+EVENT = {"eventId": "run-1:summary", "event": "cxone_contact_import_run_complete", "metrics": {"successCount": 3}}
+NO_JITTER = RetryPolicy(max_attempts=4, backoff_base_s=1.0, backoff_max_s=8.0, retry_after_cap_s=10.0, jitter=False)
+
+
+class RecordedSleeps(list):
+    """A sleep that only records how long it was asked to wait."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def sender_for(url: str, policy: RetryPolicy = NO_JITTER, **target: Any) -> tuple[WebhookSender, RecordedSleeps]:
+    sleeps = RecordedSleeps()
+    return WebhookSender(WebhookTarget(url=url, retry_policy=policy, **target), sleep=sleeps), sleeps
+
+
+def test_event_is_signed_and_keyed(webhook_sink):
+    sender, _ = sender_for(f"{webhook_sink.url}/crm/events", secret=SECRET)
+
+    delivery = sender.send(EVENT)
+
+    assert (delivery.ok, delivery.status_code, delivery.attempts) == (True, 200, 1)
+    (received,) = webhook_sink.events()
+    body = json.dumps(EVENT, separators=(",", ":")).encode()
+    assert received["path"] == "/crm/events" and received["body"] == EVENT
+    assert received["headers"]["Idempotency-Key"] == EVENT["eventId"]
+    assert received["headers"]["X-Signature"] == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("fail_status", "retry_after", "expected_sleeps"),
+    [
+        pytest.param(503, None, [1.0, 2.0], id="5xx-backs-off-exponentially"),
+        pytest.param(429, 7, [7.0, 7.0], id="429-honours-retry-after"),
+        pytest.param(429, 600, [10.0, 10.0], id="retry-after-capped"),
+        pytest.param(503, 3, [3.0, 3.0], id="503-honours-retry-after"),
+    ],
+)
+def test_retryable_failures_are_retried_then_delivered(webhook_sink, fail_status, retry_after, expected_sleeps):
+    webhook_sink.configure(fail_status=fail_status, fail_count=2, retry_after=retry_after)
+    sender, sleeps = sender_for(webhook_sink.url)
+
+    delivery = sender.send(EVENT)
+
+    assert (delivery.ok, delivery.attempts) == (True, 3)
+    assert sleeps == expected_sleeps
+    assert [event["status"] for event in webhook_sink.events()] == [fail_status, fail_status, 200]
+
+
+def test_client_error_is_not_retried(webhook_sink):
+    webhook_sink.configure(fail_status=400)
+    sender, sleeps = sender_for(webhook_sink.url)
+
+    delivery = sender.send(EVENT)
+
+    assert (delivery.ok, delivery.status_code, delivery.attempts, delivery.error) == (False, 400, 1, "HTTP 400")
+    assert sleeps == []
+
+
+def test_unreachable_webhook_gives_up_after_max_attempts():
+    sender, sleeps = sender_for(f"http://127.0.0.1:{free_port()}")
+
+    delivery = sender.send(EVENT)
+
+    assert (delivery.ok, delivery.status_code, delivery.attempts) == (False, None, NO_JITTER.max_attempts)
+    assert delivery.error == "ConnectionError"
+    assert len(sleeps) == NO_JITTER.max_attempts - 1
+
+
+@pytest.mark.parametrize(
+    ("host", "schema", "port", "endpoint", "url"),
+    [
+        pytest.param("http://127.0.0.1:8766", None, None, "/crm/events", "http://127.0.0.1:8766/crm/events", id="url-host"),
+        pytest.param("crm.example.com", None, None, "crm/events", "https://crm.example.com/crm/events", id="https-default"),
+        pytest.param("crm.example.com", "http", 8080, None, "http://crm.example.com:8080", id="schema-and-port"),
+        pytest.param("https://crm.example.com/", None, 8443, "/x", "https://crm.example.com:8443/x", id="url-host-and-port"),
+        pytest.param("https://crm.example.com/api/", None, None, "/hooks", "https://crm.example.com/api/hooks", id="one-slash"),
+    ],
+)
+def test_connection_url(host, schema, port, endpoint, url):
+    assert connection_url(host, schema, port, endpoint) == url
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [pytest.param(value, True, id=f"true-{value!r}") for value in (True, "true", "True", "1", 1, "yes", "Y", "on", " ON ")]
+    + [pytest.param(value, False, id=f"false-{value!r}") for value in (False, "false", "FALSE", "0", 0, "no", "n", "off", "Off")],
+)
+def test_parse_bool_every_spelling(value, expected):
+    assert parse_bool(value, name="verify_ssl") is expected
+
+
+@pytest.mark.parametrize("value", [pytest.param(v, id=repr(v)) for v in ("maybe", "", "2", None)])
+def test_parse_bool_refuses_anything_else(value):
+    with pytest.raises(ValueError, match="verify_ssl must be true or false"):
+        parse_bool(value, name="verify_ssl")
+
+
+def define_connection(monkeypatch, **fields: Any) -> None:
+    monkeypatch.setenv(CONN_ENV, json.dumps({"conn_type": "http", **fields}))
+
+
+@pytest.mark.parametrize(
+    ("verify_ssl", "verify"),
+    [pytest.param("off", False, id="off"), pytest.param("on", True, id="on"), pytest.param(False, False, id="bool")],
+)
+def test_hook_builds_target_from_connection(monkeypatch, verify_ssl, verify):
+    define_connection(
+        monkeypatch,
+        host="crm.example.com",
+        port=8443,
+        password=SECRET,
+        extra={"endpoint": "/crm/events", "timeout": 3, "verify_ssl": verify_ssl, "max_attempts": 2, "retry_after_cap_s": 5},
+    )
+
+    target = CrmWebhookHook(CONN_ID).get_target()
+
+    assert (target.url, target.secret, target.timeout_s, target.verify) == (
+        "https://crm.example.com:8443/crm/events", SECRET, 3.0, verify
+    )
+    assert (target.retry_policy.max_attempts, target.retry_policy.retry_after_cap_s) == (2, 5.0)
+
+
+def test_hook_refuses_an_unreadable_verify_ssl(monkeypatch):
+    define_connection(monkeypatch, host="crm.example.com", extra={"verify_ssl": "maybe"})
+
+    with pytest.raises(ValueError, match=f"connection {CONN_ID}: verify_ssl"):
+        CrmWebhookHook(CONN_ID).get_target()
+
+
+def test_undefined_connection_means_no_webhook(monkeypatch):
+    monkeypatch.delenv(CONN_ENV, raising=False)
+
+    assert CrmWebhookHook(CONN_ID).get_target() is None
+
+
+def test_failing_connection_lookup_fails_instead_of_going_quiet(monkeypatch):
+    def broken_backend(conn_id: str) -> Any:
+        raise RuntimeError("secrets backend unreachable")
+
+    monkeypatch.setattr(CrmWebhookHook, "get_connection", staticmethod(broken_backend))
+
+    with pytest.raises(RuntimeError, match="secrets backend unreachable"):
+        CrmWebhookHook(CONN_ID).get_target()
+
+
+def test_unset_variable_falls_back_but_a_failing_one_fails(monkeypatch):
+    from airflow.sdk import Variable
+
+    from include.cxone_import import airflow_tasks
+
+    monkeypatch.setenv("CXONE_IMPORT_STORAGE_BASE", "file:///tmp/cxone-default-base")
+    monkeypatch.delenv("AIRFLOW_VAR_CXONE_STORAGE_BASE", raising=False)
+    assert str(airflow_tasks.storage_base()).endswith("/tmp/cxone-default-base")
+
+    def broken_backend(key: str, default: Any = None, **kwargs: Any) -> Any:
+        raise RuntimeError("secrets backend unreachable")
+
+    monkeypatch.setattr(Variable, "get", staticmethod(broken_backend))
+    with pytest.raises(RuntimeError, match="secrets backend unreachable"):
+        airflow_tasks.storage_base()
