@@ -7,6 +7,10 @@
 #           api-server     UI, REST API and the execution API the task runners talk to
 #           scheduler      LocalExecutor (--skip-serve-logs: tasks run on this machine, logs are read from disk)
 #           dag-processor  parses dags/
+#           celery-<name>  with AIRFLOW__CORE__EXECUTOR=CeleryExecutor only: one Celery worker per name in
+#                          STACK_CELERY_WORKERS (`airflow celery worker --celery-hostname <name> --skip-serve-logs`;
+#                          its task instances report <name> as their hostname, scripts/worker_hostname.py). The
+#                          broker, result backend and metadata DB come from the environment (scripts/distributed.sh)
 #         airflow_settings.yaml is applied before the Airflow processes start (scripts/apply_settings.py:
 #         `airflow connections|variables|pools import`). Waits until the api-server answers, scheduler and
 #         dag-processor heartbeat and the DAG is serialized; on failure prints the tail of the log that explains it
@@ -18,8 +22,11 @@
 #
 # Parameters (environment): AIRFLOW_HOME (default .airflow), AIRFLOW_API_PORT (8080), CXONE_SANDBOX_PORT (8765),
 # CXONE_WEBHOOK_PORT (8766), CXONE_IMPORT_STORAGE_BASE (file://<repo>/data), CXONE_IMPORT_PARALLELISM (4),
-# AIRFLOW_ADMIN_PASSWORD (admin), STACK_START_TIMEOUT (s the processes get to become ready after set-up, 120),
-# STACK_STOP_TIMEOUT (s, 30), STACK_OWNER_PID (when set, a watchdog stops the stack once that process is gone: used
+# AIRFLOW_ADMIN_PASSWORD (admin), STACK_EXTRA_USERS (more logins: name:role:password,...),
+# STACK_START_TIMEOUT (s the processes get to become ready after set-up, 120),
+# STACK_STOP_TIMEOUT (s, 30), AIRFLOW__CORE__EXECUTOR (LocalExecutor; CeleryExecutor adds the workers),
+# STACK_CELERY_WORKERS ("worker-1 worker-2"), STACK_CELERY_CONCURRENCY (task slots per worker, 4),
+# STACK_OWNER_PID (when set, a watchdog stops the stack once that process is gone: used
 # by tests/stack.py), any AIRFLOW__SECTION__KEY.
 # The metadata DB is SQLite in $AIRFLOW_HOME unless AIRFLOW__DATABASE__SQL_ALCHEMY_CONN says otherwise.
 set -euo pipefail
@@ -39,20 +46,29 @@ ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-admin}"
 API_URL="http://127.0.0.1:$API_PORT"
 SANDBOX_URL="http://127.0.0.1:$SANDBOX_PORT"
 WEBHOOK_URL="http://127.0.0.1:$WEBHOOK_PORT"
+EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
+CELERY_WORKERS=()
+if [ "$EXECUTOR" = CeleryExecutor ]; then
+  read -r -a CELERY_WORKERS <<<"${STACK_CELERY_WORKERS:-worker-1 worker-2}"
+fi
 # Start order; stop goes the other way round. The watchdog only runs when STACK_OWNER_PID is set.
-COMPONENTS=(sandbox api-server scheduler dag-processor watchdog)
+COMPONENTS=(sandbox api-server scheduler dag-processor "${CELERY_WORKERS[@]/#/celery-}" watchdog)
 
 # Everything the Airflow processes (and `airflow` commands run against this stack) need; exported, so the
 # components inherit it. The execution API URL always follows the api-server port, whatever the caller had.
 export AIRFLOW_API_PORT="$API_PORT"
-export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__CORE__EXECUTOR="$EXECUTOR"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db?timeout=60}"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$API_URL/execution/"
 export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__PORT="$API_PORT"
 export AIRFLOW__API__WORKERS="${AIRFLOW__API__WORKERS:-1}"
 export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$ADMIN_USER:admin"
+# More logins besides admin, STACK_EXTRA_USERS="name:role:password,..." (an empty role: signed in, no permission).
+SIMPLE_AUTH_USERS="$ADMIN_USER:admin"
+IFS=',' read -r -a EXTRA_USERS <<<"${STACK_EXTRA_USERS:-}"
+for entry in "${EXTRA_USERS[@]}"; do SIMPLE_AUTH_USERS+=",${entry%:*}"; done
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$SIMPLE_AUTH_USERS"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/simple_auth_manager_passwords.json"
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-8}"   # LocalExecutor forks this many workers
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
@@ -77,6 +93,7 @@ marker_of() {  # what the command line of a component contains
   case "$1" in
     sandbox) echo include.cxone_sandbox ;;
     watchdog) echo stack.sh ;;
+    celery-*) echo celery ;;  # a Celery worker retitles itself ([celeryd: ...])
     *) echo airflow ;;
   esac
 }
@@ -179,7 +196,7 @@ stop_stack() {
     if ours "$name" "$pid"; then
       names+=("$name")
       case "$name" in
-        scheduler | dag-processor) first+=("$pid") ;;
+        scheduler | dag-processor | celery-*) first+=("$pid") ;;
         *) leaders+=("$pid") ;;
       esac
     else
@@ -191,8 +208,8 @@ stop_stack() {
     return 0
   fi
   say "stopping ${names[*]}"
-  # Scheduler and dag-processor (with the running tasks) first, while the api-server still takes the tasks' last
-  # reports; then the api-server, the sandbox and the watchdog.
+  # Scheduler, dag-processor and Celery workers (with the running tasks) first, while the api-server still takes the
+  # tasks' last reports; then the api-server, the sandbox and the watchdog.
   if [ ${#first[@]} -gt 0 ]; then terminate "${first[@]}"; fi
   if [ ${#leaders[@]} -gt 0 ]; then terminate "${leaders[@]}"; fi
   for name in "${names[@]}"; do rm -f "$STACK_DIR/$name.pid"; done
@@ -205,7 +222,7 @@ stop_stack() {
 print_summary() {
   local paused="$1" seconds="$2"
   cat <<EOF
-stack: up in ${seconds}s (AIRFLOW_HOME=$AIRFLOW_HOME, LocalExecutor, DB ${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN%%://*})
+stack: up in ${seconds}s (AIRFLOW_HOME=$AIRFLOW_HOME, $EXECUTOR${CELERY_WORKERS[*]:+ (workers ${CELERY_WORKERS[*]})}, DB ${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN%%://*})
   Airflow UI + REST API  $API_URL   login: $ADMIN_USER / $ADMIN_PASSWORD
   CXone sandbox          $SANDBOX_URL   (records on a list: GET $SANDBOX_URL/_sandbox/records/<list id>)
   CRM webhook sink       $WEBHOOK_URL   (events: GET $WEBHOOK_URL/_sink/events)
@@ -239,7 +256,7 @@ start_stack() {
   mkdir -p "$STACK_DIR"
   local running; running="$(running_components | xargs)"
   if [ -n "$running" ]; then
-    if [ "$(wc -w <<<"${running/watchdog/}")" -eq 4 ]; then
+    if [ "$(wc -w <<<"${running/watchdog/}")" -eq $((4 + ${#CELERY_WORKERS[@]})) ]; then
       say "already running ($running) for AIRFLOW_HOME=$AIRFLOW_HOME: UI $API_URL, login $ADMIN_USER / $ADMIN_PASSWORD"
       return 0
     fi
@@ -259,8 +276,9 @@ start_stack() {
 
   # The login: SimpleAuthManager reads passwords from this file (it only generates ones for users missing in it).
   local password_file="$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
-  ( umask 077; python -c 'import json, sys; print(json.dumps({sys.argv[1]: sys.argv[2]}))' \
-      "$ADMIN_USER" "$ADMIN_PASSWORD" >"$password_file" )
+  ( umask 077; python -c 'import json, sys; users = {sys.argv[1]: sys.argv[2]}
+users.update((e.split(":")[0], e.split(":")[-1]) for e in sys.argv[3].split(",") if e); print(json.dumps(users))' \
+      "$ADMIN_USER" "$ADMIN_PASSWORD" "${STACK_EXTRA_USERS:-}" >"$password_file" )
   rm -f "$STACK_DIR/sandbox.json" "$STACK_DIR"/*.log
 
   say "starting the CXone sandbox on :$SANDBOX_PORT and the webhook sink on :$WEBHOOK_PORT"
@@ -286,11 +304,28 @@ start_stack() {
   launch api-server airflow api-server --host 127.0.0.1 --port "$API_PORT" --workers "$AIRFLOW__API__WORKERS"
   launch scheduler airflow scheduler --skip-serve-logs
   launch dag-processor airflow dag-processor
+  local worker
+  for worker in "${CELERY_WORKERS[@]}"; do
+    say "starting Celery worker $worker"
+    launch "celery-$worker" env STACK_WORKER_HOSTNAME="$worker" \
+      AIRFLOW__CORE__HOSTNAME_CALLABLE=scripts.worker_hostname.hostname \
+      airflow celery worker --celery-hostname "$worker" --skip-serve-logs \
+      --concurrency "${STACK_CELERY_CONCURRENCY:-4}"
+  done
 
   local state
   state="$(python "$ROOT/scripts/stack_probe.py" wait --stack-dir "$STACK_DIR" --api-url "$API_URL" \
     --user "$ADMIN_USER" --password-file "$password_file" --dag-id "$DAG_ID" --timeout "$START_TIMEOUT")" \
     || die "not ready (logs: $STACK_DIR)"
+  for worker in "${CELERY_WORKERS[@]}"; do  # a worker is ready once it consumes from the broker
+    until grep -q "@$worker ready" "$STACK_DIR/celery-$worker.log" 2>/dev/null; do
+      alive "$(pid_of "celery-$worker")" \
+        || { tail -n 40 "$STACK_DIR/celery-$worker.log" >&2; die "worker $worker exited"; }
+      [ $((SECONDS - started)) -lt $((START_TIMEOUT + 60)) ] \
+        || { tail -n 40 "$STACK_DIR/celery-$worker.log" >&2; die "worker $worker not ready"; }
+      sleep 0.5
+    done
+  done
   trap - EXIT
   print_summary "$state" $((SECONDS - started))
 }
