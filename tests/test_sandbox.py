@@ -348,6 +348,28 @@ def test_rate_limit_answers_429(http, sandbox, token, retry_after, expect_header
     assert sandbox.stats()["status_counts"] == {"200": 2, "429": 1}
 
 
+def test_request_log_lists_every_records_request_in_arrival_order(http, sandbox, token):
+    """GET /_sandbox/requests: arrival time, list, status and counts of each request, 429s and drops included."""
+    sandbox.configure(requests_per_minute=2)
+    before = time.time()
+    post_records(http, sandbox, token, [make_record(1), make_record(2)])
+    post_records(http, sandbox, token, [make_record(1), make_record(3)])  # one duplicate
+    post_records(http, sandbox, token, [make_record(4)])  # over the limit
+    sandbox.configure(requests_per_minute=None, drop_after_commit_rate=1.0)
+    with pytest.raises(requests.ConnectionError):
+        post_records(http, sandbox, token, [make_record(5)])
+
+    log = http.get(f"{sandbox.url}/_sandbox/requests", timeout=5).json()["requests"]
+
+    statuses = [(e["status"], e["records"], e["created"]) for e in log]
+    assert statuses == [(200, 2, 2), (200, 2, 1), (429, 1, 0), (None, 1, 1)]
+    assert {e["contact_list_id"] for e in log} == {CONTACT_LIST_ID}
+    arrivals = [e["at"] for e in log]
+    assert arrivals == sorted(arrivals) and before <= arrivals[0] <= time.time()
+    sandbox.reset()
+    assert sandbox.request_log() == []
+
+
 def test_error_rate_5xx_answers_503_before_processing(http, sandbox, token):
     sandbox.configure(error_rate_5xx=1.0)
 

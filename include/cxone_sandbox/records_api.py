@@ -74,6 +74,7 @@ class CXoneSandbox(ServerRunner):
         self._random = random.Random(self._config.seed)
         self._stats = _empty_stats()
         self._in_flight = 0
+        self._request_log: list[dict[str, Any]] = []
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class CXoneSandbox(ServerRunner):
             self._rate_window.clear()
             self._random.seed(self._config.seed)
             self._stats = _empty_stats()
+            self._request_log.clear()
 
     def records(self, contact_list_id: str) -> list[dict[str, Any]]:
         """Stored records of a contact list, in creation order, exactly as posted (copies)."""
@@ -146,6 +148,13 @@ class CXoneSandbox(ServerRunner):
             stats["in_flight"] = self._in_flight
         stats["connections_accepted"] = self._connections_accepted()
         return stats
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """One entry per records request since start or the last reset, in arrival order: ``at`` (arrival, Unix
+        seconds), ``contact_list_id``, ``status`` (None for a dropped connection), ``records`` (batch size) and
+        ``created``. What a client sent, 429s included: the ground truth for rate-budget checks."""
+        with self._lock:
+            return [dict(entry) for entry in self._request_log]
 
     # ---- request handling (called from handler threads) -----------------------------------------
 
@@ -207,6 +216,7 @@ class CXoneSandbox(ServerRunner):
         }
 
     def _import_records(self, handler: JsonHandler, contact_list_id: str, body: bytes) -> None:
+        arrived_at = time.time()
         parsed_ok, payload = parse_json_body(body)
         records = payload.get("records") if parsed_ok and isinstance(payload, dict) else None
         batch_size = len(records) if isinstance(records, list) else 0
@@ -229,6 +239,16 @@ class CXoneSandbox(ServerRunner):
                 else:
                     counts = self._stats["status_counts"]
                     counts[str(reply.status)] = counts.get(str(reply.status), 0) + 1
+                created = reply.payload.get("recordsCreated", 0) if isinstance(reply.payload, dict) else 0
+                self._request_log.append(
+                    {
+                        "at": arrived_at,
+                        "contact_list_id": contact_list_id,
+                        "status": None if reply.drop else reply.status,
+                        "records": batch_size,
+                        "created": created,
+                    }
+                )
         if reply.drop:
             handler.drop_connection()
         else:
@@ -282,8 +302,8 @@ class CXoneSandbox(ServerRunner):
             self._stats["records_created"] += len(accepted)
             if drop_after_commit:
                 self._stats["dropped_after_commit"] += 1
-        if drop_after_commit:
-            return _Reply(drop=True)
+        if drop_after_commit:  # committed, then the answer is lost: the request log still counts what was created
+            return _Reply(payload={"recordsCreated": len(accepted)}, drop=True)
         return _Reply(
             200, {"id": uuid.uuid4().hex, "recordsCreated": len(accepted), "warnings": warnings, "errors": []}
         )
@@ -294,6 +314,8 @@ class CXoneSandbox(ServerRunner):
             handler.send_json(200, {"records": self.records(unquote(match.group(1)))})
         elif path.rstrip("/") == "/_sandbox/stats":
             handler.send_json(200, self.stats())
+        elif path.rstrip("/") == "/_sandbox/requests":
+            handler.send_json(200, {"requests": self.request_log()})
         elif path.rstrip("/") == "/_sandbox/health":
             handler.send_json(200, {"status": "ok"})
         elif path.rstrip("/") == "/_sandbox/config":
