@@ -103,14 +103,56 @@ def test_asset_event_for_the_contact_list(run_import, export, cxone_sandbox):
     assert sum(e.extra["imported"] for e in events) == len(export.valid_contact_ids)
 
 
-def test_too_many_rejects_fails_the_run_after_writing_everything(run_import, export, cxone_sandbox, webhook_sink):
+def test_too_many_rejects_sends_nothing_and_fails_the_run(run_import, export, cxone_sandbox, webhook_sink):
     run = run_import({"source_uri": f"file://{export.path}", "max_reject_share": 0.05})
 
     assert run.state == "failed"
+    assert cxone_sandbox.stats()["records_requests"] == 0, "the gate decides before anything is sent"
+    assert cxone_sandbox.records(CONTACT_LIST_ID) == []
     assert run.file("rejects.csv").exists()
-    assert run.report["status"] == "failed"
-    assert any("max_reject_share" in p for p in run.report["problems"])
+    assert run.report["status"] == "failed" and run.report["held_by_reject_gate"]
+    assert run.report["reconciliation"]["ok"], "every row accounted for: rejected or not_sent"
+    assert run.report["totals"]["not_sent"] == len(export.valid_contact_ids)
+    assert any("max_reject_share" in p and "nothing was sent" in p for p in run.report["problems"])
     failure = [e["body"] for e in webhook_sink.events() if e["body"].get("event") == "cxone_contact_import_run_failed"]
     assert len(failure) == 1
     assert failure[0]["failedTask"] == "report"
     assert any("max_reject_share" in p for p in failure[0]["problems"])
+
+
+FILE_ERRORS = {
+    "duplicate-header": ("contact_id,contact_id,mobile_phone,consent_timestamp,opt_in_status\n"
+                         "a,b,+14155550100,2026-06-01T00:00:00Z,confirmed\n", "unique_header", "contact_id"),
+    "not-utf8": (b"contact_id,mobile_phone,consent_timestamp,opt_in_status\nZo\xeb,+14155550100,2026-06-01T00:00:00Z,confirmed\n",
+                 "utf8_encoding", None),
+    "directory": (None, "file_format", None),
+    "missing-file": ("missing", "source_exists", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_ERRORS), ids=sorted(FILE_ERRORS))
+def test_a_file_level_error_fails_at_once_and_says_why(run_import, cxone_sandbox, webhook_sink, tmp_path, case):
+    body, rule, column = FILE_ERRORS[case]
+    source = tmp_path / "contacts.csv"
+    if body is None:
+        source.mkdir()
+    elif isinstance(body, bytes):
+        source.write_bytes(body)
+    elif body != "missing":
+        source.write_text(body)
+
+    run = run_import({"source_uri": f"file://{source}"})
+
+    assert run.state == "failed"
+    tries = {ti.task_id: (ti.state, ti.try_number) for ti in run.dag_run.get_task_instances()}
+    assert tries["extract"] == ("failed", 1), "an error of the data is not retried"
+    assert run.report["status"] == "failed"
+    assert run.report["failure"]["task"] == "extract"
+    assert (run.report["failure"]["rule"], run.report["failure"]["column"]) == (rule, column)
+    assert str(source) in run.report["failure"]["message"]
+    assert any("nothing was sent" in p for p in run.report["problems"])
+    assert cxone_sandbox.stats()["records_requests"] == 0
+    failure = [e["body"] for e in webhook_sink.events() if e["body"].get("event") == "cxone_contact_import_run_failed"]
+    assert len(failure) == 1
+    assert failure[0]["failedTask"] == "extract"
+    assert failure[0]["failure"]["rule"] == rule and rule in failure[0]["failure"]["message"]

@@ -20,7 +20,15 @@ from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
 
 from include.cxone_import import pipeline
 from include.cxone_import.engine import GroupImporter, TransientImportError
-from include.cxone_import.report import RunFailedError, build_report, format_report, group_summaries, load_outcomes, totals
+from include.cxone_import.report import (
+    RunFailedError,
+    build_failed_report,
+    build_report,
+    format_report,
+    group_summaries,
+    load_outcomes,
+    totals,
+)
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
 from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, write_json, write_jsonl
@@ -136,18 +144,29 @@ def run_info(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def measured(context: dict[str, Any], name: str) -> Iterator[None]:
-    """Record the task's wall time and its process's peak RSS under ``metrics/`` (read by ``make bench``).
+    """Record the task's wall time and its process's peak RSS under ``metrics/`` (read by ``make bench``) and,
+    when the task fails, why (``failures/``, read by the report and the failure event).
 
+    An error of the data (:class:`SourceFormatError`: the file itself is wrong) fails the task at once: a retry
+    cannot fix it. Storage and network errors keep the task's retries.
     Peak RSS is per process: meaningful per task when tasks run in their own processes (any executor);
     under ``dag.test()`` every task shares one process and sees the peak so far.
     """
+    from airflow.sdk.exceptions import AirflowFailException
+
     started = time.monotonic()
+    ti = context.get("ti")
+    map_index = getattr(ti, "map_index", -1)
+    key = name if map_index is None or map_index < 0 else f"{name}-{map_index:05d}"
     try:
         yield
+    except SourceFormatError as exc:
+        _record_failure(context, key, name, exc)
+        raise AirflowFailException(str(exc)) from exc
+    except Exception as exc:
+        _record_failure(context, key, name, exc)
+        raise
     finally:
-        ti = context.get("ti")
-        map_index = getattr(ti, "map_index", -1)
-        key = name if map_index is None or map_index < 0 else f"{name}-{map_index:05d}"
         try:
             write_json(
                 layout_for(context["run_id"]).root / "metrics" / f"{key}.json",
@@ -163,6 +182,34 @@ def measured(context: dict[str, Any], name: str) -> Iterator[None]:
             log.warning("could not write task metrics for %s", key)
 
 
+def _record_failure(context: dict[str, Any], key: str, task: str, exc: BaseException) -> None:
+    """``failures/{task}.json``: the task, the rule and column when the error names them, and the message (our
+    errors name rows and rules, never record content)."""
+    try:
+        write_json(
+            layout_for(context["run_id"]).root / "failures" / f"{key}.json",
+            {
+                "task": task,
+                "try_number": getattr(context.get("ti"), "try_number", None),
+                "error": type(exc).__name__,
+                "rule": getattr(exc, "rule", None),
+                "column": getattr(exc, "column", None),
+                "source": getattr(exc, "source", None),
+                "message": str(exc)[:2000],
+                "at": datetime.now(timezone.utc).isoformat(),
+            },
+        )
+    except Exception:  # noqa: BLE001 - recording must not hide the task's own error
+        log.warning("could not record the failure of %s", key)
+
+
+def recorded_failures(layout: RunLayout) -> list[dict[str, Any]]:
+    """The failures tasks of the run recorded, first task first."""
+    order = {"extract": 0, "validate": 1, "chunk": 2, "import_batches": 3}
+    found = [read_json(p) for p in list_files(layout.root / "failures", "*.json")]
+    return sorted(found, key=lambda f: (order.get(f.get("task"), 9), f.get("at") or ""))
+
+
 # -- tasks -----------------------------------------------------------------------------------------------------
 
 
@@ -171,6 +218,8 @@ def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     source = resolve_source(params, context)
     if not source.exists():
         raise SourceFormatError(str(source), None, "source_exists", "the source file does not exist")
+    if source.is_dir():
+        raise SourceFormatError(str(source), None, "file_format", "the source is a directory, not a file")
     layout = layout_for(run["run_id"])
     fmt = "jsonl" if params.get("redrive_run_id") else None
     result = pipeline.extract(source, layout, fmt=fmt)
@@ -223,6 +272,12 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
     )
     if params.get("dry_run"):
         log.info("dry run: %d groups planned, %d records unchanged, nothing will be sent", len(groups), changes["unchanged"])
+        return []
+    if pipeline.reject_gate_tripped(validated, params.get("max_reject_share")):
+        log.warning(
+            "%d of %d rows rejected, over max_reject_share %s: nothing will be sent; the report fails the run",
+            validated["rejected_rows"], validated["input_rows"], params.get("max_reject_share"),
+        )
         return []
     if groups:
         state.register_run(context["run_id"], [g["group_index"] for g in groups])
@@ -339,23 +394,34 @@ def failure_event(context: dict[str, Any]) -> dict[str, Any]:
     ti = context.get("ti") or context.get("task_instance")
     layout = layout_for(run_id)
     problems: list[str] = []
+    failure: dict[str, Any] = {}
     try:
         if layout.report.exists():
-            problems = list(read_json(layout.report).get("problems", []))
+            written = read_json(layout.report)
+            problems = list(written.get("problems", []))
+            failure = written.get("failure") or {}
+        else:
+            failure = next(iter(recorded_failures(layout)), {})
     except Exception:  # noqa: BLE001 - the notification must go out even when storage is unreadable
         log.warning("could not read the report of %s; notifying without its problems", run_id, exc_info=True)
-    return run_failed_event(
+    event = run_failed_event(
         {"dag_id": DAG_ID, "run_id": run_id},
         reason=str(context.get("reason") or "failed"),
-        failed_task=getattr(ti, "task_id", None),
+        failed_task=failure.get("task") or getattr(ti, "task_id", None),
         problems=problems,
         report=str(layout.report),
     )
+    event["failure"] = {k: failure.get(k) for k in ("task", "rule", "column", "message")} if failure else None
+    return event
 
 
 def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """One event per batch, then the run summary; failures are recorded, never raised."""
+    """One event per batch, then the run summary; failures are recorded, never raised. When the run failed before
+    validation there is nothing to tell but the failure, which the DAG's failure event carries."""
     layout = layout_for(context["run_id"])
+    if validated is None:
+        log.info("no validated input (an earlier task failed): no batch or summary events")
+        return {"events": 0, "delivered": 0, "failed": 0, "skipped": "the run failed before validation"}
     run = run_info(params, context)
     summaries = group_summaries(layout)
     metrics = [m for s in summaries for m in s["batch_metrics"]]
@@ -377,6 +443,14 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     return summary
 
 
+def _run_or_partial(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """The run's description even when its contact list cannot be resolved (the reason the run failed)."""
+    try:
+        return run_info(params, context)
+    except ValueError:
+        return {"dag_id": DAG_ID, "run_id": context["run_id"], "contact_list_id": None, "logical_date": str(context.get("logical_date"))}
+
+
 def rate_budget() -> float | None:
     """The connection's requests per minute (the report's rate chart draws it); None without a connection."""
     from cxone_provider.hooks.cxone import CXoneHook
@@ -396,9 +470,15 @@ def report(
     context: dict[str, Any],
 ) -> dict[str, Any]:
     layout = layout_for(context["run_id"])
+    failures = recorded_failures(layout)
+    if extracted is None or validated is None:
+        result = build_failed_report(layout, run=_run_or_partial(params, context), failures=failures)
+        log.info("\n%s", format_report(result))
+        raise RunFailedError("; ".join(result["problems"]))
     result = build_report(
         layout,
         run=run_info(params, context),
+        failures=failures,
         extracted=extracted,
         validated=validated,
         groups=groups,

@@ -100,6 +100,13 @@ def validate(
     }
 
 
+def reject_gate_tripped(validated: dict[str, Any], max_reject_share: float | None) -> bool:
+    """More rows rejected than the run allows: then nothing is sent (decided before the first request)."""
+    if max_reject_share is None or not validated.get("input_rows"):
+        return False
+    return validated["rejected_rows"] / validated["input_rows"] > float(max_reject_share)
+
+
 def _write_rejects(layout: RunLayout, rejects: pd.DataFrame) -> None:
     """rejects.parquet (for reconciliation), rejects.csv (for people, formula-safe), audit entries per record."""
     rejects = rejects.astype({"row_number": "int64"})

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
+from include.cxone_import.pipeline import reject_gate_tripped
 from include.cxone_import.state import read_changes, read_unchanged_rows
 from include.cxone_import.storage import (
     RunLayout,
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 
 NOT_SENT = "not_sent"
 UNCHANGED = "unchanged"  # the list already holds this record exactly as it is (include/cxone_import/state.py)
-
-
-class ReconciliationError(RuntimeError):
-    """Input records and accounted outcomes do not match one-to-one."""
 
 
 class RunFailedError(RuntimeError):
@@ -225,14 +222,11 @@ def write_dead_letter(layout: RunLayout, groups: list[dict[str, Any]]) -> int:
     return written
 
 
-def assemble_audit_log(layout: RunLayout, extra_entries: list[dict[str, Any]]) -> int:
-    """One JSON Lines audit log per run: rejected records, batches, webhook deliveries."""
-    def entries():
-        for part in list_files(layout.root / "audit", "*.jsonl"):
-            yield from iter_jsonl(part)
-        yield from extra_entries
-
-    return write_jsonl(layout.audit_log, entries())
+def assemble_audit_log(layout: RunLayout) -> int:
+    """One JSON Lines audit log per run from the tasks' audit parts: rejected records, batches, webhook deliveries."""
+    return write_jsonl(
+        layout.audit_log, (entry for part in list_files(layout.root / "audit", "*.jsonl") for entry in iter_jsonl(part))
+    )
 
 
 def build_report(
@@ -245,15 +239,20 @@ def build_report(
     webhook: dict[str, Any] | None,
     max_reject_share: float | None = None,
     budget_per_minute: float | None = None,
+    failures: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write report.json, the dead-letter file and the audit log; raise if the run's result needs a person."""
-    outcomes = load_outcomes(layout, dry_run=bool(run.get("dry_run")))
+    """Write report.json, the dead-letter file and the audit log; raise if the run's result needs a person.
+
+    Over ``max_reject_share`` nothing was sent: the valid rows are ``not_sent``. ``failures`` are the task failures
+    recorded on the way (a retried import attempt, say); they are listed, the outcomes decide the status."""
+    held = reject_gate_tripped(validated, max_reject_share)
+    outcomes = load_outcomes(layout, dry_run=bool(run.get("dry_run")) or held)
     summaries = group_summaries(layout)
     reconciliation = reconcile(layout, extract_parts=int(extracted["parts"]), outcomes=outcomes)
     numbers = totals(validated, outcomes, summaries)
     dead_letters = write_dead_letter(layout, groups or [])
-    webhook = webhook or {"events": 0, "delivered": 0, "failed": 0, "audit": []}
-    audit_entries = assemble_audit_log(layout, webhook.get("audit", []))
+    webhook = webhook or {"events": 0, "delivered": 0, "failed": 0}
+    audit_entries = assemble_audit_log(layout)
     reject_share = numbers["rejected"] / numbers["input"] if numbers["input"] else 0.0
     problems: list[str] = []
     if not reconciliation.ok:
@@ -263,22 +262,25 @@ def build_report(
             f"{numbers['failed']} records failed to import; they are in {layout.dead_letter} with their last error "
             f"(trigger a run with redrive_run_id={run.get('run_id')!r} to send exactly those again)"
         )
-    if max_reject_share is not None and reject_share > max_reject_share:
+    if held:
         problems.append(
             f"{numbers['rejected']} of {numbers['input']} rows rejected ({reject_share:.1%}), over max_reject_share "
-            f"{max_reject_share:.1%}; see {layout.rejects_csv}"
+            f"{max_reject_share:.1%}: nothing was sent; fix the export (see {layout.rejects_csv}) or raise the "
+            "threshold for this run"
         )
     report = {
         "run": run,
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "source_uri": extracted.get("source_uri"),
+        "held_by_reject_gate": held,
+        "task_failures": failures or [],
         "totals": numbers,
         "reject_share": round(reject_share, 4),
         "rejects_by_rule": validated.get("rejects_by_rule", {}),
         "normalised": validated.get("normalised", {}),
         "changes": read_changes(layout),
         "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
-        "webhook": {k: v for k, v in webhook.items() if k != "audit"},
+        "webhook": webhook,
         "throughput": throughput(summaries, budget_per_minute),
         "timings_seconds": {"validation": validated.get("validation_seconds"), "schema": validated.get("schema_seconds")},
         "files": {
@@ -306,6 +308,39 @@ def build_report(
     return report
 
 
+def build_failed_report(layout: RunLayout, *, run: dict[str, Any], failures: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of a run that stopped before its records could be validated (a file-level error, storage):
+    which task failed, on which file, column and rule, and that nothing was sent."""
+    first = failures[0] if failures else {"task": None, "message": "an upstream task failed without recording why"}
+    problems = [
+        f"{f.get('task')} failed: {f.get('message')}" + (" (the file must be fixed; no retry)" if f.get("rule") else "")
+        for f in failures
+    ] or [first["message"]]
+    problems.append("nothing was sent to CXone")
+    empty = pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
+    numbers = totals({"input_rows": 0, "rejected_rows": 0, "valid_rows": 0}, empty, [])
+    report = {
+        "run": run,
+        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "source_uri": first.get("source"),
+        "failure": {k: first.get(k) for k in ("task", "error", "rule", "column", "source", "message")},
+        "task_failures": failures,
+        "totals": numbers,
+        "reject_share": 0.0,
+        "rejects_by_rule": {},
+        "normalised": {},
+        "reconciliation": {"ok": False, "detail": "not reconciled: the input could not be read"},
+        "webhook": {"events": 0, "delivered": 0, "failed": 0},
+        "files": {"report": str(layout.report)},
+        "dead_letters": 0,
+        "status": "failed",
+        "problems": problems,
+    }
+    write_json(layout.report, report)
+    log.info("report: the run failed in %s (%s)", first.get("task"), first.get("rule") or first.get("error"))
+    return report
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as a person reads it at the end of a run."""
     t = report["totals"]
@@ -319,7 +354,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"  duplicates        {t['duplicates']}",
         f"  unchanged         {t.get('unchanged', 0)}  (already on the list as they are; not sent)",
         f"  failed            {t['failed']}",
-        *([f"  not sent          {t['not_sent']} (dry run)"] if t.get("not_sent") else []),
+        *(
+            [f"  not sent          {t['not_sent']} ({'held: too many rejects' if report.get('held_by_reject_gate') else 'dry run'})"]
+            if t.get("not_sent") else []
+        ),
         f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates + unchanged)",
         f"  batches           {t['batches']} ({t['batches_resumed']} resumed), {t['requests']} requests, {t['rate_limited']} answered 429",
         f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",

@@ -45,12 +45,6 @@ class RunLayout:
     def audit_part(self, name: str) -> Any:
         return self.root / "audit" / f"{name}.jsonl"
 
-    def checkpoint(self, batch_id: str) -> Any:
-        return self.root / "checkpoints" / f"{batch_id}.json"
-
-    def inflight(self, batch_id: str) -> Any:
-        return self.root / "inflight" / f"{batch_id}.json"
-
     @property
     def rejects_csv(self) -> Any:
         return self.root / "rejects.csv"
