@@ -25,7 +25,7 @@ from cxone_provider.errors import (
     CXoneValidationError,
     status_error,
 )
-from cxone_provider.models import DuplicateWarning
+from cxone_provider.models import RecordIssue
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_retryable
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig
@@ -293,7 +293,7 @@ def test_field_errors_raise_validation_error(sandbox, make_client, bad_record, f
     [
         pytest.param(
             True,
-            (DuplicateWarning(0, "crm-00000", "DUPLICATE_CONTACT_ID", "contactId already exists in the contact list"),),
+            (RecordIssue(0, "crm-00000", "DUPLICATE_CONTACT_ID", "contactId already exists in the contact list"),),
             id="409-names-duplicates",
         ),
         pytest.param(False, (), id="409-without-names"),

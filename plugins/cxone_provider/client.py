@@ -32,7 +32,7 @@ from cxone_provider.errors import (
     CXoneTimeoutError,
     status_error,
 )
-from cxone_provider.models import BatchResult, DuplicateWarning, parse_duplicates
+from cxone_provider.models import BatchResult, RecordIssue, parse_record_issues
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_retryable, retry_after_s
 
@@ -43,7 +43,7 @@ __all__ = [
     "BatchResult",
     "ClientCredentialsAuth",
     "CXoneClient",
-    "DuplicateWarning",
+    "RecordIssue",
     "base_url_for",
 ]
 
@@ -447,7 +447,7 @@ class CXoneClient:
                 attempts=attempts,
                 outcome_uncertain=True,
             )
-        duplicates = parse_duplicates(body.get("warnings"))
+        duplicates = parse_record_issues(body.get("warnings"))
         if body.get("errors"):
             log.warning(
                 "list %s: accepted batch also reported %d error(s) (request id %s)",

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxone_provider.client import DEFAULT_SCOPE
+
 DEFAULT_REGION = "us"
-DEFAULT_SCOPE = "contactlists:write contactlists:read"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_CONCURRENCY = 8

@@ -12,7 +12,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from cxone_provider.models import DuplicateWarning, parse_duplicates
+from cxone_provider.models import RecordIssue, parse_record_issues
 
 __all__ = [
     "CXoneAuthError",
@@ -109,7 +109,7 @@ class CXoneValidationError(CXoneStatusError):
 class CXoneConflictError(CXoneStatusError):
     """409 Conflict: the batch held duplicates and, being atomic, created nothing."""
 
-    def __init__(self, message: str, *, duplicates: tuple[DuplicateWarning, ...] = (), **kwargs: Any) -> None:
+    def __init__(self, message: str, *, duplicates: tuple[RecordIssue, ...] = (), **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.duplicates = tuple(duplicates)
 
@@ -155,7 +155,7 @@ def status_error(
         return CXoneValidationError(message, errors=errors if isinstance(errors, list) else [], **common)
     if status_code == 409:
         warnings = body.get("warnings") if isinstance(body, dict) else None
-        return CXoneConflictError(message, duplicates=parse_duplicates(warnings), **common)
+        return CXoneConflictError(message, duplicates=parse_record_issues(warnings), **common)
     return CXoneStatusError(message, **common)
 
 

@@ -36,9 +36,6 @@ class RecordIssue:
         )
 
 
-DuplicateWarning = RecordIssue  # what a warnings item is called where duplicates are meant
-
-
 def parse_record_issues(items: Iterable[Any] | None) -> tuple[RecordIssue, ...]:
     """Turn a response's ``warnings`` or ``errors`` list into RecordIssue values (an absent list gives none)."""
     if not isinstance(items, list):
@@ -46,15 +43,12 @@ def parse_record_issues(items: Iterable[Any] | None) -> tuple[RecordIssue, ...]:
     return tuple(RecordIssue.from_api(item) for item in items)
 
 
-parse_duplicates = parse_record_issues
-
-
 @dataclass(frozen=True)
 class BatchResult:
     """What the server said about one accepted batch, and what it took to get there."""
 
     created: int
-    duplicates: tuple[DuplicateWarning, ...]
+    duplicates: tuple[RecordIssue, ...]
     latency_ms: float
     """Wall time of the final, successful attempt."""
     total_latency_ms: float

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.hook import BaseHook
 from airflow.sdk.log import mask_secret
 
-from cxone_provider.client import CXoneClient, base_url_for
+from cxone_provider.client import DEFAULT_SCOPE, CXoneClient, base_url_for
 from cxone_provider.connection_form import (
     CONN_FIELDS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_REQUESTS_PER_MINUTE,
-    DEFAULT_SCOPE,
     DEFAULT_TIMEOUT_S,
     UI_FIELD_BEHAVIOUR,
 )
