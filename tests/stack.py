@@ -14,6 +14,8 @@ Usage in a test module (pytest finds fixtures in the test module's namespace)::
 
 A browser test logs in at ``airflow_stack.api_url`` with ``airflow_stack.username`` / ``airflow_stack.password``
 (SimpleAuthManager's login form; ``airflow_stack.api`` uses the same credentials for a JWT from ``POST /auth/token``).
+``extra_users`` are two more logins with less permission (a viewer, and an outsider without a role);
+``login_token(name)`` gets any user's JWT.
 
 What the fixture gives you:
 
@@ -98,6 +100,9 @@ class AirflowStack:
     """One local Airflow stack in ``home``; ``start()`` / ``stop()`` or use it as a context manager."""
 
     username = "admin"
+    # More logins (name: (SimpleAuthManager role, password)): a viewer reads DAGs and runs but edits nothing; an
+    # outsider is signed in without a role, so the auth manager allows it nothing.
+    extra_users = {"viewer": ("viewer", "viewer-pw"), "outsider": ("", "outsider-pw")}
 
     def __init__(
         self,
@@ -154,6 +159,7 @@ class AirflowStack:
                 "CXONE_IMPORT_RETRY_DELAY_S": "5",
                 "STACK_START_TIMEOUT": str(START_TIMEOUT_S),
                 "STACK_OWNER_PID": str(os.getpid()),
+                "STACK_EXTRA_USERS": ",".join(f"{n}:{r}:{pw}" for n, (r, pw) in self.extra_users.items()),
             }
         )
         env.update(self._extra_env)
@@ -242,6 +248,16 @@ class AirflowStack:
                 raise AirflowApiError("POST", "/auth/token", response.status_code, response.text)
             self._token = response.json()["access_token"]
         return self._token
+
+    def login_token(self, username: str) -> str:
+        """A JWT for one of ``extra_users`` (or admin) from ``POST /auth/token``, as its login would get."""
+        password = self.password if username == self.username else self.extra_users[username][1]
+        response = self._session.post(
+            f"{self.api_url}/auth/token", json={"username": username, "password": password}, timeout=REQUEST_TIMEOUT_S
+        )
+        if response.status_code not in (200, 201):
+            raise AirflowApiError("POST", "/auth/token", response.status_code, response.text)
+        return response.json()["access_token"]
 
     def api(self, method: str, path: str, *, params: dict[str, Any] | None = None, **json_body: Any) -> Any:
         """Call the REST API as admin: ``api("GET", "/dags/x")`` or a full ``/api/v2/...`` path; returns the JSON.

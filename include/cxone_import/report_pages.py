@@ -55,7 +55,8 @@ svg .axis { stroke: var(--line); } svg .muted { fill: var(--muted); }
 .note { color: var(--muted); font-size: 12px; margin: 6px 0 0; }
 .problems { color: var(--bad); } .ok { color: var(--ok); font-weight: 600; } .bad { color: var(--bad); font-weight: 600; }
 table { border-collapse: collapse; width: 100%; } th, td { padding: 5px 8px; border-bottom: 1px solid var(--line);
-  text-align: left; white-space: nowrap; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+  text-align: left; white-space: nowrap; } td.wrap { white-space: normal; word-break: break-all; min-width: 14em; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 form.filter { display: flex; gap: 8px; align-items: center; margin: 0 0 14px; }
 select, button { font: inherit; padding: 3px 8px; }
 ul.files { margin: 0; padding-left: 18px; }
@@ -385,12 +386,13 @@ def _trend(rows: Sequence[HistoryRow]) -> str:
     picked = (nightly or with_report)[:TREND_RUNS][::-1]
     if not picked:
         return '<p class="note">No run with a report yet.</p>'
-    caption = (f"last {len(picked)} nightly runs (scheduled and backfilled)" if nightly
-               else f"last {len(picked)} runs (no scheduled run yet, so manual runs too)")
+    runs = f"{len(picked)} runs" if len(picked) > 1 else "run"
+    caption = (f"last {runs}, nightly (scheduled and backfilled)" if nightly
+               else f"last {runs}, manual ones included (no scheduled run yet)")
     width, height, left, bottom, top = 1100, 220, 56, 40, 14
     plot_w, plot_h = width - left - 50, height - bottom - top
     peak = max(int(r.total("input") or 0) for r in picked) or 1
-    step = plot_w / len(picked)
+    step = min(plot_w / len(picked), 60)
     parts = [f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>',
              f'<text class="muted" x="{left - 4}" y="{top + 4}" text-anchor="end">{_number(peak)}</text>',
              f'<text class="muted" x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>',
@@ -444,8 +446,9 @@ def render_history(
                 f"{escape(row.run_id)}</a>")
         table_rows.append(
             f'<tr data-run-id="{escape(row.run_id)}" data-dag-id="{escape(row.dag_id)}">'
-            f'<td>{escape(f"{row.date:%Y-%m-%d %H:%M}" if row.date else "–")}</td><td>{link}</td>'
-            f"<td>{escape(row.dag_id)}</td><td data-col=\"list\">{escape(row.contact_list_id or '–')}</td>"
+            f'<td>{escape(f"{row.date:%Y-%m-%d %H:%M}" if row.date else "–")}</td><td class="wrap">{link}</td>'
+            f'<td class="wrap">{escape(row.dag_id)}</td><td data-col="list">'
+            f"{escape(row.contact_list_id or '–')}</td>"
             + "".join(f'<td class="num" data-col="{k}">{_number(row.total(k))}</td>' for k in ("input", "imported", "rejected"))
             + f'<td class="num" data-col="success_rate">{_percent(rate)}</td>'
             f'<td class="num" data-col="duration">{_duration(row.started, row.ended)}</td>'
