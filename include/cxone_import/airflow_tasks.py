@@ -230,7 +230,8 @@ def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
 def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     layout = layout_for(context["run_id"])
     result = pipeline.validate(
-        layout, parts=extracted["parts"], max_consent_age_days=int(params["max_consent_age_days"])
+        layout, parts=extracted["parts"], max_consent_age_days=int(params["max_consent_age_days"]),
+        default_phone_region=params.get("default_phone_region"),
     )
     log.info(
         "validated %d rows: %d valid, %d rejected (%s); normalised %s",

@@ -58,9 +58,12 @@ def validate(
     parts: int,
     max_consent_age_days: int,
     as_of: datetime | None = None,
+    default_phone_region: str | None = None,
 ) -> dict[str, Any]:
     """Validate every extracted part; write valid parts, the rejects files and the rejection audit entries."""
-    schema = ContactRecordSchema.policy(max_consent_age_days, as_of or datetime.now(timezone.utc))
+    schema = ContactRecordSchema.policy(
+        max_consent_age_days, as_of or datetime.now(timezone.utc), default_phone_region=default_phone_region
+    )
     seen = SeenContactIds()
     totals = {"input_rows": 0, "valid_rows": 0, "rejected_rows": 0, "reject_entries": 0}
     normalised: dict[str, int] = {}

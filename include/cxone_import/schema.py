@@ -51,6 +51,7 @@ RULE_MESSAGES = {
     "contact_id_unique": "contactId appears earlier in the input",
     "phone_present": "the record has no phone number",
     "phone_e164": "phone number is not E.164 (+ then 2 to 15 digits, no leading 0)",
+    "phone_invalid_for_region": "phone number without + is not a valid number of default_phone_region",
     "consent_present": "consentTimestamp is missing",
     "consent_parseable": "consentTimestamp is not an ISO-8601 date-time",
     "consent_timezone": "consentTimestamp has no time zone (add Z or an offset)",
@@ -101,17 +102,21 @@ class ContactRecordSchema(pandera.DataFrameModel):
 
     _max_consent_age_days: ClassVar[int] = DEFAULT_MAX_CONSENT_AGE_DAYS
     _as_of: ClassVar[datetime | None] = None
+    _default_phone_region: ClassVar[str | None] = None
 
     class Config:
         strict = False  # custom fields (cf_*) travel alongside
         coerce = False  # prepare() builds the right types; a mismatch is our bug, not the user's
 
     @classmethod
-    def policy(cls, max_consent_age_days: int, as_of: datetime) -> type[ContactRecordSchema]:
-        """The schema with this run's consent window."""
+    def policy(
+        cls, max_consent_age_days: int, as_of: datetime, default_phone_region: str | None = None
+    ) -> type[ContactRecordSchema]:
+        """The schema with this run's consent window and phone region (numbers without + are parsed for it)."""
         if max_consent_age_days < 1:
             raise ValueError("max_consent_age_days must be at least 1")
-        attrs = {"_max_consent_age_days": int(max_consent_age_days), "_as_of": as_of}
+        region = phone_region(default_phone_region)
+        attrs = {"_max_consent_age_days": int(max_consent_age_days), "_as_of": as_of, "_default_phone_region": region}
         return type("ContactRecordPolicy", (cls,), attrs)  # type: ignore[return-value]
 
     @classmethod
@@ -136,7 +141,12 @@ class ContactRecordSchema(pandera.DataFrameModel):
 
     @pandera.check(f"^{PHONE_PREFIX}")
     def phone_e164(cls, phone: Series[str]) -> Series[bool]:
-        return phone.str.fullmatch(E164_PATTERN)
+        # with a region, a number without + is judged by phone_invalid_for_region (normalise made the valid E.164)
+        return phone.str.fullmatch(E164_PATTERN) | (cls._default_phone_region is not None and ~phone.str.startswith("+"))
+
+    @pandera.check(f"^{PHONE_PREFIX}")
+    def phone_invalid_for_region(cls, phone: Series[str]) -> Series[bool]:
+        return phone.str.startswith("+") | (cls._default_phone_region is None)
 
     @pandera.check("phones_given")
     def phone_present(cls, phones_given: Series[np.int64]) -> Series[bool]:
@@ -241,9 +251,9 @@ def _powers(n: int) -> np.ndarray:
     return _HASH_POWERS[0]
 
 
-def normalise(frame: pd.DataFrame) -> dict[str, int]:
-    """Repairs we allow, in place, each counted in rows: phone punctuation, whitespace around contactIds, opt-in
-    letter case."""
+def normalise(frame: pd.DataFrame, default_phone_region: str | None = None) -> dict[str, int]:
+    """Repairs we allow, in place, each counted in rows: phone punctuation, numbers without + in the default
+    region written in E.164, whitespace around contactIds, opt-in letter case."""
     counts: dict[str, int] = {}
     changed_rows = np.zeros(len(frame), dtype=bool)
     for column in (c for c in frame.columns if c.startswith(PHONE_PREFIX)):
@@ -256,6 +266,10 @@ def normalise(frame: pd.DataFrame) -> dict[str, int]:
             changed_rows |= changed
     if changed_rows.any():
         counts["phone_punctuation_removed"] = int(changed_rows.sum())
+    if default_phone_region:
+        regional = _phones_in_region(frame, default_phone_region)
+        if regional:
+            counts["phone_region_to_e164"] = regional
     raw = arrow_strings(frame["contact_id"])
     trimmed = pc.replace_substring_regex(raw, _EDGE_INVISIBLE, "")
     changed = pc.fill_null(pc.not_equal(raw, trimmed), False).to_numpy(zero_copy_only=False)
@@ -276,6 +290,51 @@ def normalise(frame: pd.DataFrame) -> dict[str, int]:
         frame["opt_in_status"] = _series(pc.if_else(pa.array(fixable), lowered, raw), frame.index)
         counts["opt_in_status_lowercased"] = int(fixable.sum())
     return counts
+
+
+def phone_region(value: str | None) -> str | None:
+    """A ``default_phone_region`` param as phonenumbers' region code (``gb`` -> ``GB``); empty means none."""
+    if not value or not str(value).strip():
+        return None
+    import phonenumbers
+
+    region = str(value).strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"default_phone_region {value!r} is not a region phonenumbers knows (e.g. US, GB, DE)")
+    return region
+
+
+def _phones_in_region(frame: pd.DataFrame, region: str) -> int:
+    """Numbers without + parsed for ``region``: valid ones replaced by their E.164 form, in place; the others stay
+    as they are (``phone_invalid_for_region`` rejects them). Only those cells reach the parser, each distinct
+    value once. Returns how many rows had a number rewritten."""
+    import phonenumbers
+
+    rewritten_rows = np.zeros(len(frame), dtype=bool)
+    for column in (c for c in frame.columns if c.startswith(PHONE_PREFIX)):
+        raw = arrow_strings(frame[column])
+        national = pc.fill_null(pc.invert(pc.starts_with(raw, "+")), False).to_numpy(zero_copy_only=False)
+        if not national.any():
+            continue
+        values = frame[column].to_numpy(dtype=object)
+        e164: dict[str, str | None] = {}
+        for value in pd.unique(values[national]):
+            try:
+                number = phonenumbers.parse(value, region)
+            except phonenumbers.NumberParseException:
+                e164[value] = None
+                continue
+            valid = phonenumbers.is_valid_number(number)
+            e164[value] = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) if valid else None
+        at = np.flatnonzero(national)
+        converted = np.array([e164[v] for v in values[at]], dtype=object)
+        ok = np.array([v is not None for v in converted], dtype=bool)
+        if ok.any():
+            values = values.copy()
+            values[at[ok]] = converted[ok]
+            frame[column] = pd.Series(values, index=frame.index).astype(frame[column].dtype)
+            rewritten_rows[at[ok]] = True
+    return int(rewritten_rows.sum())
 
 
 def _series(values: pa.Array, index: pd.Index) -> pd.Series:
@@ -325,7 +384,7 @@ def validate_chunk(
 ) -> ChunkValidation:
     """Normalise, validate lazily (every failing cell of every rule) and split one canonical chunk."""
     frame = frame.reset_index(drop=True)
-    normalised = normalise(frame)
+    normalised = normalise(frame, schema._default_phone_region)
     prepare(frame, seen)
     try:
         schema.validate(frame, lazy=True)
