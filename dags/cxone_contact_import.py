@@ -107,12 +107,14 @@ def cxone_contact_import():
 
     @task(trigger_rule="all_done", retries=0)
     def notify_webhook(validated: dict, params=None, **context):
-        return steps.notify(validated, params, context)
+        with steps.measured(context, "notify_webhook"):
+            return steps.notify(validated, params, context)
 
     @task(trigger_rule="all_done", retries=0)
     def report(extracted: dict, validated: dict, groups: list, webhook: dict | None, params=None, **context):
         try:
-            return steps.report(extracted, validated, groups, webhook, params, context)
+            with steps.measured(context, "report"):
+                return steps.report(extracted, validated, groups, webhook, params, context)
         finally:
             steps.release_contact_list(params, context)
 
