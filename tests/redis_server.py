@@ -15,15 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_REDIS_SH = ROOT / "scripts" / "install_redis.sh"
 INSTALL_TIMEOUT_S = 900
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ensure_redis_server() -> str:
@@ -45,7 +41,7 @@ def redis_server() -> Iterator[str]:
     """Start redis-server (no persistence) and yield its ``redis://127.0.0.1:<port>/0`` URL; stop it on exit."""
     executable = ensure_redis_server()
     with tempfile.TemporaryDirectory(prefix="redis-") as folder:
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [executable, "--bind", "127.0.0.1", "--port", str(port), "--dir", folder, "--save", "",
              "--appendonly", "no", "--protected-mode", "yes", "--logfile", str(Path(folder) / "redis.log")],

@@ -41,7 +41,6 @@ on, so the stack never picks up the repo's 8080 URLs or a test's monkeypatched c
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -53,6 +52,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
+
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK_SH = ROOT / "scripts" / "stack.sh"
@@ -80,22 +81,6 @@ class AirflowApiError(RuntimeError):
         self.body = body
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 class AirflowStack:
     """One local Airflow stack in ``home``; ``start()`` / ``stop()`` or use it as a context manager."""
 
@@ -115,7 +100,7 @@ class AirflowStack:
         self.home = Path(home)
         self.password = password
         self.unpaused_dags = unpaused_dags
-        self.api_port, self.sandbox_port, self.webhook_port = _free_ports(3)
+        self.api_port, self.sandbox_port, self.webhook_port = free_ports(3)
         self.storage_base = self.home / "data"
         self.start_seconds: float | None = None
         self._extra_env = dict(extra_env or {})
@@ -187,7 +172,7 @@ class AirflowStack:
                 break
             if "is in use" in result.stderr and attempt < PORT_ATTEMPTS:
                 # Another process took one of the free ports before the stack bound it: pick new ones.
-                self.api_port, self.sandbox_port, self.webhook_port = _free_ports(3)
+                self.api_port, self.sandbox_port, self.webhook_port = free_ports(3)
                 continue
             raise StackError(
                 f"scripts/stack.sh start failed (exit {result.returncode}); logs: {self.home}/stack\n"

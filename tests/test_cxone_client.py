@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from cxone_provider.models import RecordIssue
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_retryable
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig
+from tests.ports import free_port
 
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret-7f3a9c"
@@ -50,13 +50,6 @@ def make_record(n: int, **overrides: Any) -> dict[str, Any]:
 
 def make_batch(start: int, count: int) -> list[dict[str, Any]]:
     return [make_record(n) for n in range(start, start + count)]
-
-
-def unused_port() -> int:
-    """A 127.0.0.1 port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class FakeClock:
@@ -374,7 +367,7 @@ def test_dropped_connections_exhaust_retries(sandbox, make_client) -> None:
 
 def test_unreachable_server_is_a_connection_error_with_certain_outcome(make_client) -> None:
     client = make_client(
-        base_url=f"http://127.0.0.1:{unused_port()}", retry_policy=RetryPolicy(max_attempts=2, backoff_base_s=0.0)
+        base_url=f"http://127.0.0.1:{free_port()}", retry_policy=RetryPolicy(max_attempts=2, backoff_base_s=0.0)
     )
 
     with pytest.raises(CXoneConnectionError) as excinfo:

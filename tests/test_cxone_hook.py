@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,14 @@ from cxone_provider import get_provider_info
 from cxone_provider.hooks.cxone import CXoneHook
 from cxone_provider.retry import RetryPolicy
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig
+from tests.ports import free_port
 
 CONN_ID = "cxone_test"
 CONN_ENV = "AIRFLOW_CONN_CXONE_TEST"
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret-hook-41d2"
 LIST_ID = "list-hook"
+UNREACHABLE_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 AIRFLOW_DIR = Path(airflow.__file__).parent
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 RECORD = {
@@ -31,13 +32,6 @@ RECORD = {
     "consentTimestamp": "2024-11-01T09:15:00.000Z",
     "optInStatus": "confirmed",
 }
-
-
-def unused_port() -> int:
-    """A 127.0.0.1 port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +84,7 @@ def test_hook_import_batch_creates_records(sandbox, sandbox_hook) -> None:
 def test_default_budget_store_is_a_file_under_airflow_home(set_connection, monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("CXONE_RATE_BUDGET_URL", raising=False)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
-    set_connection(extra={"host": "http://127.0.0.1:9"})
+    set_connection(extra={"host": UNREACHABLE_URL})
 
     hook = CXoneHook(CONN_ID)
 
@@ -109,16 +103,16 @@ def test_default_budget_store_is_a_file_under_airflow_home(set_connection, monke
 )
 def test_budget_store_url_from_extra_then_env(set_connection, monkeypatch, extra_url, env_url, expected) -> None:
     monkeypatch.setenv("CXONE_RATE_BUDGET_URL", env_url)
-    set_connection(extra={"host": "http://127.0.0.1:9", **({"rate_budget_url": extra_url} if extra_url else {})})
+    set_connection(extra={"host": UNREACHABLE_URL, **({"rate_budget_url": extra_url} if extra_url else {})})
 
     assert CXoneHook(CONN_ID).rate_limiter.store.url == expected
 
 
 def test_every_hook_of_a_tenant_shares_one_budget(set_connection, monkeypatch) -> None:
     monkeypatch.setenv("CXONE_RATE_BUDGET_URL", "memory://tenant-share")
-    set_connection(extra={"host": "http://127.0.0.1:9", "requests_per_minute": 6000})
+    set_connection(extra={"host": UNREACHABLE_URL, "requests_per_minute": 6000})
     first, second = CXoneHook(CONN_ID).rate_limiter, CXoneHook(CONN_ID).rate_limiter
-    set_connection(login="another-client", extra={"host": "http://127.0.0.1:9", "requests_per_minute": 6000})
+    set_connection(login="another-client", extra={"host": UNREACHABLE_URL, "requests_per_minute": 6000})
     other_tenant = CXoneHook(CONN_ID).rate_limiter
 
     first.penalize(30.0)
@@ -131,7 +125,7 @@ def test_every_hook_of_a_tenant_shares_one_budget(set_connection, monkeypatch) -
 
 def test_one_run_at_a_time_holds_a_contact_list(set_connection, monkeypatch) -> None:
     monkeypatch.setenv("CXONE_RATE_BUDGET_URL", "memory://list-lease")
-    set_connection(extra={"host": "http://127.0.0.1:9"})
+    set_connection(extra={"host": UNREACHABLE_URL})
     hook = CXoneHook(CONN_ID)
 
     assert hook.acquire_list_lease("list-a", "run-1", ttl_s=600) == "run-1"
@@ -236,7 +230,7 @@ def test_test_connection_ok(sandbox, sandbox_hook) -> None:
     [
         pytest.param({"password": "wrong-secret-value"}, "401 Unauthorized", id="wrong-secret"),
         pytest.param({"login": None}, "client id", id="missing-login"),
-        pytest.param({"extra": {"host": f"http://127.0.0.1:{unused_port()}"}}, "Connection refused", id="unreachable"),
+        pytest.param({"extra": {"host": f"http://127.0.0.1:{free_port()}"}}, "Connection refused", id="unreachable"),
     ],
 )
 def test_test_connection_failure_returns_the_reason(sandbox, set_connection, fields, expected) -> None:

@@ -21,6 +21,7 @@ import pytest
 from tools.localrun import connection_env
 from tools.sample_data import generate_crm_export
 from tests.conftest import CONTACT_LIST_ID, ROOT
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -142,7 +143,7 @@ def test_conflict_mode_with_preseeded_duplicates(run_import, export, cxone_sandb
 
 
 def test_webhook_sink_down(run_import, export, cxone_sandbox):
-    closed_port_url = "http://127.0.0.1:9"  # discard port: nothing listens, connection refused
+    closed_port_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     run = run_import({"source_uri": f"file://{export.path}"}, webhook_url=closed_port_url)
 
     assert run.state == "success", "a webhook failure never fails the import"

@@ -21,6 +21,7 @@ import pytest
 from tools.sample_data import generate_crm_export
 from include.cxone_import.storage import safe_segment
 from tests.conftest import CONTACT_LIST_ID
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,15 +32,9 @@ REGION = "us-east-1"
 ROWS = 400
 BATCH_SIZE = 50
 SERVER_START_TIMEOUT_S = 30
-DEAD_ENDPOINT = "http://127.0.0.1:9"  # the discard port: a request that skips the connection fails here
+DEAD_ENDPOINT = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request that skips the connection fails here
 RUN_FILES = ("report.json", "rejects.csv", "audit.jsonl", "batch_manifest.parquet", "dead_letter.jsonl")
 RUN_FOLDERS = ("checkpoints", "groups", "extract", "valid", "outcomes")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_for_port(port: int, server: subprocess.Popen, timeout_s: float) -> None:
@@ -58,7 +53,7 @@ def _wait_for_port(port: int, server: subprocess.Popen, timeout_s: float) -> Non
 @pytest.fixture(scope="module")
 def moto_endpoint():
     """A moto S3 server in a subprocess on 127.0.0.1: its endpoint URL."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
