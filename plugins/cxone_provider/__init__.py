@@ -1,4 +1,5 @@
-"""Airflow provider for NICE CXone contact-list imports: typed errors, HTTP client and ``CXoneHook``."""
+"""Airflow provider for NICE CXone contact-list imports: typed errors, HTTP client, retry policy, rate limiter,
+``CXoneHook``, the CRM webhook (``CrmWebhookHook``) and the run-failed notifier. Imports nothing from ``include/``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["cxone_provider.hooks.cxone"],
             }
         ],
+        "notifications": ["cxone_provider.notifiers.run_failed.CrmRunFailedNotifier"],
         "connection-types": [
             {
                 "hook-class-name": "cxone_provider.hooks.cxone.CXoneHook",
