@@ -85,6 +85,15 @@ class JsonHandler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
+    def read_request(self) -> tuple[str, bytes] | None:
+        """The request's path and body; None when the body could not be read (that error is already answered)."""
+        try:
+            body = self.read_body()
+        except BodyError as exc:
+            self.send_json(exc.status, {"error": exc.error})
+            return None
+        return self.split_path(), body
+
     def read_body(self) -> bytes:
         """The request body, always fully consumed so the connection can be reused."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

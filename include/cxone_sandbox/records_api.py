@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote
 
 from include.cxone_sandbox.config import SandboxConfig, SandboxConfigError, updated_config
 from include.cxone_sandbox.contract import DEFAULT_SCOPE, ContactList, batch_errors, find_duplicates
-from include.cxone_sandbox.http_server import BodyError, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
+from include.cxone_sandbox.http_server import JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
 
 _RECORDS_PATH = re.compile(r"^/api/v2/contactlists/([^/]+)/records/?$")
 _CONTROL_RECORDS_PATH = re.compile(r"^/_sandbox/records/([^/]+)/?$")
@@ -363,12 +363,10 @@ class _SandboxHandler(JsonHandler):
 
     def do_POST(self) -> None:
         app: CXoneSandbox = self.server.app
-        path = self.split_path()
-        try:
-            body = self.read_body()
-        except BodyError as exc:
-            self.send_json(exc.status, {"error": exc.error})
+        request = self.read_request()
+        if request is None:
             return
+        path, body = request
         try:
             match = _RECORDS_PATH.match(path)
             if match:
@@ -387,12 +385,10 @@ class _SandboxHandler(JsonHandler):
 
     def do_GET(self) -> None:
         app: CXoneSandbox = self.server.app
-        path = self.split_path()
-        try:
-            self.read_body()
-        except BodyError as exc:
-            self.send_json(exc.status, {"error": exc.error})
+        request = self.read_request()
+        if request is None:
             return
+        path, _ = request
         if path.startswith("/_sandbox/"):
             app._control_get(self, path)
         elif _RECORDS_PATH.match(path) or path.rstrip("/") == "/oauth2/token":

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from include.cxone_sandbox.config import SandboxConfigError
-from include.cxone_sandbox.http_server import BodyError, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
+from include.cxone_sandbox.http_server import JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
 
 
 class WebhookSink(ServerRunner):
@@ -125,12 +125,10 @@ class _SinkHandler(JsonHandler):
 
     def _handle(self, method: str) -> None:
         sink: WebhookSink = self.server.app
-        path = self.split_path()
-        try:
-            body = self.read_body()
-        except BodyError as exc:
-            self.send_json(exc.status, {"error": exc.error})
+        request = self.read_request()
+        if request is None:
             return
+        path, body = request
         if path.startswith("/_sink/"):
             sink._control(self, method, path, body)
         elif method == "POST":
