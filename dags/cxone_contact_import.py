@@ -97,7 +97,6 @@ def cxone_contact_import():
     @task(
         pool="cxone_api",  # bounds the worker slots import tasks hold; the request budget does not depend on it
         retries=3,
-        outlets=[AssetAlias(steps.CONTACT_LIST_ASSET_ALIAS)],
         map_index_template="{{ group_label }}",
     )
     def import_batches(group: dict, params=None, **context):
@@ -110,7 +109,9 @@ def cxone_contact_import():
         with steps.measured(context, "notify_webhook"):
             return steps.notify(validated, params, context)
 
-    @task(trigger_rule="all_done", retries=0)
+    # The list's asset event comes from here, once per run and only when it reconciled: a downstream DAG never sees
+    # a half-imported list, and parallel import tasks never race to create the alias's asset row (PostgreSQL).
+    @task(trigger_rule="all_done", retries=0, outlets=[AssetAlias(steps.CONTACT_LIST_ASSET_ALIAS)])
     def report(extracted: dict, validated: dict, groups: list, webhook: dict | None, params=None, **context):
         try:
             with steps.measured(context, "report"):

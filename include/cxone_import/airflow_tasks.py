@@ -300,7 +300,6 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
             int(group["group_index"])
         )
-    _emit_contact_list_asset(context, hook.base_url, contact_list_id(params), summary)
     # the list's state learns what this task had acknowledged, before a transient failure is raised
     keys, fingerprints = acknowledged_from_outcomes(layout, int(group["group_index"]))
     if len(keys):
@@ -367,18 +366,21 @@ def group_label(group: dict[str, Any]) -> str:
     return f"group {group['group_index']}: {group.get('batches', '?')} batches, {group['records']} records"
 
 
-def _emit_contact_list_asset(context: dict[str, Any], base_url: str, list_id: str, summary: dict[str, Any]) -> None:
-    """An Asset event for the contact list this task wrote to (``cxone://<host>/contactlists/<id>``)."""
+def _emit_contact_list_asset(context: dict[str, Any], list_id: str, totals: dict[str, Any]) -> None:
+    """The run's Asset event for the contact list it imported into (``cxone://<host>/contactlists/<id>``), with the
+    run's counts. One per run, from the report task: import tasks finishing together would race to create the
+    alias's asset row on a first import (a unique-key violation on PostgreSQL fails the task)."""
     from airflow.sdk import Asset, AssetAlias
+    from cxone_provider.hooks.cxone import CXoneHook
 
     events = context.get("outlet_events")
     if events is None:
         return
-    host = urlsplit(base_url).netloc or "cxone"
+    host = urlsplit(CXoneHook(cxone_conn_id=CXONE_CONN_ID).base_url).netloc or "cxone"
     asset = Asset(name=f"cxone_contact_list__{list_id}", uri=f"cxone://{host}/contactlists/{list_id}", group="cxone")
     events[AssetAlias(CONTACT_LIST_ASSET_ALIAS)].add(
         asset,
-        extra={k: summary[k] for k in ("group_index", "records", "imported", "duplicate", "failed")},
+        extra={"run_id": context.get("run_id"), **{k: totals.get(k, 0) for k in ("imported", "duplicates", "failed")}},
     )
 
 
@@ -491,4 +493,6 @@ def report(
     log.info("\n%s", text)
     if result["problems"]:
         raise RunFailedError("; ".join(result["problems"]))
+    if not params.get("dry_run"):
+        _emit_contact_list_asset(context, contact_list_id(params), result["totals"])
     return {k: result[k] for k in ("status", "totals", "files", "reconciliation", "reject_share")}
