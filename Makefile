@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 
-.PHONY: setup demo test bench airflow stop clean
+.PHONY: setup demo test distributed-test bench airflow stop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,10 @@ demo: setup
 
 test: setup
 	@$(RUN) python -m pytest $(PYTEST_ARGS)
+
+# The DAG on CeleryExecutor (two workers) + PostgreSQL + Redis + moto S3 (scripts/distributed.sh); see README.
+distributed-test: setup
+	@$(RUN) python -m pytest -m distributed tests/test_distributed.py $(PYTEST_ARGS)
 
 bench: setup
 	@$(RUN) python -m tools.bench $(ARGS)
