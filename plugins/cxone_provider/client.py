@@ -163,17 +163,25 @@ class ClientCredentialsAuth(AuthBase):
             return cached[0]
         return None
 
-    def _fetch_locked(self) -> str:
+    def _token_request(self) -> dict[str, Any]:
+        """The form and client authentication of a token request (the client-credentials grant, secret in the
+        form); a subclass speaking another grant overrides this."""
         form = {
             "grant_type": "client_credentials",
             "client_id": self.client_id,
             "client_secret": self._client_secret,
             "scope": self.scope,
         }
+        return {"data": form}
+
+    def _token_answered(self, body: Mapping[str, Any]) -> None:
+        """Called with a successful token answer before its token is cached (a subclass reads more of it)."""
+
+    def _fetch_locked(self) -> str:
         try:
             response = self._session.post(
                 self.token_url,
-                data=form,
+                **self._token_request(),
                 headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
                 timeout=self.timeout,
                 verify=self.verify,
@@ -207,6 +215,7 @@ class ClientCredentialsAuth(AuthBase):
                 request_id=request_id,
                 body=None,
             )
+        self._token_answered(body)
         if self._on_token is not None:
             try:
                 self._on_token(token)

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxone_provider.call_lists import DEFAULT_API_VERSION, DEFAULT_AUTH_BASE_URL
 from cxone_provider.client import DEFAULT_SCOPE
 
 DEFAULT_REGION = "us"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_CONCURRENCY = 8
+API_PROFILES = ("records", "call_lists")
+DEFAULT_UPLOAD_RECORDS_PER_FILE = 1000  # far below the documented 500,000: a failed file costs little
 
 CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "api_profile": {
+        "label": "API profile",
+        "description": "records: the contact-list records API (login/password = OAuth2 client). call_lists: NICE's "
+        "documented calling-list API (login/password = access key id/secret, plus the OIDC client below).",
+        "schema": {"type": ["string", "null"], "enum": list(API_PROFILES), "default": API_PROFILES[0]},
+    },
     "region": {
         "label": "Region",
         "description": "CXone API region (us or eu); ignored when Host is set.",
@@ -52,6 +61,50 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "label": "Verify TLS certificates",
         "schema": {"type": ["boolean", "null"], "default": True},
     },
+    # the call_lists profile
+    "client_id": {
+        "label": "OIDC client id (call_lists)",
+        "description": "The application's client id, sent as HTTP Basic with each token request.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "client_secret": {
+        "label": "OIDC client secret (call_lists)",
+        "schema": {"type": ["string", "null"], "format": "password"},
+    },
+    "auth_base_url": {
+        "label": "Auth base URL (call_lists)",
+        "description": "Where OpenID and API discovery live.",
+        "schema": {"type": ["string", "null"], "default": DEFAULT_AUTH_BASE_URL},
+    },
+    "api_base_url": {
+        "label": "API base URL (call_lists)",
+        "description": "The tenant's api_endpoint; set it to skip API discovery.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "api_version": {
+        "label": "API version (call_lists)",
+        "schema": {"type": ["string", "null"], "default": DEFAULT_API_VERSION},
+    },
+    "skill_id": {
+        "label": "Skill id (call_lists)",
+        "description": "The outbound skill each upload names.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "default_time_zone": {
+        "label": "Default time zone (call_lists)",
+        "description": "For records without a time zone column.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "external_id_column": {
+        "label": "External id column (call_lists)",
+        "description": "The CSV column (and the list's externalIdColumn) that carries the contactId.",
+        "schema": {"type": ["string", "null"], "default": "contactId"},
+    },
+    "upload_records_per_file": {
+        "label": "Records per upload file (call_lists)",
+        "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": 500000,
+                   "default": DEFAULT_UPLOAD_RECORDS_PER_FILE},
+    },
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
@@ -60,8 +113,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["host", "port", "schema"],
     "relabeling": {"login": "Client ID", "password": "Client Secret"},
     "placeholders": {
-        "login": "OAuth2 client id",
-        "password": "OAuth2 client secret",
+        "login": "OAuth2 client id (records) or access key id (call_lists)",
+        "password": "OAuth2 client secret (records) or access key secret (call_lists)",
         "host": "https://api.cloud.nice-incontact.com or http://127.0.0.1:8765",
         "extra": '{"region": "us", "requests_per_minute": 1000}',
     },

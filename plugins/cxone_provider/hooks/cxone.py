@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.hook import BaseHook
 from airflow.sdk.log import mask_secret
 
+from cxone_provider.call_lists import DEFAULT_API_VERSION, DEFAULT_AUTH_BASE_URL, MAX_FILE_RECORDS, CallListClient
 from cxone_provider.client import DEFAULT_SCOPE, CXoneClient, base_url_for
 from cxone_provider.connection_form import (
+    API_PROFILES,
     CONN_FIELDS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_REQUESTS_PER_MINUTE,
     DEFAULT_TIMEOUT_S,
+    DEFAULT_UPLOAD_RECORDS_PER_FILE,
     UI_FIELD_BEHAVIOUR,
 )
 from cxone_provider.connections import connection_url, parse_bool
@@ -42,6 +45,11 @@ class CXoneHook(BaseHook):
     ``verify_ssl`` (default true), ``max_concurrency`` (default 8), ``rate_budget_url`` (where the tenant's
     shared request budget lives, see :attr:`rate_budget_url`), and the retry policy's ``max_attempts``,
     ``backoff_base_s``, ``backoff_max_s``, ``retry_after_cap_s``.
+
+    ``api_profile`` picks the API: ``records`` (default, above) or ``call_lists`` (NICE's documented calling-list
+    API): login = access key id, password = access key secret; extras ``client_id``, ``client_secret`` (the
+    application's OIDC client), ``auth_base_url``, ``api_base_url`` (skips API discovery), ``api_version``,
+    ``skill_id``, ``default_time_zone``, ``external_id_column``, ``upload_records_per_file``.
 
     :param cxone_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff for clients built by this hook.
@@ -84,9 +92,9 @@ class CXoneHook(BaseHook):
 
         Airflow 3.2+ reads ``conn-fields`` from the provider info instead and never calls this.
         """
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import BooleanField, IntegerField, StringField
+        from wtforms import BooleanField, IntegerField, PasswordField, StringField
         from wtforms.validators import NumberRange, Optional, any_of
 
         def label(name: str) -> Any:
@@ -112,6 +120,15 @@ class CXoneHook(BaseHook):
             ),
             "timeout": StringField(label("timeout"), widget=BS3TextFieldWidget(), default=str(DEFAULT_TIMEOUT_S)),
             "verify_ssl": BooleanField(label("verify_ssl"), default=True),
+            "api_profile": StringField(
+                label("api_profile"), validators=[Optional(), any_of(list(API_PROFILES))], widget=BS3TextFieldWidget()
+            ),
+            **{
+                name: StringField(label(name), widget=BS3TextFieldWidget())
+                for name in ("client_id", "auth_base_url", "api_base_url", "api_version", "skill_id",
+                             "default_time_zone", "external_id_column", "upload_records_per_file")
+            },
+            "client_secret": PasswordField(label("client_secret"), widget=BS3PasswordFieldWidget()),
         }
 
     @classmethod
@@ -141,8 +158,42 @@ class CXoneHook(BaseHook):
         return default
 
     @property
+    def api_profile(self) -> str:
+        """``records`` (the contact-list records API, default) or ``call_lists`` (calling-list uploads)."""
+        profile = str(self._extra("api_profile", API_PROFILES[0])).strip().lower()
+        if profile not in API_PROFILES:
+            raise ValueError(
+                f"connection {self.cxone_conn_id}: api_profile must be one of {', '.join(API_PROFILES)}, got {profile!r}"
+            )
+        return profile
+
+    @property
+    def auth_base_url(self) -> str:
+        """call_lists: where OpenID and API discovery live."""
+        return str(self._extra("auth_base_url", DEFAULT_AUTH_BASE_URL)).rstrip("/")
+
+    @property
+    def upload_records_per_file(self) -> int:
+        """call_lists: records per uploaded file (at most the documented 500,000)."""
+        per_file = int(self._positive_number("upload_records_per_file", DEFAULT_UPLOAD_RECORDS_PER_FILE, int))
+        return min(per_file, MAX_FILE_RECORDS)
+
+    @property
+    def call_list_options(self) -> dict[str, Any]:
+        """call_lists: what an upload needs besides the file (no secrets; safe for XCom and logs)."""
+        return {
+            "skill_id": self._extra("skill_id"),
+            "default_time_zone": self._extra("default_time_zone"),
+            "external_id_column": str(self._extra("external_id_column", "contactId")),
+            "upload_records_per_file": self.upload_records_per_file,
+        }
+
+    @property
     def base_url(self) -> str:
-        """The ``host`` extra, else the connection's host (with schema and port), else the region's URL."""
+        """The ``host`` extra, else the connection's host (with schema and port), else the region's URL. On the
+        call_lists profile: ``api_base_url`` when set, else the auth base URL (names the tenant in budget keys)."""
+        if self.api_profile == "call_lists":
+            return str(self._extra("api_base_url") or self.auth_base_url).rstrip("/")
         host = self._extra("host")
         conn = self.connection
         if not host and conn.host:
@@ -254,6 +305,35 @@ class CXoneHook(BaseHook):
             on_token=mask_secret,
         )
 
+    def get_call_list_client(self, rate_limiter: RateLimiter | None = None) -> CallListClient:
+        """
+        Build a calling-list client (the ``call_lists`` profile) for this connection; the caller closes it.
+
+        :param rate_limiter: limiter for every attempt; defaults to the tenant's shared :attr:`rate_limiter`.
+        """
+        conn = self.connection
+        client_id, client_secret = self._extra("client_id"), self._extra("client_secret")
+        if not (conn.login and conn.password and client_id and client_secret):
+            raise ValueError(
+                f"connection {self.cxone_conn_id}: the call_lists profile needs login (access key id), password "
+                "(access key secret) and the extras client_id and client_secret (the OIDC client)"
+            )
+        mask_secret(client_secret)
+        return CallListClient(
+            self.auth_base_url,
+            conn.login,
+            conn.password,
+            client_id=str(client_id),
+            client_secret=str(client_secret),
+            api_base_url=self._extra("api_base_url"),
+            api_version=str(self._extra("api_version", DEFAULT_API_VERSION)),
+            timeout=self.timeout,
+            verify=self.verify_ssl,
+            retry_policy=self.retry_policy,
+            rate_limiter=rate_limiter or self.rate_limiter,
+            on_token=mask_secret,
+        )
+
     @cached_property
     def client(self) -> CXoneClient:
         """A client kept for this hook's lifetime (used by :meth:`import_batch`)."""
@@ -272,8 +352,13 @@ class CXoneHook(BaseHook):
         return self.client.import_batch(contact_list_id, records)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Request a token with the connection's credentials; on failure return the server's answer."""
+        """Request a token with the connection's credentials (call_lists: discovery, token and one list read); on
+        failure return the server's answer."""
         try:
+            if self.api_profile == "call_lists":
+                with self.get_call_list_client() as call_lists:
+                    lists = call_lists.calling_lists()
+                    return True, f"Signed in to tenant {call_lists.tenant_id}; {len(lists)} calling lists at {call_lists.base_url}"
             with self.get_client() as client:
                 client.fetch_token()
         except (CXoneError, ValueError) as exc:

@@ -1,0 +1,414 @@
+"""HTTP client for NICE CXone's documented calling-list API (the ``call_lists`` profile; docs/api-call-lists.md).
+
+Plain Python, no Airflow imports. Sign-in is an access key (password grant) with the application's OIDC client
+as HTTP Basic, both endpoints found by discovery; :class:`AccessKeyAuth` owns the token and the tenant it names.
+Every call goes through the one retry mechanism (:meth:`~cxone_provider.retry.RetryPolicy.retrying`) and the
+tenant's shared rate limiter. Calls that create something (a list, an upload job) are retried only when the
+request provably never arrived or was refused with 429: an upload is never sent twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import HTTPBasicAuth
+
+from cxone_provider.client import ClientCredentialsAuth, _connection_reason, _parse_body, _request_may_have_been_sent
+from cxone_provider.errors import (
+    CXoneAuthError,
+    CXoneConnectionError,
+    CXoneError,
+    CXoneStatusError,
+    CXoneTimeoutError,
+    status_error,
+)
+from cxone_provider.ratelimit import RateLimiter
+from cxone_provider.retry import RetryPolicy, is_rate_limited, is_retryable, retry_after_s
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "DEFAULT_AUTH_BASE_URL",
+    "MAX_FILE_BYTES",
+    "MAX_FILE_RECORDS",
+    "MAX_RECORD_CHARS",
+    "AccessKeyAuth",
+    "CallListClient",
+    "UploadJob",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AUTH_BASE_URL = "https://cxone.niceincontact.com"
+DEFAULT_API_VERSION = "v33.0"
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_FILE_RECORDS = 500_000
+MAX_RECORD_CHARS = 512
+RECORDS_PAGE_SIZE = 1000  # GUESS: the largest `top` a list read accepts is not documented
+
+
+def _not_sent_or_rate_limited(error: BaseException) -> bool:
+    """Retry a call that creates something only when it cannot have been processed: a 429, or a connection that
+    was never established."""
+    return is_rate_limited(error) or (isinstance(error, CXoneConnectionError) and not error.outcome_uncertain)
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, read without verifying its signature (the token came straight from the token endpoint
+    over TLS; only the tenant is taken from it)."""
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return {}
+
+
+class AccessKeyAuth(ClientCredentialsAuth):
+    """
+    The password grant with an access key (``username``/``password``) and the OIDC client as HTTP Basic.
+
+    The token endpoint comes from ``{auth_base_url}/.well-known/openid-configuration`` on the first token request;
+    the tenant id from the ``id_token`` of each answer. Caching, refresh before expiry and invalidation after a 401
+    are :class:`ClientCredentialsAuth`'s.
+    """
+
+    def __init__(
+        self,
+        auth_base_url: str,
+        access_key_id: str,
+        access_key_secret: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__("", client_id, client_secret, **kwargs)
+        self.auth_base_url = auth_base_url.rstrip("/")
+        self.access_key_id = access_key_id
+        self._access_key_secret = access_key_secret
+        self.tenant_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AccessKeyAuth(auth_base_url={self.auth_base_url!r}, access_key_id={self.access_key_id!r})"
+
+    def _token_request(self) -> dict[str, Any]:
+        form = {"grant_type": "password", "username": self.access_key_id, "password": self._access_key_secret}
+        return {"data": form, "auth": HTTPBasicAuth(self.client_id, self._client_secret)}
+
+    def _token_answered(self, body: Mapping[str, Any]) -> None:
+        tenant = jwt_claims(str(body.get("id_token") or "")).get("tenantId")
+        if tenant:
+            self.tenant_id = str(tenant)
+
+    def _fetch_locked(self) -> str:
+        if not self.token_url:
+            self.token_url = self._discover_token_endpoint()
+        return super()._fetch_locked()
+
+    def _discover_token_endpoint(self) -> str:
+        url = f"{self.auth_base_url}/.well-known/openid-configuration"
+        document = _get_document(self._session, url, timeout=self.timeout, verify=self.verify, what="OIDC discovery")
+        endpoint = document.get("token_endpoint")
+        if not isinstance(endpoint, str) or not endpoint:
+            raise CXoneAuthError(f"CXone OIDC discovery: {url} names no token_endpoint", status_code=200)
+        return endpoint
+
+
+def _get_document(session: requests.Session, url: str, *, timeout: float, verify: Any, what: str,
+                  params: dict[str, str] | None = None) -> dict[str, Any]:
+    """GET a discovery document (no auth); typed errors like every other call."""
+    try:
+        response = session.get(url, params=params, timeout=timeout, verify=verify, headers={"Accept": "application/json"})
+    except requests.Timeout as exc:
+        raise CXoneTimeoutError(f"CXone {what} timed out after {timeout:g}s") from exc
+    except requests.RequestException as exc:
+        raise CXoneConnectionError(f"CXone {what} got no answer: {_connection_reason(exc)}") from exc
+    body = _parse_body(response)
+    if not 200 <= response.status_code < 300 or not isinstance(body, dict):
+        raise status_error(response.status_code, operation=what, request_id=response.headers.get("X-Request-Id"),
+                           body=body, retry_after=retry_after_s(response.headers.get("Retry-After")))
+    return body
+
+
+@dataclass(frozen=True)
+class UploadJob:
+    """The state of an upload job; it reports no counts (what it accepted is read back from the list)."""
+
+    job_id: str
+    list_id: str
+    is_complete: bool
+    is_cancelled: bool
+    completed_date: str | None
+
+    @property
+    def settled(self) -> bool:
+        return self.is_complete or self.is_cancelled
+
+
+class CallListClient:
+    """
+    Client for one tenant's calling lists; safe to share between threads.
+
+    :param auth_base_url: where discovery lives (``https://cxone.niceincontact.com``).
+    :param access_key_id: the access key id (the connection's login).
+    :param access_key_secret: its secret; never logged, never part of an error message.
+    :param client_id: the application's OIDC client id.
+    :param client_secret: the application's OIDC client secret.
+    :param api_base_url: the tenant's ``api_endpoint``; None asks API discovery for it.
+    :param api_version: the path's version segment (``v33.0``).
+    :param timeout: seconds per attempt.
+    :param verify: TLS verification.
+    :param retry_policy: attempts and backoff.
+    :param rate_limiter: the tenant's shared limiter; every attempt takes a slot, a 429 pauses all senders.
+    :param on_token: called with every new token (log masking).
+    """
+
+    def __init__(
+        self,
+        auth_base_url: str,
+        access_key_id: str,
+        access_key_secret: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        api_base_url: str | None = None,
+        api_version: str = DEFAULT_API_VERSION,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+        retry_policy: RetryPolicy = RetryPolicy(),
+        rate_limiter: RateLimiter | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> None:
+        if not (access_key_id and access_key_secret and client_id and client_secret):
+            raise ValueError("an access key (id and secret) and the OIDC client (id and secret) are all required")
+        self.timeout = timeout
+        self.rate_limiter = rate_limiter
+        self.api_version = api_version
+        self._api_base_url = api_base_url.rstrip("/") if api_base_url else None
+        self._retrying = retry_policy.retrying(is_retryable, shared_pause=rate_limiter)
+        self._retrying_creation = retry_policy.retrying(_not_sent_or_rate_limited, shared_pause=rate_limiter)
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update({"Accept": "application/json"})
+        session.verify = verify
+        self.auth = AccessKeyAuth(auth_base_url, access_key_id, access_key_secret, client_id=client_id,
+                                  client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token)
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"CallListClient(auth_base_url={self.auth.auth_base_url!r}, access_key_id={self.auth.access_key_id!r})"
+
+    def __enter__(self) -> CallListClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.auth.close()
+        self._session.close()
+
+    # -- discovery ---------------------------------------------------------------------------------------------
+
+    @property
+    def tenant_id(self) -> str:
+        """The tenant named by the id_token (fetches a token when there is none yet)."""
+        if self.auth.tenant_id is None:
+            self.auth.get_token()
+        if not self.auth.tenant_id:
+            raise CXoneAuthError("CXone token answer carried no id_token with a tenantId", status_code=200)
+        return self.auth.tenant_id
+
+    @property
+    def base_url(self) -> str:
+        """``{api_endpoint}/inContactAPI/services/{api_version}``; the endpoint from API discovery unless given."""
+        if self._api_base_url is None:
+            url = f"{self.auth.auth_base_url}/.well-known/cxone-configuration"
+            document = _get_document(self._session, url, params={"tenantId": self.tenant_id}, timeout=self.timeout,
+                                     verify=self._session.verify, what="API discovery")
+            endpoint = document.get("api_endpoint")
+            if not isinstance(endpoint, str) or not endpoint:
+                raise CXoneStatusError("CXone API discovery named no api_endpoint", status_code=200)
+            self._api_base_url = endpoint.rstrip("/")
+        return f"{self._api_base_url}/inContactAPI/services/{self.api_version}"
+
+    def fetch_token(self) -> str:
+        """A new token now (a check that the access key and the OIDC client work)."""
+        return self.auth.fetch_token()
+
+    # -- calling lists -----------------------------------------------------------------------------------------
+
+    def calling_lists(self) -> list[dict[str, Any]]:
+        """``GET lists/call-lists``: every list's id, name, status and counts."""
+        body = self._call("GET", "lists/call-lists", operation="calling-list index")
+        lists = body.get("callingLists") if isinstance(body, dict) else None
+        return list(lists) if isinstance(lists, list) else []
+
+    def find_list(self, id_or_name: str) -> dict[str, Any] | None:
+        """The list whose ``listId`` (digits) or ``listName`` is ``id_or_name``."""
+        for entry in self.calling_lists():
+            if str(entry.get("listId")) == id_or_name or entry.get("listName") == id_or_name:
+                return entry
+        return None
+
+    def create_list(
+        self,
+        list_name: str,
+        *,
+        external_id_column: str,
+        destination_mappings: list[dict[str, str]],
+        custom_field_mappings: list[dict[str, str]],
+    ) -> str:
+        """``POST lists/call-lists``; the documented fields both ways the sources disagree on (query and body).
+        Returns the new ``listId``."""
+        query = {"listName": list_name, "externalIdColumn": external_id_column}
+        body = {**query, "destinationMappings": destination_mappings, "customFieldMappings": custom_field_mappings}
+        answer = self._call("POST", "lists/call-lists", params=query, json_body=body, creates=True,
+                            operation=f"calling-list create ({list_name})")
+        list_id = answer.get("listId") if isinstance(answer, dict) else None
+        if list_id is None:
+            raise CXoneStatusError("CXone calling-list create answered without a listId", status_code=201)
+        log.info("created calling list %s (%s)", list_id, list_name)
+        return str(list_id)
+
+    def list_summary(self, list_id: str) -> dict[str, Any]:
+        """``GET lists/call-lists/{listId}`` without records."""
+        body = self._call("GET", f"lists/call-lists/{quote(list_id, safe='')}", operation=f"calling-list {list_id} read")
+        return dict(body.get("resultSet") or {}) if isinstance(body, dict) else {}
+
+    def iter_external_ids(self, list_id: str, *, page_size: int = RECORDS_PAGE_SIZE) -> Iterator[str]:
+        """Every record's ``externalId`` on the list, read page by page (``includeRecords``, ``skip``, ``top``)."""
+        skip = 0
+        while True:
+            body = self._call(
+                "GET", f"lists/call-lists/{quote(list_id, safe='')}",
+                params={"includeRecords": "true", "skip": str(skip), "top": str(page_size)},
+                operation=f"calling-list {list_id} records read",
+            )
+            result = body.get("resultSet") if isinstance(body, dict) else None
+            records = (result or {}).get("contactRecords") or []
+            for record in records:
+                if record.get("externalId") is not None:
+                    yield str(record["externalId"])
+            if len(records) < page_size:
+                return
+            skip += len(records)
+
+    def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, skill_id: str | None = None,
+               default_time_zone: str | None = None) -> str:
+        """
+        ``POST lists/call-lists/{listId}/upload`` with the file as base64 and ``forceOverwrite: false`` (append).
+
+        Retried only on 429 and on connections that never reached the server. Any other failure raises with
+        ``outcome_uncertain`` telling whether the server may have accepted the file: then it must not be sent again.
+
+        :return: the upload's ``jobId``.
+        """
+        if len(csv_bytes) > MAX_FILE_BYTES:
+            raise ValueError(f"a calling-list file holds at most {MAX_FILE_BYTES} bytes, got {len(csv_bytes)}")
+        body: dict[str, Any] = {
+            "listFile": base64.b64encode(csv_bytes).decode("ascii"),
+            "fileName": file_name,
+            "forceOverwrite": False,
+            "startSkill": False,
+            "sendEmail": False,
+        }
+        if skill_id:
+            body["skillId"] = int(skill_id) if str(skill_id).isdigit() else skill_id
+        if default_time_zone:
+            body["defaultTimeZone"] = default_time_zone
+        answer = self._call("POST", f"lists/call-lists/{quote(list_id, safe='')}/upload", json_body=body,
+                            creates=True, operation=f"upload of {file_name} to calling list {list_id}")
+        job_id = answer.get("jobId") if isinstance(answer, dict) else None
+        if job_id is None:
+            raise CXoneStatusError(f"CXone upload of {file_name} answered without a jobId", status_code=202,
+                                   outcome_uncertain=True)
+        return str(job_id)
+
+    def job(self, job_id: str) -> UploadJob:
+        """``GET lists/call-lists/jobs/{jobId}``."""
+        body = self._call("GET", f"lists/call-lists/jobs/{quote(job_id, safe='')}", operation=f"upload job {job_id} read")
+        jobs = body.get("uploadJobs") if isinstance(body, dict) else None
+        entry = next((j for j in jobs or [] if str(j.get("jobId")) == job_id), None)
+        if entry is None:
+            raise CXoneStatusError(f"CXone upload job {job_id}: not in the answer", status_code=200)
+        return _upload_job(entry)
+
+    def jobs(self) -> list[UploadJob]:
+        """``GET lists/call-lists/jobs``: every upload job of the tenant."""
+        body = self._call("GET", "lists/call-lists/jobs", operation="upload job index")
+        return [_upload_job(j) for j in (body.get("uploadJobs") or [] if isinstance(body, dict) else [])]
+
+    # -- one call ----------------------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, operation: str, params: dict[str, str] | None = None,
+              json_body: Any = None, creates: bool = False) -> Any:
+        url = f"{self.base_url}/{path}"
+        data = json.dumps(json_body).encode() if json_body is not None else None
+        state = {"attempts": 0, "uncertain": False, "refreshed": False}
+        retrying = self._retrying_creation if creates else self._retrying
+        try:
+            return retrying(self._attempt, method, url, params, data, operation, state)
+        except CXoneError as error:
+            error.attempts = state["attempts"]
+            error.outcome_uncertain = error.outcome_uncertain or state["uncertain"]
+            log.warning("%s: %s", operation, error)
+            raise
+
+    def _attempt(self, method: str, url: str, params: dict[str, str] | None, data: bytes | None, operation: str,
+                 state: dict[str, Any]) -> Any:
+        while True:
+            state["attempts"] += 1
+            if self.rate_limiter is not None:
+                self.rate_limiter.acquire()
+            headers = {"Authorization": f"Bearer {self.auth.get_token()}"}
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                response = self._session.request(method, url, params=params, data=data, headers=headers,
+                                                 timeout=self.timeout)
+            except requests.Timeout as exc:
+                sent = _request_may_have_been_sent(exc)
+                state["uncertain"] |= sent
+                raise CXoneTimeoutError(f"CXone {operation} timed out after {self.timeout:g}s",
+                                        outcome_uncertain=sent) from exc
+            except requests.RequestException as exc:
+                sent = _request_may_have_been_sent(exc)
+                state["uncertain"] |= sent
+                raise CXoneConnectionError(f"CXone {operation} got no answer: {_connection_reason(exc)}",
+                                           outcome_uncertain=sent) from exc
+            if 200 <= response.status_code < 300:
+                return _parse_body(response)
+            error = status_error(response.status_code, operation=operation,
+                                 request_id=response.headers.get("X-Request-Id"), body=_parse_body(response),
+                                 retry_after=retry_after_s(response.headers.get("Retry-After")))
+            if response.status_code >= 500:
+                state["uncertain"] = True
+                error.outcome_uncertain = True
+            if response.status_code == 401 and not state["refreshed"]:
+                state["refreshed"] = True
+                self.auth.invalidate(headers["Authorization"][len("Bearer "):])
+                log.warning("%s: 401 (request id %s); once more with a new token", operation, error.request_id)
+                continue
+            raise error
+
+
+def _upload_job(entry: Mapping[str, Any]) -> UploadJob:
+    return UploadJob(
+        job_id=str(entry.get("jobId")),
+        list_id=str(entry.get("listId")),
+        is_complete=bool(entry.get("isComplete")),
+        is_cancelled=bool(entry.get("isCancelled")),
+        completed_date=entry.get("completedDate"),
+    )
+
