@@ -164,9 +164,10 @@ def server_view(request_log: list[dict[str, Any]], lists: list[str]) -> dict[str
     mine = [entry for entry in request_log if entry["contact_list_id"] in lists]
     if not mine:
         return {"max_requests_in_60s": 0, "send_span_s": 0.0, "send_records_per_s": 0}
+    mine.sort(key=lambda entry: entry["at"])
     arrivals = [entry["at"] for entry in mine]
-    span = max(arrivals) - min(arrivals)
-    created = sum(entry.get("created") or 0 for entry in mine)
+    span = arrivals[-1] - arrivals[0]
+    created = sum(entry.get("created") or 0 for entry in mine[1:])  # n requests span n - 1 intervals
     return {
         "max_requests_in_60s": max_in_any_window(arrivals),
         "send_span_s": round(span, 1),
@@ -290,6 +291,8 @@ def bench_local(rows: int, args: argparse.Namespace, workdir: Path) -> dict[str,
             final = stack.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT_S, poll_s=2.0)
             if final["state"] != "success":
                 print(stack.describe_run(DAG_ID, run_id), flush=True)
+                for log_file in sorted(stack.home.glob("logs/**/task_id=import_batches/**/attempt=*.log"))[-1:]:
+                    print(f"bench: tail of {log_file}:\n" + "\n".join(log_file.read_text().splitlines()[-25:]), flush=True)
             windows = [
                 {"task_id": ti["task_id"], "map_index": ti["map_index"], "state": str(ti["state"]),
                  "start": datetime.fromisoformat(ti["start_date"]).timestamp(),
