@@ -323,7 +323,8 @@ source {escape(str(report.get("source_uri") or "–"))} · report written {escap
 <li><a href="{escape(links.rejects_csv)}" download data-download="rejects">rejects.csv</a>
 ({_number(totals["rejected"])} rejected rows; phone numbers and custom fields masked)</li>
 {dead_letter}
-<li><a href="{escape(links.report_json)}" target="_blank" rel="noopener">report.json</a></li></ul></section>
+<li><a href="{escape(links.report_json)}" download data-download="report">report.json</a> (this report as JSON)</li>
+</ul></section>
 </div>"""
     refresh = REFRESH_WHILE_RUNNING_S if run_state in RUNNING_STATES else None
     return _page(f"CXone report · {run_id}", body, refresh_s=refresh)

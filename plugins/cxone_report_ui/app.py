@@ -39,7 +39,7 @@ from include.cxone_import.report_pages import (
     render_no_report,
     render_run_report,
 )
-from include.cxone_import.storage import RunLayout, list_files
+from include.cxone_import.storage import RunLayout, list_files, safe_segment
 
 HISTORY_LIMIT_DEFAULT = 100
 HISTORY_LIMIT_MAX = 1000
@@ -50,7 +50,6 @@ ERROR_TEXT = {
     status.HTTP_401_UNAUTHORIZED: "Not signed in to Airflow, or the session expired: sign in and open this page again.",
     status.HTTP_403_FORBIDDEN: "Your Airflow user may not see this: it needs the permission to read this DAG's runs "
     "(the dead letters, which hold full phone numbers, need the permission to edit them).",
-    status.HTTP_404_NOT_FOUND: "No such DAG run.",
 }
 
 ReadRuns = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
@@ -190,7 +189,7 @@ def may_edit_runs(user: Any, dag_id: str) -> bool:
     )
 
 
-def _finished_run(catalog: RunCatalog, dag_id: str, run_id: str) -> RunRecord:
+def _dag_run(catalog: RunCatalog, dag_id: str, run_id: str) -> RunRecord:
     run = catalog.run(dag_id, run_id)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r} of DAG {dag_id!r}")
@@ -212,8 +211,6 @@ def _download(path: Any, filename: str, media_type: str) -> StreamingResponse:
 
 
 def _file_name(run_id: str, name: str) -> str:
-    from include.cxone_import.storage import safe_segment
-
     return f"{safe_segment(run_id)}-{name}"
 
 
@@ -226,9 +223,7 @@ app = FastAPI(title="CXone import reports", docs_url=None, redoc_url=None, opena
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Pages answer errors as a small page (they are shown in the UI's iframe); everything else as JSON."""
     if "text/html" in request.headers.get("accept", ""):
-        message = ERROR_TEXT.get(exc.status_code, str(exc.detail))
-        if exc.status_code == status.HTTP_404_NOT_FOUND:
-            message = str(exc.detail)
+        message = ERROR_TEXT.get(exc.status_code, str(exc.detail)) if exc.status_code != 404 else str(exc.detail)
         return HTMLResponse(render_error(exc.status_code, message), status_code=exc.status_code, headers=exc.headers)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
@@ -237,7 +232,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 def run_report_page(dag_id: str, run_id: Annotated[str, Query()], user: GetUserDep, catalog: CatalogDep,
                     base: StorageDep) -> HTMLResponse:
     """The CXone report tab of one run (the UI's ``dag_run`` external view)."""
-    run = _finished_run(catalog, dag_id, run_id)
+    run = _dag_run(catalog, dag_id, run_id)
     report = reports.get(base, run)
     if report is None:
         return HTMLResponse(render_no_report(dag_id=dag_id, run_id=run_id, run_state=run.state))
@@ -253,7 +248,7 @@ def run_report_page(dag_id: str, run_id: Annotated[str, Query()], user: GetUserD
 
 @app.get("/dags/{dag_id}/report.json", dependencies=[ReadRuns])
 def run_report_json(dag_id: str, run_id: Annotated[str, Query()], catalog: CatalogDep, base: StorageDep) -> JSONResponse:
-    report = reports.get(base, _finished_run(catalog, dag_id, run_id))
+    report = reports.get(base, _dag_run(catalog, dag_id, run_id))
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "this run has no report.json (yet)")
     return JSONResponse(report)
@@ -262,7 +257,7 @@ def run_report_json(dag_id: str, run_id: Annotated[str, Query()], catalog: Catal
 @app.get("/dags/{dag_id}/rejects.csv", dependencies=[ReadRuns])
 def rejects_csv(dag_id: str, run_id: Annotated[str, Query()], catalog: CatalogDep, base: StorageDep) -> Response:
     """The run's rejected rows with every reason (values masked)."""
-    run = _finished_run(catalog, dag_id, run_id)
+    run = _dag_run(catalog, dag_id, run_id)
     return _download(RunLayout.for_run(base, dag_id, run.run_id).rejects_csv, _file_name(run_id, "rejects.csv"),
                      "text/csv")
 
@@ -270,7 +265,7 @@ def rejects_csv(dag_id: str, run_id: Annotated[str, Query()], catalog: CatalogDe
 @app.get("/dags/{dag_id}/dead_letter.jsonl", dependencies=[EditRuns])
 def dead_letter(dag_id: str, run_id: Annotated[str, Query()], catalog: CatalogDep, base: StorageDep) -> Response:
     """The run's failed records in full (phone numbers included): only for users who may edit the DAG's runs."""
-    run = _finished_run(catalog, dag_id, run_id)
+    run = _dag_run(catalog, dag_id, run_id)
     return _download(RunLayout.for_run(base, dag_id, run.run_id).dead_letter, _file_name(run_id, "dead_letter.jsonl"),
                      "application/jsonl")
 
