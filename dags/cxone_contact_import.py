@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
+from airflow.sdk import AssetAlias, Param, dag, task
 
 from include.cxone_import import airflow_tasks as steps
+from include.cxone_import.import_operator import ImportGroupOperator
 from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
 RETRY_DELAY = steps.retry_delay()
@@ -71,6 +72,11 @@ RETRY_DELAY = steps.retry_delay()
             description="Send every valid record, ignoring what the list already acknowledged (its state is still "
             "updated). Default: only new and changed records are sent, the others end as unchanged.",
         ),
+        "create_list_if_missing": Param(
+            False, type="boolean", title="Create list if missing",
+            description="call_lists profile: create the calling list (named contact_list_id) when the tenant has "
+            "none with that id or name.",
+        ),
         "default_phone_region": Param(
             None, type=["null", "string"], pattern=r"^[A-Za-z]{2}$", title="Default phone region",
             description="Two-letter region (e.g. US, GB, DE) for phone numbers written without +: parsed for that "
@@ -94,16 +100,6 @@ def cxone_contact_import():
         with steps.measured(context, "chunk"):
             return steps.chunk(validated, params, context)
 
-    @task(
-        pool="cxone_api",  # bounds the worker slots import tasks hold; the request budget does not depend on it
-        retries=3,
-        map_index_template="{{ group_label }}",
-    )
-    def import_batches(group: dict, params=None, **context):
-        get_current_context()["group_label"] = steps.group_label(group)
-        with steps.measured(context, "import_batches"):
-            return steps.import_group(group, params, context)
-
     @task(trigger_rule="all_done", retries=0)
     def notify_webhook(validated: dict, params=None, **context):
         with steps.measured(context, "notify_webhook"):
@@ -122,7 +118,14 @@ def cxone_contact_import():
     extracted = extract()
     validated = validate(extracted)
     groups = chunk(validated)
-    imported = import_batches.expand(group=groups)
+    # one task per group with the connection's api_profile: records batches, or calling-list uploads whose jobs it
+    # waits for deferred on the triggerer, holding no worker or pool slot meanwhile
+    imported = ImportGroupOperator.partial(
+        task_id="import_batches",
+        pool="cxone_api",  # bounds the worker slots import tasks hold; the request budget does not depend on it
+        retries=3,
+        map_index_template="{{ group_label }}",
+    ).expand(group=groups)
     notified = notify_webhook(validated)
     imported >> notified
     report(extracted, validated, groups, notified)

@@ -231,13 +231,22 @@ def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[st
     layout = layout_for(context["run_id"])
     result = pipeline.validate(
         layout, parts=extracted["parts"], max_consent_age_days=int(params["max_consent_age_days"]),
-        default_phone_region=params.get("default_phone_region"),
+        default_phone_region=params.get("default_phone_region"), max_record_chars=record_limit(),
     )
     log.info(
         "validated %d rows: %d valid, %d rejected (%s); normalised %s",
         result["input_rows"], result["valid_rows"], result["rejected_rows"], result["rejects_by_rule"], result["normalised"],
     )
     return result
+
+
+def record_limit() -> int | None:
+    """The call_lists profile takes at most 512 characters a record (``record_too_long``); the records API has no
+    such limit."""
+    from include.cxone_import.import_operator import CALL_LISTS, api_profile
+    from include.cxone_import.schema import CALL_LIST_MAX_RECORD_CHARS
+
+    return CALL_LIST_MAX_RECORD_CHARS if api_profile() == CALL_LISTS else None
 
 
 def list_state(list_id: str) -> ContactListState:
@@ -281,6 +290,10 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         )
         return []
     if groups:
+        from include.cxone_import.import_operator import CALL_LISTS, api_profile, prepare_call_list
+
+        if api_profile() == CALL_LISTS:  # find or create the calling list once, before any group uploads
+            prepare_call_list(params, layout)
         state.register_run(context["run_id"], [g["group_index"] for g in groups])
     return [{**g, "groups_total": len(groups)} for g in groups]
 

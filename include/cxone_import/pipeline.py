@@ -59,10 +59,13 @@ def validate(
     max_consent_age_days: int,
     as_of: datetime | None = None,
     default_phone_region: str | None = None,
+    max_record_chars: int | None = None,
 ) -> dict[str, Any]:
-    """Validate every extracted part; write valid parts, the rejects files and the rejection audit entries."""
+    """Validate every extracted part; write valid parts, the rejects files and the rejection audit entries.
+    ``max_record_chars``: the longest record as a calling-list CSV line (the call_lists profile), else no limit."""
     schema = ContactRecordSchema.policy(
-        max_consent_age_days, as_of or datetime.now(timezone.utc), default_phone_region=default_phone_region
+        max_consent_age_days, as_of or datetime.now(timezone.utc), default_phone_region=default_phone_region,
+        max_record_chars=max_record_chars,
     )
     seen = SeenContactIds()
     totals = {"input_rows": 0, "valid_rows": 0, "rejected_rows": 0, "reject_entries": 0}

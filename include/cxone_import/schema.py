@@ -39,7 +39,12 @@ CONSENT_UNPARSED = "consent_unparsed"
 CONSENT_ZONELESS = "consent_zoneless"
 LONGEST_FIELD = "longest_field"
 LONGEST_FIELD_COLUMN = "longest_field_column"
-_DERIVED = (PHONE_COUNT, CONTACT_ID_REPEAT, CONSENT_AT, CONSENT_UNPARSED, CONSENT_ZONELESS, LONGEST_FIELD, LONGEST_FIELD_COLUMN)
+RECORD_CHARS = "record_chars"
+_DERIVED = (PHONE_COUNT, CONTACT_ID_REPEAT, CONSENT_AT, CONSENT_UNPARSED, CONSENT_ZONELESS, LONGEST_FIELD, LONGEST_FIELD_COLUMN,
+            RECORD_CHARS)
+# The calling-list API takes at most 512 characters a CSV record (the call_lists profile, docs/api-call-lists.md)
+CALL_LIST_MAX_RECORD_CHARS = 512
+CONSENT_SENT_CHARS = len("2024-11-01T09:15:00.000Z")  # consent as sent (UTC, milliseconds), whatever came in
 # Rules decided while reading the source (its ``source_error`` column starts with the rule's name): a record
 # that could not be read carries only that reason, the rest would be noise about an unreadable record.
 SOURCE_RULES = ("json_parseable", "csv_field_count")
@@ -59,9 +64,11 @@ RULE_MESSAGES = {
     "consent_max_age": "consent is older than max_consent_age_days",
     "opt_in_status_allowed": "optInStatus must be confirmed or pending",
     "field_too_long": f"a field is longer than {MAX_FIELD_LENGTH} characters",
+    "record_too_long": f"the record is longer than {CALL_LIST_MAX_RECORD_CHARS} characters as a calling-list CSV line",
 }
 # The column a rule is reported on (rules checked on a derived column name the user's column instead).
 RULE_COLUMN = {
+    "record_too_long": "record",
     "consent_present": "consent_timestamp",
     "json_parseable": SOURCE_ERROR,
     "csv_field_count": SOURCE_ERROR,
@@ -99,10 +106,12 @@ class ContactRecordSchema(pandera.DataFrameModel):
     consent_unparsed: Series[bool]
     consent_zoneless: Series[bool]
     longest_field: Series[np.int64]
+    record_chars: Optional[Series[np.int64]]  # set by validate_chunk when the run has a record limit
 
     _max_consent_age_days: ClassVar[int] = DEFAULT_MAX_CONSENT_AGE_DAYS
     _as_of: ClassVar[datetime | None] = None
     _default_phone_region: ClassVar[str | None] = None
+    _max_record_chars: ClassVar[int | None] = None
 
     class Config:
         strict = False  # custom fields (cf_*) travel alongside
@@ -110,13 +119,16 @@ class ContactRecordSchema(pandera.DataFrameModel):
 
     @classmethod
     def policy(
-        cls, max_consent_age_days: int, as_of: datetime, default_phone_region: str | None = None
+        cls, max_consent_age_days: int, as_of: datetime, default_phone_region: str | None = None,
+        max_record_chars: int | None = None,
     ) -> type[ContactRecordSchema]:
-        """The schema with this run's consent window and phone region (numbers without + are parsed for it)."""
+        """The schema with this run's consent window, phone region (numbers without + are parsed for it) and record
+        limit (the call_lists profile: a record as a CSV line; None: no limit)."""
         if max_consent_age_days < 1:
             raise ValueError("max_consent_age_days must be at least 1")
         region = phone_region(default_phone_region)
-        attrs = {"_max_consent_age_days": int(max_consent_age_days), "_as_of": as_of, "_default_phone_region": region}
+        attrs = {"_max_consent_age_days": int(max_consent_age_days), "_as_of": as_of, "_default_phone_region": region,
+                 "_max_record_chars": max_record_chars}
         return type("ContactRecordPolicy", (cls,), attrs)  # type: ignore[return-value]
 
     @classmethod
@@ -179,6 +191,10 @@ class ContactRecordSchema(pandera.DataFrameModel):
     @pandera.check("longest_field")
     def field_too_long(cls, longest: Series[np.int64]) -> Series[bool]:
         return longest <= MAX_FIELD_LENGTH
+
+    @pandera.check("record_chars")
+    def record_too_long(cls, record_chars: Series[np.int64]) -> Series[bool]:
+        return record_chars <= (cls._max_record_chars or np.iinfo(np.int64).max)
 
 
 @dataclass
@@ -377,6 +393,24 @@ def prepare(frame: pd.DataFrame, seen: SeenContactIds) -> pd.DataFrame:
     return frame
 
 
+def csv_record_chars(frame: pd.DataFrame) -> np.ndarray:
+    """Each record's length as the calling-list CSV line the call_lists import writes (uploads.csv_files): every
+    column once, comma-separated, a cell quoted when it holds a comma, quote or line break (quotes doubled), the
+    consent as sent (UTC, milliseconds). Vectorised; the line break is not counted."""
+    columns = [c for c in frame.columns if c not in _DERIVED and c not in (ROW_NUMBER, SOURCE_ERROR)]
+    total = np.full(len(frame), len(columns) - 1, dtype=np.int64)
+    for column in columns:
+        if column == "consent_timestamp":
+            total += CONSENT_SENT_CHARS
+            continue
+        values = arrow_strings(frame[column])
+        length = pc.fill_null(pc.utf8_length(values), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        quoted = pc.fill_null(pc.match_substring_regex(values, r'[,"\r\n]'), False).to_numpy(zero_copy_only=False)
+        quotes = pc.fill_null(pc.count_substring(values, '"'), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        total += length + np.where(quoted, 2 + quotes, 0)
+    return total
+
+
 def validate_chunk(
     frame: pd.DataFrame,
     schema: type[ContactRecordSchema],
@@ -386,6 +420,8 @@ def validate_chunk(
     frame = frame.reset_index(drop=True)
     normalised = normalise(frame, schema._default_phone_region)
     prepare(frame, seen)
+    if schema._max_record_chars:
+        frame[RECORD_CHARS] = csv_record_chars(frame)
     try:
         schema.validate(frame, lazy=True)
         failures = pd.DataFrame({"index": pd.Series(dtype="int64"), "column": [], "check": []})

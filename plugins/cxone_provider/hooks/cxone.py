@@ -49,7 +49,8 @@ class CXoneHook(BaseHook):
     ``api_profile`` picks the API: ``records`` (default, above) or ``call_lists`` (NICE's documented calling-list
     API): login = access key id, password = access key secret; extras ``client_id``, ``client_secret`` (the
     application's OIDC client), ``auth_base_url``, ``api_base_url`` (skips API discovery), ``api_version``,
-    ``skill_id``, ``default_time_zone``, ``external_id_column``, ``upload_records_per_file``.
+    ``skill_id``, ``default_time_zone``, ``external_id_column``, ``upload_records_per_file`` and the job wait's
+    ``job_poll_first_s``, ``job_poll_max_s``, ``job_timeout_s``.
 
     :param cxone_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff for clients built by this hook.
@@ -186,6 +187,10 @@ class CXoneHook(BaseHook):
             "default_time_zone": self._extra("default_time_zone"),
             "external_id_column": str(self._extra("external_id_column", "contactId")),
             "upload_records_per_file": self.upload_records_per_file,
+            # waiting for upload jobs (on the triggerer): first poll interval, doubling up to the max, and when to stop
+            "job_poll_first_s": self._positive_number("job_poll_first_s", 5.0, float),
+            "job_poll_max_s": self._positive_number("job_poll_max_s", 60.0, float),
+            "job_timeout_s": self._positive_number("job_timeout_s", 3600.0, float),
         }
 
     @property

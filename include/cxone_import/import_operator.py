@@ -1,0 +1,192 @@
+"""The DAG's import step for both API profiles, as one deferrable operator mapped over the import groups.
+
+The connection's ``api_profile`` decides what a mapped task does:
+
+- ``records``: the records engine sends the group's batches (``airflow_tasks.import_group``) and the task ends.
+- ``call_lists``: the task uploads the group's CSV files (job ids checkpointed), then *defers*: it hands a
+  :class:`~cxone_provider.triggers.call_lists.CallListJobsTrigger` to Airflow's triggerer and leaves its worker
+  slot (and its ``cxone_api`` pool slot). When every job is complete or cancelled, or the wait timed out, the
+  triggerer's event resumes the task in ``execute_complete``, which reads the list back and writes the outcomes.
+  A retried or cleared task finds the checkpointed jobs and waits for them again; it never uploads a file twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import pyarrow.parquet as pq
+from airflow.sdk import BaseOperator
+
+from include.cxone_import import airflow_tasks as steps
+from include.cxone_import.engine import TransientImportError
+from include.cxone_import.state import acknowledged_from_outcomes
+from include.cxone_import.storage import RunLayout, read_json, write_json
+from include.cxone_import.uploads import CallListLayout, GroupUploader, call_list_file
+
+log = logging.getLogger(__name__)
+
+CALL_LISTS = "call_lists"
+TRIGGER_TIMEOUT_MARGIN_S = 300  # the triggerer's own limit, beyond the trigger's timeout (a stuck trigger)
+
+
+def _hook() -> Any:
+    from cxone_provider.hooks.cxone import CXoneHook
+
+    return CXoneHook(cxone_conn_id=steps.CXONE_CONN_ID)
+
+
+def api_profile() -> str:
+    """The connection's API profile; ``records`` when there is no CXone connection (a dry run may have none)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return _hook().api_profile
+    except AirflowNotFoundException:
+        return "records"
+
+
+def prepare_call_list(params: dict[str, Any], layout: RunLayout) -> CallListLayout:
+    """Find the run's calling list by id or name, or create it when ``create_list_if_missing`` (with the external
+    id column, a destination mapping per phone column and a custom-field mapping per other column); remember it and
+    its CSV columns in ``call_list.json`` (a retried chunk reuses it)."""
+    path = call_list_file(layout)
+    if path.exists():
+        return CallListLayout.from_dict(read_json(path))
+    hook = _hook()
+    name = steps.contact_list_id(params)
+    external_id_column = hook.call_list_options["external_id_column"]
+    with layout.valid_part(0).open("rb") as handle:
+        columns = pq.read_schema(handle).names
+    with hook.get_call_list_client() as client:
+        found = client.find_list(name)
+        if found is not None:
+            call_list = CallListLayout.for_columns(str(found["listId"]), str(found.get("listName") or name),
+                                                   external_id_column, columns)
+            log.info("calling list %s found: id %s", name, call_list.list_id)
+        elif params.get("create_list_if_missing"):
+            planned = CallListLayout.for_columns("", name, external_id_column, columns, created=True)
+            list_id = client.create_list(
+                name,
+                external_id_column=external_id_column,
+                destination_mappings=planned.destination_mappings(),
+                custom_field_mappings=planned.custom_field_mappings(),
+            )
+            call_list = CallListLayout.for_columns(list_id, name, external_id_column, columns, created=True)
+        else:
+            raise ValueError(
+                f"no calling list with id or name {name!r} on the tenant: create it, or trigger with "
+                "create_list_if_missing=true"
+            )
+    write_json(path, call_list.to_dict())
+    return call_list
+
+
+def _uploader(hook: Any, client: Any, layout: RunLayout) -> tuple[GroupUploader, dict[str, Any]]:
+    options = hook.call_list_options
+    call_list = CallListLayout.from_dict(read_json(call_list_file(layout)))
+    uploader = GroupUploader(
+        client, call_list, layout, records_per_file=options["upload_records_per_file"],
+        skill_id=options["skill_id"], default_time_zone=options["default_time_zone"],
+    )
+    return uploader, options
+
+
+def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
+    """Upload the group's files (those never sent) while the run holds the list; return the trigger's arguments,
+    or None when there is nothing to wait for."""
+    layout = steps.layout_for(context["run_id"])
+    group_index = int(group["group_index"])
+    with steps.contact_list_lease(hook, steps.contact_list_id(params), context), hook.get_call_list_client() as client:
+        uploader, options = _uploader(hook, client, layout)
+        state = uploader.submit(group_index)
+    if state.reconciled and not state.not_sent():
+        return None
+    if not state.jobs() and not state.uncertain():
+        return None
+    return {
+        "cxone_conn_id": steps.CXONE_CONN_ID,
+        "list_id": uploader_list_id(layout),
+        "job_ids": state.jobs(),
+        "wait_for_list": state.uncertain(),
+        "submitted_at": state.submitted_at or time.time(),
+        "timeout_s": options["job_timeout_s"],
+        "poll_first_s": options["job_poll_first_s"],
+        "poll_max_s": options["job_poll_max_s"],
+    }
+
+
+def uploader_list_id(layout: RunLayout) -> str:
+    return str(read_json(call_list_file(layout))["list_id"])
+
+
+def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any],
+                 event: dict[str, Any] | None) -> dict[str, Any]:
+    """Reconcile the group from the list (after its jobs settled or timed out), update the list's state, and raise
+    when a file is still to be sent (the task's retry sends it)."""
+    if event and event.get("status") == "error":
+        raise RuntimeError(f"waiting for the upload jobs failed: {event.get('message')}")
+    layout = steps.layout_for(context["run_id"])
+    group_index = int(group["group_index"])
+    list_name = steps.contact_list_id(params)
+    with steps.contact_list_lease(hook, list_name, context), hook.get_call_list_client() as client:
+        uploader, options = _uploader(hook, client, layout)
+        state = uploader.load_state(group_index)
+        if state.reconciled and not state.not_sent() and event is None:
+            summary = read_json(layout.outcome_file(group_index).with_suffix(".json"))
+        else:
+            summary = uploader.reconcile(group_index, dict((event or {}).get("jobs") or {}),
+                                         timeout_s=options["job_timeout_s"])
+    keys, fingerprints = acknowledged_from_outcomes(layout, group_index)
+    if len(keys):
+        steps.list_state(list_name).write_delta(context["run_id"], group_index, keys, fingerprints)
+    if state.not_sent():
+        raise TransientImportError(
+            f"group {group_index}: {len(state.not_sent())} files could not be uploaded; the task retry sends only "
+            "those, the others keep their jobs"
+        )
+    return {**summary, "batch_metrics": [{k: m[k] for k in steps.XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+
+
+class ImportGroupOperator(BaseOperator):
+    """
+    Import one group of the run (mapped over ``chunk``'s groups) with the connection's API profile.
+
+    :param group: the group as ``chunk`` planned it (index, path, counts).
+    """
+
+    ui_color = "#e8f4ff"
+
+    def __init__(self, *, group: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.group = group
+
+    def execute(self, context: Any) -> Any:
+        context["group_label"] = steps.group_label(self.group)  # map_index_template
+        params = context["params"]
+        with steps.measured(context, "import_batches"):
+            hook = _hook()
+            if hook.api_profile != CALL_LISTS:
+                return steps.import_group(self.group, params, context)
+            wait = submit_group(hook, self.group, params, context)
+            if wait is None:
+                return finish_group(hook, self.group, params, context, None)
+        log.info("group %s: waiting on the triggerer for jobs %s of list %s", self.group["group_index"],
+                 wait["job_ids"], wait["list_id"])
+        from cxone_provider.triggers.call_lists import CallListJobsTrigger
+
+        self.defer(
+            trigger=CallListJobsTrigger(**wait),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=wait["timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """Resumed by the trigger's event: read the list back and write the group's outcomes."""
+        context["group_label"] = steps.group_label(self.group)
+        with steps.measured(context, "import_batches"):
+            log.info("group %s: upload jobs %s (%s)", self.group["group_index"], (event or {}).get("jobs"),
+                     (event or {}).get("status"))
+            return finish_group(_hook(), self.group, context["params"], context, event or {"status": "done", "jobs": {}})

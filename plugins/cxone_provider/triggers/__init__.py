@@ -1,0 +1,1 @@
+"""Triggers of the CXone provider (they run on Airflow's triggerer)."""
