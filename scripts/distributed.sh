@@ -112,6 +112,7 @@ start_postgres() {  # port pg_bin
   fi
   chmod 700 "$data"
   echo "$data" >"$SERVICES_DIR/pgdata.path"
+  pushd "$data" >/dev/null  # a working directory the postgres user can enter, whoever owns ours
   "${run_as[@]}" "$bin/initdb" --pgdata "$data" --username postgres --auth-local trust --auth-host scram-sha-256 \
     --encoding UTF8 --no-sync >"$SERVICES_DIR/initdb.log" 2>&1 \
     || { tail -n 30 "$SERVICES_DIR/initdb.log" >&2; die "initdb failed"; }
@@ -123,6 +124,7 @@ start_postgres() {  # port pg_bin
   "${run_as[@]}" "$bin/psql" -q -v ON_ERROR_STOP=1 -h "$data" -p "$port" -U postgres -d postgres \
     -c "CREATE ROLE airflow LOGIN PASSWORD 'airflow'" -c "CREATE DATABASE airflow OWNER airflow" \
     >"$SERVICES_DIR/createdb.log" 2>&1 || { cat "$SERVICES_DIR/createdb.log" >&2; die "creating the airflow DB failed"; }
+  popd >/dev/null
 }
 
 write_env() {  # the settings every component (and `run`) gets

@@ -76,7 +76,8 @@ def _set_budget(stack: DistributedStack) -> None:
     stack.configure_sandbox(latency_ms=LATENCY_MS, requests_per_minute=BUDGET_RPM)
     # A deployment setting: the pool bounds the worker slots import tasks hold (airflow_settings.yaml sizes it for
     # one LocalExecutor machine); the request budget does not depend on it.
-    stack.api("PATCH", "/pools/cxone_api", params={"update_mask": "slots"}, name="cxone_api", slots=IMPORT_POOL_SLOTS)
+    stack.api("PATCH", "/pools/cxone_api", params={"update_mask": "slots"}, name="cxone_api", slots=IMPORT_POOL_SLOTS,
+              include_deferred=False)
 
 
 def _export(tmp_path: Path, stack: DistributedStack, name: str, rows: int, seed: int) -> tuple[str, Any]:
@@ -280,6 +281,9 @@ def test_two_lists_at_once_on_celery_and_a_lost_worker(stack: DistributedStack, 
         exposed = [item for item in stack.listeners() if item["address"] not in LOOPBACK]
         if exposed:
             problems.append(f"listening beyond 127.0.0.1: {exposed}")
+    except Exception as exc:
+        figures["error"] = repr(exc)[:1000]
+        raise
     finally:
         figures["wall_s"] = round(time.monotonic() - began + (stack.start_seconds or 0), 1)
         figures["problems"] = problems
