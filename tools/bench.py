@@ -185,10 +185,12 @@ def figures(
     limit_records_per_s = args.rpm * 100 / 60
     windows = [w for run in runs for w in run["windows"]]
     first_import = min((w["start"] for w in windows if w["task_id"] == "import_batches"), default=0.0)
+    body_s = {(run_n, m["map_index"]): m["seconds"] for run_n, run in enumerate(runs) for m in run["metrics"]
+              if m["task"] == "import_batches"}
     import_tasks = sorted(
         ({"start_offset_s": round(w["start"] - first_import, 1), "seconds": round(w["end"] - w["start"], 1),
-          "state": w["state"], "hostname": w.get("hostname")}
-         for w in windows if w["task_id"] == "import_batches"),
+          "body_s": body_s.get((run_n, w["map_index"])), "state": w["state"], "hostname": w.get("hostname")}
+         for run_n, run in enumerate(runs) for w in run["windows"] if w["task_id"] == "import_batches"),
         key=lambda t: t["start_offset_s"],
     )
 
@@ -364,9 +366,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="sender threads per import task (default: the connection's default)")
     parser.add_argument("--baseline-seconds", type=float, default=30.0)
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (data, stack logs) for a post-mortem")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: run one size and mode, write JSON here
     args = parser.parse_args(argv)
     if args.one:
+        if args.keep:
+            workdir = Path(tempfile.mkdtemp(prefix="cxone-bench-"))
+            print(f"bench: keeping {workdir}", flush=True)
+            args.one.write_text(json.dumps(bench_one(int(args.rows), args.mode, args, workdir)))
+            return 0
         with tempfile.TemporaryDirectory(prefix="cxone-bench-") as tmp:
             args.one.write_text(json.dumps(bench_one(int(args.rows), args.mode, args, Path(tmp))))
         return 0
