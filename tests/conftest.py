@@ -34,6 +34,15 @@ def cxone_sandbox():
 
 
 @pytest.fixture
+def call_list_sandbox():
+    """The calling-list API (the call_lists profile) with short job delays."""
+    from include.cxone_sandbox.call_lists_api import CallListSandbox, CallListSandboxConfig
+
+    with CallListSandbox(CallListSandboxConfig(job_delay_s=0.2)) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
 def webhook_sink():
     with WebhookSink() as sink:
         yield sink
@@ -67,14 +76,20 @@ def storage_base(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def run_import(storage_base, cxone_sandbox, webhook_sink, monkeypatch):
-    """Run the DAG against the sandbox: ``run_import(conf, **connection_options) -> ImportRun``."""
-    from tools.localrun import connection_env, run_dag
+def run_import(storage_base, cxone_sandbox, webhook_sink, monkeypatch, request):
+    """Run the DAG against the sandbox: ``run_import(conf, profile="records", **connection_options) -> ImportRun``.
+    ``profile="call_lists"`` runs it against the calling-list sandbox (fixture ``call_list_sandbox``)."""
+    from tools.localrun import call_list_connection_env, connection_env, run_dag
     from include.cxone_import.storage import safe_segment
 
-    def _run(conf: dict[str, Any], *, webhook_url: str | None = None, logical_date: Any = None, **conn: Any) -> ImportRun:
-        conn.setdefault("max_concurrency", 4)
-        env = connection_env(cxone_sandbox.url, webhook_url or webhook_sink.url, **conn)
+    def _run(conf: dict[str, Any], *, webhook_url: str | None = None, logical_date: Any = None,
+             profile: str = "records", **conn: Any) -> ImportRun:
+        if profile == "call_lists":
+            sandbox = request.getfixturevalue("call_list_sandbox")
+            env = call_list_connection_env(sandbox.url, webhook_url or webhook_sink.url, **conn)
+        else:
+            conn.setdefault("max_concurrency", 4)
+            env = connection_env(cxone_sandbox.url, webhook_url or webhook_sink.url, **conn)
         for key, value in {**env, "CXONE_IMPORT_PARALLELISM": "1"}.items():
             monkeypatch.setenv(key, value)
         conf = {"contact_list_id": CONTACT_LIST_ID, **conf}

@@ -40,6 +40,39 @@ def connection_env(
     return {"AIRFLOW_CONN_CXONE_DEFAULT": json.dumps(cxone), "AIRFLOW_CONN_CRM_WEBHOOK": json.dumps(webhook)}
 
 
+def call_list_connection_env(
+    sandbox_url: str,
+    webhook_url: str,
+    *,
+    requests_per_minute: int = 1000,
+    extra: dict[str, Any] | None = None,
+    **webhook: Any,
+) -> dict[str, str]:
+    """Like :func:`connection_env` for the call_lists profile, pointing at a ``CallListSandbox``: its access key as
+    login/password, its OIDC client in the extras, discovery on the sandbox, short job polls."""
+    from include.cxone_sandbox.call_lists_api import CallListSandboxConfig
+
+    sandbox = CallListSandboxConfig()
+    env = connection_env(sandbox_url, webhook_url, **webhook)
+    cxone = {
+        "conn_type": "cxone",
+        "login": sandbox.access_key_id,
+        "password": sandbox.access_key_secret,
+        "extra": {
+            "api_profile": "call_lists",
+            "client_id": sandbox.client_id,
+            "client_secret": sandbox.client_secret,
+            "auth_base_url": sandbox_url,
+            "requests_per_minute": requests_per_minute,
+            "job_poll_first_s": 0.1,
+            "job_poll_max_s": 1.0,
+            "job_timeout_s": 60,
+            **(extra or {}),
+        },
+    }
+    return {**env, "AIRFLOW_CONN_CXONE_DEFAULT": json.dumps(cxone)}
+
+
 @contextmanager
 def patched_env(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
