@@ -138,8 +138,8 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[di
 
 
 LATENCY_BUCKET_BOUNDS_MS = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
-TIMELINE_BUCKET_CHOICES_S = (10, 30, 60, 300, 900, 3600)
-TIMELINE_MAX_BUCKETS = 360
+TIMELINE_BUCKET_CHOICES_S = (1, 2, 5, 10, 30, 60, 300, 900, 3600)
+TIMELINE_MAX_BUCKETS = 120
 
 
 def latency_histogram(metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def latency_histogram(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def request_timeline(metrics: list[dict[str, Any]], budget_per_minute: float | None) -> dict[str, Any]:
-    """HTTP attempts per time bucket (10 s, wider for long runs), each batch's attempts spread over its send time,
+    """HTTP attempts per time bucket (at most 120 of 1 s to 1 h), each batch's attempts spread over its send time,
     with the connection's budget and the busiest 60 s window, for the rate chart of the report tab."""
     timed = [m for m in metrics if m.get("started_at") and m.get("finished_at")]
     empty = {"start": None, "bucket_seconds": TIMELINE_BUCKET_CHOICES_S[0], "attempts": [],

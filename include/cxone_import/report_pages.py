@@ -204,6 +204,8 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
     if not start or not end:
         return "–"
     seconds = int((end - start).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
 
 
