@@ -1,0 +1,200 @@
+"""The call_lists profile through whole DAG runs (dag.test, which runs the deferral's trigger inline) against the
+calling-list sandbox: uploads, jobs, reading the list back, faults, re-runs, the bad-input corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools.sample_data import generate_crm_export
+from tests.conftest import CONTACT_LIST_ID
+
+pytestmark = pytest.mark.timeout(300)
+
+ROWS = 300
+PER_FILE = {"upload_records_per_file": 60}
+CREATE = {"create_list_if_missing": True}
+CORPUS = Path(__file__).parent / "data" / "bad_inputs"
+
+
+@pytest.fixture
+def export(tmp_path):
+    return generate_crm_export(tmp_path / "contacts.csv", ROWS, bad_share=0.1, seed=21)
+
+
+@pytest.fixture(autouse=True)
+def quick_task_retries(monkeypatch):
+    monkeypatch.setenv("CXONE_IMPORT_RETRY_DELAY_S", "1")
+
+
+def on_list(sandbox) -> set[str]:
+    ids = [r["externalId"] for r in sandbox.records(CONTACT_LIST_ID)]
+    assert len(ids) == len(set(ids)), "a record is on the list twice"
+    return set(ids)
+
+
+def outcomes(run) -> dict[str, int]:
+    t = run.report["totals"]
+    return {k: t[k] for k in ("imported", "duplicates", "failed", "rejected", "unchanged")}
+
+
+def test_end_to_end_creates_list_uploads_files_and_reconciles(run_import, export, call_list_sandbox, webhook_sink):
+    run = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
+
+    assert run.state == "success", run.report and run.report["problems"]
+    valid = set(export.valid_contact_ids)
+    assert on_list(call_list_sandbox) == valid
+    assert outcomes(run) == {"imported": len(valid), "duplicates": 0, "failed": 0,
+                             "rejected": len(export.expected_rejects), "unchanged": 0}
+    assert run.report["reconciliation"]["ok"]
+    jobs = call_list_sandbox.jobs()
+    assert len(jobs) == run.report["totals"]["batches"] == -(-len(valid) // PER_FILE["upload_records_per_file"])
+    assert all(j["isComplete"] for j in jobs)
+    assert len({j["fileName"] for j in jobs}) == len(jobs), "a file was uploaded twice"
+    (summary,) = [json.loads(p.read_text()) for p in (run.root / "outcomes").glob("group-*.json")]
+    assert set(summary["jobs"].values()) == {"complete"}
+    events = [e["body"]["event"] for e in webhook_sink.events() if e.get("status", 200) == 200]
+    assert events.count("cxone_contact_import_run_complete") == 1
+
+
+def test_rerun_creates_nothing(run_import, export, call_list_sandbox):
+    first = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
+    uploads = call_list_sandbox.stats()["uploads"]
+    again = run_import({"source_uri": f"file://{export.path}"}, profile="call_lists", extra=PER_FILE)
+    resync = run_import({"source_uri": f"file://{export.path}", "full_resync": True}, profile="call_lists", extra=PER_FILE)
+
+    valid = len(export.valid_contact_ids)
+    assert first.state == again.state == resync.state == "success"
+    assert call_list_sandbox.stats()["uploads"] == uploads, "a re-run uploaded a file"
+    assert len(call_list_sandbox.lists()) == 1
+    assert on_list(call_list_sandbox) == set(export.valid_contact_ids)
+    assert outcomes(again)["unchanged"] == valid and outcomes(again)["imported"] == 0
+    # a full resync sends everything: the list already holds every record, so each is a duplicate, none uploaded
+    assert outcomes(resync)["duplicates"] == valid and outcomes(resync)["imported"] == 0
+    assert resync.report["reconciliation"]["ok"]
+
+
+def test_cleared_run_polls_its_jobs_and_uploads_nothing_again(run_import, export, call_list_sandbox):
+    from datetime import datetime, timezone
+
+    day = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    first = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE,
+                       logical_date=day)
+    uploads = call_list_sandbox.stats()["uploads"]
+    # the same run again (like a clear): its uploads are checkpointed, so it only reads its outcomes back
+    cleared = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE,
+                         logical_date=day)
+
+    assert first.dag_run.run_id == cleared.dag_run.run_id
+    assert cleared.state == "success"
+    assert call_list_sandbox.stats()["uploads"] == uploads
+    assert outcomes(cleared)["imported"] == len(export.valid_contact_ids)
+
+
+def test_missing_list_without_create_fails_before_anything_is_sent(run_import, export, call_list_sandbox):
+    run = run_import({"source_uri": f"file://{export.path}"}, profile="call_lists")
+
+    assert run.state == "failed"
+    assert call_list_sandbox.lists() == [] and call_list_sandbox.stats()["uploads"] == 0
+    assert any("create_list_if_missing" in f["message"] for f in run.report["task_failures"])
+
+
+def test_existing_list_found_by_id_and_records_on_it_are_duplicates(run_import, export, call_list_sandbox):
+    list_id = str(_create_list(call_list_sandbox))
+    call_list_sandbox.seed_records(list_id, [{"contactId": c, "mobile_phone": "+14155550199"}
+                                             for c in sorted(export.valid_contact_ids)[:10]])
+    run = run_import({"source_uri": f"file://{export.path}", "contact_list_id": list_id}, profile="call_lists",
+                     extra=PER_FILE)
+
+    assert run.state == "success"
+    assert outcomes(run)["duplicates"] == 10
+    assert outcomes(run)["imported"] == len(export.valid_contact_ids) - 10
+    uploaded = sum(1 for _ in call_list_sandbox.jobs())
+    assert uploaded == -(-(len(export.valid_contact_ids) - 10) // PER_FILE["upload_records_per_file"])
+
+
+def _create_list(sandbox) -> int:
+    """A list made beforehand by someone else, mapping the export's phone columns."""
+    from cxone_provider.call_lists import CallListClient
+    from include.cxone_sandbox.call_lists_api import CallListSandboxConfig
+
+    config = CallListSandboxConfig()
+    phones = [{"fieldName": c, "fieldValue": c} for c in ("mobile_phone", "work_phone", "home_phone")]
+    with CallListClient(sandbox.url, config.access_key_id, config.access_key_secret, client_id=config.client_id,
+                        client_secret=config.client_secret) as client:
+        return int(client.create_list("existing", external_id_column="contactId", destination_mappings=phones,
+                                      custom_field_mappings=[]))
+
+
+FAULTS = [
+    pytest.param({"rate_limited_requests": 4, "read_errors_5xx": 4}, "success", id="429-without-retry-after-and-5xx"),
+    pytest.param({"upload_errors_5xx_after_accept": 1}, "success", id="upload-5xx-after-accept"),
+    pytest.param({"cancel_jobs": 1}, "failed", id="cancelled-job"),
+    pytest.param({"stall_jobs": 1}, "failed", id="job-never-completes"),
+]
+
+
+@pytest.mark.parametrize(("knobs", "state"), FAULTS)
+def test_faults_lose_nothing_and_upload_nothing_twice(run_import, export, call_list_sandbox, knobs, state):
+    call_list_sandbox.configure(**knobs)
+    run = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists",
+                     extra={**PER_FILE, "backoff_base_s": 0.05, "backoff_max_s": 0.2, "job_timeout_s": 4})
+
+    assert run.state == state
+    assert run.report["reconciliation"]["ok"], run.report["reconciliation"]["detail"]
+    jobs = call_list_sandbox.jobs()
+    assert len({j["fileName"] for j in jobs}) == len(jobs), "a file was uploaded twice"
+    valid = set(export.valid_contact_ids)
+    totals = outcomes(run)
+    assert totals["imported"] + totals["failed"] == len(valid)
+    assert on_list(call_list_sandbox) <= valid
+    assert totals["imported"] == len(on_list(call_list_sandbox))
+    dead = run.jsonl("dead_letter.jsonl")
+    assert len(dead) == totals["failed"]
+    if state == "success":
+        assert totals["failed"] == 0
+    else:
+        per_file = PER_FILE["upload_records_per_file"]
+        assert totals["failed"] == per_file, "exactly the records of the one bad job fail"
+        job = next(j for j in jobs if not j["isComplete"])
+        reason = "was cancelled" if "cancel_jobs" in knobs else "did not complete within 4s"
+        assert {d["_lastError"] for d in dead} == {f"job {job['jobId']} {reason}" + (
+            "; it may still import the file" if "stall_jobs" in knobs else "")}
+
+
+def test_rows_invalid_for_the_list_fail_as_not_present_after_their_job(run_import, tmp_path, call_list_sandbox):
+    # a number E.164 accepts that the list refuses (GUESS in the sandbox: 7 to 15 digits) is counted invalid there
+    source = tmp_path / "short.csv"
+    source.write_text(
+        "contact_id,mobile_phone,consent_timestamp,opt_in_status\n"
+        "cl-ok-1,+14155550101,2026-06-01T00:00:00Z,confirmed\n"
+        "cl-short-1,+12345,2026-06-01T00:00:00Z,confirmed\n"
+    )
+    run = run_import({"source_uri": f"file://{source}", **CREATE}, profile="call_lists")
+
+    assert run.state == "failed"
+    assert outcomes(run)["imported"] == 1 and outcomes(run)["failed"] == 1
+    (dead,) = run.jsonl("dead_letter.jsonl")
+    job_id = call_list_sandbox.jobs()[0]["jobId"]
+    assert dead["contactId"] == "cl-short-1" and dead["_lastError"] == f"not present after job {job_id} completed"
+    assert call_list_sandbox.lists()[0]["invalidRecords"] == 1
+
+
+def test_record_over_512_characters_is_rejected_before_anything_is_sent(run_import, tmp_path, call_list_sandbox):
+    # as a CSV line: contactId, mobile_phone, notes, consent (24, UTC with milliseconds), optInStatus
+    fixed = len("cl-long-1") + len("+14155550101") + 24 + len("confirmed") + 4
+    source = tmp_path / "long.csv"
+    source.write_text(
+        "contact_id,mobile_phone,consent_timestamp,opt_in_status,notes\n"
+        f"cl-long-1,+14155550101,2026-06-01T02:00:00+02:00,confirmed,{'a' * (512 - fixed)}\n"
+        f"cl-long-2,+14155550102,2026-06-01T00:00:00Z,confirmed,{'b' * (513 - fixed)}\n"
+    )
+    run = run_import({"source_uri": f"file://{source}", "max_reject_share": 1.0, **CREATE}, profile="call_lists")
+
+    assert run.state == "success"
+    assert on_list(call_list_sandbox) == {"cl-long-1"}, "the 512-character record was accepted by the list"
+    assert run.report["rejects_by_rule"] == {"record_too_long": 1}
+    rejects = (run.root / "rejects.csv").read_text()
+    assert "cl-long-2" in rejects and "record_too_long" in rejects and "b" * 20 not in rejects
