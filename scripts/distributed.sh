@@ -188,8 +188,7 @@ start_all() {
     die "already running in $HOME_DIR ($(running | xargs)): stop it first (bash scripts/distributed.sh stop)"
   fi
   local started=$SECONDS pg_bin
-  pg_bin="$(bash "$ROOT/scripts/install_services.sh" 2>/dev/null)" \
-    || { bash "$ROOT/scripts/install_services.sh" >/dev/null; exit 1; }
+  pg_bin="$(bash "$ROOT/scripts/install_services.sh")" || die "PostgreSQL / Redis not available (see above)"
   mkdir -p "$SERVICES_DIR" "$HOME_DIR/airflow"
   rm -f "$SERVICES_DIR"/*.log
   trap 'on_start_exit $?' EXIT

@@ -56,7 +56,8 @@ class DistributedStack(AirflowStack):
                 env=self.env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=START_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired as exc:
-            raise StackError(f"scripts/distributed.sh start did not return in {exc.timeout:.0f}s; logs: {self.home}")
+            message = f"scripts/distributed.sh start did not return in {exc.timeout:.0f}s; logs: {self.home}"
+            raise StackError(message) from exc
         if result.returncode != 0:
             raise StackError(
                 f"scripts/distributed.sh start failed (exit {result.returncode}); logs: {self.home}\n"
