@@ -7,6 +7,7 @@ rejections (row number, contactId, column, rule, message, masked value). Everyth
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import ClassVar, Optional
@@ -18,8 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandera.typing import Series
 
+from include.cxone_import import arrow_text
 from include.cxone_import.masking import mask_value
 from include.cxone_import.sources import PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR, arrow_strings, display_column
+
+log = logging.getLogger(__name__)
 
 E164_PATTERN = r"^\+[1-9]\d{1,14}$"
 ALLOWED_OPT_IN = ("confirmed", "pending")
@@ -29,7 +33,9 @@ CLOCK_SKEW = timedelta(minutes=5)
 _ISO_8601 = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}:?\d{2})?$"
 _HAS_ZONE = r"(?:Z|z|[+-]\d{2}:?\d{2})$"
 _PHONE_PUNCTUATION = r"[\s\-\.\(\)]"
+_PHONE_PUNCTUATION_BYTES = b" \t\n\v\f\r-.()"  # every byte the regex removes (RE2's \s is ASCII), and \v
 # whitespace (Unicode) and the invisible characters a CRM export carries around ids: ZWSP/ZWNJ/ZWJ, word joiner, BOM
+_EDGE_BYTES = bytes([*b" \t\n\v\f\r", *range(0x80, 0x100)])  # what such an edge can start with in UTF-8
 _EDGE_INVISIBLE = r"^[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+|[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+$"
 
 PHONE_COUNT = "phones_given"
@@ -153,12 +159,16 @@ class ContactRecordSchema(pandera.DataFrameModel):
 
     @pandera.check(f"^{PHONE_PREFIX}")
     def phone_e164(cls, phone: Series[str]) -> Series[bool]:
+        if cls._default_phone_region is None:
+            return phone.str.fullmatch(E164_PATTERN)
         # with a region, a number without + is judged by phone_invalid_for_region (normalise made the valid E.164)
-        return phone.str.fullmatch(E164_PATTERN) | (cls._default_phone_region is not None and ~phone.str.startswith("+"))
+        return phone.str.fullmatch(E164_PATTERN) | ~phone.str.startswith("+")
 
     @pandera.check(f"^{PHONE_PREFIX}")
     def phone_invalid_for_region(cls, phone: Series[str]) -> Series[bool]:
-        return phone.str.startswith("+") | (cls._default_phone_region is None)
+        if cls._default_phone_region is None:
+            return pd.Series(True, index=phone.index)  # no region: nothing to judge, no scan
+        return phone.str.startswith("+")
 
     @pandera.check("phones_given")
     def phone_present(cls, phones_given: Series[np.int64]) -> Series[bool]:
@@ -219,52 +229,21 @@ class SeenContactIds:
         """Per row: does this id appear earlier in the chunk or in an earlier chunk? Then remember the chunk."""
         ids = arrow_strings(contact_ids)
         present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
-        hashes = string_hashes(ids)
-        repeat = np.zeros(len(hashes), dtype=bool)
         candidates = np.flatnonzero(present)
-        unique, first = np.unique(hashes[candidates], return_index=True)
+        unique, first, inverse = np.unique(
+            arrow_text.string_hashes(ids)[candidates], return_index=True, return_inverse=True
+        )
+        repeat = np.zeros(len(present), dtype=bool)
         repeat[candidates] = True
         repeat[candidates[first]] = False
-        for block in self._blocks:
-            at = np.searchsorted(block, hashes).clip(max=len(block) - 1)
-            repeat |= present & (block[at] == hashes)
+        seen_before = np.zeros(len(unique), dtype=bool)
+        for block in self._blocks:  # sorted look-ups of sorted hashes: each block is read in order
+            at = np.searchsorted(block, unique).clip(max=len(block) - 1)
+            seen_before |= block[at] == unique
+        repeat[candidates] |= seen_before[inverse]
         if len(unique):
             self._blocks.append(unique)
         return repeat
-
-
-_HASH_MULTIPLIER = np.uint64(0x100000001B3)
-_HASH_POWERS: list[np.ndarray] = []
-
-
-def string_hashes(values: pa.Array) -> np.ndarray:
-    """A 64-bit polynomial hash per string, vectorised over the arrow buffers (nulls hash like "")."""
-    values = pc.fill_null(values.cast(pa.large_string()), "")
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8) if values.buffers()[2] else np.empty(0, np.uint8)
-    data = data[offsets[0] : offsets[-1]].astype(np.uint64)
-    starts = offsets[:-1] - offsets[0]
-    lengths = np.diff(offsets)
-    if not len(data):
-        return lengths.astype(np.uint64)
-    position = np.arange(len(data)) - np.repeat(starts, lengths)
-    powers = _powers(int(lengths.max()))
-    with np.errstate(over="ignore"):
-        terms = (data + np.uint64(1)) * powers[position]
-        sums = np.add.reduceat(terms, np.minimum(starts, len(data) - 1)) if len(starts) else terms[:0]
-    sums[lengths == 0] = 0
-    return sums ^ lengths.astype(np.uint64)
-
-
-def _powers(n: int) -> np.ndarray:
-    if not _HASH_POWERS or len(_HASH_POWERS[0]) < n:
-        size = max(n, 64)
-        with np.errstate(over="ignore"):
-            table = np.cumprod(np.full(size, _HASH_MULTIPLIER, dtype=np.uint64), dtype=np.uint64)
-        _HASH_POWERS[:] = [table]
-    return _HASH_POWERS[0]
 
 
 def normalise(frame: pd.DataFrame, default_phone_region: str | None = None) -> dict[str, int]:
@@ -274,10 +253,17 @@ def normalise(frame: pd.DataFrame, default_phone_region: str | None = None) -> d
     changed_rows = np.zeros(len(frame), dtype=bool)
     for column in (c for c in frame.columns if c.startswith(PHONE_PREFIX)):
         raw = arrow_strings(frame[column])
-        cleaned = pc.replace_substring_regex(raw, _PHONE_PUNCTUATION, "")
-        changed = pc.fill_null(pc.not_equal(raw, cleaned), False).to_numpy(zero_copy_only=False)
-        if changed.any():
-            cleaned = pc.if_else(pc.equal(cleaned, ""), pa.scalar(None, pa.string()), cleaned)
+        punctuated = np.flatnonzero(arrow_text.rows_with_bytes(raw, _PHONE_PUNCTUATION_BYTES))
+        if not len(punctuated):
+            continue  # nothing for the regex to remove (the usual case: one byte scan instead of a regex pass)
+        before = raw.take(punctuated)
+        after = pc.replace_substring_regex(before, _PHONE_PUNCTUATION, "")
+        differs = pc.fill_null(pc.not_equal(before, after), False).to_numpy(zero_copy_only=False)
+        if differs.any():
+            after = pc.if_else(pc.equal(after, ""), pa.scalar(None, raw.type), after)
+            changed = np.zeros(len(frame), dtype=bool)
+            changed[punctuated[differs]] = True
+            cleaned = pc.replace_with_mask(raw, pa.array(changed), after.filter(pa.array(differs)))
             frame[column] = _series(cleaned, frame.index)
             changed_rows |= changed
     if changed_rows.any():
@@ -287,9 +273,11 @@ def normalise(frame: pd.DataFrame, default_phone_region: str | None = None) -> d
         if regional:
             counts["phone_region_to_e164"] = regional
     raw = arrow_strings(frame["contact_id"])
-    trimmed = pc.replace_substring_regex(raw, _EDGE_INVISIBLE, "")
-    changed = pc.fill_null(pc.not_equal(raw, trimmed), False).to_numpy(zero_copy_only=False)
-    if changed.any():
+    # only an id starting or ending with ASCII whitespace or a non-ASCII character can have something to trim
+    edged = arrow_text.rows_with_edge_bytes(raw, _EDGE_BYTES).any()
+    trimmed = pc.replace_substring_regex(raw, _EDGE_INVISIBLE, "") if edged else raw
+    changed = pc.fill_null(pc.not_equal(raw, trimmed), False).to_numpy(zero_copy_only=False) if edged else None
+    if edged and changed.any():
         # an id that is only whitespace or invisible characters is no id: contact_id_present rejects it
         emptied = pc.equal(trimmed, "")
         trimmed = pc.if_else(emptied, pa.scalar(None, pa.large_string()), trimmed)
@@ -298,12 +286,20 @@ def normalise(frame: pd.DataFrame, default_phone_region: str | None = None) -> d
         if kept.any():
             counts["contact_id_trimmed"] = int(kept.sum())
     raw = arrow_strings(frame["opt_in_status"])
-    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(raw))
-    fixable = pc.fill_null(
-        pc.and_(pc.not_equal(raw, lowered), pc.is_in(lowered, pa.array(ALLOWED_OPT_IN))), False
+    allowed = pc.fill_null(pc.is_in(raw, pa.array(ALLOWED_OPT_IN)), True).to_numpy(zero_copy_only=False)
+    others = np.flatnonzero(~allowed)  # only values not already allowed can be repaired
+    if not len(others):
+        return counts
+    given = raw.take(others)
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(given))
+    repairable = pc.fill_null(
+        pc.and_(pc.not_equal(given, lowered), pc.is_in(lowered, pa.array(ALLOWED_OPT_IN))), False
     ).to_numpy(zero_copy_only=False)
-    if fixable.any():
-        frame["opt_in_status"] = _series(pc.if_else(pa.array(fixable), lowered, raw), frame.index)
+    if repairable.any():
+        fixable = np.zeros(len(frame), dtype=bool)
+        fixable[others[repairable]] = True
+        repaired = pc.replace_with_mask(raw, pa.array(fixable), lowered.filter(pa.array(repairable)))
+        frame["opt_in_status"] = _series(repaired, frame.index)
         counts["opt_in_status_lowercased"] = int(fixable.sum())
     return counts
 
@@ -416,7 +412,24 @@ def validate_chunk(
     schema: type[ContactRecordSchema],
     seen: SeenContactIds,
 ) -> ChunkValidation:
-    """Normalise, validate lazily (every failing cell of every rule) and split one canonical chunk."""
+    """Normalise, validate (every reason of every failing row) and split one canonical chunk: a vectorised
+    pre-pass decides every rule for the whole chunk and only the rows it flags go through the model
+    (``prepass``); a schema declaring a rule the pre-pass does not know is validated whole."""
+    from include.cxone_import import prepass  # builds on this module
+
+    if prepass.schema_rules(schema) <= prepass.PREPASS_RULES:
+        return prepass.validate_chunk_prepassed(frame, schema, seen)
+    unknown = sorted(prepass.schema_rules(schema) - prepass.PREPASS_RULES)
+    log.warning("rules %s have no pre-pass: the chunk is validated whole", unknown)
+    return validate_chunk_whole(frame, schema, seen)
+
+
+def validate_chunk_whole(
+    frame: pd.DataFrame,
+    schema: type[ContactRecordSchema],
+    seen: SeenContactIds,
+) -> ChunkValidation:
+    """The reference: normalise, derive, validate every row with the model (lazy) and split one chunk."""
     frame = frame.reset_index(drop=True)
     normalised = normalise(frame, schema._default_phone_region)
     prepare(frame, seen)
