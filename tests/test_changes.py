@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(600)
 
 ROWS = 300
 BATCH_SIZE = 20
-DAY = datetime(2026, 11, 20, tzinfo=timezone.utc)
+DAY = datetime(2026, 7, 1, tzinfo=timezone.utc)  # after the DAG's start; days no other test file uses, each test its own
+KILLED_DAY = DAY + timedelta(days=40)
 NEW_PHONES = [f"+6149157{n:04d}" for n in range(100)]  # Australian fiction range: never in the generated export
 
 
@@ -43,7 +44,8 @@ def stored_once(sandbox) -> set[str]:
 
 
 def nightly(run_import, path: Path, day: int, *, conn: dict | None = None, **params):
-    """The scheduled run of the day ``day`` after DAY (its own run id), reading ``path``."""
+    """The scheduled run of the day ``day`` after DAY (its own run id), reading ``path``; tests use distinct days
+    (dag.test() runs share one metadata DB, where a logical date is one run)."""
     return run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, **params},
                       logical_date=DAY + timedelta(days=day), **(conn or {}))
 
@@ -101,11 +103,11 @@ def test_second_run_of_an_unchanged_file_sends_nothing(run_import, export, cxone
 
 
 def test_changed_and_new_contacts_are_sent(run_import, export, cxone_sandbox, tmp_path):
-    assert nightly(run_import, export.path, 0).state == "success"
+    assert nightly(run_import, export.path, 10).state == "success"
     path, changed, added = edited_export(export, tmp_path, change=5, add=4)
     sent_first = requests_sent(cxone_sandbox)
 
-    second = nightly(run_import, path, 1)
+    second = nightly(run_import, path, 11)
 
     assert second.state == "success"
     totals = second.report["totals"]
@@ -116,16 +118,16 @@ def test_changed_and_new_contacts_are_sent(run_import, export, cxone_sandbox, tm
     assert second.report["reconciliation"]["ok"], second.report["reconciliation"]["detail"]
     assert stored_once(cxone_sandbox) == set(export.valid_contact_ids) | added
 
-    third = nightly(run_import, path, 2)
+    third = nightly(run_import, path, 12)
     assert third.report["totals"]["unchanged"] == len(export.valid_contact_ids) + len(added)
     assert third.report["totals"]["requests"] == 0
 
 
 def test_full_resync_sends_everything(run_import, export, cxone_sandbox):
-    assert nightly(run_import, export.path, 0).state == "success"
+    assert nightly(run_import, export.path, 20).state == "success"
     sent_first = requests_sent(cxone_sandbox)
 
-    resync = nightly(run_import, export.path, 1, full_resync=True)
+    resync = nightly(run_import, export.path, 21, full_resync=True)
 
     assert resync.state == "success"
     totals = resync.report["totals"]
@@ -136,13 +138,13 @@ def test_full_resync_sends_everything(run_import, export, cxone_sandbox):
 
 
 def test_dry_run_reports_what_would_be_sent_and_writes_no_state(run_import, export, cxone_sandbox, tmp_path, storage_base):
-    assert nightly(run_import, export.path, 0).state == "success"
+    assert nightly(run_import, export.path, 30).state == "success"
     path, changed, added = edited_export(export, tmp_path, change=3, add=2)
     state = storage_base / "state" / "cxone_contact_import" / CONTACT_LIST_ID
     before = sorted(p.relative_to(state) for p in state.rglob("*") if p.is_file())
     sent_first = requests_sent(cxone_sandbox)
 
-    dry = nightly(run_import, path, 1, dry_run=True)
+    dry = nightly(run_import, path, 31, dry_run=True)
 
     assert dry.state == "success"
     assert requests_sent(cxone_sandbox) == sent_first
@@ -168,7 +170,7 @@ def test_killed_mid_import_then_next_run_loses_nothing_and_resends_nothing(
         "from datetime import datetime, timezone\n"
         "from tools.localrun import run_dag\n"
         f"run_dag({{'source_uri': 'file://{export.path}', 'batch_size': 5, 'contact_list_id': '{CONTACT_LIST_ID}'}},"
-        f" logical_date=datetime({DAY.year}, {DAY.month}, {DAY.day}, tzinfo=timezone.utc))\n"
+        f" logical_date=datetime.fromisoformat({KILLED_DAY.isoformat()!r}))\n"
     )
     log = (tmp_path / "killed-run.log").open("w")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -201,9 +203,9 @@ def test_killed_mid_import_then_next_run_loses_nothing_and_resends_nothing(
     from include.cxone_import.airflow_tasks import release_contact_list
 
     monkeypatch.setenv("AIRFLOW_CONN_CXONE_DEFAULT", env["AIRFLOW_CONN_CXONE_DEFAULT"])
-    release_contact_list({"contact_list_id": CONTACT_LIST_ID}, {"run_id": f"manual__{DAY.isoformat()}"})
+    release_contact_list({"contact_list_id": CONTACT_LIST_ID}, {"run_id": f"manual__{KILLED_DAY.isoformat()}"})
     cxone_sandbox.configure(latency_ms=0)
-    second = nightly(run_import, export.path, 1)
+    second = nightly(run_import, export.path, 41)
 
     assert second.state == "success"
     totals = second.report["totals"]
@@ -215,7 +217,7 @@ def test_killed_mid_import_then_next_run_loses_nothing_and_resends_nothing(
     assert second.report["reconciliation"]["ok"], second.report["reconciliation"]["detail"]
     assert stored_once(cxone_sandbox) == set(export.valid_contact_ids)
 
-    third = nightly(run_import, export.path, 2)
+    third = nightly(run_import, export.path, 42)
     assert third.report["totals"]["unchanged"] == len(export.valid_contact_ids), "nothing was lost from the state"
     assert third.report["totals"]["requests"] == 0
 
@@ -224,10 +226,10 @@ def test_a_redrive_sends_its_records_even_if_unchanged(run_import, export, cxone
     """A redrive imports exactly the dead letters it names; the state never makes it skip one."""
     monkeypatch.setenv("CXONE_IMPORT_RETRY_DELAY_S", "0.2")
     cxone_sandbox.configure(error_rate_5xx=1.0)
-    failed = nightly(run_import, export.path, 0, conn={"extra": {"max_attempts": 1, "backoff_base_s": 0.01}})
+    failed = nightly(run_import, export.path, 50, conn={"extra": {"max_attempts": 1, "backoff_base_s": 0.01}})
     assert failed.report["totals"]["failed"] == len(export.valid_contact_ids)
     cxone_sandbox.configure(error_rate_5xx=0.0)
-    assert nightly(run_import, export.path, 1).report["totals"]["imported"] == len(export.valid_contact_ids)
+    assert nightly(run_import, export.path, 51).report["totals"]["imported"] == len(export.valid_contact_ids)
 
     redrive = run_import({"redrive_run_id": failed.dag_run.run_id, "batch_size": 50})
 
