@@ -7,6 +7,7 @@
 #           api-server     UI, REST API and the execution API the task runners talk to
 #           scheduler      LocalExecutor (--skip-serve-logs: tasks run on this machine, logs are read from disk)
 #           dag-processor  parses dags/
+#           triggerer      when STACK_TRIGGERER=1 (default with CeleryExecutor): runs deferred tasks (--skip-serve-logs)
 #           celery-<name>  with AIRFLOW__CORE__EXECUTOR=CeleryExecutor only: one Celery worker per name in
 #                          STACK_CELERY_WORKERS (`airflow celery worker --celery-hostname <name> --skip-serve-logs`;
 #                          its task instances report <name> as their hostname, scripts/worker_hostname.py). The
@@ -14,7 +15,8 @@
 #         airflow_settings.yaml is applied before the Airflow processes start (scripts/apply_settings.py:
 #         `airflow connections|variables|pools import`). Waits until the api-server answers, scheduler and
 #         dag-processor heartbeat and the DAG is serialized; on failure prints the tail of the log that explains it
-#         and stops what it started. No triggerer: no task of this project defers.
+#         and stops what it started. Only the call_lists profile's import task defers (it waits for upload jobs on
+#         a triggerer): `make airflow` starts none unless STACK_TRIGGERER=1.
 # stop    stops exactly the processes recorded in the pid files (and their descendants), waits for them to exit.
 # status  prints what runs.
 # run     runs a command in the stack's environment, e.g. `bash scripts/stack.sh run airflow dags list` (with the
@@ -25,7 +27,7 @@
 # AIRFLOW_ADMIN_PASSWORD (admin), STACK_EXTRA_USERS (more logins: name:role:password,...),
 # STACK_START_TIMEOUT (s the processes get to become ready after set-up, 120),
 # STACK_STOP_TIMEOUT (s, 30), AIRFLOW__CORE__EXECUTOR (LocalExecutor; CeleryExecutor adds the workers),
-# STACK_CELERY_WORKERS ("worker-1 worker-2"), STACK_CELERY_CONCURRENCY (task slots per worker, 4),
+# STACK_CELERY_WORKERS ("worker-1 worker-2"), STACK_CELERY_CONCURRENCY (task slots per worker, 4), STACK_TRIGGERER,
 # STACK_OWNER_PID (when set, a watchdog stops the stack once that process is gone: used
 # by tests/stack.py), any AIRFLOW__SECTION__KEY.
 # The metadata DB is SQLite in $AIRFLOW_HOME unless AIRFLOW__DATABASE__SQL_ALCHEMY_CONN says otherwise.
@@ -48,11 +50,15 @@ SANDBOX_URL="http://127.0.0.1:$SANDBOX_PORT"
 WEBHOOK_URL="http://127.0.0.1:$WEBHOOK_PORT"
 EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 CELERY_WORKERS=()
+TRIGGERER=()
 if [ "$EXECUTOR" = CeleryExecutor ]; then
   read -r -a CELERY_WORKERS <<<"${STACK_CELERY_WORKERS:-worker-1 worker-2}"
 fi
+if [ "${STACK_TRIGGERER:-$([ "$EXECUTOR" = CeleryExecutor ] && echo 1 || echo 0)}" = 1 ]; then
+  TRIGGERER=(triggerer)
+fi
 # Start order; stop goes the other way round. The watchdog only runs when STACK_OWNER_PID is set.
-COMPONENTS=(sandbox api-server scheduler dag-processor "${CELERY_WORKERS[@]/#/celery-}" watchdog)
+COMPONENTS=(sandbox api-server scheduler dag-processor "${TRIGGERER[@]}" "${CELERY_WORKERS[@]/#/celery-}" watchdog)
 
 # Everything the Airflow processes (and `airflow` commands run against this stack) need; exported, so the
 # components inherit it. The execution API URL always follows the api-server port, whatever the caller had.
@@ -196,7 +202,7 @@ stop_stack() {
     if ours "$name" "$pid"; then
       names+=("$name")
       case "$name" in
-        scheduler | dag-processor | celery-*) first+=("$pid") ;;
+        scheduler | dag-processor | triggerer | celery-*) first+=("$pid") ;;
         *) leaders+=("$pid") ;;
       esac
     else
@@ -256,7 +262,7 @@ start_stack() {
   mkdir -p "$STACK_DIR"
   local running; running="$(running_components | xargs)"
   if [ -n "$running" ]; then
-    if [ "$(wc -w <<<"${running/watchdog/}")" -eq $((4 + ${#CELERY_WORKERS[@]})) ]; then
+    if [ "$(wc -w <<<"${running/watchdog/}")" -eq $((${#COMPONENTS[@]} - 1)) ]; then
       say "already running ($running) for AIRFLOW_HOME=$AIRFLOW_HOME: UI $API_URL, login $ADMIN_USER / $ADMIN_PASSWORD"
       return 0
     fi
@@ -304,6 +310,10 @@ users.update((e.split(":")[0], e.split(":")[-1]) for e in sys.argv[3].split(",")
   launch api-server airflow api-server --host 127.0.0.1 --port "$API_PORT" --workers "$AIRFLOW__API__WORKERS"
   launch scheduler airflow scheduler --skip-serve-logs
   launch dag-processor airflow dag-processor
+  if [ ${#TRIGGERER[@]} -gt 0 ]; then
+    say "starting the triggerer"
+    launch triggerer airflow triggerer --skip-serve-logs
+  fi
   local worker
   for worker in "${CELERY_WORKERS[@]}"; do
     say "starting Celery worker $worker"
