@@ -3,6 +3,7 @@ calling-list sandbox: uploads, jobs, reading the list back, faults, re-runs, the
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -198,3 +199,35 @@ def test_record_over_512_characters_is_rejected_before_anything_is_sent(run_impo
     assert run.report["rejects_by_rule"] == {"record_too_long": 1}
     rejects = (run.root / "rejects.csv").read_text()
     assert "cl-long-2" in rejects and "record_too_long" in rejects and "b" * 20 not in rejects
+
+
+EXPECTATIONS = json.loads((CORPUS / "expectations.json").read_text())
+READABLE = sorted(name for name, facts in EXPECTATIONS.items() if not facts.get("file_error"))
+
+
+@pytest.mark.parametrize("name", READABLE, ids=READABLE)
+def test_bad_input_corpus(name, run_import, call_list_sandbox, capfd, caplog):
+    """Each readable corpus file on the call_lists profile: the same rejects as the records profile (plus
+    record_too_long for records too long for a calling list), the valid rest on the list, every row accounted for,
+    no input phone number in the task logs or the run's text files (dead letters excepted)."""
+    from tests.test_corpus_runs import _input_phones, _run_text
+
+    facts = EXPECTATIONS[name]
+    run = run_import({"source_uri": f"file://{CORPUS / name}", "max_reject_share": 1.0, **CREATE}, profile="call_lists")
+
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text + _run_text(run.root)
+    assert not [p for p in _input_phones(CORPUS / name) if len(p.strip("+")) >= 8 and p in text]
+
+    assert run.report is not None and run.report["reconciliation"]["ok"], run.report
+    rejects: dict[int, set[str]] = {}
+    with (run.root / "rejects.csv").open(newline="") as handle:
+        for entry in csv.DictReader(handle):
+            rejects.setdefault(int(entry["row_number"]), set()).add(entry["rule"])
+    expected = {int(row): set(rules) for row, rules in facts["rejects"].items()}
+    too_long = {row for row, rules in rejects.items() if "record_too_long" in rules}
+    assert {row: rules - {"record_too_long"} for row, rules in rejects.items() if rules != {"record_too_long"}} == expected
+    valid = set(facts["valid_contact_ids"])
+    assert len(on_list(call_list_sandbox)) == len(valid) - len(too_long - set(expected))
+    assert on_list(call_list_sandbox) <= valid
+    assert run.report["totals"]["failed"] == 0
