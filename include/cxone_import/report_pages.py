@@ -157,7 +157,7 @@ def column_chart(
     width, height, left, bottom, top = 560, 200, 46, 34, 14
     plot_w, plot_h = width - left - 8, height - bottom - top
     peak = max([*values, reference[0] if reference else 0]) or 1
-    step = plot_w / len(values)
+    step = min(plot_w / len(values), 48)  # a short run's few buckets stay bars, not a wall
     parts = [
         f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{width - 4}" y2="{top + plot_h}"/>',
         f'<text class="muted" x="{left - 4}" y="{top + 4}" text-anchor="end">{_number(peak)}</text>',
