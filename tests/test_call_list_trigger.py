@@ -1,0 +1,160 @@
+"""The calling-list job trigger and the upload checkpoints, against the calling-list sandbox over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from cxone_provider.call_lists import CallListClient
+from cxone_provider.triggers.call_lists import CallListJobsTrigger, poll_wait_s
+from include.cxone_sandbox.call_lists_api import CallListSandbox, CallListSandboxConfig
+from tools.localrun import call_list_connection_env
+
+pytestmark = pytest.mark.timeout(120)
+
+CSV = b"contactId,mobile_phone\r\nc-1,+14155550101\r\nc-2,+14155550102\r\n"
+PHONES = [{"fieldName": "mobile_phone", "fieldValue": "mobile_phone"}]
+
+
+@pytest.fixture
+def sandbox(monkeypatch):
+    with CallListSandbox(CallListSandboxConfig(job_delay_s=0.3)) as running:
+        for key, value in call_list_connection_env(running.url, "http://127.0.0.1:9").items():
+            monkeypatch.setenv(key, value)
+        yield running
+
+
+@pytest.fixture
+def client(sandbox):
+    config = CallListSandboxConfig()
+    with CallListClient(sandbox.url, config.access_key_id, config.access_key_secret, client_id=config.client_id,
+                        client_secret=config.client_secret) as made:
+        yield made
+
+
+def first_event(trigger: CallListJobsTrigger) -> dict:
+    """Run a trigger the way the triggerer does: rebuilt from its serialized form, first event only."""
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "cxone_provider.triggers.call_lists.CallListJobsTrigger"
+
+    async def run() -> dict:
+        return (await anext(CallListJobsTrigger(**kwargs).run())).payload
+
+    return asyncio.run(run())
+
+
+def trigger_for(list_id: str, job_ids: list[str], **kwargs) -> CallListJobsTrigger:
+    return CallListJobsTrigger(cxone_conn_id="cxone_default", list_id=list_id, job_ids=job_ids,
+                               submitted_at=time.time(), poll_first_s=0.05, poll_max_s=0.2, **kwargs)
+
+
+def test_waits_until_jobs_complete_or_are_cancelled(sandbox, client):
+    list_id = client.create_list("t", external_id_column="contactId", destination_mappings=PHONES, custom_field_mappings=[])
+    done = client.upload(list_id, CSV, file_name="a.csv")
+    sandbox.configure(cancel_jobs=1)
+    cancelled = client.upload(list_id, CSV, file_name="b.csv")
+
+    event = first_event(trigger_for(list_id, [done, cancelled], timeout_s=10))
+
+    assert event == {"status": "done", "jobs": {done: "complete", cancelled: "cancelled"}}
+    assert {r["externalId"] for r in sandbox.records(list_id)} == {"c-1", "c-2"}
+
+
+def test_times_out_on_a_job_that_never_completes(sandbox, client):
+    list_id = client.create_list("t", external_id_column="contactId", destination_mappings=PHONES, custom_field_mappings=[])
+    sandbox.configure(stall_jobs=1)
+    stalled = client.upload(list_id, CSV, file_name="a.csv")
+
+    started = time.monotonic()
+    event = first_event(trigger_for(list_id, [stalled], timeout_s=0.5))
+
+    assert event == {"status": "timeout", "jobs": {stalled: "pending"}}
+    assert time.monotonic() - started < 5
+
+
+def test_polls_through_429_and_5xx_and_waits_for_a_job_it_has_no_id_for(sandbox, client):
+    list_id = client.create_list("t", external_id_column="contactId", destination_mappings=PHONES, custom_field_mappings=[])
+    sandbox.configure(upload_errors_5xx_after_accept=1)
+    with pytest.raises(Exception) as answered:
+        client.upload(list_id, CSV, file_name="a.csv")
+    assert answered.value.outcome_uncertain and sandbox.stats()["uploads"] == 1, "accepted once, never re-sent"
+    sandbox.configure(rate_limited_requests=2, read_errors_5xx=2)
+
+    event = first_event(trigger_for(list_id, [], wait_for_list=True, timeout_s=10))
+
+    assert event["status"] == "done"
+    assert {r["externalId"] for r in sandbox.records(list_id)} == {"c-1", "c-2"}
+
+
+def test_an_auth_failure_ends_the_wait_with_an_error(sandbox, client, monkeypatch):
+    list_id = client.create_list("t", external_id_column="contactId", destination_mappings=PHONES, custom_field_mappings=[])
+    job = client.upload(list_id, CSV, file_name="a.csv")
+    sandbox.configure(access_key_secret="rotated")
+
+    event = first_event(trigger_for(list_id, [job], timeout_s=10))
+
+    assert event["status"] == "error" and "token request" in event["message"]
+    assert "rotated" not in event["message"] and "sandbox-access-secret" not in event["message"]
+
+
+@pytest.mark.parametrize(("poll", "wait"), [(1, 0.5), (2, 1.0), (3, 2.0), (10, 30.0)], ids=str)
+def test_backoff_doubles_up_to_the_cap(poll, wait):
+    assert poll_wait_s(poll, first_s=0.5, max_s=30.0) == wait
+
+
+def _group(layout, index: int, contact_ids: list[str]) -> None:
+    import json
+
+    import pyarrow as pa
+
+    from include.cxone_import.pipeline import GROUP_SCHEMA
+    from include.cxone_import.storage import write_parquet
+
+    records = [json.dumps({"contactId": c, "phoneNumbers": [{"type": "mobile", "number": f"+1415555{n:04d}"}],
+                           "customFields": {}, "consentTimestamp": "2026-06-01T00:00:00.000Z",
+                           "optInStatus": "confirmed"}) for n, c in enumerate(contact_ids)]
+    n = len(contact_ids)
+    write_parquet(layout.group_file(index), pa.table(
+        {"row_number": list(range(1, n + 1)), "batch_index": [0] * n, "batch_id": ["b"] * n,
+         "contact_id": contact_ids, "record_json": records}, schema=GROUP_SCHEMA))
+
+
+def test_uploads_are_checkpointed_and_never_sent_twice(sandbox, client, tmp_path):
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    from include.cxone_import.storage import RunLayout, write_json, write_parquet
+    from include.cxone_import.uploads import UPLOADING, CallListLayout, GroupState, GroupUploader, csv_files
+
+    list_id = client.create_list("t", external_id_column="contactId", destination_mappings=[
+        {"fieldName": "mobile_phone", "fieldValue": "mobile_phone"}], custom_field_mappings=[])
+    layout = RunLayout(tmp_path / "run")
+    call_list = CallListLayout.for_columns(list_id, "t", "contactId", ["contact_id", "phone_mobile"])
+    _group(layout, 0, ["g0-a", "g0-b", "g0-c"])
+    _group(layout, 1, ["g1-a", "g1-b"])
+    uploader = GroupUploader(client, call_list, layout, records_per_file=2)
+
+    state = uploader.submit(0)
+    again = GroupUploader(client, call_list, layout, records_per_file=2).submit(0)  # a retried task
+    assert len(state.jobs()) == 2 and set(again.jobs()) == set(state.jobs())
+    assert sandbox.stats()["uploads"] == 2
+
+    # group 1's task died while its only file was on its way: the retry must not send it again
+    folder = layout.root / "uploads" / "group-00001"
+    write_parquet(folder / "before.parquet", pd.DataFrame({"contact_id": pd.Series([], dtype="str")}))
+    (only,) = csv_files(call_list, uploader._group_rows(1), records_per_file=2)
+    died = GroupState(1, before_taken=True, submitted_at=time.time(),
+                      files={only.file_id: {"state": UPLOADING, "index": 0, "records": 2, "file_name": only.file_name}})
+    write_json(folder / "state.json", asdict(died))
+    resumed = uploader.submit(1)
+    assert resumed.uncertain() and not resumed.jobs()
+    assert sandbox.stats()["uploads"] == 2
+
+    summary = uploader.reconcile(1, {})
+    assert summary["failed"] == 2
+    details = set(pd.read_parquet(layout.outcome_file(1))["detail"])
+    assert details == {"not present after the list's jobs settled; the upload got no job id (the task ended while "
+                       "the file was being uploaded)"}
