@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 
-.PHONY: setup demo test distributed-test bench airflow stop clean
+.PHONY: setup demo test distributed-test bench bench-validation airflow stop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,9 @@ distributed-test: setup
 
 bench: setup
 	@$(RUN) python -m tools.bench $(ARGS)
+
+bench-validation: setup  # issue 11's validation targets alone: schema step and validate task, CPU and wall
+	@$(RUN) python -m tools.bench_validation $(ARGS)
 
 airflow:
 	@bash scripts/stack.sh start

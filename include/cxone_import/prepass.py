@@ -43,7 +43,14 @@ from include.cxone_import.schema import (
     csv_record_chars,
     normalise,
 )
-from include.cxone_import.sources import PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR, arrow_strings, display_column
+from include.cxone_import.sources import (
+    CUSTOM_PREFIX,
+    PHONE_PREFIX,
+    ROW_NUMBER,
+    SOURCE_ERROR,
+    arrow_strings,
+    display_column,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,7 @@ def schema_rules(schema: type[ContactRecordSchema]) -> frozenset[str]:
 def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenContactIds) -> Decided:
     """Every rule for the whole (normalised) chunk, in Arrow and numpy; records the chunk's ids in ``seen``."""
     rows = len(frame)
+    text = {column: arrow_strings(frame[column]) for column in frame.columns if column != ROW_NUMBER}
     failing: dict[str, np.ndarray] = {}
     region = schema._default_phone_region
     phone_columns = [c for c in frame.columns if c.startswith(PHONE_PREFIX)]
@@ -92,7 +100,7 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
     not_e164 = np.zeros(rows, dtype=bool)
     national = np.zeros(rows, dtype=bool)
     for column in phone_columns:
-        phone = arrow_strings(frame[column])
+        phone = text[column]
         given = valid_mask(phone)
         phones_given += given
         without_plus = given & ~pc.fill_null(pc.starts_with(phone, "+"), False).to_numpy(zero_copy_only=False)
@@ -108,16 +116,16 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
     failing["phone_present"] = phones_given == 0
 
     if SOURCE_ERROR in frame.columns:
-        source_error = arrow_strings(frame[SOURCE_ERROR])
+        source_error = text[SOURCE_ERROR]
         for rule in ("json_parseable", "csv_field_count"):
             failing[rule] = pc.fill_null(pc.starts_with(source_error, rule), False).to_numpy(zero_copy_only=False)
 
     contact_ids = frame["contact_id"]
-    failing["contact_id_present"] = ~valid_mask(arrow_strings(contact_ids))
+    failing["contact_id_present"] = ~valid_mask(text["contact_id"])
     repeat = seen.repeats(contact_ids)
     failing["contact_id_unique"] = repeat
 
-    consent = arrow_strings(frame["consent_timestamp"])
+    consent = text["consent_timestamp"]
     given = valid_mask(consent)
     micros, parsed, zoned = parse_iso8601(consent)
     unparsed = given & ~parsed
@@ -132,7 +140,7 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
     failing["consent_not_future"] = parsed & (micros > latest)
     failing["consent_max_age"] = parsed & (micros < earliest)
 
-    opt_in = arrow_strings(frame["opt_in_status"])
+    opt_in = text["opt_in_status"]
     failing["opt_in_status_allowed"] = ~pc.fill_null(pc.is_in(opt_in, pa.array(ALLOWED_OPT_IN)), False).to_numpy(
         zero_copy_only=False
     )
@@ -142,7 +150,7 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
     for column in frame.columns:
         if column in _DERIVED or column == ROW_NUMBER:
             continue
-        values = arrow_strings(frame[column])
+        values = text[column]
         offsets, _ = string_buffers(values)
         if not rows or int(np.diff(offsets).max()) <= MAX_FIELD_LENGTH:
             continue  # bytes bound characters: no value here can be too long
@@ -169,7 +177,8 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
 
 def derived_frame(frame: pd.DataFrame, decided: Decided, rows: np.ndarray) -> pd.DataFrame:
     """Those rows of the chunk with the columns the model checks, as ``prepare`` would have built them."""
-    subset = frame.take(rows).reset_index(drop=True)
+    checked = [c for c in frame.columns if not c.startswith(CUSTOM_PREFIX)]  # custom fields: no rule reads them
+    subset = frame[checked].take(rows).reset_index(drop=True)
     for name, values in decided.derived.items():
         subset[name] = values[rows]
     at = pd.to_datetime(decided.consent_micros[rows], unit="us", utc=True).as_unit("us")

@@ -223,26 +223,24 @@ class SeenContactIds:
     is about 1 in 10^7 per file."""
 
     def __init__(self) -> None:
-        self._blocks: list[np.ndarray] = []  # one sorted, unique block per chunk: no re-sorting of the past
+        self._blocks: list[np.ndarray] = []  # sorted blocks of distinct hashes, a few at most
 
     def repeats(self, contact_ids: pd.Series) -> np.ndarray:
         """Per row: does this id appear earlier in the chunk or in an earlier chunk? Then remember the chunk."""
         ids = arrow_strings(contact_ids)
         present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
         candidates = np.flatnonzero(present)
-        unique, first, inverse = np.unique(
-            arrow_text.string_hashes(ids)[candidates], return_index=True, return_inverse=True
-        )
+        hashes = arrow_text.string_hashes(ids)[candidates]
         repeat = np.zeros(len(present), dtype=bool)
-        repeat[candidates] = True
-        repeat[candidates[first]] = False
-        seen_before = np.zeros(len(unique), dtype=bool)
-        for block in self._blocks:  # sorted look-ups of sorted hashes: each block is read in order
-            at = np.searchsorted(block, unique).clip(max=len(block) - 1)
-            seen_before |= block[at] == unique
-        repeat[candidates] |= seen_before[inverse]
-        if len(unique):
-            self._blocks.append(unique)
+        repeat[candidates] = pd.Series(hashes).duplicated().to_numpy()  # a hash table: later ones repeat
+        for block in self._blocks:
+            at = np.searchsorted(block, hashes).clip(max=len(block) - 1)
+            repeat[candidates] |= block[at] == hashes
+        fresh = np.sort(hashes[~repeat[candidates]])
+        if len(fresh):
+            self._blocks.append(fresh)
+        if len(self._blocks) > 4:  # few sorted blocks to look up: merge them now and then
+            self._blocks = [np.sort(np.concatenate(self._blocks))]
         return repeat
 
 

@@ -82,11 +82,17 @@ def ensure_parent(path: Any) -> None:
         pass
 
 
-def write_parquet(path: Any, frame: pd.DataFrame | pa.Table) -> None:
+# Parts one task writes for the next (extract, valid): mostly unique strings, read whole, never filtered by
+# statistics, so neither dictionaries nor min/max statistics pay for themselves (writing takes half the CPU)
+SPOOL_PARQUET = {"use_dictionary": False, "write_statistics": False}
+
+
+def write_parquet(path: Any, frame: pd.DataFrame | pa.Table, **options: Any) -> None:
+    """``options`` go to ``pyarrow.parquet.write_table`` (``SPOOL_PARQUET`` for parts between tasks)."""
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     ensure_parent(path)
     with path.open("wb") as handle:
-        pq.write_table(table, handle)
+        pq.write_table(table, handle, **options)
 
 
 def read_parquet(path: Any, columns: list[str] | None = None) -> pd.DataFrame:

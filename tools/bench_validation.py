@@ -1,0 +1,80 @@
+"""``make bench-validation``: the validation targets of issue 11 on their own, in a fresh process per list size.
+
+    python -m tools.bench_validation --rows 1000000 --bad-share 0.02
+
+Generates the export (``tools.sample_data``, seeded), runs the extract step, then the validate task's body
+(``pipeline.validate``: read each extracted part, normalise, pre-pass, pandera on the flagged rows, rejections,
+write the valid parts, rejects files and audit entries) and prints one JSON line: rows/s for the schema step (no
+I/O) and for the whole validate task, each by process CPU time (what one core spends, whatever else the machine
+runs) and by wall time, and the peak RSS of the process. ``--whole`` validates with the model on every row
+instead (``validate_chunk_whole``, the path before the pre-pass) for a comparison in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from upath import UPath
+
+AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+
+def measure(rows: int, bad_share: float, whole: bool, workdir: Path) -> dict[str, object]:
+    """One list size in this process: generate, extract, validate; the figures of the validate step."""
+    from include.cxone_import import pipeline, schema
+    from include.cxone_import.storage import RunLayout
+    from tools.sample_data import generate_crm_export
+
+    source = workdir / "contacts.csv"
+    generate_crm_export(source, rows, bad_share=bad_share, seed=42, now=AS_OF)
+    layout = RunLayout.for_run(UPath(f"file://{workdir}"), "bench", "validation")
+    extracted = pipeline.extract(UPath(source), layout)
+    if whole:
+        pipeline.validate_chunk = schema.validate_chunk_whole  # the model on every row (measuring only)
+    wall, cpu = time.perf_counter(), time.process_time()
+    validated = pipeline.validate(layout, parts=extracted["parts"], max_consent_age_days=1825, as_of=AS_OF)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "rows": rows,
+        "path": "whole" if whole else "pre-pass",
+        "rejected_rows": validated["rejected_rows"],
+        "schema_rows_per_cpu_s": round(rows / validated["schema_cpu_seconds"]),
+        "schema_rows_per_wall_s": round(rows / validated["schema_seconds"]),
+        "validate_task_rows_per_cpu_s": round(rows / cpu),
+        "validate_task_rows_per_wall_s": round(rows / wall),
+        "schema_cpu_s": validated["schema_cpu_seconds"],
+        "validate_task_cpu_s": round(cpu, 3),
+        "validate_task_wall_s": round(wall, 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1000000", help="comma-separated list sizes")
+    parser.add_argument("--bad-share", type=float, default=0.02)
+    parser.add_argument("--whole", action="store_true", help="also run the model on every row, for comparison")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one size in this process
+    args = parser.parse_args(argv)
+    if args.one:
+        with tempfile.TemporaryDirectory() as workdir:
+            print(json.dumps(measure(int(args.rows), args.bad_share, args.whole, Path(workdir))))
+        return 0
+    for rows in (int(r) for r in args.rows.split(",")):
+        for whole in ((False, True) if args.whole else (False,)):
+            command = [sys.executable, "-m", "tools.bench_validation", "--one", "--rows", str(rows),
+                       "--bad-share", str(args.bad_share)] + (["--whole"] if whole else [])
+            subprocess.run(command, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
