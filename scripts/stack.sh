@@ -23,7 +23,7 @@
 #         same AIRFLOW_HOME/port variables as the stack it should talk to).
 #
 # Parameters (environment): AIRFLOW_HOME (default .airflow), AIRFLOW_API_PORT (8080), CXONE_SANDBOX_PORT (8765),
-# CXONE_WEBHOOK_PORT (8766), CXONE_IMPORT_STORAGE_BASE (file://<repo>/data), CXONE_IMPORT_PARALLELISM (4),
+# CXONE_WEBHOOK_PORT (8766), CXONE_IMPORT_STORAGE_BASE (file://<repo>/data),
 # AIRFLOW_ADMIN_PASSWORD (admin), STACK_EXTRA_USERS (more logins: name:role:password,...),
 # STACK_START_TIMEOUT (s the processes get to become ready after set-up, 120),
 # STACK_STOP_TIMEOUT (s, 30), AIRFLOW__CORE__EXECUTOR (LocalExecutor; CeleryExecutor adds the workers),
@@ -79,7 +79,6 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/simple_a
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-8}"   # LocalExecutor forks this many workers
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
 export AIRFLOW__CORE__TEST_CONNECTION="${AIRFLOW__CORE__TEST_CONNECTION:-Enabled}"  # the connection form's Test button (a real token request)
-export CXONE_IMPORT_PARALLELISM="${CXONE_IMPORT_PARALLELISM:-4}"
 
 say() { printf 'stack: %s\n' "$*"; }
 die() { printf 'stack: %s\n' "$*" >&2; exit 1; }
@@ -234,7 +233,7 @@ stack: up in ${seconds}s (AIRFLOW_HOME=$AIRFLOW_HOME, $EXECUTOR${CELERY_WORKERS[
   CRM webhook sink       $WEBHOOK_URL   (events: GET $WEBHOOK_URL/_sink/events)
   storage base           $CXONE_IMPORT_STORAGE_BASE   (source files: <storage base>/incoming/contacts_<YYYY-MM-DD>.csv)
   settings               airflow_settings.yaml applied: connections cxone_default, crm_webhook -> the sandbox above;
-                         variables; pool cxone_api. CXONE_IMPORT_PARALLELISM=$CXONE_IMPORT_PARALLELISM
+                         variables; pool cxone_api; rate budget $AIRFLOW_HOME/cxone-rate-budget.sqlite
   logs                   $STACK_DIR/*.log (task logs: $AIRFLOW_HOME/logs)   stop: make stop
 EOF
   if [ "$paused" = paused ]; then

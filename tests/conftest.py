@@ -90,7 +90,7 @@ def run_import(storage_base, cxone_sandbox, webhook_sink, monkeypatch, request):
         else:
             conn.setdefault("max_concurrency", 4)
             env = connection_env(cxone_sandbox.url, webhook_url or webhook_sink.url, **conn)
-        for key, value in {**env, "CXONE_IMPORT_PARALLELISM": "1"}.items():
+        for key, value in env.items():
             monkeypatch.setenv(key, value)
         conf = {"contact_list_id": CONTACT_LIST_ID, **conf}
         dag_run = run_dag(conf, logical_date=logical_date)

@@ -163,7 +163,6 @@ def test_killed_mid_import_then_next_run_loses_nothing_and_resends_nothing(
     env = {
         **os.environ,
         **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
-        "CXONE_IMPORT_PARALLELISM": "1",
         "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}",
     }
     code = (
@@ -237,3 +236,33 @@ def test_a_redrive_sends_its_records_even_if_unchanged(run_import, export, cxone
     assert redrive.report["changes"]["mode"] == "redrive"
     assert redrive.report["totals"]["unchanged"] == 0
     assert redrive.report["totals"]["duplicates"] == len(export.valid_contact_ids)
+
+
+def test_a_run_compares_only_while_it_holds_the_list(run_import, export, cxone_sandbox, monkeypatch):
+    """Another run of the same list still sending holds the list: the comparison waits for it (else this run would
+    miss that run's acknowledgements and send those contacts again)."""
+    import threading
+
+    from airflow.models.taskreschedule import TaskReschedule
+    from airflow.utils.session import create_session
+    from cxone_provider.hooks.cxone import CXoneHook
+
+    assert nightly(run_import, export.path, 60).state == "success"
+    monkeypatch.setenv("CXONE_LIST_WAIT_S", "1")
+    hook = CXoneHook(cxone_conn_id="cxone_default")
+    other = "cxone_contact_import/another-run"
+    assert hook.acquire_list_lease(CONTACT_LIST_ID, other, 60) == other
+    releaser = threading.Timer(3.0, hook.release_list_lease, (CONTACT_LIST_ID, other))
+    releaser.start()
+    try:
+        second = nightly(run_import, export.path, 61)
+    finally:
+        releaser.cancel()
+
+    assert second.state == "success"
+    assert second.report["totals"]["unchanged"] == len(export.valid_contact_ids)
+    with create_session() as session:
+        waits = session.query(TaskReschedule).filter(TaskReschedule.ti_id.in_(
+            [ti.id for ti in second.dag_run.get_task_instances(session=session) if ti.task_id == "chunk"]
+        )).count()
+    assert waits >= 1, "chunk waited for the list"

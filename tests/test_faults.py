@@ -190,7 +190,6 @@ def test_import_killed_mid_run_then_run_again(run_import, export, cxone_sandbox,
     env = {
         **os.environ,
         **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
-        "CXONE_IMPORT_PARALLELISM": "1",
         "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}",
     }
     code = (

@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: CXone sandbox ({args.profile}) on {sandbox.url}, webhook sink on {sink.url}")
         env = {
             **(call_list_connection_env(sandbox.url, sink.url) if call_lists else connection_env(sandbox.url, sink.url)),
-            "CXONE_IMPORT_PARALLELISM": "1",
             "AIRFLOW_VAR_CXONE_CONTACT_LIST_ID": args.contact_list_id,
         }
         with patched_env(env):
