@@ -3,7 +3,9 @@
 
 Reads a CRM export (CSV or JSON Lines), validates every record against the contact schema (E.164 phones,
 consent window, opt-in status, unique contactId), imports the valid records into a NICE CXone contact list in
-batches of at most 100, notifies the CRM webhook and writes a reconciled run report.
+batches of at most 100, notifies the CRM webhook and writes a reconciled run report. With a connection whose
+`api_profile` is `call_lists` the same tasks import into a calling list instead: CSV uploads, their jobs awaited on
+the triggerer (no worker slot held), outcomes read back from the list.
 
 Files of each run live under `{storage base}/runs/cxone_contact_import/{run_id}/`: `rejects.csv`,
 `audit.jsonl`, `batch_results.jsonl`, `dead_letter.jsonl`, `report.json`. See the README for the guarantees a run

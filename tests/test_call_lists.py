@@ -41,8 +41,21 @@ def outcomes(run) -> dict[str, int]:
     return {k: t[k] for k in ("imported", "duplicates", "failed", "rejected", "unchanged")}
 
 
-def test_end_to_end_creates_list_uploads_files_and_reconciles(run_import, export, call_list_sandbox, webhook_sink):
+def test_end_to_end_creates_list_uploads_files_and_reconciles(run_import, export, call_list_sandbox, webhook_sink,
+                                                              capfd, caplog):
     run = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
+
+    out, err = capfd.readouterr()
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from include.cxone_sandbox.call_lists_api import CallListSandboxConfig
+
+    with create_session() as session:
+        xcom = " ".join(json.dumps(x.value) for x in session.query(XComModel).filter(XComModel.run_id == run.dag_run.run_id))
+    seen = out + err + caplog.text + xcom
+    config = CallListSandboxConfig()
+    secrets = [config.access_key_secret, config.client_secret, *call_list_sandbox.issued_tokens()]
+    assert len(seen) > 1_000 and not [s for s in secrets if s in seen], "a secret or token in the logs or XCom"
 
     assert run.state == "success", run.report and run.report["problems"]
     valid = set(export.valid_contact_ids)

@@ -180,7 +180,7 @@ def _reason(status_code: int, body: Any) -> str:
             if len(errors) > 1:
                 reason = f"{len(errors)} errors, first: {reason}"
         else:
-            for key in ("error_description", "message", "error", "detail"):
+            for key in ("error_description", "errorDescription", "message", "error", "detail"):
                 if isinstance(body.get(key), str) and body[key]:
                     reason = body[key]
                     break
