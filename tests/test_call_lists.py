@@ -244,3 +244,22 @@ def test_bad_input_corpus(name, run_import, call_list_sandbox, capfd, caplog):
     assert len(on_list(call_list_sandbox)) == len(valid) - len(too_long - set(expected))
     assert on_list(call_list_sandbox) <= valid
     assert run.report["totals"]["failed"] == 0
+
+
+def test_redrive_sends_exactly_the_dead_letters(run_import, export, call_list_sandbox):
+    call_list_sandbox.configure(cancel_jobs=1)
+    failed = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
+    assert failed.state == "failed" and failed.report["totals"]["failed"] == PER_FILE["upload_records_per_file"]
+
+    redrive = run_import({"redrive_run_id": failed.dag_run.run_id}, profile="call_lists", extra=PER_FILE)
+
+    assert redrive.state == "success", redrive.report["problems"]
+    assert redrive.report["totals"]["imported"] == PER_FILE["upload_records_per_file"]
+    assert on_list(call_list_sandbox) == set(export.valid_contact_ids)
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        labels = [ti.rendered_map_index for ti in session.query(TaskInstance).filter(
+            TaskInstance.run_id == redrive.dag_run.run_id, TaskInstance.task_id == "import_batches")]
+    assert labels and all(label.startswith("group 0:") for label in labels), labels
