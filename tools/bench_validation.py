@@ -30,6 +30,9 @@ AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 def measure(rows: int, bad_share: float, whole: bool, workdir: Path) -> dict[str, object]:
     """One list size in this process: generate, extract, validate; the figures of the validate step."""
     from include.cxone_import import pipeline, schema
+
+    if whole and not hasattr(schema, "validate_chunk_whole"):  # code from before the pre-pass: always whole
+        schema.validate_chunk_whole = schema.validate_chunk
     from include.cxone_import.storage import RunLayout
     from tools.sample_data import generate_crm_export
 
@@ -37,8 +40,18 @@ def measure(rows: int, bad_share: float, whole: bool, workdir: Path) -> dict[str
     generate_crm_export(source, rows, bad_share=bad_share, seed=42, now=AS_OF)
     layout = RunLayout.for_run(UPath(f"file://{workdir}"), "bench", "validation")
     extracted = pipeline.extract(UPath(source), layout)
-    if whole:
-        pipeline.validate_chunk = schema.validate_chunk_whole  # the model on every row (measuring only)
+    validate_chunk = schema.validate_chunk_whole if whole else pipeline.validate_chunk
+    spent = {"cpu": 0.0, "wall": 0.0}
+
+    def timed_validate_chunk(*args: object) -> object:  # the schema step, whatever version of the code is measured
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return validate_chunk(*args)
+        finally:
+            spent["cpu"] += time.process_time() - cpu
+            spent["wall"] += time.perf_counter() - wall
+
+    pipeline.validate_chunk = timed_validate_chunk
     wall, cpu = time.perf_counter(), time.process_time()
     validated = pipeline.validate(layout, parts=extracted["parts"], max_consent_age_days=1825, as_of=AS_OF)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -46,11 +59,11 @@ def measure(rows: int, bad_share: float, whole: bool, workdir: Path) -> dict[str
         "rows": rows,
         "path": "whole" if whole else "pre-pass",
         "rejected_rows": validated["rejected_rows"],
-        "schema_rows_per_cpu_s": round(rows / validated["schema_cpu_seconds"]),
-        "schema_rows_per_wall_s": round(rows / validated["schema_seconds"]),
+        "schema_rows_per_cpu_s": round(rows / spent["cpu"]),
+        "schema_rows_per_wall_s": round(rows / spent["wall"]),
         "validate_task_rows_per_cpu_s": round(rows / cpu),
         "validate_task_rows_per_wall_s": round(rows / wall),
-        "schema_cpu_s": validated["schema_cpu_seconds"],
+        "schema_cpu_s": round(spent["cpu"], 3),
         "validate_task_cpu_s": round(cpu, 3),
         "validate_task_wall_s": round(wall, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -20,7 +20,12 @@ import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.cxone_import.arrow_text import format_utc_milliseconds, parse_iso8601, string_buffers, valid_mask
+from include.cxone_import.arrow_text import (
+    format_utc_milliseconds,
+    parse_iso8601,
+    string_buffers,
+    valid_mask,
+)
 from include.cxone_import.schema import (
     _DERIVED,
     ALLOWED_OPT_IN,
@@ -105,7 +110,6 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
         phones_given += given
         without_plus = given & ~pc.fill_null(pc.starts_with(phone, "+"), False).to_numpy(zero_copy_only=False)
         e164 = pc.fill_null(pc.match_substring_regex(phone, E164_PATTERN), False).to_numpy(zero_copy_only=False)
-        # with a region, a number without + is judged by phone_invalid_for_region only
         if region is None:
             not_e164 |= given & ~e164
         else:

@@ -223,7 +223,7 @@ class SeenContactIds:
     is about 1 in 10^7 per file."""
 
     def __init__(self) -> None:
-        self._blocks: list[np.ndarray] = []  # sorted blocks of distinct hashes, a few at most
+        self._seen = np.empty(0, dtype=np.uint64)  # the hashes of earlier chunks, sorted
 
     def repeats(self, contact_ids: pd.Series) -> np.ndarray:
         """Per row: does this id appear earlier in the chunk or in an earlier chunk? Then remember the chunk."""
@@ -231,16 +231,21 @@ class SeenContactIds:
         present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
         candidates = np.flatnonzero(present)
         hashes = arrow_text.string_hashes(ids)[candidates]
+        if not len(hashes):
+            return present  # no id at all: nothing repeats
+        order = np.argsort(hashes)
+        ordered = hashes[order]
+        # within a run of equal hashes the earliest row is the original, every other one a repeat
+        new_run = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+        original = np.minimum.reduceat(order, np.flatnonzero(new_run))
+        repeat_ordered = order != original[np.cumsum(new_run) - 1]
+        if len(self._seen):
+            at = np.searchsorted(self._seen, ordered).clip(max=len(self._seen) - 1)  # sorted queries: one sweep
+            repeat_ordered |= self._seen[at] == ordered
         repeat = np.zeros(len(present), dtype=bool)
-        repeat[candidates] = pd.Series(hashes).duplicated().to_numpy()  # a hash table: later ones repeat
-        for block in self._blocks:
-            at = np.searchsorted(block, hashes).clip(max=len(block) - 1)
-            repeat[candidates] |= block[at] == hashes
-        fresh = np.sort(hashes[~repeat[candidates]])
-        if len(fresh):
-            self._blocks.append(fresh)
-        if len(self._blocks) > 4:  # few sorted blocks to look up: merge them now and then
-            self._blocks = [np.sort(np.concatenate(self._blocks))]
+        repeat[candidates[order]] = repeat_ordered
+        # two sorted runs: the stable sort merges them in one pass
+        self._seen = np.sort(np.concatenate([self._seen, ordered[~repeat_ordered]]), kind="stable")
         return repeat
 
 
