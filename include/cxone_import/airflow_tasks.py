@@ -269,7 +269,16 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
 
     layout = layout_for(context["run_id"])
     state = list_state(contact_list_id(params))
-    changes = find_unchanged(layout, state, parts=validated["parts"], run_id=context["run_id"], mode=change_mode(params))
+    mode = change_mode(params)
+    if mode == "compare":
+        # fold and compare while this run holds the list: a run of the same list still sending would otherwise
+        # have its acknowledgements land after the comparison, and this run would send those contacts again
+        from cxone_provider.hooks.cxone import CXoneHook
+
+        with contact_list_lease(CXoneHook(cxone_conn_id=CXONE_CONN_ID), contact_list_id(params), context):
+            changes = find_unchanged(layout, state, parts=validated["parts"], run_id=context["run_id"], mode=mode)
+    else:
+        changes = find_unchanged(layout, state, parts=validated["parts"], run_id=context["run_id"], mode=mode)
     groups = pipeline.chunk(
         layout,
         parts=validated["parts"],
