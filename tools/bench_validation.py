@@ -2,11 +2,12 @@
 
     python -m tools.bench_validation --rows 1000000 --bad-share 0.02
 
-Generates the export (``tools.sample_data``, seeded), runs the extract step, then the validate task's body
+Generates the export (``tools.sample_data``, seeded) and runs the extract step in one process, then, in a fresh
+process (as any executor runs a task), the validate task's body
 (``pipeline.validate``: read each extracted part, normalise, pre-pass, pandera on the flagged rows, rejections,
 write the valid parts, rejects files and audit entries) and prints one JSON line: rows/s for the schema step (no
 I/O) and for the whole validate task, each by process CPU time (what one core spends, whatever else the machine
-runs) and by wall time, and the peak RSS of the process. ``--whole`` validates with the model on every row
+runs) and by wall time, and the peak RSS of that process. ``--whole`` validates with the model on every row
 instead (``validate_chunk_whole``, the path before the pre-pass) for a comparison in the same invocation.
 """
 
@@ -27,19 +28,28 @@ from upath import UPath
 AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 
-def measure(rows: int, bad_share: float, whole: bool, workdir: Path) -> dict[str, object]:
-    """One list size in this process: generate, extract, validate; the figures of the validate step."""
-    from include.cxone_import import pipeline, schema
-
-    if whole and not hasattr(schema, "validate_chunk_whole"):  # code from before the pre-pass: always whole
-        schema.validate_chunk_whole = schema.validate_chunk
+def prepare(rows: int, bad_share: float, workdir: Path) -> None:
+    """Generate the export and run the extract step into ``workdir`` (the validate step's input)."""
+    from include.cxone_import import pipeline
     from include.cxone_import.storage import RunLayout
     from tools.sample_data import generate_crm_export
 
     source = workdir / "contacts.csv"
     generate_crm_export(source, rows, bad_share=bad_share, seed=42, now=AS_OF)
+    extracted = pipeline.extract(UPath(source), RunLayout.for_run(UPath(f"file://{workdir}"), "bench", "validation"))
+    (workdir / "extracted.json").write_text(json.dumps(extracted))
+
+
+def measure(whole: bool, workdir: Path) -> dict[str, object]:
+    """The validate task's body on the extracted parts, in this process (its peak RSS is the task's own)."""
+    from include.cxone_import import pipeline, schema
+    from include.cxone_import.storage import RunLayout
+
+    if whole and not hasattr(schema, "validate_chunk_whole"):  # code from before the pre-pass: always whole
+        schema.validate_chunk_whole = schema.validate_chunk
+    extracted = json.loads((workdir / "extracted.json").read_text())
+    rows = extracted["input_rows"]
     layout = RunLayout.for_run(UPath(f"file://{workdir}"), "bench", "validation")
-    extracted = pipeline.extract(UPath(source), layout)
     validate_chunk = schema.validate_chunk_whole if whole else pipeline.validate_chunk
     spent = {"cpu": 0.0, "wall": 0.0}
 
@@ -75,17 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="1000000", help="comma-separated list sizes")
     parser.add_argument("--bad-share", type=float, default=0.02)
     parser.add_argument("--whole", action="store_true", help="also run the model on every row, for comparison")
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one size in this process
+    parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)  # internal: generate and extract here
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: validate what is here
     args = parser.parse_args(argv)
+    if args.prepare:
+        prepare(int(args.rows), args.bad_share, args.prepare)
+        return 0
     if args.one:
-        with tempfile.TemporaryDirectory() as workdir:
-            print(json.dumps(measure(int(args.rows), args.bad_share, args.whole, Path(workdir))))
+        print(json.dumps(measure(args.whole, args.one)), flush=True)
         return 0
     for rows in (int(r) for r in args.rows.split(",")):
-        for whole in ((False, True) if args.whole else (False,)):
-            command = [sys.executable, "-m", "tools.bench_validation", "--one", "--rows", str(rows),
-                       "--bad-share", str(args.bad_share)] + (["--whole"] if whole else [])
-            subprocess.run(command, check=True)
+        with tempfile.TemporaryDirectory(prefix="cxone-bench-validation-") as workdir:
+            module = [sys.executable, "-m", "tools.bench_validation"]
+            subprocess.run([*module, "--prepare", workdir, "--rows", str(rows), "--bad-share", str(args.bad_share)],
+                           check=True)
+            for whole in ((False, True) if args.whole else (False,)):  # each in a fresh process: its own peak RSS
+                subprocess.run([*module, "--one", workdir] + (["--whole"] if whole else []), check=True)
     return 0
 
 
