@@ -15,7 +15,6 @@ import dataclasses
 import secrets
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
