@@ -3,7 +3,8 @@
     python -m include.cxone_sandbox --port 8765 --webhook-port 8766 --ready-file /tmp/sandbox.json
 
 When both servers listen, writes `{"cxone_url", "webhook_url", "pid"}` to the ready file (atomically)
-and prints the same JSON line on stdout. The ready file is removed again on a clean stop.
+and prints the same JSON line on stdout. `--call-lists-port N` also serves the calling-list API (the call_lists
+profile, `call_lists_url` in the ready file). The ready file is removed again on a clean stop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig, WebhookSink
+from include.cxone_sandbox.call_lists_api import CallListSandbox, CallListSandboxConfig
 from include.cxone_sandbox.config import DUPLICATE_MODES
 
 LOCALHOST = "127.0.0.1"
@@ -35,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="CXone sandbox port (0 = any free port)")
     parser.add_argument("--webhook-port", type=int, default=8766, help="webhook sink port (0 = any free port)")
     parser.add_argument("--ready-file", type=Path, help="write the URLs as JSON here once listening")
+    parser.add_argument("--call-lists-port", type=int, default=None,
+                        help="also serve the calling-list API on this port (0 = any free port; default: not served)")
+    parser.add_argument("--job-delay-s", type=float, default=CallListSandboxConfig().job_delay_s,
+                        help="calling-list upload jobs complete this long after they were accepted")
     parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms)
     parser.add_argument("--requests-per-minute", type=int, default=defaults.requests_per_minute)
     parser.add_argument(
@@ -90,16 +96,24 @@ def main(argv: list[str] | None = None) -> int:
 
     sandbox = CXoneSandbox(config, host=LOCALHOST, port=args.port)
     sink = WebhookSink(host=LOCALHOST, port=args.webhook_port)
+    call_lists = (
+        CallListSandbox(CallListSandboxConfig(job_delay_s=args.job_delay_s), host=LOCALHOST, port=args.call_lists_port)
+        if args.call_lists_port is not None else None
+    )
     try:
         sandbox.start()
         sink.start()
         ready = {"cxone_url": sandbox.url, "webhook_url": sink.url, "pid": os.getpid()}
+        if call_lists is not None:
+            ready["call_lists_url"] = call_lists.start().url
         if args.ready_file is not None:
             _write_ready_file(args.ready_file, ready)
         print(json.dumps(ready), flush=True)
         while not stop_requested.wait(0.5):
             pass
     finally:
+        if call_lists is not None:
+            call_lists.stop()
         sink.stop()
         sandbox.stop()
         if args.ready_file is not None:
