@@ -268,6 +268,7 @@ class GroupUploader:
                      "bytes": len(upload.content), "file_name": upload.file_name, "started_at": _now()}
             state.files[upload.file_id] = entry
             state.submitted_at = state.submitted_at or time.time()
+            state.reconciled = False  # this file's records get their outcome from a new read-back
             self._save(state)
             started = time.monotonic()
             try:
