@@ -263,3 +263,17 @@ def test_redrive_sends_exactly_the_dead_letters(run_import, export, call_list_sa
         labels = [ti.rendered_map_index for ti in session.query(TaskInstance).filter(
             TaskInstance.run_id == redrive.dag_run.run_id, TaskInstance.task_id == "import_batches")]
     assert labels and all(label.startswith("group 0:") for label in labels), labels
+
+
+def test_an_upload_still_refused_after_its_retries_is_sent_by_the_task_retry(run_import, export, call_list_sandbox):
+    # the first file gets 429 on both of its attempts: its records fail in that try, the task fails, and its retry
+    # uploads only that file, waits for it and reconciles the group again
+    call_list_sandbox.configure(rate_limited_uploads=2)
+    run = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists",
+                     extra={**PER_FILE, "max_attempts": 2, "backoff_base_s": 0.05})
+
+    assert run.state == "success", run.report["problems"]
+    assert outcomes(run)["imported"] == len(export.valid_contact_ids) and outcomes(run)["failed"] == 0
+    jobs = call_list_sandbox.jobs()
+    assert len({j["fileName"] for j in jobs}) == len(jobs) == run.report["totals"]["batches"]
+    assert any(f["task"] == "import_batches" for f in run.report["task_failures"])

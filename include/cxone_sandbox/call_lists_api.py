@@ -36,8 +36,8 @@ from include.cxone_sandbox.config import SandboxConfigError
 from include.cxone_sandbox.http_server import BodyError, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
 
 API_PREFIX = "/incontactapi/services/"  # matched case-insensitively (clients spell it either way)
-COUNTDOWN_KNOBS = ("rate_limited_requests", "read_errors_5xx", "upload_errors_5xx_after_accept", "cancel_jobs",
-                   "stall_jobs")
+COUNTDOWN_KNOBS = ("rate_limited_requests", "rate_limited_uploads", "read_errors_5xx",
+                   "upload_errors_5xx_after_accept", "cancel_jobs", "stall_jobs")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class CallListSandboxConfig:
     max_file_records: int = MAX_FILE_RECORDS
     max_record_chars: int = MAX_RECORD_CHARS
     rate_limited_requests: int = 0  # the next N API requests get 429 without Retry-After
+    rate_limited_uploads: int = 0  # the next N uploads get 429 without Retry-After (nothing accepted)
     read_errors_5xx: int = 0  # the next N GET requests get 503
     upload_errors_5xx_after_accept: int = 0  # the next N uploads are accepted (a job runs) and answered 503
     cancel_jobs: int = 0  # the next N jobs end cancelled, nothing imported
@@ -307,7 +308,9 @@ class CallListSandbox(ServerRunner):
             expiry = self._tokens.get(token) if token else None
             if expiry is None or time.monotonic() >= expiry:
                 status, payload, headers = 401, {"error": "InvalidToken", "errorDescription": "token missing or expired"}, None
-            elif self._take("rate_limited_requests"):
+            elif self._take("rate_limited_requests") or (
+                method == "POST" and route.rstrip("/").endswith("/upload") and self._take("rate_limited_uploads")
+            ):
                 status, payload, headers = 429, {"error": "TooManyRequests", "errorDescription": "slow down"}, None
             elif method == "GET" and self._take("read_errors_5xx"):
                 status, payload, headers = 503, {"error": "ServiceUnavailable", "errorDescription": "try again"}, None
