@@ -102,6 +102,8 @@ def validate(
         log.info(
             "validated part %d: %d valid, %d rejected", n, len(result.valid), result.rejected_rows
         )
+        del result
+        pa.default_memory_pool().release_unused()  # hand the chunk's Arrow memory back: flat peak per chunk
     rejects = pd.concat(reject_frames, ignore_index=True) if reject_frames else pd.DataFrame(columns=REJECT_COLUMNS)
     _write_rejects(layout, rejects)
     elapsed = (datetime.now(timezone.utc) - started).total_seconds()
