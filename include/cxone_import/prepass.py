@@ -182,7 +182,7 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
 def derived_frame(frame: pd.DataFrame, decided: Decided, rows: np.ndarray) -> pd.DataFrame:
     """Those rows of the chunk with the columns the model checks, as ``prepare`` would have built them."""
     checked = [c for c in frame.columns if not c.startswith(CUSTOM_PREFIX)]  # custom fields: no rule reads them
-    subset = frame[checked].take(rows).reset_index(drop=True)
+    subset = frame.take(rows)[checked].reset_index(drop=True)
     for name, values in decided.derived.items():
         subset[name] = values[rows]
     at = pd.to_datetime(decided.consent_micros[rows], unit="us", utc=True).as_unit("us")
