@@ -18,22 +18,31 @@ from datetime import datetime
 
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from include.cxone_import import airflow_tasks as steps
-from include.cxone_import.import_operator import ImportGroupOperator
 from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
-RETRY_DELAY = steps.retry_delay()
+from include.cxone_import import settings
+from include.cxone_import.operators import ImportGroupOperator
+
+# Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported when a task runs.
+RETRY_DELAY = settings.retry_delay()
+
+
+def _steps():
+    """The task bodies, imported when a task runs."""
+    from include.cxone_import import airflow_tasks
+
+    return airflow_tasks
 
 
 @dag(
-    dag_id=steps.DAG_ID,
+    dag_id=settings.DAG_ID,
     schedule="0 2 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     # runs for different contact lists go on at the same time: one tenant budget is shared by all of them, and
     # each list is held by one run at a time (a lease taken by the import tasks; see README, "Throughput")
     doc_md=__doc__,
-    on_failure_callback=CrmRunFailedNotifier(build_event=steps.failure_event, http_conn_id=steps.WEBHOOK_CONN_ID),
+    on_failure_callback=CrmRunFailedNotifier(build_event=settings.failure_event, http_conn_id=settings.WEBHOOK_CONN_ID),
     tags=["cxone", "outbound", "contacts"],
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={
@@ -89,28 +98,33 @@ RETRY_DELAY = steps.retry_delay()
 def cxone_contact_import():
     @task
     def extract(params=None, **context):
+        steps = _steps()
         with steps.measured(context, "extract"):
             return steps.extract(params, context)
 
     @task
     def validate(extracted: dict, params=None, **context):
+        steps = _steps()
         with steps.measured(context, "validate"):
             return steps.validate(extracted, params, context)
 
     @task
     def chunk(validated: dict, params=None, **context):
+        steps = _steps()
         with steps.measured(context, "chunk"):
             return steps.chunk(validated, params, context)
 
     @task(trigger_rule="all_done", retries=0)
     def notify_webhook(validated: dict, params=None, **context):
+        steps = _steps()
         with steps.measured(context, "notify_webhook"):
             return steps.notify(validated, params, context)
 
     # The list's asset event comes from here, once per run and only when it reconciled: a downstream DAG never sees
     # a half-imported list, and parallel import tasks never race to create the alias's asset row (PostgreSQL).
-    @task(trigger_rule="all_done", retries=0, outlets=[AssetAlias(steps.CONTACT_LIST_ASSET_ALIAS)])
+    @task(trigger_rule="all_done", retries=0, outlets=[AssetAlias(settings.CONTACT_LIST_ASSET_ALIAS)])
     def report(extracted: dict, validated: dict, groups: list, webhook: dict | None, params=None, **context):
+        steps = _steps()
         try:
             with steps.measured(context, "report"):
                 return steps.report(extracted, validated, groups, webhook, params, context)

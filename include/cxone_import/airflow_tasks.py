@@ -29,6 +29,14 @@ from include.cxone_import.report import (
     load_outcomes,
     totals,
 )
+from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-exported for the task bodies
+    CONTACT_LIST_ASSET_ALIAS,
+    CXONE_CONN_ID,
+    DAG_ID,
+    WEBHOOK_CONN_ID,
+    list_wait,
+    retry_delay,
+)
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
 from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, write_json, write_jsonl
@@ -36,31 +44,17 @@ from include.cxone_import.webhook import batch_events, delivery_summary, run_fai
 
 log = logging.getLogger(__name__)
 
-DAG_ID = "cxone_contact_import"
 STORAGE_BASE_VARIABLE = "cxone_storage_base"
 STORAGE_CONN_VARIABLE = "cxone_storage_conn_id"
 CONTACT_LIST_VARIABLE = "cxone_contact_list_id"
 SOURCE_BASE_VARIABLE = "cxone_source_base"
 SOURCE_TEMPLATE_VARIABLE = "cxone_source_template"
 DEFAULT_SOURCE_TEMPLATE = "contacts_{ds}.csv"
-CXONE_CONN_ID = "cxone_default"
-CONTACT_LIST_ASSET_ALIAS = "cxone_contact_list"
 XCOM_BATCH_FIELDS = ("batch_id", "batch_index", "records", "imported", "duplicates", "failed", "status", "latency_ms", "attempts")
-WEBHOOK_CONN_ID = "crm_webhook"
 
 
 LIST_LEASE_TTL_S = 1800  # a run that died without its report frees its contact list after this long
 LIST_LEASE_RENEW_S = 60
-
-
-def list_wait() -> timedelta:
-    """How long an import task waits (rescheduled, its worker slot freed) while another run holds its list."""
-    return timedelta(seconds=float(os.environ.get("CXONE_LIST_WAIT_S", "30")))
-
-
-def retry_delay() -> timedelta:
-    """Delay before a task retry (the import resumes from its checkpoints); tests shorten it."""
-    return timedelta(seconds=float(os.environ.get("CXONE_IMPORT_RETRY_DELAY_S", "30")))
 
 
 def _variable(key: str, default: Any = None) -> Any:
@@ -370,6 +364,13 @@ def contact_list_lease(hook: Any, list_id: str, context: dict[str, Any]) -> Iter
     finally:
         stop.set()
         renewer.join(timeout=5)
+
+
+def hold_contact_list(hook: Any, list_id: str, context: dict[str, Any], seconds: float) -> None:
+    """Keep the run's lease on the list for ``seconds`` more while nothing renews it (a task deferred on upload jobs
+    holds no thread): another run of the list must not start while this one's jobs may still apply."""
+    if hook.acquire_list_lease(list_id, _lease_owner(context), max(LIST_LEASE_TTL_S, seconds)) != _lease_owner(context):
+        log.warning("lost the lease on contact list %s before waiting on its upload jobs", list_id)
 
 
 def release_contact_list(params: dict[str, Any], context: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The DAG's import step for both API profiles, as one deferrable operator mapped over the import groups.
+"""The DAG's import step for both API profiles: what the deferrable ``operators.ImportGroupOperator`` runs.
 
 The connection's ``api_profile`` decides what a mapped task does:
 
@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 import pyarrow.parquet as pq
-from airflow.sdk import BaseOperator
 
 from include.cxone_import import airflow_tasks as steps
 from include.cxone_import.engine import TransientImportError
@@ -106,6 +104,9 @@ def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
         return None
     if not state.jobs() and not state.uncertain():
         return None
+    # while deferred nothing renews the lease: hold the list for the whole wait (the report task releases it)
+    steps.hold_contact_list(hook, steps.contact_list_id(params), context,
+                            options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
     return {
         "cxone_conn_id": steps.CXONE_CONN_ID,
         "list_id": uploader_list_id(layout),
@@ -148,45 +149,3 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
             "those, the others keep their jobs"
         )
     return {**summary, "batch_metrics": [{k: m[k] for k in steps.XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
-
-
-class ImportGroupOperator(BaseOperator):
-    """
-    Import one group of the run (mapped over ``chunk``'s groups) with the connection's API profile.
-
-    :param group: the group as ``chunk`` planned it (index, path, counts).
-    """
-
-    ui_color = "#e8f4ff"
-
-    def __init__(self, *, group: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.group = group
-
-    def execute(self, context: Any) -> Any:
-        context["group_label"] = steps.group_label(self.group)  # map_index_template
-        params = context["params"]
-        with steps.measured(context, "import_batches"):
-            hook = _hook()
-            if hook.api_profile != CALL_LISTS:
-                return steps.import_group(self.group, params, context)
-            wait = submit_group(hook, self.group, params, context)
-            if wait is None:
-                return finish_group(hook, self.group, params, context, None)
-        log.info("group %s: waiting on the triggerer for jobs %s of list %s", self.group["group_index"],
-                 wait["job_ids"], wait["list_id"])
-        from cxone_provider.triggers.call_lists import CallListJobsTrigger
-
-        self.defer(
-            trigger=CallListJobsTrigger(**wait),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=wait["timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S),
-        )
-
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        """Resumed by the trigger's event: read the list back and write the group's outcomes."""
-        context["group_label"] = steps.group_label(self.group)
-        with steps.measured(context, "import_batches"):
-            log.info("group %s: upload jobs %s (%s)", self.group["group_index"], (event or {}).get("jobs"),
-                     (event or {}).get("status"))
-            return finish_group(_hook(), self.group, context["params"], context, event or {"status": "done", "jobs": {}})

@@ -1,0 +1,31 @@
+"""Names and settings the DAG file needs when it is parsed. Nothing here imports pandas, pyarrow or pandera: the
+DAG file stays quick to parse (the dag-processor and every task process parse it, under
+``dagbag_import_timeout``); the task bodies in ``airflow_tasks`` import the heavy libraries when they run."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+DAG_ID = "cxone_contact_import"
+CXONE_CONN_ID = "cxone_default"
+WEBHOOK_CONN_ID = "crm_webhook"
+CONTACT_LIST_ASSET_ALIAS = "cxone_contact_list"
+
+
+def retry_delay() -> timedelta:
+    """Delay before a task retry (the import resumes from its checkpoints); tests shorten it."""
+    return timedelta(seconds=float(os.environ.get("CXONE_IMPORT_RETRY_DELAY_S", "30")))
+
+
+def list_wait() -> timedelta:
+    """How long an import task waits (rescheduled, its worker slot freed) while another run holds its list."""
+    return timedelta(seconds=float(os.environ.get("CXONE_LIST_WAIT_S", "30")))
+
+
+def failure_event(context: Any) -> dict[str, Any]:
+    """The event of a failed run (built by ``airflow_tasks.failure_event`` when a run fails, not when parsed)."""
+    from include.cxone_import import airflow_tasks
+
+    return airflow_tasks.failure_event(context)
