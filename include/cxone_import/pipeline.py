@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
@@ -26,7 +27,6 @@ from include.cxone_import.storage import (
     RunLayout,
     ensure_parent,
     read_parquet,
-    write_jsonl,
     write_parquet,
 )
 
@@ -135,12 +135,15 @@ def _write_rejects(layout: RunLayout, rejects: pd.DataFrame) -> None:
     ensure_parent(layout.rejects_csv)
     with layout.rejects_csv.open("w") as handle:
         neutralise_formulas(rejects).to_csv(handle, index=False)
-    write_jsonl(layout.audit_part("rejects"), _rejection_audit_entries(rejects))
+    path = layout.audit_part("rejects")
+    ensure_parent(path)
+    with path.open("w") as handle:
+        handle.writelines(_rejection_audit_lines(rejects))
 
 
-def _rejection_audit_entries(rejects: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    """One audit entry per rejected record (its rules and columns), in row order."""
-    now = datetime.now(timezone.utc).isoformat()
+def _rejection_audit_lines(rejects: pd.DataFrame) -> Iterator[str]:
+    """One audit entry (a JSON line) per rejected record, its rules and columns, in row order. The entries are
+    what ``write_jsonl`` writes for the same dicts; the few distinct rule/column sets are serialised once each."""
     ordered = rejects.sort_values("row_number", kind="stable")
     rows = ordered["row_number"].to_numpy()
     if not len(rows):
@@ -150,18 +153,19 @@ def _rejection_audit_entries(rejects: pd.DataFrame) -> Iterator[dict[str, Any]]:
     contact_ids = ordered["contact_id"].to_numpy(dtype=object)
     rules = ordered["rule"].to_numpy(dtype=object)
     columns = ordered["column"].to_numpy(dtype=object)
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        contact_id = contact_ids[start]
-        yield {
-            "auditId": str(uuid.uuid4()),
-            "timestamp": now,
-            "kind": "record",
-            "status": "validation_failed",
-            "rowNumber": int(rows[start]),
-            "contactId": contact_id if isinstance(contact_id, str) else None,
-            "latencyMs": None,
-            "details": {"rules": sorted(set(rules[start:end])), "columns": sorted(set(columns[start:end]))},
-        }
+    line = (
+        '{"auditId":"%s","timestamp":' + json.dumps(datetime.now(timezone.utc).isoformat())
+        + ',"kind":"record","status":"validation_failed","rowNumber":%d,"contactId":%s,"latencyMs":null,"details":%s}\n'
+    )
+    details: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+    for start, end, row, contact_id in zip(
+        starts.tolist(), ends.tolist(), rows[starts].tolist(), contact_ids[starts], strict=True
+    ):
+        key = (tuple(sorted(set(rules[start:end]))), tuple(sorted(set(columns[start:end]))))
+        if key not in details:
+            details[key] = json.dumps({"rules": list(key[0]), "columns": list(key[1])}, separators=(",", ":"))
+        contact = json.dumps(contact_id) if isinstance(contact_id, str) else "null"
+        yield line % (uuid.uuid4(), row, contact, details[key])
 
 
 @dataclass(frozen=True)
