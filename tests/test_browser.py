@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
+from cxone_provider.connection_form import UI_FIELD_BEHAVIOUR
 from tools.sample_data import generate_crm_export
 from tests.stack import DAG_ID, AirflowApiError, AirflowStack, airflow_stack  # noqa: F401 - the session's stack
 
@@ -353,8 +354,9 @@ def test_add_connection_form_offers_cxone(ui: AirflowUI, page: Page) -> None:
     dialog.get_by_label("Connection Type").fill("CXone")
     page.get_by_role("option", name="NICE CXone", exact=True).click()
 
-    # Standard fields: login and password relabelled for OAuth2, the URL host/port/schema hidden.
-    expect(dialog.get_by_label("Client ID")).to_have_attribute("placeholder", "OAuth2 client id")
+    # Standard fields: login and password relabelled (OAuth2 client, or access key on call_lists), URL fields hidden.
+    placeholders = UI_FIELD_BEHAVIOUR["placeholders"]
+    expect(dialog.get_by_label("Client ID")).to_have_attribute("placeholder", placeholders["login"])
     expect(dialog.get_by_label("Client Secret")).to_have_attribute("type", "password")
     for hidden in ("Login", "Password", "Port", "Schema"):
         expect(dialog.get_by_text(hidden, exact=True)).to_have_count(0)
