@@ -33,7 +33,7 @@ from include.cxone_sandbox.call_lists_contract import (
     stored_record,
 )
 from include.cxone_sandbox.config import SandboxConfigError
-from include.cxone_sandbox.http_server import BodyError, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
+from include.cxone_sandbox.http_server import BodyError, IssuedTokens, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
 
 API_PREFIX = "/incontactapi/services/"  # matched case-insensitively (clients spell it either way)
 COUNTDOWN_KNOBS = ("rate_limited_requests", "rate_limited_uploads", "read_errors_5xx",
@@ -116,7 +116,7 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class CallListSandbox(ServerRunner):
+class CallListSandbox(IssuedTokens, ServerRunner):
     """Local calling-list API on 127.0.0.1 with fault knobs, store inspection and counters."""
 
     _thread_name = "cxone-call-lists"
@@ -173,16 +173,6 @@ class CallListSandbox(ServerRunner):
         with self._lock:
             self._advance_jobs()
             return [j.view(self._lists[j.list_id].list_name) | {"fileName": j.file_name} for j in self._jobs.values()]
-
-    def issued_tokens(self) -> list[str]:
-        with self._lock:
-            return list(self._issued)
-
-    def revoke_tokens(self) -> int:
-        with self._lock:
-            revoked = len(self._tokens)
-            self._tokens.clear()
-            return revoked
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

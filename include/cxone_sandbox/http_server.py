@@ -174,6 +174,27 @@ class JsonHandler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = _method_not_allowed
 
 
+class IssuedTokens:
+    """Token book-keeping both sandbox servers share (under their ``_lock``): ``_tokens`` live token -> expiry,
+    ``_issued`` every token handed out (tests grep logs for them)."""
+
+    _lock: Any
+    _tokens: dict[str, float]
+    _issued: list[str]
+
+    def issued_tokens(self) -> list[str]:
+        """Every access token issued since start or the last reset (for tests that grep logs for leaks)."""
+        with self._lock:
+            return list(self._issued)
+
+    def revoke_tokens(self) -> int:
+        """Invalidate every token issued so far; returns how many were live."""
+        with self._lock:
+            revoked = len(self._tokens)
+            self._tokens.clear()
+            return revoked
+
+
 class ServerRunner:
     """Start/stop/url/context-manager plumbing around one `LocalHTTPServer` on a background thread."""
 

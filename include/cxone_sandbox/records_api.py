@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote
 
 from include.cxone_sandbox.config import SandboxConfig, SandboxConfigError, updated_config
 from include.cxone_sandbox.contract import DEFAULT_SCOPE, ContactList, batch_errors, find_duplicates
-from include.cxone_sandbox.http_server import JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
+from include.cxone_sandbox.http_server import IssuedTokens, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
 
 _RECORDS_PATH = re.compile(r"^/api/v2/contactlists/([^/]+)/records/?$")
 _CONTROL_RECORDS_PATH = re.compile(r"^/_sandbox/records/([^/]+)/?$")
@@ -57,7 +57,7 @@ def _empty_stats() -> dict[str, Any]:
     }
 
 
-class CXoneSandbox(ServerRunner):
+class CXoneSandbox(IssuedTokens, ServerRunner):
     """Local CXone records API on 127.0.0.1 with fault knobs, store inspection and counters."""
 
     _thread_name = "cxone-sandbox"
@@ -128,18 +128,6 @@ class CXoneSandbox(ServerRunner):
             contact_list = self._lists.setdefault(contact_list_id, ContactList())
             for record in copies:
                 contact_list.add(record)
-
-    def issued_tokens(self) -> list[str]:
-        """Every access token issued since start or the last reset (for tests that grep logs for leaks)."""
-        with self._lock:
-            return list(self._issued)
-
-    def revoke_tokens(self) -> int:
-        """Invalidate every token issued so far; returns how many were live."""
-        with self._lock:
-            revoked = len(self._tokens)
-            self._tokens.clear()
-            return revoked
 
     def stats(self) -> dict[str, Any]:
         """Counters since start or the last reset (a copy)."""
