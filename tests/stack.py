@@ -68,6 +68,9 @@ STRIPPED_ENV_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_", "CXONE_")
 STRIPPED_ENV_KEYS = ("AIRFLOW_HOME", "AIRFLOW_API_PORT", "STACK_OWNER_PID", "STACK_FROM_WATCHDOG")
 
 
+SQLITE_LOCKED_ATTEMPTS = 3
+
+
 class StackError(RuntimeError):
     """The stack did not start (the message carries scripts/stack.sh's output and the log tail it printed)."""
 
@@ -209,11 +212,20 @@ class AirflowStack:
     # -- Airflow ---------------------------------------------------------------------------------------------
 
     def airflow(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``airflow <args>`` against this stack's DB and config; raises on a non-zero exit when ``check``."""
-        result = subprocess.run(
-            ["bash", str(STACK_SH), "run", "airflow", *args],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout,
-        )
+        """Run ``airflow <args>`` against this stack's DB and config; raises on a non-zero exit when ``check``.
+
+        On SQLite a command that reads and then writes while the scheduler holds the write lock is refused at once
+        ("database is locked": SQLite does not wait for a lock upgrade, whatever the busy timeout); such a command
+        wrote nothing (its transaction rolled back) and is run again, as a user would.
+        """
+        for attempt in range(1, SQLITE_LOCKED_ATTEMPTS + 1):
+            result = subprocess.run(
+                ["bash", str(STACK_SH), "run", "airflow", *args],
+                env=self.env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout,
+            )
+            if result.returncode == 0 or "database is locked" not in result.stdout + result.stderr:
+                break
+            time.sleep(attempt)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"airflow {' '.join(args)} exited {result.returncode}:\n"
