@@ -5,9 +5,10 @@
 # their own server on a free 127.0.0.1 port in a temporary folder. Needs root (or passwordless sudo) to install.
 # Exit 0: `redis-server --version` works. Exit 1: it does not, with the reason on stderr.
 set -euo pipefail
+# shellcheck source=scripts/apt_install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh"
 
 PACKAGES=(redis-server)
-APT_TIMEOUT_S="${APT_TIMEOUT_S:-600}"
 
 say() { printf 'install_redis: %s\n' "$*"; }
 die() { printf 'install_redis: %s\n' "$*" >&2; exit 1; }
@@ -17,28 +18,9 @@ if version="$(redis-server --version 2>/dev/null)"; then
   exit 0
 fi
 
-command -v apt-get >/dev/null 2>&1 || die "redis-server is missing and there is no apt-get to install it (not Debian/Ubuntu?)"
-if [ "$(id -u)" -eq 0 ]; then
-  SUDO=()
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-  SUDO=(sudo -n)
-else
-  die "redis-server is missing and installing it needs root (run: sudo apt-get install redis-server)"
-fi
-
-log="$(mktemp -t install-redis.XXXXXX.log)"
-trap 'rm -f "$log"' EXIT
-apt() {  # quiet apt-get; on failure show its output
-  if ! timeout "$APT_TIMEOUT_S" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@" >"$log" 2>&1; then
-    tail -n 30 "$log" >&2
-    die "apt-get $* failed (see above)"
-  fi
-}
-
 started=$SECONDS
 say "installing ${PACKAGES[*]} with apt-get"
-apt update -q
-apt install -y -q --no-install-recommends "${PACKAGES[@]}"
+apt_install redis-server "${PACKAGES[@]}"
 
 version="$(redis-server --version 2>&1)" || die "redis-server --version fails: $version"
 say "ready: $version (installed in $((SECONDS - started))s)"

@@ -6,8 +6,9 @@
 # packages. Needs root (or passwordless sudo) for the install.
 # Exit 0: both work, prints the PostgreSQL bin folder on stdout. Exit 1: they do not, with the reason on stderr.
 set -euo pipefail
+# shellcheck source=scripts/apt_install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh"
 
-APT_TIMEOUT_S="${APT_TIMEOUT_S:-600}"
 
 say() { printf 'install_services: %s\n' "$*" >&2; }
 die() { printf 'install_services: %s\n' "$*" >&2; exit 1; }
@@ -23,26 +24,9 @@ pg_bin >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 
 if [ ${#missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null 2>&1 || die "${missing[*]} missing and there is no apt-get to install it (not Debian/Ubuntu?)"
-  if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    SUDO=(sudo -n)
-  else
-    die "${missing[*]} missing and installing needs root (run: sudo apt-get install ${missing[*]})"
-  fi
-  log="$(mktemp -t install-services.XXXXXX.log)"
-  trap 'rm -f "$log"' EXIT
-  apt() {  # quiet apt-get; on failure show its output
-    if ! timeout "$APT_TIMEOUT_S" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@" >"$log" 2>&1; then
-      tail -n 30 "$log" >&2
-      die "apt-get $* failed (see above)"
-    fi
-  }
   started=$SECONDS
   say "installing ${missing[*]} with apt-get"
-  apt update -q
-  apt install -y -q --no-install-recommends "${missing[@]}"
+  apt_install "${missing[*]}" "${missing[@]}"
   say "installed in $((SECONDS - started))s"
 fi
 
