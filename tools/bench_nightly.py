@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,43 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import requests
 
+from tools.bench import Sandbox
 from tools.localrun import ROOT, connection_env, patched_env, run_dag, run_report
 from tools.sample_data import generate_crm_export
 
 NIGHT_1 = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
 LIST_ID = "bench-nightly"
-
-
-class SandboxProcess:
-    """The CXone sandbox and webhook sink as their own process (their CPU is not the DAG's)."""
-
-    def __init__(self, latency_ms: float, rpm: int) -> None:
-        self.latency_ms, self.rpm = latency_ms, rpm
-
-    def __enter__(self) -> SandboxProcess:
-        ready = Path(tempfile.mkdtemp()) / "ready.json"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "include.cxone_sandbox", "--port", "0", "--webhook-port", "0", "--ready-file",
-             str(ready), "--latency-ms", str(self.latency_ms), "--requests-per-minute", str(self.rpm)],
-            cwd=ROOT, stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the sandbox did not start")
-            time.sleep(0.05)
-        self.urls = json.loads(ready.read_text())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-    def stats(self) -> dict[str, Any]:
-        return requests.get(self.urls["cxone_url"] + "/_sandbox/stats", timeout=10).json()
 
 
 def next_night_export(source: Path, target: Path, valid_ids: frozenset[str], *, new: float, changed: float, seed: int) -> tuple[int, int]:
@@ -105,7 +74,7 @@ def _duplicated(values: np.ndarray) -> np.ndarray:
 
 
 def night(
-    sandbox: SandboxProcess, storage: Path, source: Path, day: int, args: argparse.Namespace, list_id: str = LIST_ID
+    sandbox: Sandbox, storage: Path, source: Path, day: int, args: argparse.Namespace, list_id: str = LIST_ID
 ) -> dict[str, Any]:
     env = {
         **connection_env(sandbox.urls["cxone_url"], sandbox.urls["webhook_url"], requests_per_minute=args.rpm,
@@ -185,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                                              new=args.new, changed=args.changed, seed=1)
         storage = workdir / "storage"
         warm_up = generate_crm_export(workdir / "warm-up.csv", 200, bad_share=0.0, seed=1)
-        with SandboxProcess(args.latency_ms, args.rpm) as sandbox:
+        with Sandbox(args.latency_ms, args.rpm) as sandbox:
             # one small run first: the process's one-time start-up (imports, DB, first DAG parse) is not a night's
             night(sandbox, storage, warm_up.path, -1, args, list_id="bench-warm-up")
             nights = [night(sandbox, storage, workdir / "night1.csv", 0, args)]
