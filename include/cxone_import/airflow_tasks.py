@@ -212,8 +212,6 @@ def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     source = resolve_source(params, context)
     if not source.exists():
         raise SourceFormatError(str(source), None, "source_exists", "the source file does not exist")
-    if source.is_dir():
-        raise SourceFormatError(str(source), None, "file_format", "the source is a directory, not a file")
     layout = layout_for(run["run_id"])
     fmt = "jsonl" if params.get("redrive_run_id") else None
     result = pipeline.extract(source, layout, fmt=fmt)
