@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from cxone_provider.connection_form import UI_FIELD_BEHAVIOUR
+from cxone_provider.connection_form import DEFAULT_MAX_CONCURRENCY, UI_FIELD_BEHAVIOUR
 from tools.sample_data import generate_crm_export
 from tests.stack import DAG_ID, AirflowApiError, AirflowStack, airflow_stack  # noqa: F401 - the session's stack
 
@@ -371,7 +371,7 @@ def test_add_connection_form_offers_cxone(ui: AirflowUI, page: Page) -> None:
     expect(_param_input(dialog, "region")).to_have_value("us")
     expect(_param_input(dialog, "scope")).to_have_value("contactlists:write contactlists:read")
     expect(_param_input(dialog, "requests_per_minute")).to_have_value("1000")
-    expect(_param_input(dialog, "max_concurrency")).to_have_value("8")
+    expect(_param_input(dialog, "max_concurrency")).to_have_value(str(DEFAULT_MAX_CONCURRENCY))
     _param_input(dialog, "host").fill(stack.sandbox_url)
     _save_screenshot(dialog, "connection-form.png", docs=True)
 
@@ -383,7 +383,7 @@ def test_add_connection_form_offers_cxone(ui: AirflowUI, page: Page) -> None:
         assert (stored["conn_type"], stored["login"]) == ("cxone", SANDBOX_CLIENT_ID)
         extra = json.loads(stored["extra"])
         assert extra["host"] == stack.sandbox_url
-        assert (extra["region"], extra["requests_per_minute"], extra["max_concurrency"]) == ("us", 1000, 8)
+        assert (extra["region"], extra["requests_per_minute"], extra["max_concurrency"]) == ("us", 1000, DEFAULT_MAX_CONCURRENCY)
     finally:
         _delete_connection(stack, connection_id)
 

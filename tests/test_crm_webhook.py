@@ -88,6 +88,30 @@ def test_unreachable_webhook_gives_up_after_max_attempts():
     assert len(sleeps) == NO_JITTER.max_attempts - 1
 
 
+def test_a_down_webhook_is_given_up_after_so_many_events_in_a_row(webhook_sink):
+    webhook_sink.configure(fail_status=503)  # every POST fails
+    sender, _ = sender_for(webhook_sink.url, policy=RetryPolicy(max_attempts=2, backoff_base_s=0, jitter=False),
+                           give_up_after=3)
+    events = [{**EVENT, "eventId": f"run-1:batch:{n}"} for n in range(10)]
+
+    deliveries = [sender.send(event) for event in events]
+
+    assert [d.attempts for d in deliveries] == [2, 2, 2] + [0] * 7
+    assert not any(d.ok for d in deliveries) and sender.gave_up
+    assert all(d.error.startswith("not attempted: 3 events in a row") for d in deliveries[3:])
+    assert len(webhook_sink.events()) == 6, "nothing is sent after giving up"
+
+
+def test_a_delivered_event_resets_the_count(webhook_sink):
+    webhook_sink.configure(fail_status=503, fail_count=4)  # two events fail (2 attempts each), then the CRM is back
+    sender, _ = sender_for(webhook_sink.url, policy=RetryPolicy(max_attempts=2, backoff_base_s=0, jitter=False),
+                           give_up_after=3)
+
+    deliveries = [sender.send({**EVENT, "eventId": f"run-1:batch:{n}"}) for n in range(6)]
+
+    assert [d.ok for d in deliveries] == [False, False, True, True, True, True] and not sender.gave_up
+
+
 @pytest.mark.parametrize(
     ("host", "schema", "port", "endpoint", "url"),
     [

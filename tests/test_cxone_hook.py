@@ -13,6 +13,7 @@ import pytest
 
 import airflow
 from cxone_provider import get_provider_info
+from cxone_provider.connection_form import DEFAULT_MAX_CONCURRENCY
 from cxone_provider.hooks.cxone import CXoneHook
 from cxone_provider.retry import RetryPolicy
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig
@@ -173,7 +174,7 @@ def test_defaults_when_extras_are_absent(set_connection) -> None:
     set_connection()
     hook = CXoneHook(CONN_ID)
 
-    assert (hook.requests_per_minute, hook.max_concurrency, hook.timeout, hook.verify_ssl) == (1000.0, 8, 30.0, True)
+    assert (hook.requests_per_minute, hook.max_concurrency, hook.timeout, hook.verify_ssl) == (1000.0, DEFAULT_MAX_CONCURRENCY, 30.0, True)
     assert hook.scope == "contactlists:write contactlists:read"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from datetime import datetime
 
 import pytest
 
@@ -61,6 +62,44 @@ def test_import_accounts_for_every_row(run_import, export, cxone_sandbox, webhoo
     assert sum(1 for e in audit if e["kind"] == "batch") == batches
     assert sum(1 for e in audit if e["kind"] == "record") == len(export.expected_rejects)
     assert all({"auditId", "timestamp", "status", "latencyMs", "details"} <= set(e) for e in audit)
+
+
+def test_batch_events_leave_while_the_import_still_sends(run_import, export, cxone_sandbox, webhook_sink):
+    """Each import task tells the CRM of a batch as soon as CXone acknowledged it, not after the run's last batch:
+    the first batch event arrives before the last records request; the totals are the group's."""
+    cxone_sandbox.configure(latency_ms=50)
+    run = run_import({"source_uri": f"file://{export.path}", "batch_size": BATCH_SIZE})
+
+    assert run.state == "success"
+    last_request = max(r["at"] for r in cxone_sandbox.request_log())
+    events = [e for e in webhook_sink.events() if e["body"]["event"] == "cxone_contact_import_batch_complete"]
+    first_event = min(datetime.fromisoformat(e["received_at"]).timestamp() for e in events)
+    assert first_event < last_request
+    assert len({e["body"]["eventId"] for e in events}) == len(events) == run.report["totals"]["batches"]
+    scopes = [e["body"]["metrics"]["scope"] for e in events]
+    assert all(s["kind"] == "group" for s in scopes)
+    last = max(events, key=lambda e: e["body"]["metrics"]["totalProcessed"])["body"]["metrics"]
+    assert last["totalProcessed"] == len(export.valid_contact_ids)  # one group: its totals are the run's
+    assert run.report["webhook"]["delivered"] == run.report["webhook"]["events"] == len(events) + 1
+    assert run.report["webhook"]["delivered_while_importing"] == len(events)
+
+
+def test_batch_events_the_crm_missed_while_importing_are_sent_again(run_import, export, cxone_sandbox, webhook_sink):
+    """The CRM is down while the import sends (every delivery fails, each after its retries) and back when
+    notify_webhook runs: notify_webhook delivers exactly the batch events no import task delivered."""
+    batches = math.ceil(len(export.valid_contact_ids) / 100)
+    webhook_sink.configure(fail_status=503, fail_count=batches * 4)  # 4 attempts per event (the default policy)
+
+    run = run_import({"source_uri": f"file://{export.path}", "batch_size": 100})
+
+    assert run.state == "success"
+    ok = [e["body"] for e in webhook_sink.events() if e["status"] == 200]
+    assert sorted(e["metrics"]["scope"]["kind"] for e in ok if "scope" in e.get("metrics", {})) == ["redelivery"] * batches
+    assert len(ok) == batches + 1  # each batch event once, and the summary
+    assert run.report["webhook"] == {**run.report["webhook"], "events": batches + 1, "delivered": batches + 1,
+                                     "failed": 0, "delivered_while_importing": 0}
+    live = [e for e in run.jsonl("audit.jsonl") if e["kind"] == "webhook" and e["status"] == "delivery_failed"]
+    assert len(live) == batches
 
 
 def test_dry_run_sends_nothing(run_import, export, cxone_sandbox):

@@ -152,3 +152,35 @@ def test_a_store_only_touches_its_own_batches(layout):
     assert sorted(p.name for p in (layout.root / "inflight").iterdir()) == ["a2.json", "b1.json"]
     with pytest.raises(ValueError):
         reopened.mark_inflight("b1")
+
+
+def test_a_group_read_in_pieces_gives_the_same_batches(layout, monkeypatch):
+    """The group file is decoded a few thousand rows at a time; a batch that spans two reads stays whole."""
+    from include.cxone_import import engine
+
+    write_group(layout, [record(i) for i in range(103)], batch_size=10)
+    whole = list(engine._read_batches(layout.group_file(0)))
+    monkeypatch.setattr(engine, "READ_ROWS", 7)  # every read ends inside a batch
+
+    pieces = list(engine._read_batches(layout.group_file(0)))
+
+    assert pieces == whole
+    assert [len(members) for _, _, members in pieces] == [10] * 10 + [3]
+    assert [b for b, _, _ in pieces] == list(range(11))
+
+
+def test_the_listener_hears_each_sent_batch_once(layout, client):
+    """Each batch this task sends is told to the listener with its audit entry; resumed batches are not."""
+    write_group(layout, [record(i) for i in range(45)], batch_size=10)
+    heard: list[tuple[str, str]] = []
+
+    def listener(metrics, audit) -> None:
+        heard.append((metrics.batch_id, audit["batchId"]))
+        raise RuntimeError("a failing listener never fails the import")
+
+    summary = GroupImporter(client, LIST, layout, concurrency=3).run(0, on_batch=listener)
+    again = GroupImporter(client, LIST, layout).run(0, on_batch=listener)
+
+    ids = sorted(m["batch_id"] for m in summary["batch_metrics"])
+    assert sorted(b for b, _ in heard) == ids and all(b == a for b, a in heard)
+    assert summary["imported"] == 45 and again["resumed_batches"] == 5 and len(heard) == 5

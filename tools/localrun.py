@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from cxone_provider.connection_form import DEFAULT_MAX_CONCURRENCY
+
 ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = ROOT / "dags" / "cxone_contact_import.py"
 
@@ -20,7 +22,7 @@ def connection_env(
     webhook_url: str,
     *,
     requests_per_minute: int = 1000,
-    max_concurrency: int = 8,
+    max_concurrency: int | None = None,
     client_id: str = "sandbox-client",
     client_secret: str = "sandbox-secret",
     webhook_secret: str | None = "demo-signing-secret",
@@ -31,7 +33,8 @@ def connection_env(
         "conn_type": "cxone",
         "login": client_id,
         "password": client_secret,
-        "extra": {"host": cxone_url, "requests_per_minute": requests_per_minute, "max_concurrency": max_concurrency,
+        "extra": {"host": cxone_url, "requests_per_minute": requests_per_minute,
+                  "max_concurrency": max_concurrency or DEFAULT_MAX_CONCURRENCY,
                   **(extra or {})},
     }
     webhook = {"conn_type": "http", "host": webhook_url, "extra": {"endpoint": "/crm/events", "backoff_base_s": 0.05}}

@@ -40,7 +40,16 @@ from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
 from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, write_json, write_jsonl
-from include.cxone_import.webhook import batch_events, delivery_summary, run_failed_event, summary_event
+from include.cxone_import.webhook import (
+    LiveBatchEvents,
+    batch_event_id,
+    batch_events,
+    delivered_event_ids,
+    delivery_audit,
+    delivery_summary,
+    run_failed_event,
+    summary_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,7 @@ DEFAULT_SOURCE_TEMPLATE = "contacts_{ds}.csv"
 XCOM_BATCH_FIELDS = ("batch_id", "batch_index", "records", "imported", "duplicates", "failed", "status", "latency_ms", "attempts")
 
 
+LIVE_DELIVERIES = "webhook-group-"  # audit parts of the batch events import tasks delivered
 LIST_LEASE_TTL_S = 1800  # a run that died without its report frees its contact list after this long
 LIST_LEASE_RENEW_S = 60
 
@@ -310,10 +320,15 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         "group %d: %d threads under the tenant's budget of %.0f requests/min (%s)",
         group["group_index"], hook.max_concurrency, hook.requests_per_minute, hook.rate_limiter,
     )
-    with contact_list_lease(hook, contact_list_id(params), context), hook.get_client() as client:
-        summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
-            int(group["group_index"])
-        )
+    live = live_batch_events(group, context)
+    try:
+        with contact_list_lease(hook, contact_list_id(params), context), hook.get_client() as client:
+            summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
+                int(group["group_index"]), on_batch=live.batch_acknowledged if live else None
+            )
+    finally:
+        if live is not None:
+            _record_live_deliveries(layout, group, context, live.close())
     # the list's state learns what this task had acknowledged, before a transient failure is raised
     keys, fingerprints = acknowledged_from_outcomes(layout, int(group["group_index"]))
     if len(keys):
@@ -325,6 +340,30 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         )
     # XCom keeps the per-batch metrics compact; the full ones (request ids, timestamps) are in storage.
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+
+
+def live_batch_events(group: dict[str, Any], context: dict[str, Any]) -> LiveBatchEvents | None:
+    """The CRM events of this group's batches, sent as the batches are acknowledged; None without a webhook (or when
+    it cannot be read now: ``notify_webhook`` then sends every batch event after the import)."""
+    try:
+        target = webhook_target()
+    except Exception:  # noqa: BLE001 - the import never depends on the CRM; notify_webhook tries again
+        log.warning("could not read the webhook connection: batch events are left to notify_webhook", exc_info=True)
+        return None
+    if target is None:
+        return None
+    scope = {"groupIndex": int(group["group_index"]), "groups": group.get("groups_total"), "batches": group.get("batches")}
+    return LiveBatchEvents(WebhookSender(target), context["run_id"], scope)
+
+
+def _record_live_deliveries(layout: RunLayout, group: dict[str, Any], context: dict[str, Any], deliveries: list[Any]) -> None:
+    """Keep what became of the events this try sent (one audit part per group and try: a retry never overwrites
+    what an earlier try delivered, and ``notify_webhook`` sends again only what no try delivered)."""
+    try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
+    entries = delivery_audit(deliveries)
+    write_jsonl(layout.audit_part(f"{LIVE_DELIVERIES}{int(group['group_index']):05d}-try-{try_number:02d}"), entries)
+    log.info("group %s: %d of %d batch events delivered to the CRM while importing", group["group_index"],
+             sum(1 for d in deliveries if d.ok), len(deliveries))
 
 
 def _lease_owner(context: dict[str, Any]) -> str:
@@ -440,7 +479,8 @@ def failure_event(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """One event per batch, then the run summary; failures are recorded, never raised. When the run failed before
+    """The run summary, and the batch events no import task delivered (all of them on the call_lists profile, or
+    when the CRM was down while importing); failures are recorded, never raised. When the run failed before
     validation there is nothing to tell but the failure, which the DAG's failure event carries."""
     layout = layout_for(context["run_id"])
     if validated is None:
@@ -449,22 +489,35 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     run = run_info(params, context)
     summaries = group_summaries(layout)
     metrics = [m for s in summaries for m in s["batch_metrics"]]
-    audit_by_batch = {
-        entry["batchId"]: entry
-        for part in list_files(layout.root / "audit", "import-group-*.jsonl")
-        for entry in iter_jsonl(part)
-    }
+    live = [e for part in list_files(layout.root / "audit", f"{LIVE_DELIVERIES}*.jsonl") for e in iter_jsonl(part)]
+    delivered = delivered_event_ids(live)
+    pending = [m for m in metrics if batch_event_id(context["run_id"], m["batch_id"]) not in delivered]
+    events = batch_events(pending, _audit_by_batch(layout) if pending else {}, context["run_id"],
+                          {"kind": "redelivery" if live else "run"})
     numbers = totals(validated, load_outcomes(layout), summaries)
-    events = batch_events(metrics, audit_by_batch, context["run_id"])
     events.append(summary_event(context["run_id"], numbers, run))
     target = webhook_target()
     if target is None:
         return {"events": len(events), "delivered": 0, "failed": len(events), "errors": ["no crm_webhook connection"]}
-    deliveries = WebhookSender(target).send_all(events)
-    summary = delivery_summary(deliveries)
-    write_jsonl(layout.audit_part("webhook"), summary.pop("audit"))
-    log.info("webhook: %d of %d events delivered", summary["delivered"], summary["events"])
+    sender = WebhookSender(target)
+    try:
+        entries = delivery_audit(sender.send_all(events))
+    finally:
+        sender.close()
+    write_jsonl(layout.audit_part("webhook"), entries)
+    summary = {**delivery_summary(live + entries), "delivered_while_importing": len(delivered)}
+    log.info("webhook: %d of %d events delivered (%d while importing, %d sent now)", summary["delivered"],
+             summary["events"], len(delivered), len(events))
     return summary
+
+
+def _audit_by_batch(layout: RunLayout) -> dict[str, dict[str, Any]]:
+    """The batches' audit entries (each batch event's ``auditTrailer``)."""
+    return {
+        entry["batchId"]: entry
+        for part in list_files(layout.root / "audit", "import-group-*.jsonl")
+        for entry in iter_jsonl(part)
+    }
 
 
 def _run_or_partial(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:

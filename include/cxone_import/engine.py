@@ -15,18 +15,18 @@ Every record of the group ends in exactly one outcome: ``imported``, ``duplicate
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -86,6 +86,19 @@ class BatchMetrics:
     resumed: bool = False
     started_at: str = ""
     finished_at: str = ""
+
+
+class BatchResult(NamedTuple):
+    """What one batch of a group came to: its metrics, its records' outcomes and its audit entry."""
+
+    metrics: BatchMetrics
+    outcomes: list[Outcome]
+    audit: dict[str, Any]
+
+
+BatchListener = Callable[[BatchMetrics, dict[str, Any]], None]
+"""Told of each batch this task sent as soon as its outcome is final: (metrics, audit entry)."""
+T = TypeVar("T")
 
 
 class TransientImportError(RuntimeError):
@@ -202,24 +215,30 @@ class GroupImporter:
         self._layout = layout
         self._concurrency = max(1, concurrency)
 
-    def run(self, group_index: int) -> dict[str, Any]:
-        """Import the group; write its outcomes, batch metrics and audit entries; return the group summary."""
-        batches = list(_read_batches(self._layout.group_file(group_index)))
-        self._checkpoints = CheckpointStore(self._layout, (batch_id for _, batch_id, _ in batches))
-        records = sum(len(b[2]) for b in batches)
-        log.info("group %d: %d records in %d batches, concurrency %d", group_index, records, len(batches), self._concurrency)
+    def run(self, group_index: int, on_batch: BatchListener | None = None) -> dict[str, Any]:
+        """Import the group; write its outcomes, batch metrics and audit entries; return the group summary.
+
+        Sending starts while the group file is still being read (a bounded window of batches is queued ahead of the
+        senders). ``on_batch(metrics, audit_entry)`` is called as each batch sent by this task gets its final
+        outcome (checkpointed), e.g. to send its CRM event at once; it is not called for batches resumed from a
+        checkpoint, nor for transient failures, and an error it raises is logged, never raised."""
+        path = self._layout.group_file(group_index)
+        batch_ids, records = _group_batch_ids(path)
+        self._checkpoints = CheckpointStore(self._layout, batch_ids)
+        self._on_batch = on_batch
+        log.info("group %d: %d records in %d batches, concurrency %d", group_index, records, len(batch_ids), self._concurrency)
         started = time.monotonic()
-        self._progress = _Progress(group_index, len(batches), started)
+        self._progress = _Progress(group_index, len(batch_ids), started)
         with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}") as pool:
-            results = list(pool.map(lambda b: self._import_batch(*b), batches))
+            results = _bounded_map(pool, self._import_batch, _read_batches(path), window=4 * self._concurrency)
         self._checkpoints.tidy()
         elapsed = time.monotonic() - started
         outcomes = pd.DataFrame(
-            [o for _, batch_outcomes in results for o in batch_outcomes], columns=list(Outcome._fields)
+            [o for r in results for o in r.outcomes], columns=list(Outcome._fields)
         ).astype({"row_number": "int64"})
-        metrics = [m for m, _ in results]
+        metrics = [r.metrics for r in results]
         write_parquet(self._layout.outcome_file(group_index), outcomes)
-        write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), (_audit_entry(m) for m in metrics))
+        write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), (r.audit for r in results))
         counts = outcomes["outcome"].value_counts()
         summary = {
             "group_index": group_index,
@@ -243,13 +262,13 @@ class GroupImporter:
 
     # -- one batch ---------------------------------------------------------------------------------------------
 
-    def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> tuple[BatchMetrics, list[Outcome]]:
+    def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> BatchResult:
         metrics = BatchMetrics(batch_id=batch_id, batch_index=batch_index, records=len(members), started_at=_now())
         checkpoint = self._checkpoints.load(batch_id)
         if checkpoint is not None:
             metrics = BatchMetrics(**{**checkpoint["metrics"], "resumed": True})
             log.info("batch %s already acknowledged (%s); skipped", batch_id, metrics.status)
-            return metrics, [Outcome(*o) for o in checkpoint["outcomes"]]
+            return BatchResult(metrics, [Outcome(*o) for o in checkpoint["outcomes"]], audit_entry(metrics))
         rows = [Row(r, c, j) for r, c, j in members]
         uncertain = self._checkpoints.was_inflight(batch_id)
         self._checkpoints.mark_inflight(batch_id)
@@ -264,8 +283,14 @@ class GroupImporter:
             log.warning("batch %s failed transiently after %d attempts: %s", batch_id, metrics.attempts, metrics.error)
         else:
             self._checkpoints.save(batch_id, {"metrics": asdict(metrics), "outcomes": outcomes.items})
+        result = BatchResult(metrics, outcomes.items, audit_entry(metrics))
+        if not metrics.transient and self._on_batch is not None:
+            try:
+                self._on_batch(metrics, result.audit)
+            except Exception:  # noqa: BLE001 - a listener (CRM events) never fails the import
+                log.warning("batch %s: the batch listener failed", batch_id, exc_info=True)
         self._progress.batch_done(metrics.records)
-        return metrics, outcomes.items
+        return result
 
     def _send(self, rows: list[Row], uncertain: bool, outcomes: _BatchOutcomes) -> None:
         metrics = outcomes.metrics
@@ -378,19 +403,53 @@ class _Progress:
             )
 
 
-def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
-    """A group file's batches in order: (batch_index, batch_id, [(row_number, contact_id, record_json)])."""
+READ_ROWS = 20_000  # rows decoded at a time while the group file is read (a few batches' worth of memory)
+
+
+def _group_batch_ids(path: Any) -> tuple[list[str], int]:
+    """The group's batch ids in order and its record count, from the ``batch_id`` column alone."""
     with path.open("rb") as handle:
-        table = pq.read_table(handle)
-    batch_index = table["batch_index"].to_numpy()
-    if not len(batch_index):
-        return
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(batch_index)) + 1])
-    ends = np.append(starts[1:], len(batch_index))
-    rows = list(zip(table["row_number"].to_pylist(), table["contact_id"].to_pylist(), table["record_json"].to_pylist(), strict=True))
-    batch_ids = table["batch_id"].to_pylist()
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        yield int(batch_index[start]), batch_ids[start], rows[start:end]
+        column = pq.read_table(handle, columns=["batch_id"])["batch_id"]
+    return column.unique().to_pylist(), len(column)
+
+
+def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
+    """A group file's batches in order, decoded ``READ_ROWS`` at a time:
+    (batch_index, batch_id, [(row_number, contact_id, record_json)]). A batch's rows are contiguous; one that spans
+    two reads is held back until it is whole."""
+    held: list[tuple[int, str, tuple[int, str, str]]] = []
+    with path.open("rb") as handle:
+        for chunk in pq.ParquetFile(handle).iter_batches(batch_size=READ_ROWS):
+            rows = held + list(zip(
+                chunk.column("batch_index").to_pylist(), chunk.column("batch_id").to_pylist(),
+                zip(chunk.column("row_number").to_pylist(), chunk.column("contact_id").to_pylist(),
+                    chunk.column("record_json").to_pylist(), strict=True),
+                strict=True,
+            ))
+            last = rows[-1][0] if rows else None
+            whole = [r for r in rows if r[0] != last]
+            held = [r for r in rows if r[0] == last]
+            yield from _whole_batches(whole)
+    yield from _whole_batches(held)
+
+
+def _whole_batches(rows: list[tuple[int, str, tuple[int, str, str]]]) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
+    for batch_index, members in itertools.groupby(rows, key=lambda r: r[0]):
+        members = list(members)
+        yield int(batch_index), members[0][1], [m[2] for m in members]
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[tuple], *, window: int) -> list[T]:
+    """``fn(*item)`` for every item on ``pool``, results in the items' order, with at most ``window`` items queued
+    or running at once: the reader stays just ahead of the senders instead of loading the whole group first."""
+    slots = threading.BoundedSemaphore(window)
+    futures: list[Future[T]] = []
+    for item in items:
+        slots.acquire()
+        future = pool.submit(fn, *item)
+        future.add_done_callback(lambda _: slots.release())
+        futures.append(future)
+    return [f.result() for f in futures]
 
 
 def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
@@ -411,7 +470,8 @@ def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
     return named
 
 
-def _audit_entry(metrics: BatchMetrics) -> dict[str, Any]:
+def audit_entry(metrics: BatchMetrics) -> dict[str, Any]:
+    """The batch's audit entry (also the ``auditTrailer`` of its CRM event)."""
     return {
         "auditId": str(uuid.uuid4()),
         "timestamp": metrics.finished_at or _now(),

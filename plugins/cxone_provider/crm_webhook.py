@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 WEBHOOK_RETRY_POLICY = RetryPolicy(max_attempts=4, backoff_base_s=0.5, backoff_max_s=8.0, retry_after_cap_s=10.0)
 """Bounded so that a CRM that is down delays the run by seconds per event, not minutes."""
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+DEFAULT_GIVE_UP_AFTER = 20
+"""Events in a row not delivered after which a sender stops trying: a CRM that is down costs a run seconds, not one
+backoff per event for thousands of batch events."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class WebhookTarget:
     verify: bool = True
     retry_policy: RetryPolicy = field(default=WEBHOOK_RETRY_POLICY)
     concurrency: int = 8
+    give_up_after: int = DEFAULT_GIVE_UP_AFTER
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,10 @@ def sign(body: bytes, secret: str) -> str:
 
 
 class WebhookSender:
-    """Posts events with bounded retries; thread-safe (one session, its pool sized to the concurrency)."""
+    """Posts events with bounded retries; thread-safe (one session, its pool sized to the concurrency).
+
+    After ``target.give_up_after`` events in a row were not delivered, the sender gives up: further events are
+    returned undelivered at once ("not attempted"), without a request. Any delivered event resets the count."""
 
     def __init__(
         self,
@@ -90,6 +98,8 @@ class WebhookSender:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._retrying = target.retry_policy.retrying(is_retryable_delivery, sleep=sleep)
+        self._failures_in_a_row = 0
+        self._lock = threading.Lock()
 
     def send(self, event: dict[str, Any]) -> Delivery:
         """Deliver one event (``eventId`` is its idempotency key); the outcome is returned, never raised."""
@@ -97,13 +107,29 @@ class WebhookSender:
         headers = {"Content-Type": "application/json", "Idempotency-Key": event["eventId"]}
         if self.target.secret:
             headers["X-Signature"] = sign(body, self.target.secret)
+        if self.gave_up:
+            return Delivery(event["eventId"], event["event"], False, None, 0,
+                            f"not attempted: {self.target.give_up_after} events in a row were not delivered")
         attempts: list[int] = []
         try:
             status = self._retrying(self._post, body, headers, attempts)
         except WebhookDeliveryError as error:
             log.warning("webhook event %s not delivered after %d attempt(s): %s", event["eventId"], len(attempts), error)
+            self._count(delivered=False)
             return Delivery(event["eventId"], event["event"], False, error.status_code, len(attempts), str(error))
+        self._count(delivered=True)
         return Delivery(event["eventId"], event["event"], True, status, len(attempts), None)
+
+    @property
+    def gave_up(self) -> bool:
+        """True once ``give_up_after`` events in a row were not delivered."""
+        return self._failures_in_a_row >= self.target.give_up_after
+
+    def _count(self, *, delivered: bool) -> None:
+        with self._lock:
+            self._failures_in_a_row = 0 if delivered else self._failures_in_a_row + 1
+            if self._failures_in_a_row == self.target.give_up_after:
+                log.warning("webhook: %d events in a row not delivered; not trying the rest", self._failures_in_a_row)
 
     def send_all(self, events: list[dict[str, Any]]) -> list[Delivery]:
         """Deliver events concurrently (``concurrency`` senders); outcomes in the order of ``events``."""

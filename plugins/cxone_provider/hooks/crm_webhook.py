@@ -10,7 +10,7 @@ from airflow.sdk.bases.hook import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from cxone_provider.connections import connection_url, parse_bool
-from cxone_provider.crm_webhook import WEBHOOK_RETRY_POLICY, WebhookSender, WebhookTarget
+from cxone_provider.crm_webhook import DEFAULT_GIVE_UP_AFTER, WEBHOOK_RETRY_POLICY, WebhookSender, WebhookTarget
 from cxone_provider.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class CrmWebhookHook(BaseHook):
             secret=conn.password or None,
             timeout_s=float(extra.get("timeout", 5)),
             verify=parse_bool(extra.get("verify_ssl", True), name=f"{name}: verify_ssl"),
+            give_up_after=int(extra.get("give_up_after", DEFAULT_GIVE_UP_AFTER)),
             retry_policy=RetryPolicy(
                 max_attempts=int(extra.get("max_attempts", defaults.max_attempts)),
                 backoff_base_s=float(extra.get("backoff_base_s", defaults.backoff_base_s)),

@@ -42,7 +42,7 @@ class CXoneHook(BaseHook):
     Connection: login = OAuth2 client id, password = client secret. Extras (all optional):
     ``region`` (us, eu), ``host`` (explicit base URL; the connection's own host/port/schema work
     too), ``scope``, ``timeout`` (seconds), ``requests_per_minute`` (default 1000),
-    ``verify_ssl`` (default true), ``max_concurrency`` (default 8), ``rate_budget_url`` (where the tenant's
+    ``verify_ssl`` (default true), ``max_concurrency`` (default 32), ``rate_budget_url`` (where the tenant's
     shared request budget lives, see :attr:`rate_budget_url`), and the retry policy's ``max_attempts``,
     ``backoff_base_s``, ``backoff_max_s``, ``retry_after_cap_s``.
 
@@ -212,7 +212,7 @@ class CXoneHook(BaseHook):
 
     @property
     def max_concurrency(self) -> int:
-        """How many sender threads one task should use."""
+        """How many requests one task keeps in flight at most (its sender threads)."""
         return int(self._positive_number("max_concurrency", DEFAULT_MAX_CONCURRENCY, int))
 
     @property
