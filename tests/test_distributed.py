@@ -78,6 +78,7 @@ def _set_budget(stack: DistributedStack) -> None:
     # one LocalExecutor machine); the request budget does not depend on it.
     stack.api("PATCH", "/pools/cxone_api", params={"update_mask": "slots"}, name="cxone_api", slots=IMPORT_POOL_SLOTS,
               include_deferred=False)
+    stack.set_variable("cxone_import_parallel_groups", str(IMPORT_POOL_SLOTS))  # the group plan follows the pool
 
 
 def _export(tmp_path: Path, stack: DistributedStack, name: str, rows: int, seed: int) -> tuple[str, Any]:

@@ -58,6 +58,8 @@ STORAGE_CONN_VARIABLE = "cxone_storage_conn_id"
 CONTACT_LIST_VARIABLE = "cxone_contact_list_id"
 SOURCE_BASE_VARIABLE = "cxone_source_base"
 SOURCE_TEMPLATE_VARIABLE = "cxone_source_template"
+PARALLEL_GROUPS_VARIABLE = "cxone_import_parallel_groups"
+DEFAULT_PARALLEL_GROUPS = 4  # the cxone_api pool's slots in airflow_settings.yaml
 DEFAULT_SOURCE_TEMPLATE = "contacts_{ds}.csv"
 XCOM_BATCH_FIELDS = ("batch_id", "batch_index", "records", "imported", "duplicates", "failed", "status", "latency_ms", "attempts")
 
@@ -242,6 +244,20 @@ def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[st
     return result
 
 
+def parallel_groups() -> int:
+    """How many import tasks of a run the group plan counts on sending side by side: the ``cxone_api`` pool's slots
+    (Variable ``cxone_import_parallel_groups``, default 4 like the pool). More groups than that would only add task
+    start-ups, paid one after another under ``airflow dags test``."""
+    value = _variable(PARALLEL_GROUPS_VARIABLE, None)
+    try:
+        groups = int(value) if value not in (None, "") else DEFAULT_PARALLEL_GROUPS
+    except (TypeError, ValueError):
+        groups = 0
+    if groups < 1:
+        raise ValueError(f"Variable {PARALLEL_GROUPS_VARIABLE} must be a whole number >= 1, got {value!r}")
+    return groups
+
+
 def record_limit() -> int | None:
     """The call_lists profile takes at most 512 characters a record (``record_too_long``); the records API has no
     such limit."""
@@ -287,7 +303,7 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         valid_rows=validated["valid_rows"],
         contact_list_id=contact_list_id(params),
         batch_size=int(params["batch_size"]),
-        parallelism=conf.getint("core", "parallelism", fallback=32),
+        parallelism=min(conf.getint("core", "parallelism", fallback=32), parallel_groups()),
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
         unchanged_rows=read_unchanged_rows(layout) if changes["unchanged"] else None,
     )
