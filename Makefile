@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 
-.PHONY: setup demo test distributed-test bench bench-validation airflow stop clean
+.PHONY: setup demo test distributed-test bench bench-validation bench-tasks airflow stop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,9 @@ bench: setup
 
 bench-validation: setup  # issue 11's validation targets alone: schema step and validate task, CPU and wall
 	@$(RUN) python -m tools.bench_validation $(ARGS)
+
+bench-tasks: setup  # issue 11's non-import tasks, each in a fresh process per list size: wall, CPU, peak RSS
+	@$(RUN) python -m tools.bench_tasks $(ARGS)
 
 airflow:
 	@bash scripts/stack.sh start

@@ -1,0 +1,233 @@
+"""``make bench-tasks``: the DAG's non-import tasks of issue 11, each alone in a fresh process, per list size.
+
+    python -m tools.bench_tasks --rows 200000,1000000,2000000
+
+For each size the export is generated once (``tools.sample_data``, seed 42, 2% bad, fixed as-of), then each task's
+body runs in its own fresh process (as any executor runs a task), in DAG order over one local storage folder:
+``extract`` (``pipeline.extract``), ``validate`` (``pipeline.validate``), ``chunk`` (``state.find_unchanged`` on an
+empty list state, then ``pipeline.chunk``, as ``airflow_tasks.chunk`` calls them) and ``report``
+(``report.build_report``). Between chunk and report, an unmeasured process writes what the import tasks would:
+every record ``imported``, with fake batch metrics and audit entries (``GroupImporter.run``'s files); nothing goes
+over HTTP. One table per size: wall and process CPU seconds, peak RSS of the task's process, the RSS right after
+its imports (pandas, pyarrow, pandera, the project's modules: what any task process pays before its work), and
+rows/s; then peak RSS at the smallest size against the largest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from upath import UPath
+
+AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+TASKS = ("extract", "validate", "chunk", "report")
+LIST_ID = "bench-list"
+BATCH_SIZE = 100
+FAILED_EVERY = 500
+
+
+def _layout(workdir: Path) -> Any:
+    from include.cxone_import.storage import RunLayout
+
+    return RunLayout.for_run(UPath(f"file://{workdir}"), "bench", "tasks")
+
+
+def _peak_mib() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _load(workdir: Path, name: str) -> Any:
+    return json.loads((workdir / f"{name}.json").read_text())
+
+
+def _save(workdir: Path, name: str, value: Any) -> None:
+    (workdir / f"{name}.json").write_text(json.dumps(value, default=str))
+
+
+def generate(rows: int, bad_share: float, workdir: Path) -> None:
+    from tools.sample_data import generate_crm_export
+
+    generate_crm_export(workdir / "contacts.csv", rows, bad_share=bad_share, seed=42, now=AS_OF)
+
+
+def run_extract(workdir: Path) -> dict[str, Any]:
+    from include.cxone_import import pipeline
+
+    return pipeline.extract(UPath(workdir / "contacts.csv"), _layout(workdir))
+
+
+def run_validate(workdir: Path) -> dict[str, Any]:
+    from include.cxone_import import pipeline
+
+    extracted = _load(workdir, "extract")
+    return pipeline.validate(_layout(workdir), parts=extracted["parts"], max_consent_age_days=1825, as_of=AS_OF)
+
+
+def run_chunk(workdir: Path) -> list[dict[str, Any]]:
+    from include.cxone_import import pipeline
+    from include.cxone_import.state import ContactListState, find_unchanged, read_unchanged_rows
+
+    layout, validated = _layout(workdir), _load(workdir, "validate")
+    state = ContactListState(UPath(f"file://{workdir}"), "bench", LIST_ID)
+    changes = find_unchanged(layout, state, parts=validated["parts"], run_id="tasks", mode="compare")
+    return pipeline.chunk(
+        layout, parts=validated["parts"], valid_rows=validated["valid_rows"], contact_list_id=LIST_ID,
+        batch_size=BATCH_SIZE, parallelism=32, max_map_length=1024,
+        unchanged_rows=read_unchanged_rows(layout) if changes["unchanged"] else None,
+    )
+
+
+def run_report(workdir: Path) -> dict[str, Any]:
+    from include.cxone_import.report import build_report
+
+    layout = _layout(workdir)
+    result = build_report(
+        layout, run={"run_id": "tasks", "contact_list_id": LIST_ID}, extracted=_load(workdir, "extract"),
+        validated=_load(workdir, "validate"), groups=_load(workdir, "chunk"), webhook=None,
+        budget_per_minute=6000.0, failures=[],
+    )
+    return {k: result[k] for k in ("status", "totals", "reconciliation", "audit_entries", "dead_letters")}
+
+
+RUNNERS = {"extract": run_extract, "validate": run_validate, "chunk": run_chunk, "report": run_report}
+
+
+def write_outcomes(workdir: Path) -> None:
+    """What the import tasks leave for the report (``GroupImporter.run``): every record ``imported`` but those of
+    one batch in ``FAILED_EVERY`` (``failed``, so that the dead-letter file is written too)."""
+    import numpy as np
+    import pandas as pd
+
+    from include.cxone_import.engine import FAILED, IMPORTED, BatchMetrics
+    from include.cxone_import.storage import read_parquet, write_json, write_jsonl, write_parquet
+
+    layout = _layout(workdir)
+    clock = AS_OF
+    for group in _load(workdir, "chunk"):
+        index = int(group["group_index"])
+        rows = read_parquet(layout.group_file(index), columns=["row_number", "batch_index", "batch_id", "contact_id"])
+        failed = (rows["batch_index"] % FAILED_EVERY == FAILED_EVERY - 1).to_numpy()
+        outcomes = pd.DataFrame({
+            "row_number": rows["row_number"].astype("int64"), "contact_id": rows["contact_id"],
+            "outcome": np.where(failed, FAILED, IMPORTED), "batch_id": rows["batch_id"],
+            "detail": np.where(failed, "HTTP 400: rejected by the bench", ""),
+        })
+        write_parquet(layout.outcome_file(index), outcomes)
+        metrics = []
+        for (batch_index, batch_id), members in rows.groupby(["batch_index", "batch_id"], sort=True).size().items():
+            started, clock = clock, clock + timedelta(milliseconds=100)
+            ok = batch_index % FAILED_EVERY != FAILED_EVERY - 1
+            metrics.append(BatchMetrics(
+                batch_id=batch_id, batch_index=int(batch_index), records=int(members),
+                imported=int(members) if ok else 0, failed=0 if ok else int(members), status="success" if ok else "failed", latency_ms=100.0 + int(batch_index) % 50, attempts=1, requests=1,
+                request_ids=[f"req-{batch_index}"], started_at=started.isoformat(), finished_at=clock.isoformat(),
+            ))
+        write_jsonl(layout.audit_part(f"import-group-{index:05d}"), (_audit_entry(m) for m in metrics))
+        summary = {"group_index": index, "records": len(rows), "batches": len(metrics),
+                   IMPORTED: int((~failed).sum()), "duplicate": 0, FAILED: int(failed.sum()), "transient_failed_batches": 0, "resumed_batches": 0,
+                   "requests": len(metrics), "rate_limited": 0, "seconds": 1.0,
+                   "batch_metrics": [asdict(m) for m in metrics]}
+        write_json(layout.outcome_file(index).with_suffix(".json"), summary)
+
+
+def _audit_entry(metrics: Any) -> dict[str, Any]:
+    """A batch's audit entry, of the engine's shape and size."""
+    return {"auditId": str(uuid.uuid4()), "timestamp": metrics.finished_at, "kind": "batch", "batchId": metrics.batch_id,
+            "batchIndex": metrics.batch_index, "recordCount": metrics.records, "status": metrics.status,
+            "latencyMs": metrics.latency_ms, "details": {"imported": metrics.imported, "failed": metrics.failed,
+                                                         "attempts": metrics.attempts, "requestIds": metrics.request_ids}}
+
+
+def measure(task: str, workdir: Path) -> dict[str, Any]:
+    """One task's body in this process; what it costs beyond the imports is the task's own."""
+    import pandas  # noqa: F401  - what any task process loads before its work
+    import pandera  # noqa: F401
+    import pyarrow  # noqa: F401
+
+    from include.cxone_import import pipeline, report  # noqa: F401
+
+    imports = _peak_mib()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = RUNNERS[task](workdir)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    _save(workdir, task, result)
+    rows = _load(workdir, "extract")["input_rows"]
+    return {"task": task, "rows": rows, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mib": _peak_mib(),
+            "imports_rss_mib": imports, "rows_per_s": round(rows / wall)}
+
+
+def print_table(rows: int, results: list[dict[str, Any]]) -> None:
+    print(f"\n{rows:,} rows")
+    print(f"{'task':<10}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}{'imports MiB':>13}{'rows/s':>12}")
+    for r in results:
+        print(f"{r['task']:<10}{r['wall_s']:>9.2f}{r['cpu_s']:>9.2f}{r['peak_rss_mib']:>14}"
+              f"{r['imports_rss_mib']:>13}{r['rows_per_s']:>12,}")
+    sys.stdout.flush()
+
+
+def print_growth(by_size: dict[int, list[dict[str, Any]]]) -> None:
+    small, large = min(by_size), max(by_size)
+    if small == large:
+        return
+    peaks = {size: {r["task"]: r["peak_rss_mib"] for r in results} for size, results in by_size.items()}
+    growth = ", ".join(
+        f"{task} {peaks[small][task]} -> {peaks[large][task]} MiB ({(peaks[large][task] / peaks[small][task] - 1):+.0%})"
+        for task in peaks[small]
+    )
+    print(f"\npeak RSS {small:,} -> {large:,} rows: {growth}")
+
+
+def _child(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "tools.bench_tasks", *args], check=True, stdout=subprocess.PIPE,
+                          text=True).stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="200000,1000000,2000000", help="comma-separated list sizes")
+    parser.add_argument("--bad-share", type=float, default=0.02)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks to print (all run)")
+    parser.add_argument("--keep", type=Path, help="work in this folder (one size) and leave the files there")
+    parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)  # internal: write the export here
+    parser.add_argument("--outcomes", type=Path, help=argparse.SUPPRESS)  # internal: fake the import's files
+    parser.add_argument("--one", nargs=2, metavar=("TASK", "DIR"), help=argparse.SUPPRESS)  # internal: one task
+    args = parser.parse_args(argv)
+    if args.generate:
+        generate(int(args.rows), args.bad_share, args.generate)
+        return 0
+    if args.outcomes:
+        write_outcomes(args.outcomes)
+        return 0
+    if args.one:
+        print(json.dumps(measure(args.one[0], Path(args.one[1]))), flush=True)
+        return 0
+    shown = args.tasks.split(",")
+    by_size: dict[int, list[dict[str, Any]]] = {}
+    for rows in (int(r) for r in args.rows.split(",")):
+        with tempfile.TemporaryDirectory(prefix="cxone-bench-tasks-") as scratch:
+            workdir = str(args.keep or scratch)
+            _child("--generate", workdir, "--rows", str(rows), "--bad-share", str(args.bad_share))
+            results = []
+            for task in TASKS:
+                if task == "report":
+                    _child("--outcomes", workdir)
+                results.append(json.loads(_child("--one", task, workdir).splitlines()[-1]))
+            by_size[rows] = [r for r in results if r["task"] in shown]
+            print_table(rows, by_size[rows])
+    print_growth(by_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
