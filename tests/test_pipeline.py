@@ -87,3 +87,51 @@ def test_parallel_groups_follow_the_variable(monkeypatch):
         monkeypatch.setenv("AIRFLOW_VAR_CXONE_IMPORT_PARALLEL_GROUPS", wrong)
         with pytest.raises(ValueError, match="cxone_import_parallel_groups must be a whole number"):
             airflow_tasks.parallel_groups()
+
+
+def _reference_chunk(layout, groups, contact_list_id):
+    """What chunk wrote before it was streamed in slices: the rows of the group files in order, one id per batch
+    from ``batch_id`` over the batch's contact ids, and the manifest from a pandas groupby of those rows."""
+    rows = pd.concat([pq.read_table(layout.group_file(g["group_index"]).path).to_pandas().assign(group_index=g["group_index"])
+                      for g in groups], ignore_index=True)
+    for _, batch in rows.groupby("batch_index"):
+        assert set(batch["batch_id"]) == {pipeline.batch_id(contact_list_id, list(batch["contact_id"]))}
+    return rows.groupby("batch_index", sort=True).agg(
+        batch_id=("batch_id", "first"), group_index=("group_index", "first"), records=("row_number", "size"),
+        first_row=("row_number", "min"), last_row=("row_number", "max"),
+    ).reset_index()
+
+
+@pytest.mark.parametrize("slice_rows", [3, 8, 50_000])
+def test_chunk_in_slices_writes_what_the_whole_part_did(tmp_path, monkeypatch, slice_rows):
+    """Tiny parts (smaller than a batch), a part emptied by the unchanged rows, non-ASCII contact ids: the group
+    files, the batch ids and the manifest are those of the reference, whatever the slice size."""
+    import numpy as np
+
+    monkeypatch.setattr(pipeline, "CHUNK_SLICE_ROWS", slice_rows)
+    layout = RunLayout.for_run(UPath(f"file://{tmp_path}"), "d", "r")
+    sizes = [2, 1, 13, 4, 0, 9, 30]
+    row = 1
+    for n, size in enumerate(sizes):
+        numbers = list(range(row, row + size))
+        write_parquet(layout.valid_part(n), pd.DataFrame({
+            "row_number": pd.Series(numbers, dtype="int64"),
+            "contact_id": pd.Series([f"c{i}-Zoë-東京" for i in numbers], dtype="str"),
+            "phone_mobile": pd.Series([f"+1415555{i:04d}" for i in numbers], dtype="str"),
+            "cf_tier": pd.Series([None if i % 3 else "gold" for i in numbers], dtype="str"),
+            "consent_timestamp": pd.Series(["2026-06-01T00:00:00Z"] * size, dtype="str"),
+            "opt_in_status": pd.Series(["pending"] * size, dtype="str"),
+        }))
+        row += size
+    unchanged = np.array([17, 18, 19, 20, 40, 41], dtype=np.int64)  # part 3 entirely
+    valid = sum(sizes)
+    groups = pipeline.chunk(layout, parts=len(sizes), valid_rows=valid, contact_list_id="L", batch_size=4,
+                            parallelism=3, max_map_length=1024, unchanged_rows=unchanged)
+    manifest = pd.read_parquet(layout.batch_manifest.path)
+    expected = _reference_chunk(layout, groups, "L")
+    pd.testing.assert_frame_equal(manifest, expected, check_dtype=False)
+    assert list(manifest.dtypes.astype(str)) == ["int64", "str", "int64", "int64", "int64", "int64"]
+    sent = pd.concat([pq.read_table(layout.group_file(g["group_index"]).path).to_pandas() for g in groups])
+    assert list(sent["row_number"]) == [r for r in range(1, valid + 1) if r not in set(unchanged)]
+    assert pq.read_schema(layout.group_file(0).path).remove_metadata().equals(pipeline.GROUP_SCHEMA)
+    assert [g["batches"] for g in groups] == manifest.groupby("group_index").size().tolist()

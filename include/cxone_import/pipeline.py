@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from include.cxone_import.masking import neutralise_formulas
 from include.cxone_import.payloads import record_json
 from include.cxone_import.schema import REJECT_COLUMNS, ContactRecordSchema, SeenContactIds, validate_chunk
-from include.cxone_import.sources import ROW_NUMBER, iter_canonical_chunks
+from include.cxone_import.sources import ROW_NUMBER, arrow_strings, iter_canonical_chunks
 from include.cxone_import.storage import (
     SPOOL_PARQUET,
     RunLayout,
@@ -56,6 +57,7 @@ def extract(source: Any, layout: RunLayout, *, fmt: str | None = None, chunk_row
         parts.append(str(path))
         rows += len(frame)
         log.info("extracted part %d: %d rows (total %d)", n, len(frame), rows)
+        del frame  # not held while the next chunk is read: the peak is one chunk's, whatever the file's size
     return {"source_uri": str(source), "parts": len(parts), "input_rows": rows}
 
 
@@ -200,28 +202,66 @@ def _batch_aligned(
     layout: RunLayout, parts: int, batch_size: int, unchanged_rows: np.ndarray | None = None
 ) -> Iterator[pd.DataFrame]:
     """The valid parts, less the unchanged rows, re-cut so that no batch spans two frames (a batch id covers
-    all its records)."""
+    all its records). A batch that spans two parts is yielded alone; a part is never copied whole, and what is
+    carried to the next part holds none of the previous part's buffers (one part in memory at a time)."""
     carry: pd.DataFrame | None = None
     for n in range(parts):
         frame = read_parquet(layout.valid_part(n))
         if unchanged_rows is not None and len(unchanged_rows):
             frame = frame[~np.isin(frame[ROW_NUMBER].to_numpy(), unchanged_rows)].reset_index(drop=True)
-        if carry is not None and len(carry):
-            frame = pd.concat([carry, frame], ignore_index=True)
+        if carry is not None:
+            need = batch_size - len(carry)
+            carry = pd.concat([carry, frame.iloc[:need]], ignore_index=True)
+            frame = frame.iloc[need:].reset_index(drop=True)
+            if len(carry) < batch_size:
+                carry = _detached(carry)
+                continue
+            yield carry
         whole = len(frame) - len(frame) % batch_size
-        carry = frame.iloc[whole:]
         if whole:
-            yield frame.iloc[:whole].reset_index(drop=True)
-    if carry is not None and len(carry):
-        yield carry.reset_index(drop=True)
+            yield frame.iloc[:whole]
+        carry = _detached(frame.iloc[whole:]) if whole < len(frame) else None
+        del frame
+    if carry is not None:
+        yield carry
 
 
-def _batch_ids(contact_list_id: str, batch_index: np.ndarray, contact_ids: np.ndarray) -> np.ndarray:
-    """The batch id of every row (rows of a batch are contiguous)."""
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(batch_index)) + 1])
-    ends = np.append(starts[1:], len(batch_index))
-    ids = [batch_id(contact_list_id, contact_ids[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-    return np.repeat(np.array(ids, dtype=object), ends - starts)
+def _detached(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a few rows that does not keep the buffers of the frame they were sliced from alive."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return table.take(pa.array(np.arange(table.num_rows))).to_pandas()
+
+
+def _batch_runs(batch_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each batch starts and ends in ``batch_index`` (its rows are contiguous)."""
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(batch_index)) + 1]).astype(np.int64)
+    return starts, np.append(starts[1:], len(batch_index))
+
+
+def _batch_ids(contact_list_id: str, starts: np.ndarray, ends: np.ndarray, contact_ids: pa.Array) -> list[str]:
+    """``batch_id`` of each batch ``contact_ids[start:end]``, hashing the bytes Arrow already holds: every id
+    prefixed with the separator is one contiguous range of one buffer per batch (no Python string per record)."""
+    if contact_ids.null_count:
+        values = contact_ids.to_pylist()
+        return [batch_id(contact_list_id, values[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    separated = pc.binary_join_element_wise(_SEPARATOR, contact_ids.cast(pa.large_string()), _EMPTY)
+    _, offsets_buffer, data = separated.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[separated.offset : separated.offset + len(separated) + 1]
+    data_view = memoryview(data) if data is not None else memoryview(b"")
+    listed = hashlib.sha256(contact_list_id.encode())
+    ids = []
+    for a, b in zip(offsets[starts].tolist(), offsets[ends].tolist(), strict=True):
+        digest = listed.copy()
+        digest.update(data_view[a:b])
+        ids.append(digest.hexdigest()[:24])
+    return ids
+
+
+_SEPARATOR = pa.scalar("\x1f", pa.large_string())
+_EMPTY = pa.scalar("", pa.large_string())
+# the records are unique strings: a dictionary only pays for the batch columns (100 rows a value)
+_GROUP_PARQUET = {"use_dictionary": ["batch_index", "batch_id"], "write_statistics": False}
+CHUNK_SLICE_ROWS = 50_000  # records serialised and written at a time: bounds the chunk task's peak
 
 
 def batch_id(contact_list_id: str, contact_ids: Any) -> str:
@@ -230,6 +270,66 @@ def batch_id(contact_list_id: str, contact_ids: Any) -> str:
     for contact_id in contact_ids:
         digest.update(b"\x1f" + contact_id.encode())
     return digest.hexdigest()[:24]
+
+
+@dataclass
+class _GroupFiles:
+    """The group files of a chunk run (those still being written are open) and what each holds."""
+
+    layout: RunLayout
+    writers: dict[int, pq.ParquetWriter]
+    handles: dict[int, Any]
+    groups: dict[int, dict[str, Any]]
+
+    def write(self, group_index: int, table: pa.Table) -> None:
+        """Append to a group's file; groups fill in order, so the files of the groups before it are complete and
+        closed (an open writer holds a few MiB: the peak would grow with the number of groups)."""
+        for done in [g for g in self.writers if g < group_index]:
+            self.writers.pop(done).close()
+            self.handles.pop(done).close()
+        if group_index not in self.groups:
+            path = self.layout.group_file(group_index)
+            ensure_parent(path)
+            self.handles[group_index] = path.open("wb")
+            self.writers[group_index] = pq.ParquetWriter(self.handles[group_index], GROUP_SCHEMA, **_GROUP_PARQUET)
+            self.groups[group_index] = {"group_index": group_index, "path": str(path), "records": 0}
+        self.writers[group_index].write_table(table)
+        self.groups[group_index]["records"] += table.num_rows
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        for handle in self.handles.values():
+            handle.close()
+
+
+def _payload(frame: pd.DataFrame, first_position: int, batch_size: int, contact_list_id: str) -> tuple[pa.Table, pd.DataFrame]:
+    """The group-file rows of ``frame`` (whole batches from ``first_position`` on) and its batches' manifest rows."""
+    batch_index = (np.arange(first_position, first_position + len(frame)) // batch_size).astype(np.int64)
+    starts, ends = _batch_runs(batch_index)
+    contact_ids = arrow_strings(frame["contact_id"])
+    ids = _batch_ids(contact_list_id, starts, ends, contact_ids)
+    row_numbers = frame[ROW_NUMBER].to_numpy(dtype=np.int64)
+    table = pa.table(
+        {
+            ROW_NUMBER: pa.array(row_numbers, pa.int64()),
+            "batch_index": pa.array(batch_index, pa.int64()),
+            "batch_id": pa.array(ids, pa.string()).take(pa.array(np.repeat(np.arange(len(ids)), ends - starts))),
+            "contact_id": contact_ids.cast(pa.string()),
+            "record_json": record_json(frame).cast(pa.string()),
+        },
+        schema=GROUP_SCHEMA,
+    )
+    batches = pd.DataFrame(
+        {
+            "batch_index": batch_index[starts],
+            "batch_id": pd.array(ids, dtype="str"),
+            "records": (ends - starts).astype(np.int64),
+            "first_row": np.minimum.reduceat(row_numbers, starts) if len(starts) else row_numbers[:0],
+            "last_row": np.maximum.reduceat(row_numbers, starts) if len(starts) else row_numbers[:0],
+        }
+    )
+    return table, batches
 
 
 def chunk(
@@ -248,63 +348,28 @@ def chunk(
     to_send = valid_rows - (len(unchanged_rows) if unchanged_rows is not None else 0)
     plan = GroupPlan.plan(to_send, batch_size, parallelism, max_map_length)
     rows_per_group = plan.batches_per_group * batch_size
-    writers: dict[int, pq.ParquetWriter] = {}
-    handles: dict[int, Any] = {}
+    step = batch_size * max(1, CHUNK_SLICE_ROWS // batch_size)  # whole batches: a slice never splits one
+    files = _GroupFiles(layout, {}, {}, {})
     manifest: list[pd.DataFrame] = []
     position = 0  # index of the next valid record across all parts
-    groups: dict[int, dict[str, Any]] = {}
     try:
         for frame in _batch_aligned(layout, parts, batch_size, unchanged_rows):
-            positions = np.arange(position, position + len(frame))
-            position += len(frame)
-            frame.insert(1, "batch_index", (positions // batch_size).astype("int64"))
-            batch_index = frame["batch_index"].to_numpy()
-            frame["batch_id"] = _batch_ids(contact_list_id, batch_index, frame["contact_id"].to_numpy(dtype=object))
-            group_of_row = (positions // rows_per_group).astype("int64")
-            frame["group_index"] = group_of_row
-            payload = pa.table(
-                {
-                    ROW_NUMBER: pa.array(frame[ROW_NUMBER].to_numpy(), pa.int64()),
-                    "batch_index": pa.array(batch_index, pa.int64()),
-                    "batch_id": pa.array(frame["batch_id"].to_numpy(dtype=object), pa.string()),
-                    "contact_id": pa.array(frame["contact_id"].to_numpy(dtype=object), pa.string()),
-                    "record_json": record_json(frame).cast(pa.string()),
-                }
-            )
-            for group_index in np.unique(group_of_row).tolist():
-                at = np.flatnonzero(group_of_row == group_index)
-                table = payload.slice(int(at[0]), len(at))  # rows of a group are contiguous
-                if group_index not in writers:
-                    path = layout.group_file(int(group_index))
-                    ensure_parent(path)
-                    handles[group_index] = path.open("wb")
-                    writers[group_index] = pq.ParquetWriter(handles[group_index], GROUP_SCHEMA)
-                writers[group_index].write_table(table)
-                info = groups.setdefault(
-                    int(group_index),
-                    {"group_index": int(group_index), "path": str(layout.group_file(int(group_index))), "records": 0},
-                )
-                info["records"] += table.num_rows
-            manifest.append(
-                frame.groupby("batch_index", sort=True).agg(
-                    batch_id=("batch_id", "first"),
-                    group_index=("group_index", "first"),
-                    records=(ROW_NUMBER, "size"),
-                    first_row=(ROW_NUMBER, "min"),
-                    last_row=(ROW_NUMBER, "max"),
-                ).reset_index()
-            )
+            for start in range(0, len(frame), step):
+                table, batches = _payload(frame.iloc[start : start + step], position, batch_size, contact_list_id)
+                group_of_row = np.arange(position, position + table.num_rows) // rows_per_group
+                for group_index in np.unique(group_of_row).tolist():
+                    at = np.flatnonzero(group_of_row == group_index)
+                    files.write(int(group_index), table.slice(int(at[0]), len(at)))  # a group's rows are contiguous
+                batches.insert(2, "group_index", (batches["batch_index"].to_numpy() * batch_size) // rows_per_group)
+                manifest.append(batches)
+                position += table.num_rows
+                del table, batches
+            del frame  # one part's records at a time
     finally:
-        for writer in writers.values():
-            writer.close()
-        for handle in handles.values():
-            handle.close()
+        files.close()
+    groups = files.groups
     if manifest:
-        batches = pd.concat(manifest, ignore_index=True)
-        batches = batches.groupby("batch_index", sort=True).agg(
-            batch_id=("batch_id", "first"), group_index=("group_index", "first"), records=("records", "sum"),
-            first_row=("first_row", "min"), last_row=("last_row", "max"),
-        ).reset_index()
+        batches = pd.concat(manifest, ignore_index=True)  # batches never span two slices: no merging
         write_parquet(layout.batch_manifest, batches)
         counts = batches.groupby("group_index")["batch_index"].size()
         for group_index, info in groups.items():

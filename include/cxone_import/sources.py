@@ -28,7 +28,7 @@ CSV_PHONE_SUFFIX = "_phone"
 ROW_NUMBER = "row_number"
 SOURCE_ERROR = "source_error"
 DEFAULT_CHUNK_ROWS = 200_000
-_CSV_BLOCK_BYTES = 8 << 20
+_CSV_BLOCK_BYTES = 1 << 20
 _TYPE_SAFE = re.compile(r"[^a-z0-9]+")
 _PHONE_COLUMN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*_phone$")
 CSV_FIELD_COUNT = "csv_field_count"
@@ -175,7 +175,9 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 newlines_in_values=True, invalid_row_handler=lambda row: ragged.append(row.actual_columns) or "skip"
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False, quoted_strings_can_be_null=False
+                # an empty cell, quoted or not, is null (no value): Arrow marks it as it parses, no second pass
+                column_types=dict.fromkeys(names, pa.string()), null_values=[""], strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
             ),
         ))
         pending: list[pa.RecordBatch] = []
@@ -192,9 +194,11 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
             pending.append(batch)
             pending_rows += batch.num_rows
             if pending_rows >= chunk_rows:
-                yield _csv_frame(pending, next_row)
+                frame = _csv_frame(pending, next_row)
                 next_row += pending_rows
-                pending, pending_rows = [], 0
+                pending, pending_rows = [], 0  # not held while the caller works on the frame
+                yield frame
+                del frame
     if ragged:
         yield from _iter_csv_numbered(path, names, chunk_rows, first_row=next_row)
         return
@@ -261,7 +265,6 @@ def _guarded(path: ReadablePath, record: int, open_reader: Any) -> Any:
 
 def _csv_frame(batches: list[pa.RecordBatch], first_row: int) -> pd.DataFrame:
     frame = pa.Table.from_batches(batches).to_pandas()
-    frame = frame.replace("", None) if len(frame) else frame
     frame.insert(0, ROW_NUMBER, pd.RangeIndex(first_row, first_row + len(frame)).to_numpy(dtype="int64"))
     return frame
 
