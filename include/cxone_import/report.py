@@ -6,10 +6,12 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
 from include.cxone_import.pipeline import reject_gate_tripped
@@ -65,45 +67,118 @@ def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
 
 def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
     """Row number and outcome of every imported/duplicate/failed/unchanged row (only those two columns: this is
-    the part of the report that grows with the list); on a dry run the planned rows, as ``not_sent``."""
+    the part of the report that grows with the list); on a dry run the planned rows, as ``not_sent``. Outcomes
+    are read as Arrow dictionary codes, never as one string per row."""
     if dry_run:
-        frames = [
-            read_parquet(p, columns=["row_number"]).assign(outcome=NOT_SENT)
+        parts = [
+            _same_outcome(read_parquet(p, columns=["row_number"])["row_number"].to_numpy(dtype=np.int64), NOT_SENT)
             for p in list_files(layout.root / "groups", "group-*.parquet")
         ]
     else:
-        frames = [
-            read_parquet(p, columns=["row_number", "outcome"])
-            for p in list_files(layout.root / "outcomes", "group-*.parquet")
-        ]
+        parts = [_outcome_codes(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
     unchanged = read_unchanged_rows(layout)
     if len(unchanged):
-        frames.append(pd.DataFrame({"row_number": unchanged, "outcome": UNCHANGED}))
-    if not frames:
+        parts.append(_same_outcome(unchanged, UNCHANGED))
+    if not parts:
         return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
-    outcomes = pd.concat(frames, ignore_index=True)
-    outcomes["outcome"] = outcomes["outcome"].astype("category")
-    return outcomes
+    # the categories of what is there, sorted (as astype("category") gives them)
+    names = sorted({name for _, chunks in parts for name in _used_names(chunks)})
+    code_of = {name: code for code, name in enumerate(names)}
+    codes = np.concatenate([_recoded(chunks, code_of) for _, chunks in parts])
+    rows = np.concatenate([rows for rows, _ in parts])
+    del parts
+    outcome = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(pd.Index(names, dtype="str")))
+    return pd.DataFrame({"row_number": rows, "outcome": outcome}, copy=False)
+
+
+_Codes = list[tuple[np.ndarray, list[str]]]  # (dictionary indices, dictionary) per chunk of a part's outcomes
+
+
+def _same_outcome(rows: np.ndarray, outcome: str) -> tuple[np.ndarray, _Codes]:
+    return rows, [(np.zeros(len(rows), dtype=np.int8), [outcome])]
+
+
+def _outcome_codes(path: Any) -> tuple[np.ndarray, _Codes]:
+    """A group's row numbers and its outcomes as dictionary codes."""
+    with path.open("rb") as handle:
+        table = pq.read_table(handle, columns=["row_number", "outcome"], read_dictionary=["outcome"], use_threads=False)
+    if table["outcome"].null_count:
+        raise ValueError(f"{path}: a row has no outcome")
+    chunks = [(c.indices.to_numpy(zero_copy_only=False), c.dictionary.to_pylist()) for c in table["outcome"].chunks]
+    return table["row_number"].to_numpy().astype(np.int64, copy=False), chunks
+
+
+def _used_names(chunks: _Codes) -> set[str]:
+    """The outcomes a part's rows hold (a dictionary may name more)."""
+    used: set[str] = set()
+    for indices, dictionary in chunks:
+        present = np.bincount(indices, minlength=len(dictionary)) > 0
+        used.update(name for name, there in zip(dictionary, present.tolist(), strict=True) if there)
+    return used
+
+
+def _recoded(chunks: _Codes, code_of: dict[str, int]) -> np.ndarray:
+    """A part's outcome codes in the run's categories."""
+    recoded = [
+        np.array([code_of.get(name, -1) for name in dictionary], dtype=np.int8)[indices] for indices, dictionary in chunks
+    ]
+    return np.concatenate(recoded) if recoded else np.empty(0, dtype=np.int8)
 
 
 def reconcile(layout: RunLayout, *, extract_parts: int, outcomes: pd.DataFrame) -> Reconciliation:
-    """Compare the set of input row numbers with rejected + imported + duplicate + failed + unchanged row numbers."""
-    inputs = np.concatenate(
-        [read_parquet(layout.extract_part(n), columns=["row_number"])["row_number"].to_numpy() for n in range(extract_parts)]
-        or [np.empty(0, dtype=np.int64)]
-    )
-    rejected = np.unique(read_parquet(layout.rejects_parquet, columns=["row_number"])["row_number"].to_numpy())
-    accounted = np.concatenate([rejected, outcomes["row_number"].to_numpy(dtype=np.int64)])
-    values, counts = np.unique(accounted, return_counts=True)
-    input_unique = np.unique(inputs)
+    """Compare the set of input row numbers with rejected + imported + duplicate + failed + unchanged row numbers.
+    Row numbers (from 1) index two small tallies instead of being sorted: memory follows the list's length in
+    bytes, not in 8-byte numbers, and input parts are read one at a time."""
+    inputs, accounted = _RowTally(), _RowTally()
+    for n in range(extract_parts):
+        inputs.add(read_parquet(layout.extract_part(n), columns=["row_number"])["row_number"].to_numpy(dtype=np.int64))
+    rejected = read_parquet(layout.rejects_parquet, columns=["row_number"])["row_number"].to_numpy(dtype=np.int64)
+    accounted.add(np.unique(rejected))
+    accounted.add(outcomes["row_number"].to_numpy(dtype=np.int64))
+    size = max(len(inputs.counts), len(accounted.counts))
+    seen, counted = inputs.padded(size) > 0, accounted.padded(size)
+    missing = np.flatnonzero(seen & (counted == 0))
+    double_counted = np.flatnonzero(counted > 1)
+    unknown = np.flatnonzero(~seen & (counted > 0))
     return Reconciliation(
-        ok=bool(len(inputs) == len(accounted) and len(values) == len(accounted) and np.array_equal(values, input_unique)),
-        input_rows=int(len(inputs)),
-        accounted=int(len(accounted)),
-        missing=[int(x) for x in np.setdiff1d(input_unique, values)[:1000]],
-        double_counted=[int(x) for x in values[counts > 1][:1000]],
-        unknown=[int(x) for x in np.setdiff1d(values, input_unique)[:1000]],
+        ok=bool(inputs.total == accounted.total and not len(double_counted) and not len(missing) and not len(unknown)),
+        input_rows=inputs.total,
+        accounted=accounted.total,
+        missing=[int(x) for x in missing[:1000]],
+        double_counted=[int(x) for x in double_counted[:1000]],
+        unknown=[int(x) for x in unknown[:1000]],
     )
+
+
+_TALLY_SLICE = 1 << 18
+
+
+class _RowTally:
+    """How often each row number was seen (0, 1 or 2 for "more than once"), one byte per row number."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, dtype=np.uint8)
+        self.total = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.total += len(rows)
+        if not len(rows):
+            return
+        if int(rows.min()) < 1:
+            raise ValueError(f"row numbers start at 1, got {int(rows.min())}")
+        top = int(rows.max()) + 1
+        if top > len(self.counts):
+            self.counts = self.padded(max(top, 2 * len(self.counts)))  # parts come in row order: grow in few steps
+        for start in range(0, len(rows), _TALLY_SLICE):  # bounded temporaries, whatever the list's size
+            values, times = np.unique(rows[start : start + _TALLY_SLICE], return_counts=True)
+            self.counts[values] = np.minimum(self.counts[values] + np.minimum(times, 2), 2).astype(np.uint8)
+
+    def padded(self, size: int) -> np.ndarray:
+        if size <= len(self.counts):
+            return self.counts
+        grown = np.zeros(size, dtype=np.uint8)
+        grown[: len(self.counts)] = self.counts
+        return grown
 
 
 def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -211,15 +286,25 @@ def write_dead_letter(layout: RunLayout, groups: list[dict[str, Any]]) -> int:
             if not len(failed):
                 continue
             errors = dict(zip(failed["row_number"].astype("int64"), failed["detail"], strict=True))
-            frame = read_parquet(layout.group_file(index), columns=["row_number", "record_json"])
-            for row_number, record_json in zip(frame["row_number"], frame["record_json"], strict=True):
-                if int(row_number) in errors:
-                    record = json.loads(record_json)
-                    record["_sourceRowNumber"] = int(row_number)
-                    record["_lastError"] = errors[int(row_number)]
-                    handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-                    written += 1
+            for row_number, record_json in _group_records(layout.group_file(index), failed["row_number"].to_numpy(np.int64)):
+                record = json.loads(record_json)
+                record["_sourceRowNumber"] = row_number
+                record["_lastError"] = errors[row_number]
+                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+                written += 1
     return written
+
+
+def _group_records(path: Any, rows: np.ndarray) -> Iterator[tuple[int, str]]:
+    """(row number, record JSON) of the given rows of a group file, in file order, read a slice at a time (the
+    records of a whole group never sit in memory at once)."""
+    with path.open("rb") as source:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=_RECORD_SLICE, columns=["row_number", "record_json"]):
+            batch = batch.filter(np.isin(batch.column("row_number").to_numpy(), rows))
+            yield from zip(batch.column("row_number").to_pylist(), batch.column("record_json").to_pylist(), strict=True)
+
+
+_RECORD_SLICE = 8192
 
 
 def assemble_audit_log(layout: RunLayout) -> int:

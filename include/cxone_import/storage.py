@@ -111,12 +111,15 @@ def read_json(path: Any) -> Any:
         return json.load(handle)
 
 
+_jsonl_line = json.JSONEncoder(default=str, separators=(",", ":")).encode  # json.dumps(..) builds one per call
+
+
 def write_jsonl(path: Any, entries: Iterable[dict[str, Any]]) -> int:
     ensure_parent(path)
     n = 0
     with path.open("w") as handle:
         for entry in entries:
-            handle.write(json.dumps(entry, default=str, separators=(",", ":")) + "\n")
+            handle.write(_jsonl_line(entry) + "\n")
             n += 1
     return n
 

@@ -1,0 +1,105 @@
+"""The report's row-level parts: outcomes read as dictionary codes, reconciliation by row-number tallies, the
+dead-letter file; each checked against the plain pandas/numpy computation they replace."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from upath import UPath
+
+from include.cxone_import import report
+from include.cxone_import.state import unchanged_file
+from include.cxone_import.storage import RunLayout, write_parquet
+
+
+@pytest.fixture
+def layout(tmp_path):
+    return RunLayout.for_run(UPath(f"file://{tmp_path}"), "d", "r")
+
+
+def _outcomes(layout, index, rows, outcomes, details=None):
+    write_parquet(layout.outcome_file(index), pd.DataFrame({
+        "row_number": pd.Series(rows, dtype="int64"), "contact_id": [f"c{r}" for r in rows], "outcome": outcomes,
+        "batch_id": "b", "detail": details or [""] * len(rows),
+    }))
+
+
+def _reference_outcomes(layout, dry_run=False):
+    """load_outcomes as it was: pandas frames, concatenated, outcome as a category."""
+    folder, column = ("groups", None) if dry_run else ("outcomes", "outcome")
+    frames = [pd.read_parquet(p.path, columns=["row_number"] + ([column] if column else []))
+              for p in report.list_files(layout.root / folder, "group-*.parquet")]
+    frames = [f.assign(outcome=report.NOT_SENT) if dry_run else f for f in frames]
+    unchanged = report.read_unchanged_rows(layout)
+    if len(unchanged):
+        frames.append(pd.DataFrame({"row_number": unchanged, "outcome": report.UNCHANGED}))
+    outcomes = pd.concat(frames, ignore_index=True)
+    outcomes["outcome"] = outcomes["outcome"].astype("category")
+    return outcomes
+
+
+def test_outcomes_are_the_rows_and_categories_of_the_files(layout):
+    _outcomes(layout, 0, [1, 2, 3], ["imported", "failed", "imported"])
+    _outcomes(layout, 1, [5, 6], ["duplicate", "duplicate"])
+    path = unchanged_file(layout)
+    write_parquet(path, pd.DataFrame({"row_number": np.array([4, 7], dtype=np.int64),
+                                      "fingerprint": np.array([1, 2], dtype=np.uint64)}))
+    pd.testing.assert_frame_equal(report.load_outcomes(layout), _reference_outcomes(layout))
+
+
+def test_dry_run_outcomes_are_the_planned_rows(layout):
+    write_parquet(layout.group_file(0), pd.DataFrame({"row_number": pd.Series([3, 1], dtype="int64")}))
+    pd.testing.assert_frame_equal(report.load_outcomes(layout, dry_run=True), _reference_outcomes(layout, dry_run=True))
+
+
+def _reference_reconcile(inputs, accounted):
+    values, counts = np.unique(accounted, return_counts=True)
+    unique = np.unique(inputs)
+    return {"ok": bool(len(inputs) == len(accounted) and len(values) == len(accounted) and np.array_equal(values, unique)),
+            "input_rows": len(inputs), "accounted": len(accounted),
+            "missing": np.setdiff1d(unique, values).tolist()[:1000], "double_counted": values[counts > 1].tolist()[:1000],
+            "unknown": np.setdiff1d(values, unique).tolist()[:1000]}
+
+
+@pytest.mark.parametrize(
+    ("rejected", "sent"),
+    [
+        pytest.param([2, 2, 9], [1, 3, 4, 5, 6, 7, 8, 10], id="all-once"),
+        pytest.param([2], [1, 3, 4, 4, 6, 7, 8, 10, 12], id="missing-double-unknown"),
+        pytest.param([], [], id="nothing-sent"),
+        pytest.param([1], list(range(2, 3000)), id="unknown-beyond-the-input"),
+    ],
+)
+def test_reconcile_tallies_agree_with_set_arithmetic(layout, rejected, sent):
+    inputs = np.arange(1, 11, dtype=np.int64)
+    write_parquet(layout.extract_part(0), pd.DataFrame({"row_number": inputs[:4]}))
+    write_parquet(layout.extract_part(1), pd.DataFrame({"row_number": inputs[4:]}))
+    write_parquet(layout.rejects_parquet, pd.DataFrame({"row_number": pd.Series(rejected, dtype="int64")}))
+    outcomes = pd.DataFrame({"row_number": pd.Series(sent, dtype="int64"), "outcome": "imported"})
+    result = report.reconcile(layout, extract_parts=2, outcomes=outcomes)
+    accounted = np.concatenate([np.unique(np.array(rejected, dtype=np.int64)), np.array(sent, dtype=np.int64)])
+    assert result.__dict__ == _reference_reconcile(inputs, accounted)
+
+
+def test_dead_letter_holds_the_failed_records_in_file_order(layout):
+    from include.cxone_import.pipeline import GROUP_SCHEMA
+    import pyarrow as pa
+
+    rows = list(range(1, 20_001))  # more than one slice of the group file
+    records = [json.dumps({"contactId": f"c{r}", "n": "ü"}, ensure_ascii=False) for r in rows]
+    write_parquet(layout.group_file(0), pa.table({"row_number": rows, "batch_index": [r // 100 for r in rows],
+                                                  "batch_id": ["b"] * len(rows), "contact_id": [f"c{r}" for r in rows],
+                                                  "record_json": records}, schema=GROUP_SCHEMA))
+    failed = {5: "HTTP 400: x", 9000: "HTTP 400: y", 19_999: "HTTP 400: z"}
+    _outcomes(layout, 0, rows, ["failed" if r in failed else "imported" for r in rows],
+              [failed.get(r, "") for r in rows])
+    assert report.write_dead_letter(layout, [{"group_index": 0}]) == 3
+    with layout.dead_letter.open("r") as handle:
+        lines = handle.read().splitlines()
+    assert lines == [
+        json.dumps({"contactId": f"c{r}", "n": "ü", "_sourceRowNumber": r, "_lastError": failed[r]}, separators=(",", ":"))
+        for r in sorted(failed)
+    ]
