@@ -184,3 +184,28 @@ def test_the_listener_hears_each_sent_batch_once(layout, client):
     ids = sorted(m["batch_id"] for m in summary["batch_metrics"])
     assert sorted(b for b, _ in heard) == ids and all(b == a for b, a in heard)
     assert summary["imported"] == 45 and again["resumed_batches"] == 5 and len(heard) == 5
+
+
+def test_outcomes_are_written_as_they_come_and_only_a_whole_file_is_kept(layout, client, monkeypatch):
+    """The outcome file is written a few rows at a time under a .partial name, renamed when the group is done; a
+    group that dies half-way leaves neither file (a retry and the report see "not finished")."""
+    from include.cxone_import import engine
+
+    monkeypatch.setattr(engine, "OUTCOME_FLUSH_ROWS", 7)
+    write_group(layout, [record(i) for i in range(45)], batch_size=10)
+
+    class Broken:
+        def import_batch_json(self, contact_list_id, records_json):
+            raise RuntimeError("the process dies here")
+
+    with pytest.raises(RuntimeError, match="the process dies here"):
+        GroupImporter(Broken(), LIST, layout).run(0)
+    assert not layout.outcome_file(0).exists()
+    assert [p.name for p in layout.outcome_file(0).parent.iterdir()] == []
+
+    summary = GroupImporter(client, LIST, layout, concurrency=3).run(0)
+
+    outcomes = read_parquet(layout.outcome_file(0))
+    assert sorted(outcomes["row_number"]) == list(range(1, 46)) and set(outcomes["outcome"]) == {"imported"}
+    assert summary["imported"] == 45
+    assert [p.name for p in layout.outcome_file(0).parent.iterdir() if p.name.endswith(".partial")] == []

@@ -21,19 +21,20 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
 from cxone_provider.models import parse_record_issues
 
-from include.cxone_import.storage import RunLayout, write_json, write_jsonl, write_parquet
+from include.cxone_import.storage import RunLayout, ensure_parent, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -229,17 +230,19 @@ class GroupImporter:
         log.info("group %d: %d records in %d batches, concurrency %d", group_index, records, len(batch_ids), self._concurrency)
         started = time.monotonic()
         self._progress = _Progress(group_index, len(batch_ids), started)
-        with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}") as pool:
-            results = _bounded_map(pool, self._import_batch, _read_batches(path), window=4 * self._concurrency)
+        metrics: list[BatchMetrics] = []
+        audit: list[dict[str, Any]] = []
+        with _OutcomeWriter(self._layout.outcome_file(group_index)) as outcomes, ThreadPoolExecutor(
+            max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}"
+        ) as pool:
+            for result in _bounded_map(pool, self._import_batch, _read_batches(path), window=4 * self._concurrency):
+                outcomes.add(result.outcomes)  # written as they come: the task never holds the group's outcomes
+                metrics.append(result.metrics)
+                audit.append(result.audit)
         self._checkpoints.tidy()
         elapsed = time.monotonic() - started
-        outcomes = pd.DataFrame(
-            [o for r in results for o in r.outcomes], columns=list(Outcome._fields)
-        ).astype({"row_number": "int64"})
-        metrics = [r.metrics for r in results]
-        write_parquet(self._layout.outcome_file(group_index), outcomes)
-        write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), (r.audit for r in results))
-        counts = outcomes["outcome"].value_counts()
+        write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), audit)
+        counts = outcomes.counts
         summary = {
             "group_index": group_index,
             "records": records,
@@ -439,17 +442,71 @@ def _whole_batches(rows: list[tuple[int, str, tuple[int, str, str]]]) -> Iterato
         yield int(batch_index), members[0][1], [m[2] for m in members]
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[tuple], *, window: int) -> list[T]:
-    """``fn(*item)`` for every item on ``pool``, results in the items' order, with at most ``window`` items queued
-    or running at once: the reader stays just ahead of the senders instead of loading the whole group first."""
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[tuple], *, window: int) -> Iterator[T]:
+    """``fn(*item)`` for every item on ``pool``, results yielded in the items' order as they are done, with at most
+    ``window`` items queued or running at once: the reader stays just ahead of the senders instead of loading the
+    whole group first, and a slow item never holds the others back (only its own result waits to be yielded)."""
     slots = threading.BoundedSemaphore(window)
-    futures: list[Future[T]] = []
+    pending: deque[Future[T]] = deque()
     for item in items:
         slots.acquire()
         future = pool.submit(fn, *item)
         future.add_done_callback(lambda _: slots.release())
-        futures.append(future)
-    return [f.result() for f in futures]
+        pending.append(future)
+        while pending and pending[0].done():
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+OUTCOME_SCHEMA = pa.schema([(name, pa.int64() if name == "row_number" else pa.string()) for name in Outcome._fields])
+OUTCOME_FLUSH_ROWS = 20_000
+
+
+class _OutcomeWriter:
+    """A group's outcome file, written ``OUTCOME_FLUSH_ROWS`` rows at a time as batches finish. It is written under
+    a ``.partial`` name and renamed when complete: an outcome file that exists is always whole (the report and a
+    task retry rely on that)."""
+
+    def __init__(self, path: Any) -> None:
+        self._path = path
+        self._partial = path.with_name(path.name + ".partial")
+        self._rows: list[Outcome] = []
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> _OutcomeWriter:
+        ensure_parent(self._partial)
+        self._handle = self._partial.open("wb")
+        self._writer = pq.ParquetWriter(self._handle, OUTCOME_SCHEMA)
+        return self
+
+    def add(self, outcomes: list[Outcome]) -> None:
+        self._rows.extend(outcomes)
+        for o in outcomes:
+            self.counts[o.outcome] = self.counts.get(o.outcome, 0) + 1
+        if len(self._rows) >= OUTCOME_FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            columns = list(zip(*self._rows, strict=True))
+            self._writer.write_table(pa.Table.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(columns, OUTCOME_SCHEMA, strict=True)], schema=OUTCOME_SCHEMA
+            ))
+            self._rows = []
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            self._writer.close()
+            self._handle.close()
+        if exc_type is None:
+            fs = self._path.fs
+            fs.mv(_fs_path(self._partial), _fs_path(self._path))
+        else:
+            self._partial.unlink(missing_ok=True)
 
 
 def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:

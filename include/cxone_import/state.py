@@ -271,14 +271,25 @@ def checkpointed_acknowledgements(layout: RunLayout, group_index: int) -> tuple[
     return _records_of_rows(layout, group_index, np.array(rows, dtype=np.int64))
 
 
+GROUP_READ_ROWS = 20_000
+
+
 def _records_of_rows(layout: RunLayout, group_index: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not len(rows):
         return np.empty(0, np.uint64), np.empty(0, np.uint64)
-    with layout.group_file(group_index).open("rb") as handle:
-        table = pq.read_table(handle, columns=["row_number", "contact_id", "record_json"])
-    keep = np.isin(table["row_number"].to_numpy(), rows)
-    table = table.filter(pa.array(keep))
-    return contact_keys(table["contact_id"]), fingerprints(table["record_json"])
+    keys: list[np.ndarray] = []
+    fps: list[np.ndarray] = []
+    with layout.group_file(group_index).open("rb") as handle:  # a slice at a time: a group is up to 200,000 records
+        for chunk in pq.ParquetFile(handle).iter_batches(batch_size=GROUP_READ_ROWS,
+                                                         columns=["row_number", "contact_id", "record_json"]):
+            keep = np.isin(chunk.column("row_number").to_numpy(), rows)
+            if keep.any():
+                chunk = chunk.filter(pa.array(keep))
+                keys.append(contact_keys(chunk.column("contact_id")))
+                fps.append(fingerprints(chunk.column("record_json")))
+    if not keys:
+        return np.empty(0, np.uint64), np.empty(0, np.uint64)
+    return np.concatenate(keys), np.concatenate(fps)
 
 
 class _Delta:
