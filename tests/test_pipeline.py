@@ -20,9 +20,10 @@ from include.cxone_import.storage import RunLayout, write_parquet
         pytest.param(20_000, 100, 32, 1024, (200, 1, 200), id="20k-one-task"),
         pytest.param(200_000, 100, 32, 1024, (2_000, 4, 500), id="200k-spread-over-4"),
         pytest.param(1_000_000, 100, 32, 1024, (10_000, 20, 500), id="1M-spread-over-20"),
-        pytest.param(1_000_000, 100, 4, 1024, (10_000, 5, 2000), id="1M-by-group-size"),
-        pytest.param(1_000_000, 100, 1, 1024, (10_000, 5, 2000), id="1M-one-slot"),
-        pytest.param(10_000_000, 10, 4, 1024, (1_000_000, 500, 2000), id="capped-by-group-size"),
+        pytest.param(1_000_000, 100, 4, 1024, (10_000, 4, 2500), id="1M-one-group-per-pool-slot"),
+        pytest.param(1_000_000, 100, 1, 1024, (10_000, 4, 2500), id="1M-one-slot"),
+        pytest.param(2_000_000, 100, 4, 1024, (20_000, 8, 2500), id="2M-by-group-size"),
+        pytest.param(10_000_000, 10, 4, 1024, (1_000_000, 400, 2500), id="capped-by-group-size"),
         pytest.param(50_000_000, 10, 4, 1024, (5_000_000, 1024, 4883), id="capped-by-max-map-length"),
     ],
 )

@@ -34,7 +34,7 @@ from include.cxone_import.storage import (
 log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 100
-MAX_BATCHES_PER_GROUP = 2000  # bounds an import task's memory and the work a task retry may repeat
+MAX_BATCHES_PER_GROUP = 2500  # bounds an import task's run time and XCom; 1M records at 100 = 4 groups (the pool's 4 slots)
 MIN_BATCHES_PER_GROUP = 500  # below this a task's start-up costs more than spreading the list over workers gains
 GROUP_SCHEMA = pa.schema(
     [
