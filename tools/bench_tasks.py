@@ -6,9 +6,10 @@ For each size the export is generated once (``tools.sample_data``, seed 42, 2% b
 body runs in its own fresh process (as any executor runs a task), in DAG order over one local storage folder:
 ``extract`` (``pipeline.extract``), ``validate`` (``pipeline.validate``), ``chunk`` (``state.find_unchanged`` on an
 empty list state, then ``pipeline.chunk``, as ``airflow_tasks.chunk`` calls them) and ``report``
-(``report.build_report``). Between chunk and report, an unmeasured process writes what the import tasks would:
-every record ``imported``, with fake batch metrics and audit entries (``GroupImporter.run``'s files); nothing goes
-over HTTP. One table per size: wall and process CPU seconds, peak RSS of the task's process, the RSS right after
+(``report.build_report``). The chunk plans groups for ``PARALLEL_GROUPS`` import tasks, the DAG's default. Between
+chunk and report, an unmeasured process writes what the import tasks would (``GroupImporter.run``'s files): every
+record ``imported`` but one batch in 500 ``failed``, with fake batch metrics and audit entries; nothing goes over
+HTTP. One table per size: wall and process CPU seconds, peak RSS of the task's process, the RSS right after
 its imports (pandas, pyarrow, pandera, the project's modules: what any task process pays before its work), and
 rows/s; then peak RSS at the smallest size against the largest.
 """
@@ -34,6 +35,7 @@ AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 TASKS = ("extract", "validate", "chunk", "report")
 LIST_ID = "bench-list"
 BATCH_SIZE = 100
+PARALLEL_GROUPS = 4  # the DAG's default: min(core.parallelism, airflow_tasks.parallel_groups()), the cxone_api pool
 FAILED_EVERY = 500
 
 
@@ -83,7 +85,7 @@ def run_chunk(workdir: Path) -> list[dict[str, Any]]:
     changes = find_unchanged(layout, state, parts=validated["parts"], run_id="tasks", mode="compare")
     return pipeline.chunk(
         layout, parts=validated["parts"], valid_rows=validated["valid_rows"], contact_list_id=LIST_ID,
-        batch_size=BATCH_SIZE, parallelism=32, max_map_length=1024,
+        batch_size=BATCH_SIZE, parallelism=PARALLEL_GROUPS, max_map_length=1024,
         unchanged_rows=read_unchanged_rows(layout) if changes["unchanged"] else None,
     )
 
@@ -104,12 +106,9 @@ RUNNERS = {"extract": run_extract, "validate": run_validate, "chunk": run_chunk,
 
 
 def write_outcomes(workdir: Path) -> None:
-    """What the import tasks leave for the report (``GroupImporter.run``): every record ``imported`` but those of
-    one batch in ``FAILED_EVERY`` (``failed``, so that the dead-letter file is written too)."""
-    import numpy as np
-    import pandas as pd
-
-    from include.cxone_import.engine import FAILED, IMPORTED, BatchMetrics
+    """What the import tasks leave for the report (``GroupImporter.run``: outcome file, group summary with batch
+    metrics, audit part): every record ``imported`` but those of one batch in ``FAILED_EVERY`` (``failed``, so that
+    the dead-letter file is written too)."""
     from include.cxone_import.storage import read_parquet, write_json, write_jsonl, write_parquet
 
     layout = _layout(workdir)
@@ -117,36 +116,68 @@ def write_outcomes(workdir: Path) -> None:
     for group in _load(workdir, "chunk"):
         index = int(group["group_index"])
         rows = read_parquet(layout.group_file(index), columns=["row_number", "batch_index", "batch_id", "contact_id"])
-        failed = (rows["batch_index"] % FAILED_EVERY == FAILED_EVERY - 1).to_numpy()
-        outcomes = pd.DataFrame({
-            "row_number": rows["row_number"].astype("int64"), "contact_id": rows["contact_id"],
-            "outcome": np.where(failed, FAILED, IMPORTED), "batch_id": rows["batch_id"],
-            "detail": np.where(failed, "HTTP 400: rejected by the bench", ""),
-        })
+        outcomes = _outcomes(rows)
         write_parquet(layout.outcome_file(index), outcomes)
-        metrics = []
-        for (batch_index, batch_id), members in rows.groupby(["batch_index", "batch_id"], sort=True).size().items():
-            started, clock = clock, clock + timedelta(milliseconds=100)
-            ok = batch_index % FAILED_EVERY != FAILED_EVERY - 1
-            metrics.append(BatchMetrics(
-                batch_id=batch_id, batch_index=int(batch_index), records=int(members),
-                imported=int(members) if ok else 0, failed=0 if ok else int(members), status="success" if ok else "failed", latency_ms=100.0 + int(batch_index) % 50, attempts=1, requests=1,
-                request_ids=[f"req-{batch_index}"], started_at=started.isoformat(), finished_at=clock.isoformat(),
-            ))
+        metrics = _batch_metrics(rows, clock)
+        clock = datetime.fromisoformat(metrics[-1].finished_at)
         write_jsonl(layout.audit_part(f"import-group-{index:05d}"), (_audit_entry(m) for m in metrics))
-        summary = {"group_index": index, "records": len(rows), "batches": len(metrics),
-                   IMPORTED: int((~failed).sum()), "duplicate": 0, FAILED: int(failed.sum()), "transient_failed_batches": 0, "resumed_batches": 0,
-                   "requests": len(metrics), "rate_limited": 0, "seconds": 1.0,
-                   "batch_metrics": [asdict(m) for m in metrics]}
-        write_json(layout.outcome_file(index).with_suffix(".json"), summary)
+        write_json(layout.outcome_file(index).with_suffix(".json"), _summary(index, outcomes, metrics))
+
+
+def _failed_batch(batch_index: Any) -> Any:
+    return batch_index % FAILED_EVERY == FAILED_EVERY - 1
+
+
+def _outcomes(rows: Any) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    from include.cxone_import.engine import FAILED, IMPORTED
+
+    failed = _failed_batch(rows["batch_index"]).to_numpy()
+    return pd.DataFrame({
+        "row_number": rows["row_number"].astype("int64"), "contact_id": rows["contact_id"],
+        "outcome": np.where(failed, FAILED, IMPORTED), "batch_id": rows["batch_id"],
+        "detail": np.where(failed, "HTTP 400: rejected by the bench", ""),
+    })
+
+
+def _batch_metrics(rows: Any, clock: datetime) -> list[Any]:
+    """One batch after the other, 100 ms each, latencies of 100-149 ms."""
+    from include.cxone_import.engine import BatchMetrics
+
+    metrics = []
+    for (batch_index, batch_id), records in rows.groupby(["batch_index", "batch_id"], sort=True).size().items():
+        started, clock = clock, clock + timedelta(milliseconds=100)
+        failed = int(records) if _failed_batch(batch_index) else 0
+        metrics.append(BatchMetrics(
+            batch_id=batch_id, batch_index=int(batch_index), records=int(records), imported=int(records) - failed,
+            failed=failed, status="failed" if failed else "success", latency_ms=100.0 + int(batch_index) % 50,
+            attempts=1, requests=1, request_ids=[f"req-{batch_index}"], started_at=started.isoformat(),
+            finished_at=clock.isoformat(),
+        ))
+    return metrics
+
+
+def _summary(index: int, outcomes: Any, metrics: list[Any]) -> dict[str, Any]:
+    counts = outcomes["outcome"].value_counts()
+    return {
+        "group_index": index, "records": len(outcomes), "batches": len(metrics),
+        **{name: int(counts.get(name, 0)) for name in ("imported", "duplicate", "failed")},
+        "transient_failed_batches": 0, "resumed_batches": 0, "requests": len(metrics), "rate_limited": 0,
+        "seconds": round(len(metrics) * 0.1, 3), "batch_metrics": [asdict(m) for m in metrics],
+    }
 
 
 def _audit_entry(metrics: Any) -> dict[str, Any]:
     """A batch's audit entry, of the engine's shape and size."""
-    return {"auditId": str(uuid.uuid4()), "timestamp": metrics.finished_at, "kind": "batch", "batchId": metrics.batch_id,
-            "batchIndex": metrics.batch_index, "recordCount": metrics.records, "status": metrics.status,
-            "latencyMs": metrics.latency_ms, "details": {"imported": metrics.imported, "failed": metrics.failed,
-                                                         "attempts": metrics.attempts, "requestIds": metrics.request_ids}}
+    return {
+        "auditId": str(uuid.uuid4()), "timestamp": metrics.finished_at, "kind": "batch", "batchId": metrics.batch_id,
+        "batchIndex": metrics.batch_index, "recordCount": metrics.records, "status": metrics.status,
+        "latencyMs": metrics.latency_ms,
+        "details": {"imported": metrics.imported, "failed": metrics.failed, "attempts": metrics.attempts,
+                    "requestIds": metrics.request_ids},
+    }
 
 
 def measure(task: str, workdir: Path) -> dict[str, Any]:
@@ -182,8 +213,8 @@ def print_growth(by_size: dict[int, list[dict[str, Any]]]) -> None:
         return
     peaks = {size: {r["task"]: r["peak_rss_mib"] for r in results} for size, results in by_size.items()}
     growth = ", ".join(
-        f"{task} {peaks[small][task]} -> {peaks[large][task]} MiB ({(peaks[large][task] / peaks[small][task] - 1):+.0%})"
-        for task in peaks[small]
+        f"{task} {before} -> {after} MiB ({after / before - 1:+.0%})"
+        for task, before, after in ((t, peaks[small][t], peaks[large][t]) for t in peaks[small])
     )
     print(f"\npeak RSS {small:,} -> {large:,} rows: {growth}")
 
