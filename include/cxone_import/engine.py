@@ -15,7 +15,6 @@ Every record of the group ends in exactly one outcome: ``imported``, ``duplicate
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -255,7 +255,7 @@ class GroupImporter:
             "seconds": round(elapsed, 3),
             "batch_metrics": [asdict(m) for m in metrics],
         }
-        write_json(self._layout.outcome_file(group_index).with_suffix(".json"), summary)
+        write_json(self._layout.outcome_file(group_index).with_suffix(".json"), summary, compact=True)
         log.info(
             "group %d done in %.1fs: %d imported, %d duplicate, %d failed, %d requests, %d answered 429",
             group_index, elapsed, summary[IMPORTED], summary[DUPLICATE], summary[FAILED], summary["requests"],
@@ -418,28 +418,34 @@ def _group_batch_ids(path: Any) -> tuple[list[str], int]:
 
 def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
     """A group file's batches in order, decoded ``READ_ROWS`` at a time:
-    (batch_index, batch_id, [(row_number, contact_id, record_json)]). A batch's rows are contiguous; one that spans
-    two reads is held back until it is whole."""
-    held: list[tuple[int, str, tuple[int, str, str]]] = []
+    (batch_index, batch_id, [(row_number, contact_id, record_json)]). A batch's rows are contiguous; the rows of
+    the last batch of a read are held back until the next read shows that batch is whole."""
+    held: pa.Table | None = None
     with path.open("rb") as handle:
         for chunk in pq.ParquetFile(handle).iter_batches(batch_size=READ_ROWS):
-            rows = held + list(zip(
-                chunk.column("batch_index").to_pylist(), chunk.column("batch_id").to_pylist(),
-                zip(chunk.column("row_number").to_pylist(), chunk.column("contact_id").to_pylist(),
-                    chunk.column("record_json").to_pylist(), strict=True),
-                strict=True,
-            ))
-            last = rows[-1][0] if rows else None
-            whole = [r for r in rows if r[0] != last]
-            held = [r for r in rows if r[0] == last]
-            yield from _whole_batches(whole)
-    yield from _whole_batches(held)
+            table = pa.Table.from_batches([chunk])
+            if held is not None:
+                table = pa.concat_tables([held, table])
+            index = table.column("batch_index").to_numpy()
+            last = int(np.searchsorted(index, index[-1])) if len(index) else 0  # batch indexes ascend in a group
+            yield from _whole_batches(table.slice(0, last))
+            held = table.slice(last)
+    if held is not None:
+        yield from _whole_batches(held)
 
 
-def _whole_batches(rows: list[tuple[int, str, tuple[int, str, str]]]) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
-    for batch_index, members in itertools.groupby(rows, key=lambda r: r[0]):
-        members = list(members)
-        yield int(batch_index), members[0][1], [m[2] for m in members]
+def _whole_batches(table: pa.Table) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
+    """The batches of rows that hold only whole batches: three column conversions, then a slice per batch."""
+    if not table.num_rows:
+        return
+    index = table.column("batch_index").to_numpy()
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(index)) + 1])
+    ends = np.append(starts[1:], len(index))
+    batch_ids = table.column("batch_id").take(pa.array(starts)).to_pylist()
+    members = list(zip(table.column("row_number").to_pylist(), table.column("contact_id").to_pylist(),
+                       table.column("record_json").to_pylist(), strict=True))
+    for start, end, batch_id in zip(starts.tolist(), ends.tolist(), batch_ids, strict=True):
+        yield int(index[start]), batch_id, members[start:end]
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[tuple], *, window: int) -> Iterator[T]:

@@ -100,10 +100,14 @@ def read_parquet(path: Any, columns: list[str] | None = None) -> pd.DataFrame:
         return pq.read_table(handle, columns=columns).to_pandas()
 
 
-def write_json(path: Any, payload: Any) -> None:
+def write_json(path: Any, payload: Any, *, compact: bool = False) -> None:
+    """Indented for people; ``compact`` for large machine-read files (json's C encoder only runs without indent)."""
     ensure_parent(path)
     with path.open("w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        if compact:
+            json.dump(payload, handle, separators=(",", ":"), default=str)
+        else:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
 
 
 def read_json(path: Any) -> Any:
