@@ -58,6 +58,7 @@ def extract(source: Any, layout: RunLayout, *, fmt: str | None = None, chunk_row
         rows += len(frame)
         log.info("extracted part %d: %d rows (total %d)", n, len(frame), rows)
         del frame  # not held while the next chunk is read: the peak is one chunk's, whatever the file's size
+        pa.default_memory_pool().release_unused()  # and its Arrow memory handed back (a few % at 2M rows)
     return {"source_uri": str(source), "parts": len(parts), "input_rows": rows}
 
 
@@ -365,6 +366,7 @@ def chunk(
                 position += table.num_rows
                 del table, batches
             del frame  # one part's records at a time
+            pa.default_memory_pool().release_unused()  # and its Arrow memory handed back before the next is read
     finally:
         files.close()
     groups = files.groups
