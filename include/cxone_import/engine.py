@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -87,6 +87,10 @@ class BatchMetrics:
     resumed: bool = False
     started_at: str = ""
     finished_at: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain copy (``dataclasses.asdict`` deep-copies field by field: ten times slower, per batch)."""
+        return {**self.__dict__, "request_ids": list(self.request_ids)}
 
 
 class BatchResult(NamedTuple):
@@ -253,7 +257,7 @@ class GroupImporter:
             "requests": sum(m.requests for m in metrics),
             "rate_limited": sum(m.rate_limited for m in metrics),
             "seconds": round(elapsed, 3),
-            "batch_metrics": [asdict(m) for m in metrics],
+            "batch_metrics": [m.as_dict() for m in metrics],
         }
         write_json(self._layout.outcome_file(group_index).with_suffix(".json"), summary, compact=True)
         log.info(
@@ -285,7 +289,7 @@ class GroupImporter:
             # Outcome not final: no checkpoint, so the task's retry sends this batch again.
             log.warning("batch %s failed transiently after %d attempts: %s", batch_id, metrics.attempts, metrics.error)
         else:
-            self._checkpoints.save(batch_id, {"metrics": asdict(metrics), "outcomes": outcomes.items})
+            self._checkpoints.save(batch_id, {"metrics": metrics.as_dict(), "outcomes": outcomes.items})
         result = BatchResult(metrics, outcomes.items, audit_entry(metrics))
         if not metrics.transient and self._on_batch is not None:
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -96,7 +95,7 @@ class LiveBatchEvents:
 
     def batch_acknowledged(self, metrics: Any, audit: dict[str, Any]) -> None:
         """The engine's listener: queue the batch's event (``metrics``: a BatchMetrics or its dict)."""
-        m = metrics if isinstance(metrics, dict) else asdict(metrics)
+        m = metrics if isinstance(metrics, dict) else metrics.as_dict()
         with self._lock:
             event = batch_event(m, self._totals, audit, self._run_key, self._scope)
             self._pending.append(self._pool.submit(self._sender.send, event))
