@@ -207,3 +207,27 @@ def test_random_ids_hash_apart():
     hashes = string_hashes(pa.array(ids, pa.large_string()))
     assert len(np.unique(hashes)) == len(ids)
     assert (string_hashes(pa.array(ids, pa.string())) == hashes).all()
+
+
+@pytest.mark.parametrize("model_rows", [1, 7, 10**9], ids=["model-per-chunk", "model-every-few-rows", "model-once"])
+def test_the_validator_writes_the_same_rejections_however_it_batches_the_model(tmp_path, model_rows):
+    """``ChunkValidator`` (the validate task) hands the model the flagged rows of several chunks at once; the
+    rejections, valid records and counts are those of the model run on every chunk whole."""
+    from include.cxone_import.schema import ChunkValidator
+
+    export = generate_crm_export(tmp_path / "contacts.csv", 400, bad_share=0.4, seed=5, now=AS_OF)
+    chunks = list(iter_canonical_chunks(export.path, chunk_rows=37))
+    schema = schema_for()
+    validator = ChunkValidator(schema, model_rows=model_rows)
+    results = [validator.chunk(chunk.copy()) for chunk in chunks]
+    rejects = pd.concat([r.rejects for r in results] + [validator.finish()], ignore_index=True)
+    whole_seen = SeenContactIds()
+    reference = [validate_chunk_whole(chunk.copy(), schema, whole_seen) for chunk in chunks]
+
+    order = ["row_number", "rule", "column"]
+    expected = pd.concat([r.rejects for r in reference], ignore_index=True)
+    pd.testing.assert_frame_equal(rejects.sort_values(order).reset_index(drop=True),
+                                  expected.sort_values(order).reset_index(drop=True), check_dtype=False)
+    assert [r.rejected_rows for r in results] == [r.rejected_rows for r in reference]
+    assert all(r.valid.equals(w.valid) for r, w in zip(results, reference, strict=True))
+    assert validator.finish().empty, "nothing is left once finished"

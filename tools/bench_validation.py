@@ -50,7 +50,7 @@ def measure(whole: bool, workdir: Path) -> dict[str, object]:
     extracted = json.loads((workdir / "extracted.json").read_text())
     rows = extracted["input_rows"]
     layout = RunLayout.for_run(UPath(f"file://{workdir}"), "bench", "validation")
-    validate_chunk = schema.validate_chunk_whole if whole else pipeline.validate_chunk
+    validate_chunk = schema.validate_chunk_whole if whole else getattr(pipeline, "validate_chunk", None)
     spent = {"cpu": 0.0, "wall": 0.0}
 
     def timed_validate_chunk(*args: object) -> object:  # the schema step, whatever version of the code is measured
@@ -61,10 +61,16 @@ def measure(whole: bool, workdir: Path) -> dict[str, object]:
             spent["cpu"] += time.process_time() - cpu
             spent["wall"] += time.perf_counter() - wall
 
-    pipeline.validate_chunk = timed_validate_chunk
+    pipeline.validate_chunk = timed_validate_chunk  # code from before ChunkValidator
+    if whole and hasattr(schema, "ChunkValidator"):  # the validator, made to validate every chunk whole
+        schema.ChunkValidator.chunk = lambda self, frame: timed_validate_chunk(frame, self.schema, self.seen)
+        schema.ChunkValidator.finish = lambda self: schema._no_rejects()
     wall, cpu = time.perf_counter(), time.process_time()
     validated = pipeline.validate(layout, parts=extracted["parts"], max_consent_age_days=1825, as_of=AS_OF)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if not whole and "schema_cpu_seconds" in validated and not spent["cpu"]:
+        # the task times its own schema step (per chunk, and the model's reasons written at the end)
+        spent = {"cpu": validated["schema_cpu_seconds"], "wall": validated["schema_seconds"]}
     return {
         "rows": rows,
         "path": "whole" if whole else "pre-pass",

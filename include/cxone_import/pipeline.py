@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from include.cxone_import.masking import neutralise_formulas
 from include.cxone_import.payloads import record_json
-from include.cxone_import.schema import REJECT_COLUMNS, ContactRecordSchema, SeenContactIds, validate_chunk
+from include.cxone_import.schema import REJECT_COLUMNS, ChunkValidator, ContactRecordSchema
 from include.cxone_import.sources import ROW_NUMBER, arrow_strings, iter_canonical_chunks
 from include.cxone_import.storage import (
     SPOOL_PARQUET,
@@ -77,7 +77,7 @@ def validate(
         max_consent_age_days, as_of or datetime.now(timezone.utc), default_phone_region=default_phone_region,
         max_record_chars=max_record_chars,
     )
-    seen = SeenContactIds()
+    validator = ChunkValidator(schema)
     totals = {"input_rows": 0, "valid_rows": 0, "rejected_rows": 0, "reject_entries": 0}
     normalised: dict[str, int] = {}
     by_rule: dict[str, int] = {}
@@ -85,10 +85,17 @@ def validate(
     started = datetime.now(timezone.utc)
     started_cpu = time.process_time()
     schema_seconds = schema_cpu_seconds = 0.0
+
+    def rejected(frame: pd.DataFrame) -> None:
+        totals["reject_entries"] += len(frame)
+        for rule, count in frame["rule"].value_counts().items():
+            by_rule[str(rule)] = by_rule.get(str(rule), 0) + int(count)
+        reject_frames.append(frame)
+
     for n in range(parts):
         frame = read_parquet(layout.extract_part(n))
         tick, tick_cpu = time.perf_counter(), time.process_time()
-        result = validate_chunk(frame, schema, seen)
+        result = validator.chunk(frame)
         schema_seconds += time.perf_counter() - tick
         schema_cpu_seconds += time.process_time() - tick_cpu
         del frame  # one chunk at a time
@@ -96,17 +103,18 @@ def validate(
         totals["input_rows"] += len(result.valid) + result.rejected_rows
         totals["valid_rows"] += len(result.valid)
         totals["rejected_rows"] += result.rejected_rows
-        totals["reject_entries"] += len(result.rejects)
         for how, count in result.normalised.items():
             normalised[how] = normalised.get(how, 0) + count
-        for rule, count in result.rejects["rule"].value_counts().items():
-            by_rule[str(rule)] = by_rule.get(str(rule), 0) + int(count)
-        reject_frames.append(result.rejects)
+        rejected(result.rejects)
         log.info(
             "validated part %d: %d valid, %d rejected", n, len(result.valid), result.rejected_rows
         )
         del result
         pa.default_memory_pool().release_unused()  # hand the chunk's Arrow memory back: flat peak per chunk
+    tick, tick_cpu = time.perf_counter(), time.process_time()
+    rejected(validator.finish())  # the model's reasons for the flagged rows not yet written
+    schema_seconds += time.perf_counter() - tick
+    schema_cpu_seconds += time.process_time() - tick_cpu
     rejects = pd.concat(reject_frames, ignore_index=True) if reject_frames else pd.DataFrame(columns=REJECT_COLUMNS)
     _write_rejects(layout, rejects)
     elapsed = (datetime.now(timezone.utc) - started).total_seconds()

@@ -16,7 +16,6 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -44,8 +43,8 @@ from include.cxone_import.schema import (
     ContactRecordSchema,
     SchemaContractError,
     SeenContactIds,
-    _rejections,
     csv_record_chars,
+    model_reasons,
     normalise,
 )
 from include.cxone_import.sources import (
@@ -190,29 +189,23 @@ def derived_frame(frame: pd.DataFrame, decided: Decided, rows: np.ndarray) -> pd
     return subset
 
 
-def validate_chunk_prepassed(
-    frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenContactIds
-) -> ChunkValidation:
-    """Normalise, decide every rule with the pre-pass, validate only the flagged rows with the model (lazy: every
-    reason), split the chunk. Same result as validating the whole chunk with the model."""
+@dataclass
+class PrepassedChunk:
+    """A chunk after the pre-pass: the records to import, and the flagged rows (with the columns the model
+    checks) whose reasons the model is still to write."""
+
+    valid: pa.Table
+    flagged: pd.DataFrame
+    normalised: dict[str, int]
+
+
+def prepass_chunk(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenContactIds) -> PrepassedChunk:
+    """Normalise, decide every rule with the pre-pass and split the chunk; the model has not run yet."""
     frame = frame.reset_index(drop=True)
     normalised = normalise(frame, schema._default_phone_region)
     decided = decide(frame, schema, seen)
     flagged = np.flatnonzero(decided.flagged)
     subset = derived_frame(frame, decided, flagged)
-    try:
-        schema.validate(subset, lazy=True)
-        failures = pd.DataFrame({"index": pd.Series(dtype="int64"), "column": [], "check": []})
-    except pandera.errors.SchemaErrors as exc:
-        failures = exc.failure_cases
-    rejects = _rejections(subset, failures)
-    confirmed = np.unique(rejects["index"].to_numpy())
-    if len(confirmed) != len(flagged):
-        # the model checks the very columns the pre-pass derived: a difference is a bug in one of the two
-        raise SchemaContractError(
-            f"the pre-pass flagged {len(flagged)} rows, the schema rejects {len(confirmed)} of them"
-        )
-    rejects["index"] = flagged[rejects["index"].to_numpy()]
     keep = np.ones(len(frame), dtype=bool)
     keep[flagged] = False
     columns = [c for c in frame.columns if c not in _DERIVED and c != SOURCE_ERROR]
@@ -225,6 +218,25 @@ def validate_chunk_prepassed(
         at, "consent_timestamp",
         format_utc_milliseconds(decided.consent_micros[keep]).cast(valid.schema.field(at).type),
     )
-    return ChunkValidation(
-        valid=valid, rejects=rejects.drop(columns=["index"]), rejected_rows=len(flagged), normalised=normalised
-    )
+    return PrepassedChunk(valid=valid, flagged=subset.reset_index(drop=True), normalised=normalised)
+
+
+def model_rejections(schema: type[ContactRecordSchema], flagged: pd.DataFrame) -> pd.DataFrame:
+    """The model's reasons for rows the pre-pass flagged (of one chunk or several): every failing rule of every row.
+    The model checks the very columns the pre-pass derived, so it must reject every one of them: a difference is a
+    bug in one of the two (``SchemaContractError``)."""
+    rejects = model_reasons(schema, flagged)
+    confirmed = np.unique(rejects["index"].to_numpy())
+    if len(confirmed) != len(flagged):
+        raise SchemaContractError(f"the pre-pass flagged {len(flagged)} rows, the schema rejects {len(confirmed)} of them")
+    return rejects.drop(columns=["index"])
+
+
+def validate_chunk_prepassed(
+    frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenContactIds
+) -> ChunkValidation:
+    """Normalise, decide every rule with the pre-pass, validate only the flagged rows with the model (lazy: every
+    reason), split the chunk. Same result as validating the whole chunk with the model."""
+    chunk = prepass_chunk(frame, schema, seen)
+    return ChunkValidation(valid=chunk.valid, rejects=model_rejections(schema, chunk.flagged),
+                           rejected_rows=len(chunk.flagged), normalised=chunk.normalised)
