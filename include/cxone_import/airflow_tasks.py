@@ -5,6 +5,7 @@ webhook), which know nothing of Airflow. XCom carries only what these return: pa
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
@@ -338,7 +339,7 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     )
     live = live_batch_events(group, context)
     try:
-        with contact_list_lease(hook, contact_list_id(params), context), hook.get_client() as client:
+        with contact_list_lease(hook, contact_list_id(params), context), hook.get_client() as client, gc_frozen():
             summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
                 int(group["group_index"]), on_batch=live.batch_acknowledged if live else None
             )
@@ -356,6 +357,19 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         )
     # XCom keeps the per-batch metrics compact; the full ones (request ids, timestamps) are in storage.
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+
+
+@contextmanager
+def gc_frozen() -> Iterator[None]:
+    """Leave the objects that exist now out of Python's full collections while a group sends. A full collection
+    walks every object of the process (Airflow, pandas, pyarrow: 0.5-0.7 s under ``airflow dags test``) and holds the
+    GIL meanwhile, so every sender stalls; at 100 requests/s it came three or four times a group and cost 5-10% of
+    the rate. Objects created while sending are still collected."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def live_batch_events(group: dict[str, Any], context: dict[str, Any]) -> LiveBatchEvents | None:

@@ -104,8 +104,8 @@ def write_json(path: Any, payload: Any, *, compact: bool = False) -> None:
     """Indented for people; ``compact`` for large machine-read files (json's C encoder only runs without indent)."""
     ensure_parent(path)
     with path.open("w") as handle:
-        if compact:
-            json.dump(payload, handle, separators=(",", ":"), default=str)
+        if compact:  # one C-encoded string, one write (json.dump writes chunk by chunk through the file object)
+            handle.write(json.dumps(payload, separators=(",", ":"), default=str))
         else:
             json.dump(payload, handle, indent=2, sort_keys=True, default=str)
 
