@@ -103,3 +103,18 @@ def test_dead_letter_holds_the_failed_records_in_file_order(layout):
         json.dumps({"contactId": f"c{r}", "n": "ü", "_sourceRowNumber": r, "_lastError": failed[r]}, separators=(",", ":"))
         for r in sorted(failed)
     ]
+
+
+def test_outcome_counts_are_what_load_outcomes_counts(layout):
+    """notify_webhook's totals come from counts read a file at a time; they are the report's."""
+    _outcomes(layout, 0, [1, 2, 3], ["imported", "failed", "imported"])
+    _outcomes(layout, 1, [5, 6, 8], ["duplicate", "duplicate", "imported"])
+    write_parquet(unchanged_file(layout), pd.DataFrame({"row_number": np.array([4, 7], dtype=np.int64),
+                                                        "fingerprint": np.array([1, 2], dtype=np.uint64)}))
+    validated = {"input_rows": 9, "rejected_rows": 1, "valid_rows": 8}
+
+    counts = report.outcome_counts(layout)
+
+    assert counts == {"imported": 3, "failed": 1, "duplicate": 2, "unchanged": 2}
+    assert counts == report.load_outcomes(layout)["outcome"].value_counts().to_dict()
+    assert report.totals(validated, counts, []) == report.totals(validated, report.load_outcomes(layout), [])

@@ -27,7 +27,7 @@ from include.cxone_import.report import (
     build_report,
     format_report,
     group_summaries,
-    load_outcomes,
+    outcome_counts,
     totals,
 )
 from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-exported for the task bodies
@@ -524,7 +524,7 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     pending = [m for m in metrics if batch_event_id(context["run_id"], m["batch_id"]) not in delivered]
     events = batch_events(pending, _audit_by_batch(layout) if pending else {}, context["run_id"],
                           {"kind": "redelivery" if live else "run"})
-    numbers = totals(validated, load_outcomes(layout), summaries)
+    numbers = totals(validated, outcome_counts(layout), summaries)  # counts, not every row's outcome
     events.append(summary_event(context["run_id"], numbers, run))
     target = webhook_target()
     if target is None:

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,26 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
     del parts
     outcome = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(pd.Index(names, dtype="str")))
     return pd.DataFrame({"row_number": rows, "outcome": outcome}, copy=False)
+
+
+def outcome_counts(layout: RunLayout) -> dict[str, int]:
+    """How many rows ended in each outcome, as :func:`load_outcomes` would count them, a group file at a time: what
+    the run summary needs without holding every row's outcome (``notify_webhook``)."""
+    counts: dict[str, int] = {}
+    for path in list_files(layout.root / "outcomes", "group-*.parquet"):
+        with path.open("rb") as handle:
+            column = pq.read_table(handle, columns=["outcome"], read_dictionary=["outcome"], use_threads=False)["outcome"]
+        if column.null_count:
+            raise ValueError(f"{path}: a row has no outcome")
+        for chunk in column.chunks:
+            tally = np.bincount(chunk.indices.to_numpy(zero_copy_only=False), minlength=len(chunk.dictionary))
+            for name, count in zip(chunk.dictionary.to_pylist(), tally.tolist(), strict=True):
+                if count:
+                    counts[name] = counts.get(name, 0) + count
+    unchanged = len(read_unchanged_rows(layout))
+    if unchanged:
+        counts[UNCHANGED] = counts.get(UNCHANGED, 0) + unchanged
+    return counts
 
 
 _Codes = list[tuple[np.ndarray, list[str]]]  # (dictionary indices, dictionary) per chunk of a part's outcomes
@@ -181,9 +201,13 @@ class _RowTally:
         return grown
 
 
-def totals(validated: dict[str, Any], outcomes: pd.DataFrame, summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and latency over the whole run; success rate is over ALL input records, rejected included."""
-    counts = outcomes["outcome"].value_counts() if len(outcomes) else pd.Series(dtype="int64")
+def totals(validated: dict[str, Any], outcomes: pd.DataFrame | Mapping[str, int], summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and latency over the whole run; success rate is over ALL input records, rejected included.
+    ``outcomes``: every row's outcome (:func:`load_outcomes`) or how many rows ended in each (:func:`outcome_counts`)."""
+    if isinstance(outcomes, Mapping):
+        counts: Any = outcomes
+    else:
+        counts = outcomes["outcome"].value_counts() if len(outcomes) else pd.Series(dtype="int64")
     # A resumed batch carries the metrics of the attempt that acknowledged it, so sums cover the whole run.
     all_metrics = [m for s in summaries for m in s["batch_metrics"]]
     latencies = np.array([m["latency_ms"] for m in all_metrics if m["latency_ms"] > 0], dtype=float)
