@@ -5,13 +5,14 @@
 For each size the export is generated once (``tools.sample_data``, seed 42, 2% bad, fixed as-of), then each task's
 body runs in its own fresh process (as any executor runs a task), in DAG order over one local storage folder:
 ``extract`` (``pipeline.extract``), ``validate`` (``pipeline.validate``), ``chunk`` (``state.find_unchanged`` on an
-empty list state, then ``pipeline.chunk``, as ``airflow_tasks.chunk`` calls them) and ``report``
-(``report.build_report``). The chunk plans groups for ``PARALLEL_GROUPS`` import tasks, the DAG's default. Between
-chunk and report, an unmeasured process writes what the import tasks would (``GroupImporter.run``'s files): every
-record ``imported`` but one batch in 500 ``failed``, with fake batch metrics and audit entries; nothing goes over
-HTTP. One table per size: wall and process CPU seconds, peak RSS of the task's process, the RSS right after
-its imports (pandas, pyarrow, pandera, the project's modules: what any task process pays before its work), and
-rows/s; then peak RSS at the smallest size against the largest.
+empty list state, then ``pipeline.chunk``, as ``airflow_tasks.chunk`` calls them), ``notify`` (what
+``notify_webhook`` reads for the run summary, nothing sent) and ``report`` (``report.build_report``). The chunk
+plans groups for ``PARALLEL_GROUPS`` import tasks, the DAG's default. Between chunk and notify, an unmeasured
+process writes what the import tasks would (``GroupImporter.run``'s files): every record ``imported`` but one batch
+in 500 ``failed``, with fake batch metrics and audit entries; nothing goes over HTTP. One table per size: wall and
+process CPU seconds, peak RSS of the task's process, the RSS right after its imports (pandas, pyarrow, pandera, the
+project's modules: what any task process pays before its work), and rows/s; then peak RSS at the smallest size
+against the largest.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 from upath import UPath
 
 AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
-TASKS = ("extract", "validate", "chunk", "report")
+TASKS = ("extract", "validate", "chunk", "notify", "report")
 LIST_ID = "bench-list"
 BATCH_SIZE = 100
 PARALLEL_GROUPS = 4  # the DAG's default: min(core.parallelism, airflow_tasks.parallel_groups()), the cxone_api pool
@@ -102,7 +103,17 @@ def run_report(workdir: Path) -> dict[str, Any]:
     return {k: result[k] for k in ("status", "totals", "reconciliation", "audit_entries", "dead_letters")}
 
 
-RUNNERS = {"extract": run_extract, "validate": run_validate, "chunk": run_chunk, "report": run_report}
+def run_notify(workdir: Path) -> dict[str, Any]:
+    """``notify_webhook``'s reading: the run summary's totals from every group's summary and the outcome counts (the
+    import tasks sent the batch events; nothing is sent here)."""
+    from include.cxone_import.report import group_summaries, outcome_counts, totals
+
+    layout = _layout(workdir)
+    return totals(_load(workdir, "validate"), outcome_counts(layout), group_summaries(layout))
+
+
+RUNNERS = {"extract": run_extract, "validate": run_validate, "chunk": run_chunk, "notify": run_notify,
+           "report": run_report}
 
 
 def write_outcomes(workdir: Path) -> None:
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             _child("--generate", workdir, "--rows", str(rows), "--bad-share", str(args.bad_share))
             results = []
             for task in TASKS:
-                if task == "report":
+                if task == "notify":
                     _child("--outcomes", workdir)
                 results.append(json.loads(_child("--one", task, workdir).splitlines()[-1]))
             by_size[rows] = [r for r in results if r["task"] in shown]
