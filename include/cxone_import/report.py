@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from include.cxone_import.storage import (
     RunLayout,
     ensure_parent,
     iter_jsonl,
+    iter_rows_of,
     list_files,
     read_json,
     read_parquet,
@@ -82,7 +83,7 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
     # the categories of what is there, sorted (as astype("category") gives them)
-    names = sorted({name for _, chunks in parts for name in _used_names(chunks)})
+    names = sorted({name for _, chunks in parts for name in _tally(chunks)})
     code_of = {name: code for code, name in enumerate(names)}
     codes = np.concatenate([_recoded(chunks, code_of) for _, chunks in parts])
     rows = np.concatenate([rows for rows, _ in parts])
@@ -96,15 +97,8 @@ def outcome_counts(layout: RunLayout) -> dict[str, int]:
     the run summary needs without holding every row's outcome (``notify_webhook``)."""
     counts: dict[str, int] = {}
     for path in list_files(layout.root / "outcomes", "group-*.parquet"):
-        with path.open("rb") as handle:
-            column = pq.read_table(handle, columns=["outcome"], read_dictionary=["outcome"], use_threads=False)["outcome"]
-        if column.null_count:
-            raise ValueError(f"{path}: a row has no outcome")
-        for chunk in column.chunks:
-            tally = np.bincount(chunk.indices.to_numpy(zero_copy_only=False), minlength=len(chunk.dictionary))
-            for name, count in zip(chunk.dictionary.to_pylist(), tally.tolist(), strict=True):
-                if count:
-                    counts[name] = counts.get(name, 0) + count
+        for name, count in _tally(_outcome_codes(path)[1]).items():
+            counts[name] = counts.get(name, 0) + count
     unchanged = len(read_unchanged_rows(layout))
     if unchanged:
         counts[UNCHANGED] = counts.get(UNCHANGED, 0) + unchanged
@@ -128,13 +122,14 @@ def _outcome_codes(path: Any) -> tuple[np.ndarray, _Codes]:
     return table["row_number"].to_numpy().astype(np.int64, copy=False), chunks
 
 
-def _used_names(chunks: _Codes) -> set[str]:
-    """The outcomes a part's rows hold (a dictionary may name more)."""
-    used: set[str] = set()
+def _tally(chunks: _Codes) -> dict[str, int]:
+    """How many of a part's rows hold each outcome (only those its rows hold: a dictionary may name more)."""
+    counts: dict[str, int] = {}
     for indices, dictionary in chunks:
-        present = np.bincount(indices, minlength=len(dictionary)) > 0
-        used.update(name for name, there in zip(dictionary, present.tolist(), strict=True) if there)
-    return used
+        for name, count in zip(dictionary, np.bincount(indices, minlength=len(dictionary)).tolist(), strict=True):
+            if count:
+                counts[name] = counts.get(name, 0) + count
+    return counts
 
 
 def _recoded(chunks: _Codes, code_of: dict[str, int]) -> np.ndarray:
@@ -310,25 +305,19 @@ def write_dead_letter(layout: RunLayout, groups: list[dict[str, Any]]) -> int:
             if not len(failed):
                 continue
             errors = dict(zip(failed["row_number"].astype("int64"), failed["detail"], strict=True))
-            for row_number, record_json in _group_records(layout.group_file(index), failed["row_number"].to_numpy(np.int64)):
-                record = json.loads(record_json)
-                record["_sourceRowNumber"] = row_number
-                record["_lastError"] = errors[row_number]
-                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-                written += 1
+            failed_rows = failed["row_number"].to_numpy(np.int64)
+            for batch in iter_rows_of(layout.group_file(index), failed_rows, ["record_json"], slice_rows=_RECORD_SLICE):
+                for row_number, record_json in zip(batch.column("row_number").to_pylist(),
+                                                   batch.column("record_json").to_pylist(), strict=True):
+                    record = json.loads(record_json)
+                    record["_sourceRowNumber"] = row_number
+                    record["_lastError"] = errors[row_number]
+                    handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+                    written += 1
     return written
 
 
-def _group_records(path: Any, rows: np.ndarray) -> Iterator[tuple[int, str]]:
-    """(row number, record JSON) of the given rows of a group file, in file order, read a slice at a time (the
-    records of a whole group never sit in memory at once)."""
-    with path.open("rb") as source:
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=_RECORD_SLICE, columns=["row_number", "record_json"]):
-            batch = batch.filter(np.isin(batch.column("row_number").to_numpy(), rows))
-            yield from zip(batch.column("row_number").to_pylist(), batch.column("record_json").to_pylist(), strict=True)
-
-
-_RECORD_SLICE = 8192
+_RECORD_SLICE = 8192  # the dead letters' group slices: records are decoded only for the failed rows
 
 
 def assemble_audit_log(layout: RunLayout) -> int:

@@ -40,7 +40,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from include.cxone_import.storage import RunLayout, ensure_parent, list_files, read_json, read_parquet, safe_segment, write_json
+from include.cxone_import.storage import (
+    RunLayout,
+    ensure_parent,
+    iter_rows_of,
+    list_files,
+    read_json,
+    read_parquet,
+    safe_segment,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -271,22 +280,14 @@ def checkpointed_acknowledgements(layout: RunLayout, group_index: int) -> tuple[
     return _records_of_rows(layout, group_index, np.array(rows, dtype=np.int64))
 
 
-GROUP_READ_ROWS = 20_000
-
-
 def _records_of_rows(layout: RunLayout, group_index: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not len(rows):
         return np.empty(0, np.uint64), np.empty(0, np.uint64)
     keys: list[np.ndarray] = []
     fps: list[np.ndarray] = []
-    with layout.group_file(group_index).open("rb") as handle:  # a slice at a time: a group is up to 200,000 records
-        for chunk in pq.ParquetFile(handle).iter_batches(batch_size=GROUP_READ_ROWS,
-                                                         columns=["row_number", "contact_id", "record_json"]):
-            keep = np.isin(chunk.column("row_number").to_numpy(), rows)
-            if keep.any():
-                chunk = chunk.filter(pa.array(keep))
-                keys.append(contact_keys(chunk.column("contact_id")))
-                fps.append(fingerprints(chunk.column("record_json")))
+    for chunk in iter_rows_of(layout.group_file(group_index), rows, ["contact_id", "record_json"]):
+        keys.append(contact_keys(chunk.column("contact_id")))
+        fps.append(fingerprints(chunk.column("record_json")))
     if not keys:
         return np.empty(0, np.uint64), np.empty(0, np.uint64)
     return np.concatenate(keys), np.concatenate(fps)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -98,6 +99,16 @@ def write_parquet(path: Any, frame: pd.DataFrame | pa.Table, **options: Any) -> 
 def read_parquet(path: Any, columns: list[str] | None = None) -> pd.DataFrame:
     with path.open("rb") as handle:
         return pq.read_table(handle, columns=columns).to_pandas()
+
+
+def iter_rows_of(path: Any, rows: Any, columns: list[str], *, slice_rows: int = 20_000) -> Iterator[pa.RecordBatch]:
+    """The rows of a parquet file whose ``row_number`` is in ``rows``, with ``row_number`` and ``columns``, in file
+    order, read ``slice_rows`` at a time (a whole group file never sits in memory)."""
+    with path.open("rb") as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=slice_rows, columns=["row_number", *columns]):
+            keep = np.isin(batch.column("row_number").to_numpy(), rows)
+            if keep.any():
+                yield batch.filter(pa.array(keep))
 
 
 def write_json(path: Any, payload: Any, *, compact: bool = False) -> None:
