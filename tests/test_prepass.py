@@ -231,3 +231,20 @@ def test_the_validator_writes_the_same_rejections_however_it_batches_the_model(t
     assert [r.rejected_rows for r in results] == [r.rejected_rows for r in reference]
     assert all(r.valid.equals(w.valid) for r, w in zip(results, reference, strict=True))
     assert validator.finish().empty, "nothing is left once finished"
+
+
+def test_a_rule_without_a_pre_pass_makes_the_validator_validate_whole(tmp_path, monkeypatch, caplog):
+    """A schema rule the pre-pass does not know: every chunk goes through the model whole, said once."""
+    from include.cxone_import.schema import ChunkValidator
+
+    monkeypatch.setattr(prepass, "PREPASS_RULES", prepass.PREPASS_RULES - {"phone_e164"})
+    export = generate_crm_export(tmp_path / "contacts.csv", 120, bad_share=0.4, seed=6, now=AS_OF)
+    chunks = list(iter_canonical_chunks(export.path, chunk_rows=50))
+    schema = schema_for()
+    with caplog.at_level("WARNING"):
+        validator = ChunkValidator(schema, model_rows=10**9)
+        results = [validator.chunk(chunk.copy()) for chunk in chunks]
+    whole_seen = SeenContactIds()
+    assert_same(zip(results, [validate_chunk_whole(c.copy(), schema, whole_seen) for c in chunks], strict=True))
+    assert validator.finish().empty, "the model ran on each chunk whole"
+    assert sum("have no pre-pass" in r.getMessage() for r in caplog.records) == 1

@@ -420,11 +420,20 @@ def validate_chunk(
     (``prepass``); a schema declaring a rule the pre-pass does not know is validated whole."""
     from include.cxone_import import prepass  # builds on this module
 
-    if prepass.schema_rules(schema) <= prepass.PREPASS_RULES:
+    if _prepass_decides(schema):
         return prepass.validate_chunk_prepassed(frame, schema, seen)
-    unknown = sorted(prepass.schema_rules(schema) - prepass.PREPASS_RULES)
-    log.warning("rules %s have no pre-pass: the chunk is validated whole", unknown)
     return validate_chunk_whole(frame, schema, seen)
+
+
+def _prepass_decides(schema: type[ContactRecordSchema]) -> bool:
+    """Whether the pre-pass knows every rule the schema declares; when not, says which it lacks (the chunks are then
+    validated whole)."""
+    from include.cxone_import import prepass  # builds on this module
+
+    unknown = sorted(prepass.schema_rules(schema) - prepass.PREPASS_RULES)
+    if unknown:
+        log.warning("rules %s have no pre-pass: the chunk is validated whole", unknown)
+    return not unknown
 
 
 class ChunkValidator:
@@ -444,11 +453,11 @@ class ChunkValidator:
         self._model_rows = model_rows
         self._flagged: list[pd.DataFrame] = []
         self._pending = 0
-        self._whole = not prepass.schema_rules(schema) <= prepass.PREPASS_RULES
+        self._whole = not _prepass_decides(schema)
 
     def chunk(self, frame: pd.DataFrame) -> ChunkValidation:
         if self._whole:
-            return validate_chunk(frame, self.schema, self.seen)
+            return validate_chunk_whole(frame, self.schema, self.seen)
         split = self._prepass.prepass_chunk(frame, self.schema, self.seen)
         if len(split.flagged):
             self._flagged.append(split.flagged)

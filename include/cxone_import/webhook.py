@@ -94,10 +94,9 @@ class LiveBatchEvents:
         self._pending: list[Future[Delivery]] = []
 
     def batch_acknowledged(self, metrics: Any, audit: dict[str, Any]) -> None:
-        """The engine's listener: queue the batch's event (``metrics``: a BatchMetrics or its dict)."""
-        m = metrics if isinstance(metrics, dict) else metrics.as_dict()
+        """The engine's listener: queue the batch's event (``metrics``: the batch's ``BatchMetrics``)."""
         with self._lock:
-            event = batch_event(m, self._totals, audit, self._run_key, self._scope)
+            event = batch_event(metrics.as_dict(), self._totals, audit, self._run_key, self._scope)
             self._pending.append(self._pool.submit(self._sender.send, event))
 
     def close(self) -> list[Delivery]:

@@ -103,13 +103,13 @@ class WebhookSender:
 
     def send(self, event: dict[str, Any]) -> Delivery:
         """Deliver one event (``eventId`` is its idempotency key); the outcome is returned, never raised."""
+        if self.gave_up:
+            return Delivery(event["eventId"], event["event"], False, None, 0,
+                            f"not attempted: {self.target.give_up_after} events in a row were not delivered")
         body = json.dumps(event, separators=(",", ":"), default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": event["eventId"]}
         if self.target.secret:
             headers["X-Signature"] = sign(body, self.target.secret)
-        if self.gave_up:
-            return Delivery(event["eventId"], event["event"], False, None, 0,
-                            f"not attempted: {self.target.give_up_after} events in a row were not delivered")
         attempts: list[int] = []
         try:
             status = self._retrying(self._post, body, headers, attempts)
