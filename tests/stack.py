@@ -69,6 +69,7 @@ STRIPPED_ENV_KEYS = ("AIRFLOW_HOME", "AIRFLOW_API_PORT", "STACK_OWNER_PID", "STA
 
 
 SQLITE_LOCKED_ATTEMPTS = 3
+RETRIED_CLI_REFUSALS = ("database is locked", "AlreadyRunningBackfill")  # refused, nothing written
 
 
 class StackError(RuntimeError):
@@ -216,14 +217,15 @@ class AirflowStack:
 
         On SQLite a command that reads and then writes while the scheduler holds the write lock is refused at once
         ("database is locked": SQLite does not wait for a lock upgrade, whatever the busy timeout); such a command
-        wrote nothing (its transaction rolled back) and is run again, as a user would.
+        wrote nothing (its transaction rolled back) and is run again, as a user would. So is a ``backfill create``
+        refused with ``AlreadyRunningBackfill`` just after the previous backfill of the DAG was marked complete.
         """
         for attempt in range(1, SQLITE_LOCKED_ATTEMPTS + 1):
             result = subprocess.run(
                 ["bash", str(STACK_SH), "run", "airflow", *args],
                 env=self.env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout,
             )
-            if result.returncode == 0 or "database is locked" not in result.stdout + result.stderr:
+            if result.returncode == 0 or not any(m in result.stdout + result.stderr for m in RETRIED_CLI_REFUSALS):
                 break
             time.sleep(attempt)
         if check and result.returncode != 0:
