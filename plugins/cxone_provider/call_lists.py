@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 
 from cxone_provider.client import ClientCredentialsAuth, _connection_reason, _parse_body, _request_may_have_been_sent
@@ -33,6 +32,7 @@ from cxone_provider.errors import (
 )
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_rate_limited, is_retryable, retry_after_s
+from cxone_provider.sessions import new_session
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -195,10 +195,7 @@ class CallListClient:
         self._api_base_url = api_base_url.rstrip("/") if api_base_url else None
         self._retrying = retry_policy.retrying(is_retryable, shared_pause=rate_limiter)
         self._retrying_creation = retry_policy.retrying(_not_sent_or_rate_limited, shared_pause=rate_limiter)
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+        session = new_session(pool_connections=2, pool_maxsize=8)
         session.headers.update({"Accept": "application/json"})
         session.verify = verify
         self.auth = AccessKeyAuth(auth_base_url, access_key_id, access_key_secret, client_id=client_id,

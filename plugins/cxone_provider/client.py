@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from cxone_provider import __version__
@@ -35,6 +34,7 @@ from cxone_provider.errors import (
 from cxone_provider.models import BatchResult, RecordIssue, parse_record_issues
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_retryable, retry_after_s
+from cxone_provider.sessions import new_session, refuse_redirects
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -116,7 +116,7 @@ class ClientCredentialsAuth(AuthBase):
         self.verify = verify
         self.refresh_margin_s = refresh_margin_s
         self._on_token = on_token
-        self._session = session or requests.Session()
+        self._session = refuse_redirects(session or requests.Session())
         self._clock = clock
         self._lock = threading.Lock()
         self._cached: tuple[str, float] | None = None  # (token, expires_at on self._clock)
@@ -259,7 +259,8 @@ class CXoneClient:
     :param rate_limiter: shared limiter; every attempt takes a slot, a 429 pauses all its senders.
     :param pool_size: HTTP connections kept per host; at least the number of sender threads.
     :param on_token: called with every new token (e.g. to register it with a log masker).
-    :param session: a ``requests.Session`` to use instead of a new one; the client sets its auth.
+    :param session: a ``requests.Session`` to use instead of a new one; the client sets its auth and makes it refuse
+        redirects (:func:`~cxone_provider.sessions.refuse_redirects`).
     """
 
     def __init__(
@@ -287,11 +288,7 @@ class CXoneClient:
         self.rate_limiter = rate_limiter
         self._retrying = retry_policy.retrying(is_retryable, shared_pause=rate_limiter)
         self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
+        session = refuse_redirects(session) if session is not None else new_session(pool_maxsize=pool_size)
         session.headers.update({"Accept": "application/json", "User-Agent": _USER_AGENT})
         session.verify = verify
         self.auth = ClientCredentialsAuth(

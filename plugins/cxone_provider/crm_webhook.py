@@ -20,7 +20,9 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from cxone_provider.errors import CXoneRedirectError
 from cxone_provider.retry import RetryPolicy, retry_after_s
+from cxone_provider.sessions import refuse_redirects
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class WebhookSender:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.target = target
-        self._session = session or requests.Session()
+        self._session = refuse_redirects(session or requests.Session())
         adapter = HTTPAdapter(pool_maxsize=max(target.concurrency, 1), max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -144,6 +146,8 @@ class WebhookSender:
             response = self._session.post(
                 self.target.url, data=body, headers=headers, timeout=self.target.timeout_s, verify=self.target.verify
             )
+        except CXoneRedirectError as exc:  # never followed: the signed event does not go where the answer points
+            raise WebhookDeliveryError(str(exc), status_code=exc.status_code) from None
         except requests.RequestException as exc:
             raise WebhookDeliveryError(type(exc).__name__) from exc
         if response.status_code < 300:

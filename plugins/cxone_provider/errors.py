@@ -20,6 +20,7 @@ __all__ = [
     "CXoneConnectionError",
     "CXoneError",
     "CXoneRateLimitError",
+    "CXoneRedirectError",
     "CXoneServerError",
     "CXoneStatusError",
     "CXoneTimeoutError",
@@ -112,6 +113,15 @@ class CXoneConflictError(CXoneStatusError):
     def __init__(self, message: str, *, duplicates: tuple[RecordIssue, ...] = (), **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.duplicates = tuple(duplicates)
+
+
+class CXoneRedirectError(CXoneStatusError):
+    """3xx: the server pointed elsewhere; not followed (no body or credential went there) and not retried."""
+
+    def __init__(self, message: str, *, location: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.location = location
+        """Where the answer pointed, credentials and query values masked."""
 
 
 class CXoneServerError(CXoneStatusError):
