@@ -51,8 +51,9 @@ def _steps():
             type=["null", "string"],
             pattern=r"^([a-z][a-z0-9+.-]*://\S+|/\S+)$",
             title="Source URI",
-            description="CRM export to import (file://, s3://, ... or an absolute path; .csv or .jsonl). "
-            "Empty: the run day's file from the cxone_source_base Variable (contacts_{ds}.csv).",
+            description="CRM export to import (file://, s3://, ... or an absolute path; .csv or .jsonl), from a "
+            "place the cxone_source_allowed_prefixes Variable allows (default: local files and the source base's "
+            "bucket). Empty: the run day's file from the cxone_source_base Variable (contacts_{ds}.csv).",
         ),
         "contact_list_id": Param(
             None,

@@ -38,6 +38,13 @@ from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-
     list_wait,
     retry_delay,
 )
+from include.cxone_import.source_policy import (
+    ALLOWED_PREFIXES_VARIABLE,
+    SourceNotAllowedError,
+    check_source,
+    default_allowed_prefixes,
+    parse_allowed_prefixes,
+)
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
 from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, write_json, write_jsonl
@@ -117,15 +124,34 @@ def _run_day(context: dict[str, Any]) -> str:
     return logical.strftime("%Y-%m-%d")
 
 
+def source_base() -> str:
+    """Where the dated exports are (Variable ``cxone_source_base``, default ``{storage base}/incoming``)."""
+    return _variable(SOURCE_BASE_VARIABLE, None) or str(storage_base() / "incoming")
+
+
+def allowed_source_prefixes() -> list[str]:
+    """Where exports may come from: the Variable ``cxone_source_allowed_prefixes`` (a JSON list), else local files
+    and the source base's scheme and bucket. A Variable that cannot be read as such refuses every source."""
+    value = _variable(ALLOWED_PREFIXES_VARIABLE, None)
+    if value in (None, ""):
+        return default_allowed_prefixes(source_base())
+    try:
+        return parse_allowed_prefixes(value)
+    except ValueError as exc:
+        raise SourceNotAllowedError("(any source)", str(exc)) from None
+
+
 def resolve_source(params: dict[str, Any], context: dict[str, Any]) -> Any:
-    """The source to read: a redrive's dead letters, the ``source_uri`` param, or the run day's dated file."""
+    """The source to read: a redrive's dead letters, the ``source_uri`` param, or the run day's dated file; a
+    source outside the allowed prefixes is refused here, before anything is read."""
     if params.get("redrive_run_id"):
         return layout_for(params["redrive_run_id"]).dead_letter
-    if params.get("source_uri"):
-        return _as_path(params["source_uri"])
-    base = _variable(SOURCE_BASE_VARIABLE, None) or str(storage_base() / "incoming")
-    template = _variable(SOURCE_TEMPLATE_VARIABLE, None) or DEFAULT_SOURCE_TEMPLATE
-    return _as_path(base.rstrip("/") + "/" + template.format(ds=_run_day(context)))
+    uri = params.get("source_uri")
+    if not uri:
+        template = _variable(SOURCE_TEMPLATE_VARIABLE, None) or DEFAULT_SOURCE_TEMPLATE
+        uri = source_base().rstrip("/") + "/" + template.format(ds=_run_day(context))
+    check_source(uri, allowed_source_prefixes())
+    return _as_path(uri)
 
 
 def contact_list_id(params: dict[str, Any]) -> str:
