@@ -39,6 +39,7 @@ from include.cxone_import.schema import (
     MAX_FIELD_LENGTH,
     PHONE_COUNT,
     RECORD_CHARS,
+    SOURCE_RULES,
     ChunkValidation,
     ContactRecordSchema,
     SchemaContractError,
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 # every rule the pre-pass decides; a schema declaring another one is validated whole
 PREPASS_RULES = frozenset(
     {
-        "json_parseable", "csv_field_count", "contact_id_present", "contact_id_unique", "phone_present", "phone_e164",
+        "json_parseable", "csv_field_count", "line_too_long", "json_depth", "custom_field_count", "phone_number_count",
+        "contact_id_present", "contact_id_unique", "phone_present", "phone_e164",
         "phone_invalid_for_region", "consent_present", "consent_parseable", "consent_timezone", "consent_not_future",
         "consent_max_age", "opt_in_status_allowed", "field_too_long", "record_too_long",
     }
@@ -120,7 +122,7 @@ def decide(frame: pd.DataFrame, schema: type[ContactRecordSchema], seen: SeenCon
 
     if SOURCE_ERROR in frame.columns:
         source_error = text[SOURCE_ERROR]
-        for rule in ("json_parseable", "csv_field_count"):
+        for rule in SOURCE_RULES:
             failing[rule] = pc.fill_null(pc.starts_with(source_error, rule), False).to_numpy(zero_copy_only=False)
 
     contact_ids = frame["contact_id"]

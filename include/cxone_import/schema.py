@@ -21,7 +21,18 @@ from pandera.typing import Series
 
 from include.cxone_import import arrow_text
 from include.cxone_import.masking import mask_value
-from include.cxone_import.sources import PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR, arrow_strings, display_column
+from include.cxone_import.sources import (
+    MAX_CUSTOM_FIELDS,
+    MAX_JSON_DEPTH,
+    MAX_PHONE_COLUMNS,
+    MAX_PHONE_NUMBERS,
+    MAX_RECORD_BYTES,
+    PHONE_PREFIX,
+    ROW_NUMBER,
+    SOURCE_ERROR,
+    arrow_strings,
+    display_column,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +64,18 @@ CALL_LIST_MAX_RECORD_CHARS = 512
 CONSENT_SENT_CHARS = len("2024-11-01T09:15:00.000Z")  # consent as sent (UTC, milliseconds), whatever came in
 # Rules decided while reading the source (its ``source_error`` column starts with the rule's name): a record
 # that could not be read carries only that reason, the rest would be noise about an unreadable record.
-SOURCE_RULES = ("json_parseable", "csv_field_count")
+SOURCE_RULES = ("json_parseable", "csv_field_count", "line_too_long", "json_depth", "custom_field_count",
+                "phone_number_count")
 
 RULE_MESSAGES = {
     "json_parseable": "the line is not a valid JSON record",
     "csv_field_count": "the record has a different number of fields than the header",
+    "line_too_long": f"the record is longer than {MAX_RECORD_BYTES} bytes (CSV: characters) and was not read",
+    "json_depth": f"the JSON record nests deeper than {MAX_JSON_DEPTH} levels",
+    "custom_field_count": f"the record has more than {MAX_CUSTOM_FIELDS} custom fields (JSON Lines: or custom field "
+    f"names beyond the file's first {MAX_CUSTOM_FIELDS})",
+    "phone_number_count": f"the record has more than {MAX_PHONE_NUMBERS} phone numbers (JSON Lines: or phone columns "
+    f"beyond the file's first {MAX_PHONE_COLUMNS})",
     "contact_id_present": "contactId is missing",
     "contact_id_unique": "contactId appears earlier in the input",
     "phone_present": "the record has no phone number",
@@ -78,6 +96,10 @@ RULE_COLUMN = {
     "consent_present": "consent_timestamp",
     "json_parseable": SOURCE_ERROR,
     "csv_field_count": SOURCE_ERROR,
+    "line_too_long": SOURCE_ERROR,
+    "json_depth": SOURCE_ERROR,
+    "custom_field_count": SOURCE_ERROR,
+    "phone_number_count": SOURCE_ERROR,
     "contact_id_present": "contact_id",
     "contact_id_unique": "contact_id",
     "phone_present": "phoneNumbers",
@@ -148,6 +170,22 @@ class ContactRecordSchema(pandera.DataFrameModel):
     @pandera.check("source_error", ignore_na=False)
     def csv_field_count(cls, source_error: Series[str]) -> Series[bool]:
         return ~source_error.str.startswith("csv_field_count").fillna(False).astype(bool)
+
+    @pandera.check("source_error", ignore_na=False)
+    def line_too_long(cls, source_error: Series[str]) -> Series[bool]:
+        return ~source_error.str.startswith("line_too_long").fillna(False).astype(bool)
+
+    @pandera.check("source_error", ignore_na=False)
+    def json_depth(cls, source_error: Series[str]) -> Series[bool]:
+        return ~source_error.str.startswith("json_depth").fillna(False).astype(bool)
+
+    @pandera.check("source_error", ignore_na=False)
+    def custom_field_count(cls, source_error: Series[str]) -> Series[bool]:
+        return ~source_error.str.startswith("custom_field_count").fillna(False).astype(bool)
+
+    @pandera.check("source_error", ignore_na=False)
+    def phone_number_count(cls, source_error: Series[str]) -> Series[bool]:
+        return ~source_error.str.startswith("phone_number_count").fillna(False).astype(bool)
 
     @pandera.check("contact_id", ignore_na=False)
     def contact_id_present(cls, contact_id: Series[str]) -> Series[bool]:

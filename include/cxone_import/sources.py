@@ -33,6 +33,25 @@ _TYPE_SAFE = re.compile(r"[^a-z0-9]+")
 _PHONE_COLUMN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*_phone$")
 CSV_FIELD_COUNT = "csv_field_count"
 _FALLBACK_READ_BYTES = 1 << 20
+# What one hostile record may cost: the reader refuses it as a row (a rule of SOURCE_RULES in schema.py) instead of
+# holding it, failing on it or adding a column per name it brings.
+LINE_TOO_LONG = "line_too_long"
+JSON_DEPTH = "json_depth"
+CUSTOM_FIELD_COUNT = "custom_field_count"
+PHONE_NUMBER_COUNT = "phone_number_count"
+MAX_RECORD_BYTES = 1 << 20
+"""A JSON line longer than this (bytes), or a CSV record longer than this (characters), is not read."""
+MAX_JSON_DEPTH = 16
+"""Nesting levels of a JSON record (the API shape needs 3; custom field values may nest a little)."""
+MAX_CUSTOM_FIELDS = 50
+"""Custom fields of a record; JSON Lines: also distinct custom field names of a file (the first 50 seen)."""
+MAX_PHONE_NUMBERS = 10
+"""Phone numbers of a record."""
+MAX_PHONE_COLUMNS = 20
+"""JSON Lines: distinct phone columns of a file (a type, or a type's 2nd, 3rd number; the first 20 seen)."""
+_READ_BLOCK_BYTES = 1 << 20
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 class SourceFormatError(ValueError):
@@ -165,6 +184,7 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
     names = [_canonical_csv_name(c) for c in header]
     ragged: list[int] = []
     next_row = 1
+    oversized = False  # a record larger than Arrow's block: the csv module reads on, bounded (line_too_long)
     with path.open("rb") as handle:
         reader = _guarded(path, next_row, lambda: pacsv.open_csv(
             handle,
@@ -182,12 +202,15 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
         ))
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
-        while True:
+        while reader is not None:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
+                if _straddles(exc):
+                    oversized = True
+                    break
                 raise _csv_error(path, exc, next_row + pending_rows) from None
             if ragged:
                 break  # the records not yet handed out are read again, numbered, by the csv module
@@ -199,7 +222,7 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 pending, pending_rows = [], 0  # not held while the caller works on the frame
                 yield frame
                 del frame
-    if ragged:
+    if ragged or oversized or reader is None:
         yield from _iter_csv_numbered(path, names, chunk_rows, first_row=next_row)
         return
     if pending_rows == 0 and next_row == 1:
@@ -211,23 +234,34 @@ def _iter_csv(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
 def _iter_csv_numbered(path: ReadablePath, names: list[str], chunk_rows: int, first_row: int) -> Iterator[pd.DataFrame]:
     """The records from number ``first_row`` on, read by the ``csv`` module; a record whose field count differs
     from the header's becomes a row carrying only its ``csv_field_count`` problem (never its text)."""
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))  # _BoundedLines bounds each record
     rows: list[list[str | None]] = []
     errors: list[str | None] = []
     numbers: list[int] = []
     record = 0
     try:
         with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-            reader = csv.reader(text)
+            lines = _BoundedLines(text, MAX_RECORD_BYTES)
+            reader = csv.reader(lines)
             next(reader, None)  # the header
-            for fields in reader:
-                if not fields:
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except _RecordTooLong:
+                    fields = None  # skipped unread; the reader goes on with the next line
+                lines.record_done()
+                if fields is not None and not fields:
                     continue  # a blank line is not a record (as for Arrow)
                 record += 1
                 if record < first_row:
                     continue
                 numbers.append(record)
-                if len(fields) == len(names):
+                if fields is None:
+                    rows.append([None] * len(names))
+                    errors.append(f"{LINE_TOO_LONG}: more than {MAX_RECORD_BYTES} characters")
+                elif len(fields) == len(names):
                     rows.append([f if f != "" else None for f in fields])
                     errors.append(None)
                 else:
@@ -253,19 +287,81 @@ def _numbered_frame(names: list[str], rows: list[list[str | None]], errors: list
     columns = {name: pa.array(values, pa.string()) for name, values in zip(names, zip(*rows), strict=True)}
     frame = pa.table({**columns, SOURCE_ERROR: pa.array(errors, pa.string())}).to_pandas()
     frame.insert(0, ROW_NUMBER, np.asarray(numbers, dtype="int64"))
-    return frame
+    return _refuse_wide_records(frame)
+
+
+class _RecordTooLong(Exception):
+    """Raised through ``csv.reader`` by :class:`_BoundedLines` for a record longer than the bound."""
+
+
+class _BoundedLines:
+    """The lines of a text stream for ``csv.reader``, never more than ``limit`` characters to a record: a longer
+    line is skipped to its end in bounded pieces (never held) and :class:`_RecordTooLong` raised in its place. The
+    reader then goes on with the next line; when the long record was a quoted field spanning lines, its remaining
+    lines are read as records of their own (each rejected for its field count)."""
+
+    def __init__(self, text: IO[str], limit: int) -> None:
+        self._text = text
+        self._limit = limit
+        self._record_chars = 0
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline(self._limit + 1)
+        if not line:
+            raise StopIteration
+        self._record_chars += len(line)
+        if self._record_chars <= self._limit:
+            return line
+        while line and not line.endswith(("\n", "\r")):
+            line = self._text.readline(_READ_BLOCK_BYTES)
+        self._record_chars = 0
+        raise _RecordTooLong
+
+    def record_done(self) -> None:
+        """The reader returned a record: the next line starts a new one."""
+        self._record_chars = 0
 
 
 def _guarded(path: ReadablePath, record: int, open_reader: Any) -> Any:
+    """Arrow's reader, or None when its first block already holds a record larger than a block."""
     try:
         return open_reader()
     except pa.ArrowInvalid as exc:
+        if _straddles(exc):
+            return None
         raise _csv_error(path, exc, record) from None
+
+
+def _straddles(exc: pa.ArrowInvalid) -> bool:
+    """Arrow's way of saying one record is larger than its read block."""
+    return "straddl" in str(exc)
 
 
 def _csv_frame(batches: list[pa.RecordBatch], first_row: int) -> pd.DataFrame:
     frame = pa.Table.from_batches(batches).to_pandas()
     frame.insert(0, ROW_NUMBER, pd.RangeIndex(first_row, first_row + len(frame)).to_numpy(dtype="int64"))
+    return _refuse_wide_records(frame)
+
+
+def _refuse_wide_records(frame: pd.DataFrame) -> pd.DataFrame:
+    """CSV records with more custom fields or phone numbers (non-empty cells) than a record may carry get their
+    ``source_error``; counted only when the header has that many such columns at all."""
+    for prefix, limit, rule, what in ((CUSTOM_PREFIX, MAX_CUSTOM_FIELDS, CUSTOM_FIELD_COUNT, "custom fields"),
+                                      (PHONE_PREFIX, MAX_PHONE_NUMBERS, PHONE_NUMBER_COUNT, "phone numbers")):
+        columns = [c for c in frame.columns if c.startswith(prefix)]
+        if len(columns) <= limit:
+            continue
+        given = frame[columns].notna().sum(axis=1).to_numpy()
+        wide = given > limit
+        if not wide.any():
+            continue
+        if SOURCE_ERROR not in frame.columns:
+            frame[SOURCE_ERROR] = pd.Series(None, index=frame.index, dtype=object)
+        free = frame[SOURCE_ERROR].isna().to_numpy() & wide
+        frame.loc[free, SOURCE_ERROR] = [f"{rule}: {n} {what}, at most {limit}" for n in given[free]]
     return frame
 
 
@@ -313,13 +409,20 @@ def _first_invalid_utf8_offset(path: ReadablePath) -> int | None:
 
 
 def _iter_jsonl(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """JSON Lines in the API record shape; a malformed line becomes a row-level ``json_parseable`` problem."""
+    """JSON Lines in the API record shape; a malformed line becomes a row-level ``json_parseable`` problem, a hostile
+    one (too long, nested too deep, too many custom fields or phone numbers, or names beyond the file's first ones)
+    a row-level problem of its own rule, and costs no more memory than a rejected row."""
     rows: list[dict[str, Any]] = []
     line_number = 0
     seen_any = False
+    width = _FileWidth()
     with path.open("rb") as handle:
-        for raw in handle:
+        for raw in _bounded_lines(handle, MAX_RECORD_BYTES):
             line_number += 1
+            if raw is None:
+                seen_any = True
+                rows.append({ROW_NUMBER: line_number, SOURCE_ERROR: f"{LINE_TOO_LONG}: more than {MAX_RECORD_BYTES} bytes"})
+                continue
             try:
                 text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
@@ -329,7 +432,7 @@ def _iter_jsonl(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
             if not text.strip():
                 continue
             seen_any = True
-            rows.append(_flatten_json_record(text, line_number))
+            rows.append(_flatten_json_record(text, line_number, width))
             if len(rows) >= chunk_rows:
                 yield _jsonl_frame(rows)
                 rows = []
@@ -339,37 +442,116 @@ def _iter_jsonl(path: ReadablePath, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield _jsonl_frame(rows)
 
 
-def _flatten_json_record(text: str, line_number: int) -> dict[str, Any]:
+def _bounded_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | None]:
+    """The lines of a binary stream without their line break, read in blocks; ``None`` for a line longer than
+    ``limit`` bytes, which is skipped without ever being held whole."""
+    pending = b""
+    skipping = False  # inside a line already known to be too long
+    while block := handle.read(_READ_BLOCK_BYTES):
+        *complete, pending = (pending + block).split(b"\n")
+        for line in complete:
+            if skipping:
+                skipping = False
+                yield None
+            else:
+                yield line if len(line) <= limit else None
+        if len(pending) > limit:
+            skipping, pending = True, b""
+    if skipping:
+        yield None
+    elif pending:
+        yield pending
+
+
+class _FileWidth:
+    """The custom field names and phone columns a JSON Lines file has brought so far (its frame's columns)."""
+
+    def __init__(self) -> None:
+        self.custom: set[str] = set()
+        self.phones: set[str] = set()
+
+
+def _json_nesting(text: str) -> int:
+    """How deep a JSON text nests (strings left out), counted without parsing it; stops past ``MAX_JSON_DEPTH``."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if match.group() in "[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+    return deepest
+
+
+def _flatten_json_record(text: str, line_number: int, width: _FileWidth) -> dict[str, Any]:
     flat: dict[str, Any] = {ROW_NUMBER: line_number}
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _json_nesting(text) > MAX_JSON_DEPTH:
+        flat[SOURCE_ERROR] = f"{JSON_DEPTH}: nested deeper than {MAX_JSON_DEPTH} levels"
+        return flat
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         flat[SOURCE_ERROR] = f"json_parseable: {exc.msg} at column {exc.colno}"
         return flat
+    except RecursionError:  # not reached past the nesting check; kept so that no line can fail the reader
+        flat[SOURCE_ERROR] = f"{JSON_DEPTH}: nested deeper than {MAX_JSON_DEPTH} levels"
+        return flat
     if not isinstance(record, dict):
         flat[SOURCE_ERROR] = "json_parseable: the line is not a JSON object"
         return flat
+    phones = _json_phones(record.get("phoneNumbers"))
+    custom = _json_custom_fields(record.get("customFields"))
+    problem = (_too_wide(phones, width.phones, MAX_PHONE_NUMBERS, MAX_PHONE_COLUMNS, PHONE_NUMBER_COUNT, "phone numbers")
+               or _too_wide(custom, width.custom, MAX_CUSTOM_FIELDS, MAX_CUSTOM_FIELDS, CUSTOM_FIELD_COUNT, "custom fields"))
+    if problem:
+        flat[SOURCE_ERROR] = problem
+        return flat
+    if len(width.phones) < MAX_PHONE_COLUMNS:
+        width.phones.update(phones)
+    if len(width.custom) < MAX_CUSTOM_FIELDS:
+        width.custom.update(custom)
     for key, column in (("contactId", "contact_id"), ("consentTimestamp", "consent_timestamp"), ("optInStatus", "opt_in_status")):
         value = record.get(key)
         flat[column] = None if value in (None, "") else str(value)
-    phones = record.get("phoneNumbers") or []
-    if isinstance(phones, list):
-        for phone in phones:
-            if not isinstance(phone, dict):
-                continue
-            kind = _TYPE_SAFE.sub("_", str(phone.get("type") or "other").lower()).strip("_") or "other"
-            column, n = PHONE_PREFIX + kind, 1
-            while column in flat:
-                n += 1
-                column = f"{PHONE_PREFIX}{kind}_{n}"
-            number = phone.get("number")
-            flat[column] = None if number in (None, "") else str(number)
-    custom = record.get("customFields") or {}
-    if isinstance(custom, dict):
-        for key, value in custom.items():
-            if value not in (None, ""):
-                flat[CUSTOM_PREFIX + str(key)] = value if isinstance(value, str) else json.dumps(value)
+    flat.update(phones)
+    flat.update(custom)
     return flat
+
+
+def _json_phones(phones: Any) -> dict[str, str | None]:
+    """``phoneNumbers`` as phone columns: ``phone_<type>``, then ``phone_<type>_2`` for the type's next number."""
+    columns: dict[str, str | None] = {}
+    for phone in phones if isinstance(phones, list) else ():
+        if not isinstance(phone, dict):
+            continue
+        kind = _TYPE_SAFE.sub("_", str(phone.get("type") or "other").lower()).strip("_") or "other"
+        column, n = PHONE_PREFIX + kind, 1
+        while column in columns:
+            n += 1
+            column = f"{PHONE_PREFIX}{kind}_{n}"
+        number = phone.get("number")
+        columns[column] = None if number in (None, "") else str(number)
+    return columns
+
+
+def _json_custom_fields(custom: Any) -> dict[str, str]:
+    """``customFields`` as ``cf_<name>`` columns (empty values omitted, other JSON values as JSON text)."""
+    if not isinstance(custom, dict):
+        return {}
+    return {CUSTOM_PREFIX + str(key): value if isinstance(value, str) else json.dumps(value)
+            for key, value in custom.items() if value not in (None, "")}
+
+
+def _too_wide(columns: dict[str, Any], known: set[str], per_record: int, per_file: int, rule: str, what: str) -> str | None:
+    """Why a record's columns of one kind are refused: more than ``per_record`` of them, or names that would take
+    the file's columns of that kind past ``per_file``; None when they are fine."""
+    if len(columns) > per_record:
+        return f"{rule}: {len(columns)} {what}, at most {per_record}"
+    if known.issuperset(columns):
+        return None
+    new = len(columns.keys() - known)
+    if len(known) + new > per_file:
+        return f"{rule}: {new} new name(s) past the file's first {per_file}"
+    return None
 
 
 def _jsonl_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
