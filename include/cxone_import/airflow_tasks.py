@@ -98,8 +98,32 @@ def storage_base(variable: Callable[[str, Any], Any] | None = None) -> Any:
     return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
 
 
-def layout_for(run_id: str) -> RunLayout:
-    return RunLayout.for_run(storage_base(), DAG_ID, run_id)
+def dag_id_of(context: dict[str, Any]) -> str:
+    """The id of the DAG the task runs in: folders, the list's state, the lease owner and events are the running
+    DAG's, so a second DAG built from this file never shares them. The constant only for callers without a DAG
+    (tools, tests that pass a bare ``run_id``)."""
+    for holder in (context.get("ti"), context.get("task_instance"), context.get("dag_run"), context.get("dag")):
+        dag_id = getattr(holder, "dag_id", None)
+        if dag_id:
+            return str(dag_id)
+    return DAG_ID
+
+
+def event_key(context: dict[str, Any], run_id: str | None = None) -> str:
+    """What a run's CRM events are keyed by (``eventId``, ``Idempotency-Key``): the run id for this project's DAG,
+    as receivers have always seen it; ``{dag_id}/{run_id}`` for another DAG, whose scheduled runs carry the same
+    run ids."""
+    dag_id, run_id = dag_id_of(context), str(run_id or context["run_id"])
+    return run_id if dag_id == DAG_ID else f"{dag_id}/{run_id}"
+
+
+def layout_for(dag_id: str, run_id: str) -> RunLayout:
+    return RunLayout.for_run(storage_base(), dag_id, run_id)
+
+
+def run_layout(context: dict[str, Any]) -> RunLayout:
+    """The files of the running DAG run."""
+    return layout_for(dag_id_of(context), str(context["run_id"]))
 
 
 def _as_path(uri: str) -> Any:
@@ -145,7 +169,7 @@ def resolve_source(params: dict[str, Any], context: dict[str, Any]) -> Any:
     """The source to read: a redrive's dead letters, the ``source_uri`` param, or the run day's dated file; a
     source outside the allowed prefixes is refused here, before anything is read."""
     if params.get("redrive_run_id"):
-        return layout_for(params["redrive_run_id"]).dead_letter
+        return layout_for(dag_id_of(context), params["redrive_run_id"]).dead_letter
     uri = params.get("source_uri")
     if not uri:
         template = _variable(SOURCE_TEMPLATE_VARIABLE, None) or DEFAULT_SOURCE_TEMPLATE
@@ -165,7 +189,7 @@ def contact_list_id(params: dict[str, Any]) -> str:
 
 def run_info(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     return {
-        "dag_id": DAG_ID,
+        "dag_id": dag_id_of(context),
         "run_id": context["run_id"],
         "contact_list_id": contact_list_id(params),
         "dry_run": bool(params.get("dry_run")),
@@ -202,7 +226,7 @@ def measured(context: dict[str, Any], name: str) -> Iterator[None]:
     finally:
         try:
             write_json(
-                layout_for(context["run_id"]).root / "metrics" / f"{key}.json",
+                run_layout(context).root / "metrics" / f"{key}.json",
                 {
                     "task": name,
                     "map_index": map_index,
@@ -220,7 +244,7 @@ def _record_failure(context: dict[str, Any], key: str, task: str, exc: BaseExcep
     errors name rows and rules, never record content)."""
     try:
         write_json(
-            layout_for(context["run_id"]).root / "failures" / f"{key}.json",
+            run_layout(context).root / "failures" / f"{key}.json",
             {
                 "task": task,
                 "try_number": getattr(context.get("ti"), "try_number", None),
@@ -251,7 +275,7 @@ def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     source = resolve_source(params, context)
     if not source.exists():
         raise SourceFormatError(str(source), None, "source_exists", "the source file does not exist")
-    layout = layout_for(run["run_id"])
+    layout = run_layout(context)
     fmt = "jsonl" if params.get("redrive_run_id") else None
     result = pipeline.extract(source, layout, fmt=fmt)
     log.info("extracted %d rows from %s into %s", result["input_rows"], source, layout.root)
@@ -259,7 +283,7 @@ def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    layout = layout_for(context["run_id"])
+    layout = run_layout(context)
     result = pipeline.validate(
         layout, parts=extracted["parts"], max_consent_age_days=int(params["max_consent_age_days"]),
         default_phone_region=params.get("default_phone_region"), max_record_chars=record_limit(),
@@ -294,9 +318,9 @@ def record_limit() -> int | None:
     return CALL_LIST_MAX_RECORD_CHARS if api_profile() == CALL_LISTS else None
 
 
-def list_state(list_id: str) -> ContactListState:
+def list_state(list_id: str, context: dict[str, Any]) -> ContactListState:
     """The change-detection state of a contact list: ``{storage base}/state/{dag_id}/{contact_list_id}/``."""
-    return ContactListState(storage_base(), DAG_ID, list_id)
+    return ContactListState(storage_base(), dag_id_of(context), list_id)
 
 
 def change_mode(params: dict[str, Any]) -> str:
@@ -312,8 +336,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
     """Leave out the unchanged records, plan the mapped import: [] on a dry run (import is then skipped)."""
     from airflow.configuration import conf
 
-    layout = layout_for(context["run_id"])
-    state = list_state(contact_list_id(params))
+    layout = run_layout(context)
+    state = list_state(contact_list_id(params), context)
     mode = change_mode(params)
     if mode == "compare":
         # fold and compare while this run holds the list: a run of the same list still sending would otherwise
@@ -358,7 +382,7 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     from cxone_provider.hooks.cxone import CXoneHook
 
     hook = CXoneHook(cxone_conn_id=CXONE_CONN_ID)
-    layout = layout_for(context["run_id"])
+    layout = run_layout(context)
     log.info(
         "group %d: %d threads under the tenant's budget of %.0f requests/min (%s)",
         group["group_index"], hook.max_concurrency, hook.requests_per_minute, hook.rate_limiter,
@@ -375,7 +399,7 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     # the list's state learns what this task had acknowledged, before a transient failure is raised
     keys, fingerprints = acknowledged_from_outcomes(layout, int(group["group_index"]))
     if len(keys):
-        list_state(contact_list_id(params)).write_delta(context["run_id"], int(group["group_index"]), keys, fingerprints)
+        list_state(contact_list_id(params), context).write_delta(context["run_id"], int(group["group_index"]), keys, fingerprints)
     if summary["transient_failed_batches"]:
         raise TransientImportError(
             f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "
@@ -409,7 +433,7 @@ def live_batch_events(group: dict[str, Any], context: dict[str, Any]) -> LiveBat
     if target is None:
         return None
     scope = {"groupIndex": int(group["group_index"]), "groups": group.get("groups_total"), "batches": group.get("batches")}
-    return LiveBatchEvents(WebhookSender(target), context["run_id"], scope)
+    return LiveBatchEvents(WebhookSender(target), event_key(context), scope)
 
 
 def _record_live_deliveries(layout: RunLayout, group: dict[str, Any], context: dict[str, Any], deliveries: list[Any]) -> None:
@@ -423,7 +447,7 @@ def _record_live_deliveries(layout: RunLayout, group: dict[str, Any], context: d
 
 
 def _lease_owner(context: dict[str, Any]) -> str:
-    return f"{DAG_ID}/{context['run_id']}"
+    return f"{dag_id_of(context)}/{context['run_id']}"
 
 
 @contextmanager
@@ -511,7 +535,7 @@ def failure_event(context: dict[str, Any]) -> dict[str, Any]:
     """The event of a failed run (the DAG's ``on_failure_callback``), with the problems its report lists."""
     run_id = str(context.get("run_id") or getattr(context.get("dag_run"), "run_id", ""))
     ti = context.get("ti") or context.get("task_instance")
-    layout = layout_for(run_id)
+    layout = layout_for(dag_id_of(context), run_id)
     problems: list[str] = []
     failure: dict[str, Any] = {}
     try:
@@ -524,11 +548,12 @@ def failure_event(context: dict[str, Any]) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - the notification must go out even when storage is unreadable
         log.warning("could not read the report of %s; notifying without its problems", run_id, exc_info=True)
     event = run_failed_event(
-        {"dag_id": DAG_ID, "run_id": run_id},
+        {"dag_id": dag_id_of(context), "run_id": run_id},
         reason=str(context.get("reason") or "failed"),
         failed_task=failure.get("task") or getattr(ti, "task_id", None),
         problems=problems,
         report=str(layout.report),
+        run_key=event_key(context, run_id),
     )
     event["failure"] = {k: failure.get(k) for k in ("task", "rule", "column", "message")} if failure else None
     return event
@@ -538,7 +563,7 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     """The run summary, and the batch events no import task delivered (all of them on the call_lists profile, or
     when the CRM was down while importing); failures are recorded, never raised. When the run failed before
     validation there is nothing to tell but the failure, which the DAG's failure event carries."""
-    layout = layout_for(context["run_id"])
+    layout = run_layout(context)
     if validated is None:
         log.info("no validated input (an earlier task failed): no batch or summary events")
         return {"events": 0, "delivered": 0, "failed": 0, "skipped": "the run failed before validation"}
@@ -547,11 +572,11 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     metrics = [m for s in summaries for m in s["batch_metrics"]]
     live = [e for part in list_files(layout.root / "audit", f"{LIVE_DELIVERIES}*.jsonl") for e in iter_jsonl(part)]
     delivered = delivered_event_ids(live)
-    pending = [m for m in metrics if batch_event_id(context["run_id"], m["batch_id"]) not in delivered]
-    events = batch_events(pending, _audit_by_batch(layout) if pending else {}, context["run_id"],
+    pending = [m for m in metrics if batch_event_id(event_key(context), m["batch_id"]) not in delivered]
+    events = batch_events(pending, _audit_by_batch(layout) if pending else {}, event_key(context),
                           {"kind": "redelivery" if live else "run"})
     numbers = totals(validated, outcome_counts(layout), summaries)  # counts, not every row's outcome
-    events.append(summary_event(context["run_id"], numbers, run))
+    events.append(summary_event(event_key(context), numbers, run))
     target = webhook_target()
     if target is None:
         return {"events": len(events), "delivered": 0, "failed": len(events), "errors": ["no crm_webhook connection"]}
@@ -581,7 +606,7 @@ def _run_or_partial(params: dict[str, Any], context: dict[str, Any]) -> dict[str
     try:
         return run_info(params, context)
     except ValueError:
-        return {"dag_id": DAG_ID, "run_id": context["run_id"], "contact_list_id": None, "logical_date": str(context.get("logical_date"))}
+        return {"dag_id": dag_id_of(context), "run_id": context["run_id"], "contact_list_id": None, "logical_date": str(context.get("logical_date"))}
 
 
 def rate_budget() -> float | None:
@@ -602,7 +627,7 @@ def report(
     params: dict[str, Any],
     context: dict[str, Any],
 ) -> dict[str, Any]:
-    layout = layout_for(context["run_id"])
+    layout = run_layout(context)
     failures = recorded_failures(layout)
     if extracted is None or validated is None:
         result = build_failed_report(layout, run=_run_or_partial(params, context), failures=failures)

@@ -95,7 +95,7 @@ def _uploader(hook: Any, client: Any, layout: RunLayout) -> tuple[GroupUploader,
 def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
     """Upload the group's files (those never sent) while the run holds the list; return the trigger's arguments,
     or None when there is nothing to wait for."""
-    layout = steps.layout_for(context["run_id"])
+    layout = steps.run_layout(context)
     group_index = int(group["group_index"])
     with steps.contact_list_lease(hook, steps.contact_list_id(params), context), hook.get_call_list_client() as client:
         uploader, options = _uploader(hook, client, layout)
@@ -129,7 +129,7 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
     when a file is still to be sent (the task's retry sends it)."""
     if event and event.get("status") == "error":
         raise RuntimeError(f"waiting for the upload jobs failed: {event.get('message')}")
-    layout = steps.layout_for(context["run_id"])
+    layout = steps.run_layout(context)
     group_index = int(group["group_index"])
     list_name = steps.contact_list_id(params)
     with steps.contact_list_lease(hook, list_name, context), hook.get_call_list_client() as client:
@@ -142,7 +142,7 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
                                          timeout_s=options["job_timeout_s"])
     keys, fingerprints = acknowledged_from_outcomes(layout, group_index)
     if len(keys):
-        steps.list_state(list_name).write_delta(context["run_id"], group_index, keys, fingerprints)
+        steps.list_state(list_name, context).write_delta(context["run_id"], group_index, keys, fingerprints)
     if state.not_sent():
         raise TransientImportError(
             f"group {group_index}: {len(state.not_sent())} files could not be uploaded; the task retry sends only "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +12,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
+from include.cxone_import.segments import path_segment
 
 
 def safe_segment(value: str) -> str:
-    """A run id such as ``manual__2026-11-27T06:31:23+00:00`` as one portable path segment."""
-    return _UNSAFE.sub("_", value).strip("_") or "_"
+    """A DAG id, run id or contact list id as one portable path segment, injectively (``segments.path_segment``):
+    ``manual__2026-11-27T06:31:23+00:00`` -> ``manual__2026-11-27T06_31_23_00_00`` as before, ``a:b`` -> ``a~3Ab``."""
+    return path_segment(value)
 
 
 @dataclass(frozen=True)

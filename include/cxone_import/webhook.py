@@ -129,10 +129,12 @@ def summary_event(run_key: str, numbers: dict[str, Any], run: dict[str, Any]) ->
     }
 
 
-def run_failed_event(run: dict[str, Any], reason: str, failed_task: str | None, problems: list[str], report: str) -> dict[str, Any]:
-    """The event a failed run sends (DAG ``on_failure_callback``): why, where, and the report's problems."""
+def run_failed_event(run: dict[str, Any], reason: str, failed_task: str | None, problems: list[str], report: str,
+                     run_key: str | None = None) -> dict[str, Any]:
+    """The event a failed run sends (DAG ``on_failure_callback``): why, where, and the report's problems. ``run_key``
+    keys the event (default: the run id)."""
     return {
-        "eventId": f"{run['run_id']}:failed",
+        "eventId": f"{run_key or run['run_id']}:failed",
         "event": FAILURE_EVENT,
         "timestamp": datetime.now(timezone.utc).isoformat(),
         "run": run,

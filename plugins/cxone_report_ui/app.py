@@ -39,6 +39,7 @@ from include.cxone_import.report_pages import (
     render_no_report,
     render_run_report,
 )
+from include.cxone_import.segments import name_of
 from include.cxone_import.storage import RunLayout, list_files, safe_segment
 
 HISTORY_LIMIT_DEFAULT = 100
@@ -163,8 +164,8 @@ def read_report(base: Any, dag_id: str, run_id: str) -> dict[str, Any] | None:
 
 
 def import_dag_ids(base: Any) -> set[str]:
-    """DAGs with import runs in storage (``{base}/runs/{dag_id}/``; Airflow's DAG ids are already path-safe)."""
-    return {p.name for p in list_files(base / "runs") if p.is_dir()}
+    """DAGs with import runs in storage (``{base}/runs/{dag_id}/``, each folder named by ``safe_segment``)."""
+    return {dag_id for p in list_files(base / "runs") if p.is_dir() and (dag_id := name_of(p.name))}
 
 
 def readable_dag_ids(user: Any, dag_ids: set[str]) -> set[str]:

@@ -1,0 +1,110 @@
+"""Run folders never collide: run ids (and DAG ids, contact list ids) become folder names injectively, Airflow's own
+run ids keep the folders they always had, and every task writes under the DAG id of the DAG it runs in, so a second
+import DAG built from the same file shares no folder, state or CRM event key with the first."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from include.cxone_import.segments import MAX_SEGMENT_CHARS, name_of, path_segment
+from include.cxone_import.storage import RunLayout, safe_segment
+from tests.conftest import CONTACT_LIST_ID
+
+GENERATED = {
+    "manual__2026-11-27T06:31:23+00:00": "manual__2026-11-27T06_31_23_00_00",
+    "scheduled__2026-11-30T02:00:00+00:00": "scheduled__2026-11-30T02_00_00_00_00",
+    "backfill__2026-11-01T02:00:00+00:00": "backfill__2026-11-01T02_00_00_00_00",
+    "asset_triggered__2026-11-27T06:31:23.123456+00:00": "asset_triggered__2026-11-27T06_31_23.123456_00_00",
+    "manual__2026-11-27T06:31:23.123456+00:00_AbCd1234": "manual__2026-11-27T06_31_23.123456_00_00_AbCd1234",
+}
+# run ids Airflow's default allowed_run_id_pattern (^[A-Za-z0-9_.~:+-]+$) lets anyone who may trigger the DAG choose;
+# safe_segment used to give all of them the first one's folder
+CRAFTED = [
+    "manual__2026-11-27T06:31:23+00:00",
+    "manual__2026-11-27T06_31_23_00_00",
+    "manual__2026-11-27T06~31~23+00:00",
+    "manual__2026-11-27T06+31+23:00:00",
+    "manual__2026-11-27T06:31:23+00:00_",
+    "_manual__2026-11-27T06:31:23+00:00",
+]
+
+
+@pytest.mark.parametrize(("run_id", "folder"), GENERATED.items(), ids=list(GENERATED))
+def test_airflow_generated_run_ids_keep_their_folder(run_id, folder):
+    assert safe_segment(run_id) == folder
+
+
+def test_crafted_run_ids_get_folders_of_their_own():
+    folders = [safe_segment(run_id) for run_id in CRAFTED]
+    assert len(set(folders)) == len(CRAFTED), dict(zip(CRAFTED, folders, strict=True))
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/../b", "/etc", "~", "a~3Ab", "ünï code", "x" * 300])
+def test_a_name_stays_one_segment_inside_its_parent(name):
+    folder = safe_segment(name)
+    assert "/" not in folder and folder not in (".", "..") and not folder.startswith(".")
+    assert len(folder) <= MAX_SEGMENT_CHARS
+    assert name_of(folder) in (name, None)
+
+
+def test_the_encoding_is_injective_on_random_names():
+    rng = random.Random(23)
+    alphabet = "a_:+~.-= /ü9T"
+    names = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(20_000)}
+    names |= set(GENERATED) | set(CRAFTED)
+    folders = {path_segment(name) for name in names}
+    assert len(folders) == len(names)
+    for name in names - set(GENERATED):
+        assert name_of(path_segment(name)) == name
+
+
+OTHER_DAG_ID = "cxone_contact_import_eu"
+
+
+@pytest.mark.timeout(300)
+def test_a_second_import_dag_writes_under_its_own_dag_id(storage_base, cxone_sandbox, webhook_sink, tmp_path,
+                                                          monkeypatch):
+    """The same DAG file under another DAG id: its run's files, the list's state and its CRM events are its own."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from cxone_report_ui.app import import_dag_ids, read_report
+    from tools.localrun import connection_env, ensure_pool
+    from tools.sample_data import generate_crm_export
+
+    for key, value in connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=4).items():
+        monkeypatch.setenv(key, value)
+    dag_file = tmp_path / "dags" / "cxone_contact_import_eu.py"
+    dag_file.parent.mkdir()
+    source = (Path(__file__).parents[1] / "dags" / "cxone_contact_import.py").read_text()
+    assert "dag_id=settings.DAG_ID," in source
+    dag_file.write_text(source.replace("dag_id=settings.DAG_ID,", f'dag_id="{OTHER_DAG_ID}",'))
+    export = generate_crm_export(tmp_path / "contacts.csv", 120, bad_share=0.0, seed=5)
+    from airflow import settings as airflow_settings
+
+    monkeypatch.setattr(airflow_settings, "DAGS_FOLDER", str(dag_file.parent))  # dag.test() syncs its bundle first
+    ensure_pool()
+    dag = DagBag(dag_folder=str(dag_file)).get_dag(OTHER_DAG_ID)
+
+    try:
+        dag_run = dag.test(run_conf={"source_uri": f"file://{export.path}", "contact_list_id": CONTACT_LIST_ID})
+    finally:
+        from airflow.api.common.delete_dag import delete_dag
+
+        delete_dag(OTHER_DAG_ID)  # the shared test DB keeps only the project's DAG
+
+    assert str(getattr(dag_run.state, "value", dag_run.state)) == "success"
+    assert [p.name for p in (storage_base / "runs").iterdir()] == [OTHER_DAG_ID]
+    assert [p.name for p in (storage_base / "state").iterdir()] == [OTHER_DAG_ID]
+    report = read_report(storage_base, OTHER_DAG_ID, dag_run.run_id)  # what the UI reads for /dags/<id>/report
+    assert report is not None and report["run"]["dag_id"] == OTHER_DAG_ID
+    assert import_dag_ids(storage_base) == {OTHER_DAG_ID}
+    assert RunLayout.for_run(storage_base, OTHER_DAG_ID, dag_run.run_id).report.exists()
+    events = [e["body"] for e in webhook_sink.events()]
+    assert events and all(e["eventId"].startswith(f"{OTHER_DAG_ID}/{dag_run.run_id}:") for e in events)
+    summary = next(e for e in events if e["event"] == "cxone_contact_import_run_complete")
+    assert summary["run"]["dag_id"] == OTHER_DAG_ID
+    assert json.dumps(summary).count(OTHER_DAG_ID) >= 2
