@@ -278,7 +278,7 @@ def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     layout = run_layout(context)
     fmt = "jsonl" if params.get("redrive_run_id") else None
     result = pipeline.extract(source, layout, fmt=fmt)
-    log.info("extracted %d rows from %s into %s", result["input_rows"], source, layout.root)
+    log.info("extracted %d rows from %s into %s", result["input_rows"], result["source_uri"], layout.root)
     return {**result, "run": run, "run_root": str(layout.root)}
 
 

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cxone_provider.redaction import mask_uri
+
 from include.cxone_import.masking import neutralise_formulas
 from include.cxone_import.payloads import record_json
 from include.cxone_import.schema import REJECT_COLUMNS, ChunkValidator, ContactRecordSchema
@@ -59,7 +61,7 @@ def extract(source: Any, layout: RunLayout, *, fmt: str | None = None, chunk_row
         log.info("extracted part %d: %d rows (total %d)", n, len(frame), rows)
         del frame  # not held while the next chunk is read: the peak is one chunk's, whatever the file's size
         pa.default_memory_pool().release_unused()  # and its Arrow memory handed back (a few % at 2M rows)
-    return {"source_uri": str(source), "parts": len(parts), "input_rows": rows}
+    return {"source_uri": mask_uri(str(source)), "parts": len(parts), "input_rows": rows}  # shown: credentials masked
 
 
 def validate(

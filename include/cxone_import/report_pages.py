@@ -12,6 +12,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from cxone_provider.redaction import mask_uri
+
 # (totals key, label, colour); ``unchanged`` appears once change detection reports it.
 OUTCOMES = (
     ("imported", "Imported", "#2e7d32"),
@@ -288,7 +290,7 @@ def render_run_report(
 <h1>CXone import report <span class="badge {escape(status)}" data-metric="status">{escape(status)}</span></h1>
 <p class="meta">{escape(dag_id)} · run {escape(run_id)} · contact list
 <b data-metric="contact_list_id">{escape(str(report.get("run", {}).get("contact_list_id", "–")))}</b> ·
-source {escape(str(report.get("source_uri") or "–"))} · report written {escape(str(report.get("generated_at", "–"))[:19])} UTC</p>
+source {escape(mask_uri(str(report.get("source_uri") or "–")))} · report written {escape(str(report.get("generated_at", "–"))[:19])} UTC</p>
 {_tiles([
     ("input", "Input rows", _number(totals["input"])),
     ("imported", "Imported", _number(totals["imported"])),

@@ -21,6 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from cxone_provider.redaction import mask_uri
+
 REQUIRED_COLUMNS = ("contact_id", "consent_timestamp", "opt_in_status")
 PHONE_PREFIX = "phone_"
 CUSTOM_PREFIX = "cf_"
@@ -58,6 +60,7 @@ class SourceFormatError(ValueError):
     """The source file as a whole cannot be read as a contact list."""
 
     def __init__(self, source: str, column: str | None, rule: str, message: str) -> None:
+        source = mask_uri(str(source))  # it is shown: in logs, the report and the CRM's failure event
         self.source, self.column, self.rule = source, column, rule
         where = f" column {column!r}" if column else ""
         super().__init__(f"{source}:{where} [{rule}] {message}")

@@ -21,6 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from cxone_provider.errors import CXoneRedirectError
+from cxone_provider.redaction import mask_uri
 from cxone_provider.retry import RetryPolicy, retry_after_s
 from cxone_provider.sessions import refuse_redirects
 
@@ -36,15 +37,20 @@ backoff per event for thousands of batch events."""
 
 @dataclass(frozen=True)
 class WebhookTarget:
-    """Where and how to deliver: URL, optional signing secret, timeout, TLS verification, retries, senders."""
+    """Where and how to deliver: URL, optional signing secret, timeout, TLS verification, retries, senders. Its repr
+    shows neither the secret nor credentials in the URL."""
 
     url: str
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
     timeout_s: float = 5.0
     verify: bool = True
     retry_policy: RetryPolicy = field(default=WEBHOOK_RETRY_POLICY)
     concurrency: int = 8
     give_up_after: int = DEFAULT_GIVE_UP_AFTER
+
+    def __repr__(self) -> str:
+        return (f"WebhookTarget(url={mask_uri(self.url)!r}, signed={self.secret is not None}, "
+                f"timeout_s={self.timeout_s!r}, verify={self.verify!r}, concurrency={self.concurrency!r})")
 
 
 @dataclass(frozen=True)

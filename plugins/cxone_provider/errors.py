@@ -8,11 +8,11 @@ contains a token, a secret or a full phone number.
 
 from __future__ import annotations
 
-import re
 from http import HTTPStatus
 from typing import Any
 
 from cxone_provider.models import RecordIssue, parse_record_issues
+from cxone_provider.redaction import MASK, scrub_text
 
 __all__ = [
     "CXoneAuthError",
@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 _SECRET_KEYS = frozenset({"access_token", "refresh_token", "id_token", "client_secret", "password"})
-_PHONE_LIKE = re.compile(r"\+?\d{7,}")
+# keys of an error body whose values are the server's free text (they may quote a record); ids, codes and field paths
+# elsewhere in the body stay as they are, so that callers can still tell which record an error names
+_TEXT_KEYS = frozenset({"message", "error_description", "errorDescription", "error", "detail", "description", "title"})
 _MAX_REASON_CHARS = 160
 _MAX_TEXT_BODY_CHARS = 2000
 
@@ -196,7 +198,7 @@ def _reason(status_code: int, body: Any) -> str:
                     break
     elif isinstance(body, str):
         reason = body.strip().splitlines()[0] if body.strip() else ""
-    reason = _PHONE_LIKE.sub(lambda match: "***" + match.group()[-2:], " ".join(reason.split()))
+    reason = scrub_text(" ".join(reason.split()))
     if len(reason) > _MAX_REASON_CHARS:
         reason = reason[: _MAX_REASON_CHARS - 3] + "..."
     return reason
@@ -214,11 +216,13 @@ def _error_item_text(item: Any) -> str:
 
 
 def _scrub(body: Any) -> Any:
-    """Drop anything that looks like a credential from a parsed body; truncate long text bodies."""
+    """Drop anything that looks like a credential from a parsed body, scrub personal data from its free text
+    (:func:`~cxone_provider.redaction.scrub_text`); truncate long text bodies."""
     if isinstance(body, dict):
-        return {key: "***" if key in _SECRET_KEYS else _scrub(value) for key, value in body.items()}
+        return {key: MASK if key in _SECRET_KEYS else scrub_text(value) if key in _TEXT_KEYS and isinstance(value, str)
+                else _scrub(value) for key, value in body.items()}
     if isinstance(body, list):
         return [_scrub(item) for item in body]
-    if isinstance(body, str) and len(body) > _MAX_TEXT_BODY_CHARS:
-        return body[:_MAX_TEXT_BODY_CHARS] + "..."
+    if isinstance(body, str):
+        return scrub_text(body[:_MAX_TEXT_BODY_CHARS] + "..." if len(body) > _MAX_TEXT_BODY_CHARS else body)
     return body

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cxone_provider.redaction import scrub_text
+
 
 @dataclass(frozen=True)
 class RecordIssue:
@@ -20,9 +22,10 @@ class RecordIssue:
 
     @classmethod
     def from_api(cls, item: Any) -> RecordIssue:
-        """Parse one ``warnings``/``errors`` item, tolerating missing or oddly typed fields."""
+        """Parse one ``warnings``/``errors`` item, tolerating missing or oddly typed fields; its message is the server's
+        text with personal data scrubbed (it may quote the record)."""
         if not isinstance(item, dict):
-            return cls(index=None, contact_id=None, code=None, message=str(item))
+            return cls(index=None, contact_id=None, code=None, message=scrub_text(str(item)))
         index = item.get("index")
         contact_id = item.get("contactId")
         code = item.get("code")
@@ -31,7 +34,7 @@ class RecordIssue:
             index=index if isinstance(index, int) and not isinstance(index, bool) else None,
             contact_id=str(contact_id) if contact_id is not None else None,
             code=str(code) if code is not None else None,
-            message=str(item.get("message") or ""),
+            message=scrub_text(str(item.get("message") or "")),
             field=str(field) if field is not None else None,
         )
 

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cxone_provider.redaction import mask_uri
+
 log = logging.getLogger(__name__)
 
 
@@ -347,8 +349,7 @@ def _open_store(url: str) -> BudgetStore:
 
 
 def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(parts.password, "***") if parts.password else url
+    return mask_uri(url)
 
 
 def tenant_key(base_url: str, client_id: str) -> str:
