@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from cxone_provider.connections import connection_url, parse_bool
 from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
 from cxone_provider.hooks.crm_webhook import CrmWebhookHook
 from cxone_provider.retry import RetryPolicy
+from include.cxone_sandbox.webhook_sink import SIGNATURE_TOLERANCE_S, WebhookSink, verify_signature
 from tests.ports import free_port
 
 SECRET = "webhook-signing-secret"
@@ -35,9 +38,10 @@ def sender_for(url: str, policy: RetryPolicy = NO_JITTER, **target: Any) -> tupl
     return WebhookSender(WebhookTarget(url=url, retry_policy=policy, **target), sleep=sleeps), sleeps
 
 
-def test_event_is_signed_and_keyed(webhook_sink):
+def test_event_is_signed_with_its_timestamp_and_keyed(webhook_sink):
     sender, _ = sender_for(f"{webhook_sink.url}/crm/events", secret=SECRET)
 
+    before = int(time.time())
     delivery = sender.send(EVENT)
 
     assert (delivery.ok, delivery.status_code, delivery.attempts) == (True, 200, 1)
@@ -45,7 +49,75 @@ def test_event_is_signed_and_keyed(webhook_sink):
     body = json.dumps(EVENT, separators=(",", ":")).encode()
     assert received["path"] == "/crm/events" and received["body"] == EVENT
     assert received["headers"]["Idempotency-Key"] == EVENT["eventId"]
-    assert received["headers"]["X-Signature"] == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    stamp = received["headers"]["X-Signature-Timestamp"]
+    assert before <= int(stamp) <= time.time()
+    signed = stamp.encode() + b"." + body  # the timestamp is inside the signature: a replay cannot move it
+    assert received["headers"]["X-Signature"] == "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("change", "verdict"),
+    [
+        pytest.param(None, "valid", id="as-sent"),
+        pytest.param("replayed-later", "stale", id="replayed-after-the-window"),
+        pytest.param("new-timestamp", "invalid", id="timestamp-moved"),
+        pytest.param("body", "invalid", id="body-changed"),
+        pytest.param("unsigned", "unsigned", id="no-signature"),
+    ],
+)
+def test_a_receiver_refuses_replayed_or_changed_events(change, verdict):
+    """What the README's receiver check (the sink's ``verify_signature``) says of an event and altered copies."""
+    with WebhookSink() as capture:
+        sender_for(capture.url, secret=SECRET)[0].send(EVENT)
+        (received,) = capture.events()
+    body = json.dumps(received["body"], separators=(",", ":")).encode()
+    headers = dict(received["headers"])
+    now = int(headers["X-Signature-Timestamp"])
+    if change == "replayed-later":
+        now += SIGNATURE_TOLERANCE_S + 1
+    elif change == "new-timestamp":
+        headers["X-Signature-Timestamp"] = str(now + 600)
+        now += 600
+    elif change == "body":
+        body = body.replace(b"3", b"4")
+    elif change == "unsigned":
+        headers.pop("X-Signature")
+
+    assert verify_signature(body, headers, SECRET, now=now) == verdict
+
+
+def test_a_sink_with_the_secret_refuses_a_wrong_signature():
+    with WebhookSink(secret=SECRET) as sink:
+        good, _ = sender_for(sink.url, secret=SECRET)
+        forged, _ = sender_for(sink.url, policy=RetryPolicy(max_attempts=1), secret="not-the-secret")
+
+        assert good.send(EVENT).ok
+        refused = forged.send(EVENT)
+
+        assert (refused.ok, refused.status_code) == (False, 401)
+        assert [e["signature"] for e in sink.events()] == ["valid", "invalid"]
+
+
+@pytest.mark.parametrize(
+    ("target", "warning"),
+    [
+        pytest.param({"secret": None}, "unsigned", id="no-secret"),
+        pytest.param({"secret": SECRET, "verify": False}, "TLS certificate verification is OFF", id="tls-off"),
+    ],
+)
+def test_unsigned_events_and_disabled_tls_are_warned_about(caplog, target, warning):
+    with caplog.at_level(logging.WARNING, logger="cxone_provider"):
+        WebhookSender(WebhookTarget(url="https://user:pw@crm.example.com/hook", **target))
+    assert warning in caplog.text
+    assert "pw@" not in caplog.text
+
+
+def test_a_cxone_client_without_tls_checks_is_warned_about(caplog):
+    from cxone_provider.client import CXoneClient
+
+    with caplog.at_level(logging.WARNING, logger="cxone_provider"):
+        CXoneClient("https://api.example.com", "client-1", "secret-1", verify=False)
+    assert "TLS certificate verification is OFF" in caplog.text
 
 
 @pytest.mark.parametrize(

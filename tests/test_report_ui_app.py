@@ -386,6 +386,39 @@ def test_history_row_numbers_come_from_the_report(client: Any, tokens: dict, nig
     assert f'{report["totals"]["success_rate_percent"]:.2f}%' in row
 
 
+def test_history_lists_only_the_dags_whose_runs_the_user_may_read(
+    client: Any, tokens: dict, nightly_runs: list[str], auth_manager: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a DAG is not reading its runs: the history asks what the report tab asks (GET on the DAG's runs)."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+
+    decide = auth_manager.is_authorized_dag
+
+    def runs_of_the_other_dag_refused(*, method: str, user: Any, access_entity: Any = None, details: Any = None) -> bool:
+        if details is not None and details.id == OTHER_DAG_ID and access_entity == DagAccessEntity.RUN:
+            return False
+        return decide(method=method, user=user, access_entity=access_entity, details=details)
+
+    monkeypatch.setattr(auth_manager, "is_authorized_dag", runs_of_the_other_dag_refused)
+    response = client.get("/cxone/imports", headers=as_user(tokens, "viewer"))
+
+    listed = re.findall(r'<tr data-run-id="[^"]+" data-dag-id="([^"]+)"', response.text)
+    assert listed and set(listed) == {DAG_ID}
+
+
+@pytest.mark.parametrize("user", ["viewer", None], ids=["answer", "refusal"])
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_and_file_carries_the_security_headers(
+    client: Any, tokens: dict, finished_run: dict, path: str, user: str | None
+) -> None:
+    response = client.get(path, params={"run_id": RUN_ID}, headers=as_user(tokens, user))
+
+    assert response.status_code in ((200, 403) if user else (401,))  # the viewer may not fetch the dead letters
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-security-policy"] == "frame-ancestors 'self'"
+
+
 # -- the report's aggregates -----------------------------------------------------------------------------------------
 
 

@@ -54,6 +54,22 @@ def test_logs_and_xcom_hold_no_secret_token_or_phone(run_import, export, cxone_s
     assert "example.com" not in xcom_text, "no e-mail addresses (custom fields) in XCom"
 
 
+def test_every_crm_event_of_a_run_verifies_at_a_receiver(run_import, export):
+    """A receiver holding the connection's secret (the sink checks as the README tells) accepts every event of a run:
+    batch events sent while importing, the summary; each signed with its own timestamp."""
+    from include.cxone_sandbox import WebhookSink
+    from tools.localrun import DEMO_WEBHOOK_SECRET
+
+    with WebhookSink(secret=DEMO_WEBHOOK_SECRET) as receiver:
+        run = run_import({"source_uri": f"file://{export.path}", "batch_size": 50}, webhook_url=receiver.url)
+        events = receiver.events()
+
+    assert run.state == "success"
+    assert len(events) == run.report["totals"]["batches"] + 1
+    assert {e["signature"] for e in events} == {"valid"}
+    assert run.report["webhook"]["failed"] == 0
+
+
 def test_tls_verification_is_on_by_default(monkeypatch):
     from cxone_provider.hooks.cxone import CXoneHook
 

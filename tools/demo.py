@@ -13,7 +13,15 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tools.localrun import ROOT, call_list_connection_env, connection_env, patched_env, run_dag, run_report
+from tools.localrun import (
+    DEMO_WEBHOOK_SECRET,
+    ROOT,
+    call_list_connection_env,
+    connection_env,
+    patched_env,
+    run_dag,
+    run_report,
+)
 from include.cxone_import.report import format_report
 from tools.sample_data import generate_crm_export
 from include.cxone_sandbox import CXoneSandbox, SandboxConfig, WebhookSink
@@ -41,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     call_lists = args.profile == "call_lists"
     sandbox = (CallListSandbox(CallListSandboxConfig(latency_ms=args.latency_ms, job_delay_s=1.0)) if call_lists
                else CXoneSandbox(SandboxConfig(latency_ms=args.latency_ms)))
-    with sandbox, WebhookSink() as sink:
+    with sandbox, WebhookSink(secret=DEMO_WEBHOOK_SECRET) as sink:  # the sink checks each event's signature
         print(f"demo: CXone sandbox ({args.profile}) on {sandbox.url}, webhook sink on {sink.url}")
         env = {
             **(call_list_connection_env(sandbox.url, sink.url) if call_lists else connection_env(sandbox.url, sink.url)),

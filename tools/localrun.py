@@ -15,6 +15,7 @@ from cxone_provider.connection_form import DEFAULT_MAX_CONCURRENCY
 
 ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = ROOT / "dags" / "cxone_contact_import.py"
+DEMO_WEBHOOK_SECRET = "demo-signing-secret"
 
 
 def connection_env(
@@ -25,7 +26,7 @@ def connection_env(
     max_concurrency: int | None = None,
     client_id: str = "sandbox-client",
     client_secret: str = "sandbox-secret",
-    webhook_secret: str | None = "demo-signing-secret",
+    webhook_secret: str | None = DEMO_WEBHOOK_SECRET,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Airflow connections as environment variables (JSON form), pointing at the local servers."""

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="CXone sandbox port (0 = any free port)")
     parser.add_argument("--webhook-port", type=int, default=8766, help="webhook sink port (0 = any free port)")
     parser.add_argument("--ready-file", type=Path, help="write the URLs as JSON here once listening")
+    parser.add_argument("--webhook-secret", default=None,
+                        help="the CRM connection's signing secret: the sink then refuses events whose signature or "
+                        "timestamp does not verify (default: it stores events unchecked)")
     parser.add_argument("--call-lists-port", type=int, default=None,
                         help="also serve the calling-list API on this port (0 = any free port; default: not served)")
     parser.add_argument("--job-delay-s", type=float, default=CallListSandboxConfig().job_delay_s,
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     sandbox = CXoneSandbox(config, host=LOCALHOST, port=args.port)
-    sink = WebhookSink(host=LOCALHOST, port=args.webhook_port)
+    sink = WebhookSink(host=LOCALHOST, port=args.webhook_port, secret=args.webhook_secret)
     call_lists = (
         CallListSandbox(CallListSandboxConfig(job_delay_s=args.job_delay_s), host=LOCALHOST, port=args.call_lists_port)
         if args.call_lists_port is not None else None

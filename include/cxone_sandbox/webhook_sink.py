@@ -1,9 +1,14 @@
-"""Stand-in for the CRM webhook: stores every POST and can be told to fail a number of times."""
+"""Stand-in for the CRM webhook: stores every POST and can be told to fail a number of times; given the signing
+secret it checks each event's signature as a receiver should (README, "Security") and refuses what fails."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import threading
+import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,13 +16,36 @@ from include.cxone_sandbox.config import SandboxConfigError
 from include.cxone_sandbox.http_server import JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
 
 
+SIGNATURE_TOLERANCE_S = 300.0
+
+
+def verify_signature(body: bytes, headers: Mapping[str, str], secret: str, *,
+                     tolerance_s: float = SIGNATURE_TOLERANCE_S, now: float | None = None) -> str:
+    """A receiver's check of one event, written from the contract (not from the sender's code): ``valid``, or why
+    not: ``unsigned`` (a header missing), ``invalid`` (the HMAC over ``{timestamp}.{body}`` differs) or ``stale``
+    (the timestamp is more than ``tolerance_s`` from this clock: a replay, or a clock that is off)."""
+    signature, stamp = headers.get("X-Signature"), headers.get("X-Signature-Timestamp")
+    if not signature or not stamp:
+        return "unsigned"
+    expected = "sha256=" + hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        return "invalid"
+    try:
+        age = (time.time() if now is None else now) - int(stamp)
+    except ValueError:
+        return "invalid"
+    return "valid" if abs(age) <= tolerance_s else "stale"
+
+
 class WebhookSink(ServerRunner):
-    """Stand-in for the CRM webhook: stores every POST and can be told to fail a number of times."""
+    """Stand-in for the CRM webhook: stores every POST and can be told to fail a number of times. With ``secret``
+    each event's ``signature`` is checked (:func:`verify_signature`) and one that is not ``valid`` is answered 401."""
 
     _thread_name = "webhook-sink"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: str | None = None) -> None:
         super().__init__(host, port)
+        self._secret = secret
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
         self._fail_status: int | None = None
@@ -69,10 +97,11 @@ class WebhookSink(ServerRunner):
     def _receive(self, handler: JsonHandler, path: str, body: bytes) -> None:
         parsed_ok, payload = parse_json_body(body)
         event_body = payload if parsed_ok else body.decode("utf-8", errors="replace")
+        signature = verify_signature(body, handler.headers, self._secret) if self._secret else None
         with self._lock:
-            status = 200
+            status = 200 if signature in (None, "valid") else 401
             retry_after = self._retry_after
-            if self._fail_status is not None:
+            if status == 200 and self._fail_status is not None:
                 if self._fail_count is None:
                     status = self._fail_status
                 elif self._fail_count > 0:
@@ -85,10 +114,13 @@ class WebhookSink(ServerRunner):
                     "body": event_body,
                     "received_at": datetime.now(timezone.utc).isoformat(),
                     "status": status,
+                    "signature": signature,
                 }
             )
         if status == 200:
             handler.send_json(200, {"ok": True})
+        elif status == 401:
+            handler.send_json(401, {"ok": False, "error": f"signature {signature}"})
         else:
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
             handler.send_json(status, {"ok": False, "error": "configured failure"}, headers)

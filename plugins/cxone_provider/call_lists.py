@@ -32,7 +32,7 @@ from cxone_provider.errors import (
 )
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_rate_limited, is_retryable, retry_after_s
-from cxone_provider.sessions import new_session
+from cxone_provider.sessions import new_session, warn_if_unverified
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -198,6 +198,7 @@ class CallListClient:
         session = new_session(pool_connections=2, pool_maxsize=8)
         session.headers.update({"Accept": "application/json"})
         session.verify = verify
+        warn_if_unverified(verify, f"CXone calling-list API {auth_base_url}")
         self.auth = AccessKeyAuth(auth_base_url, access_key_id, access_key_secret, client_id=client_id,
                                   client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token)
         self._session = session

@@ -34,7 +34,7 @@ from cxone_provider.errors import (
 from cxone_provider.models import BatchResult, RecordIssue, parse_record_issues
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_retryable, retry_after_s
-from cxone_provider.sessions import new_session, refuse_redirects
+from cxone_provider.sessions import new_session, refuse_redirects, warn_if_unverified
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -291,6 +291,7 @@ class CXoneClient:
         session = refuse_redirects(session) if session is not None else new_session(pool_maxsize=pool_size)
         session.headers.update({"Accept": "application/json", "User-Agent": _USER_AGENT})
         session.verify = verify
+        warn_if_unverified(verify, f"CXone API {self.base_url}")
         self.auth = ClientCredentialsAuth(
             f"{self.base_url}/oauth2/token",
             client_id,

@@ -23,13 +23,18 @@ from requests.adapters import HTTPAdapter
 from cxone_provider.errors import CXoneRedirectError
 from cxone_provider.redaction import mask_uri
 from cxone_provider.retry import RetryPolicy, retry_after_s
-from cxone_provider.sessions import refuse_redirects
+from cxone_provider.sessions import refuse_redirects, warn_if_unverified
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_RETRY_POLICY = RetryPolicy(max_attempts=4, backoff_base_s=0.5, backoff_max_s=8.0, retry_after_cap_s=10.0)
 """Bounded so that a CRM that is down delays the run by seconds per event, not minutes."""
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+SIGNATURE_HEADER = "X-Signature"
+SIGNATURE_TIMESTAMP_HEADER = "X-Signature-Timestamp"
+"""Signed events carry both: the Unix time of the attempt, and ``sha256=`` + HMAC-SHA256(secret, ``{timestamp}.`` +
+body) in hex. A receiver recomputes it and refuses a timestamp more than a few minutes from its clock (README,
+"Security"), so a captured event cannot be replayed later."""
 DEFAULT_GIVE_UP_AFTER = 20
 """Events in a row not delivered after which a sender stops trying: a CRM that is down costs a run seconds, not one
 backoff per event for thousands of batch events."""
@@ -83,9 +88,15 @@ def is_retryable_delivery(error: BaseException) -> bool:
     return isinstance(error, WebhookDeliveryError) and error.retryable
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The ``X-Signature`` value: ``sha256=<HMAC-SHA256 of the body, hex>``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(body: bytes, secret: str, timestamp: int) -> str:
+    """The ``X-Signature`` value: ``sha256=<HMAC-SHA256 of "{timestamp}." followed by the body, hex>``."""
+    return "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_headers(body: bytes, secret: str, now: float | None = None) -> dict[str, str]:
+    """``X-Signature-Timestamp`` and ``X-Signature`` for one attempt to deliver ``body``."""
+    timestamp = int(time.time() if now is None else now)
+    return {SIGNATURE_TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: sign(body, secret, timestamp)}
 
 
 class WebhookSender:
@@ -108,6 +119,10 @@ class WebhookSender:
         self._retrying = target.retry_policy.retrying(is_retryable_delivery, sleep=sleep)
         self._failures_in_a_row = 0
         self._lock = threading.Lock()
+        if not target.secret:
+            log.warning("webhook %s: events are sent unsigned (the connection has no password): the CRM cannot tell "
+                        "them from forged ones", mask_uri(target.url))
+        warn_if_unverified(target.verify, f"webhook {mask_uri(target.url)}")
 
     def send(self, event: dict[str, Any]) -> Delivery:
         """Deliver one event (``eventId`` is its idempotency key); the outcome is returned, never raised."""
@@ -116,8 +131,6 @@ class WebhookSender:
                             f"not attempted: {self.target.give_up_after} events in a row were not delivered")
         body = json.dumps(event, separators=(",", ":"), default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": event["eventId"]}
-        if self.target.secret:
-            headers["X-Signature"] = sign(body, self.target.secret)
         attempts: list[int] = []
         try:
             status = self._retrying(self._post, body, headers, attempts)
@@ -148,6 +161,8 @@ class WebhookSender:
 
     def _post(self, body: bytes, headers: dict[str, str], attempts: list[int]) -> int:
         attempts.append(1)
+        if self.target.secret:  # signed per attempt: a retry after a long Retry-After is still within the window
+            headers = {**headers, **signature_headers(body, self.target.secret)}
         try:
             response = self._session.post(
                 self.target.url, data=body, headers=headers, timeout=self.target.timeout_s, verify=self.target.verify

@@ -8,6 +8,7 @@ a contact record, a signed event) to wherever the answer points; a 3xx here is a
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import requests
@@ -16,7 +17,9 @@ from requests.adapters import HTTPAdapter
 from cxone_provider.errors import CXoneRedirectError
 from cxone_provider.redaction import mask_uri
 
-__all__ = ["new_session", "refuse_redirects"]
+__all__ = ["new_session", "refuse_redirects", "warn_if_unverified"]
+
+log = logging.getLogger(__name__)
 
 
 def new_session(*, pool_connections: int = 4, pool_maxsize: int = 16) -> requests.Session:
@@ -39,6 +42,14 @@ def refuse_redirects(session: requests.Session) -> requests.Session:
         session.hooks["response"].append(_raise_on_redirect)
     session.max_redirects = 0
     return session
+
+
+def warn_if_unverified(verify: bool | str, what: str) -> None:
+    """Say so in the log when TLS certificates are not checked (``verify_ssl: false``): anyone on the path can then
+    read and change what is sent, credentials included."""
+    if verify is False:
+        log.warning("%s: TLS certificate verification is OFF (verify_ssl false): credentials and records can be read "
+                    "and changed on the way; turn it on outside a test set-up", what)
 
 
 def _raise_on_redirect(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:

@@ -3,7 +3,8 @@
 Access is Airflow's: the user comes from the UI's ``_token`` cookie (or an ``Authorization: Bearer`` JWT) through
 ``airflow.api_fastapi.core_api.security.get_user``, and the configured auth manager decides, exactly as for the REST
 API: a run's page, report.json and rejects.csv need ``GET`` on the DAG's runs, the dead letters (full phone numbers)
-``PUT`` on them (editing runs), the history lists only the DAGs whose runs the user may read. No token: 401.
+``PUT`` on them (editing runs), the history lists only the DAGs whose runs the user may read. No token: 401. Every
+answer (page, file, error) carries ``SECURITY_HEADERS``: never cached, never sniffed, framed only by the UI itself.
 
 Pages read ``report.json`` only (never the outcome files), cached per finished run: the history page reads each
 finished run's report once per api-server process.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ ERROR_TEXT = {
 
 ReadRuns = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
 EditRuns = Depends(requires_access_dag("PUT", DagAccessEntity.RUN))
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",  # reports and rejects name contacts: no browser or proxy keeps a copy
+    "X-Content-Type-Options": "nosniff",  # a CSV or JSONL download is never run as a page or script
+    "Content-Security-Policy": "frame-ancestors 'self'",  # shown in the Airflow UI's iframe, nowhere else
+    "X-Frame-Options": "SAMEORIGIN",  # the same for browsers without CSP frame-ancestors
+    "Referrer-Policy": "same-origin",  # run ids and list names in URLs stay on the api-server
+}
 
 
 # -- where the runs and their reports are ----------------------------------------------------------------------
@@ -169,24 +177,23 @@ def import_dag_ids(base: Any) -> set[str]:
 
 
 def readable_dag_ids(user: Any, dag_ids: set[str]) -> set[str]:
-    """Those of ``dag_ids`` whose runs the auth manager lets the user read (per team, as Airflow's own lists do)."""
+    """Those of ``dag_ids`` whose runs the auth manager lets the user read: ``GET`` on the DAG's runs
+    (``DagAccessEntity.RUN``, per team), the permission the report tab asks for; reading the DAG alone is not
+    enough."""
     if not dag_ids:
         return set()
-    auth_manager = get_auth_manager()
-    by_team: dict[str | None, set[str]] = defaultdict(set)
-    for dag_id, team in DagModel.get_dag_id_to_team_name_mapping(sorted(dag_ids)).items():
-        by_team[team].add(dag_id)
-    by_team[None].update(dag_ids - {d for ids in by_team.values() for d in ids})
-    readable: set[str] = set()
-    for team, ids in by_team.items():
-        readable |= auth_manager.filter_authorized_dag_ids(dag_ids=ids, user=user, method="GET", team_name=team)
-    return readable
+    teams = DagModel.get_dag_id_to_team_name_mapping(sorted(dag_ids))
+    return {dag_id for dag_id in dag_ids if may_access_runs(user, dag_id, "GET", team_name=teams.get(dag_id))}
 
 
 def may_edit_runs(user: Any, dag_id: str) -> bool:
+    return may_access_runs(user, dag_id, "PUT", team_name=DagModel.get_team_name(dag_id))
+
+
+def may_access_runs(user: Any, dag_id: str, method: str, *, team_name: str | None) -> bool:
+    """Whether the auth manager lets the user read (``GET``) or edit (``PUT``) the runs of a DAG."""
     return get_auth_manager().is_authorized_dag(
-        method="PUT", access_entity=DagAccessEntity.RUN,
-        details=DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id)), user=user,
+        method=method, access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id, team_name=team_name), user=user,
     )
 
 
@@ -207,7 +214,7 @@ def _download(path: Any, filename: str, media_type: str) -> StreamingResponse:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"this run has no {filename}")
     return StreamingResponse(
         chunks(), media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},  # + SECURITY_HEADERS
     )
 
 
@@ -217,7 +224,32 @@ def _file_name(run_id: str, name: str) -> str:
 
 # -- the app -------------------------------------------------------------------------------------------------------
 
+class SecurityHeaders:
+    """ASGI middleware: ``SECURITY_HEADERS`` on every answer of the app (pages, downloads, errors), replacing any
+    the route set; streaming downloads pass through unbuffered."""
+
+    _names = {name.lower().encode() for name in SECURITY_HEADERS}
+    _headers = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in self._names]
+                message = {**message, "headers": kept + self._headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 app = FastAPI(title="CXone import reports", docs_url=None, redoc_url=None, openapi_url=None)
+app.add_middleware(SecurityHeaders)
 
 
 @app.exception_handler(HTTPException)
