@@ -29,6 +29,7 @@ from include.cxone_sandbox.call_lists_contract import (
     check_header,
     create_request,
     id_token,
+    list_read_query,
     parse_upload,
     stored_record,
 )
@@ -95,6 +96,7 @@ class _Job:
     due_at: float
     fate: str  # complete | cancel | stall
     submitted: str
+    expires_at: float
     completed: str | None = None
     cancelled: bool = False
     file_name: str = ""
@@ -201,6 +203,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
     def _advance_jobs(self) -> None:
         """Jobs whose delay has passed complete (their valid rows join the list) or end cancelled."""
         now = time.monotonic()
+        for calling_list in self._lists.values():
+            calling_list.expire(time.time())
         for job in self._jobs.values():
             if job.completed is not None or job.fate == "stall" or now < job.due_at:
                 continue
@@ -210,7 +214,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
                 continue
             calling_list = self._lists[job.list_id]
             for row in job.rows:
-                record = stored_record(calling_list, row, job.completed)
+                record = stored_record(calling_list, row, job.completed, job.expires_at)
                 if record is None:
                     calling_list.invalid_records += 1
                 else:  # GUESS: forceOverwrite false keeps a record the list already holds (same externalId)
@@ -347,11 +351,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
             if calling_list is None:
                 return 404, {"error": "ListNotFound", "errorDescription": "no such calling list"}
             if len(rest) == 1 and method == "GET":
-                include = query.get("includeRecords", "false").lower() == "true"
-                top = int(query["top"]) if query.get("top", "").isdigit() else None
-                skip = int(query["skip"]) if query.get("skip", "").isdigit() else 0
-                return 200, {"resultSet": calling_list.result_set(
-                    include_records=include, skip=skip, top=top, updated_since=query.get("updatedSince"))}
+                return 200, {"resultSet": calling_list.result_set(**list_read_query(query))}
             if rest[1:] == ["upload"] and method == "POST":
                 return self._upload(calling_list, body)
         return 404, {"error": "NotFound", "errorDescription": "no such resource"}
@@ -364,7 +364,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         check_header(calling_list, upload.header)
         fate = "cancel" if self._take("cancel_jobs") else "stall" if self._take("stall_jobs") else "complete"
         job = _Job(self._next_job_id, calling_list.list_id, upload.rows, time.monotonic() + config.job_delay_s, fate,
-                   _now_iso(), file_name=upload.file_name)
+                   _now_iso(), upload.expires_at, file_name=upload.file_name)
         self._next_job_id += 1
         self._jobs[job.job_id] = job
         self._stats["uploads"] += 1

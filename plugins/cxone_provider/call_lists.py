@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -53,6 +54,13 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_FILE_RECORDS = 500_000
 MAX_RECORD_CHARS = 512
 RECORDS_PAGE_SIZE = 1000  # GUESS: the largest `top` a list read accepts is not documented
+
+
+def expiration_timestamp(moment: datetime) -> str:
+    """An ``expirationDate``: ISO 8601 in UTC with milliseconds (``2027-01-05T02:00:00.000Z``)."""
+    if moment.tzinfo is None:
+        raise ValueError("an expiration date must carry its time zone")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _not_sent_or_rate_limited(error: BaseException) -> bool:
@@ -304,14 +312,20 @@ class CallListClient:
                 return
             skip += len(records)
 
-    def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, skill_id: str | None = None,
-               default_time_zone: str | None = None) -> str:
+    def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, expiration_date: datetime,
+               skill_id: str | None = None, default_time_zone: str | None = None, start_skill: bool = False,
+               send_email: bool = False) -> str:
         """
-        ``POST lists/call-lists/{listId}/upload`` with the file as base64 and ``forceOverwrite: false`` (append).
+        ``POST lists/call-lists/{listId}/upload``: the file as base64 with every field NICE's published schema
+        requires (``listFile``, ``forceOverwrite: false`` (append), ``expirationDate``, ``startSkill``,
+        ``sendEmail``) and the optional ones given.
 
         Retried only on 429 and on connections that never reached the server. Any other failure raises with
         ``outcome_uncertain`` telling whether the server may have accepted the file: then it must not be sent again.
 
+        :param expiration_date: when the file's records leave the list (an aware datetime).
+        :param start_skill: start the skill's dialing once the file is processed.
+        :param send_email: have CXone e-mail the list's owner when the upload completes.
         :return: the upload's ``jobId``.
         """
         if len(csv_bytes) > MAX_FILE_BYTES:
@@ -320,8 +334,9 @@ class CallListClient:
             "listFile": base64.b64encode(csv_bytes).decode("ascii"),
             "fileName": file_name,
             "forceOverwrite": False,
-            "startSkill": False,
-            "sendEmail": False,
+            "expirationDate": expiration_timestamp(expiration_date),
+            "startSkill": bool(start_skill),
+            "sendEmail": bool(send_email),
         }
         if skill_id:
             body["skillId"] = int(skill_id) if str(skill_id).isdigit() else skill_id
