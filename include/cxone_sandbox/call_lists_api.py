@@ -133,7 +133,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         self._issued: list[str] = []
         self._next_list_id = 1001
         self._next_job_id = 50001
-        self._stats: dict[str, Any] = {"token_requests": 0, "uploads": 0, "status_counts": {}, "requests": 0}
+        self._stats: dict[str, Any] = {"token_requests": 0, "uploads": 0, "status_counts": {}, "requests": 0,
+                                       "rows_uploaded": 0, "rows_uploaded_while_on_list": 0}
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -362,6 +363,10 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         upload = parse_upload(payload if ok else None, max_bytes=config.max_file_bytes,
                               max_records=config.max_file_records, max_record_chars=config.max_record_chars)
         check_header(calling_list, upload.header)
+        held = calling_list.records.keys()
+        self._stats["rows_uploaded"] += len(upload.rows)
+        self._stats["rows_uploaded_while_on_list"] += sum(
+            1 for row in upload.rows if (row.get(calling_list.external_id_column) or "").strip() in held)
         fate = "cancel" if self._take("cancel_jobs") else "stall" if self._take("stall_jobs") else "complete"
         job = _Job(self._next_job_id, calling_list.list_id, upload.rows, time.monotonic() + config.job_delay_s, fate,
                    _now_iso(), upload.expires_at, file_name=upload.file_name)

@@ -229,6 +229,15 @@ class CXoneHook(BaseHook):
         return self._positive_number("timeout", DEFAULT_TIMEOUT_S, float)
 
     @property
+    def list_expiration_days(self) -> int:
+        """call_lists: days from an upload to its records' ``expirationDate`` (1 to NICE's 30-day inventory)."""
+        days = int(self._positive_number("list_expiration_days", DEFAULT_LIST_EXPIRATION_DAYS, int))
+        if days > MAX_LIST_EXPIRATION_DAYS:
+            raise ValueError(f"connection {self.cxone_conn_id}: list_expiration_days must be at most "
+                             f"{MAX_LIST_EXPIRATION_DAYS} (NICE keeps 30 days of calling-list inventory), got {days}")
+        return days
+
+    @property
     def verify_ssl(self) -> bool:
         return parse_bool(self._extra("verify_ssl", True), name=f"connection {self.cxone_conn_id}: verify_ssl")
 

@@ -1,0 +1,126 @@
+"""The calling-list sandbox refuses what NICE's published schema refuses (docs/api-call-lists.md, "Schema checks"):
+each request below is sent over HTTP as a client that dropped a field or sent a wrong type would send it."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from cxone_provider.call_lists import CallListClient, expiration_timestamp
+from include.cxone_sandbox.call_lists_api import CallListSandbox, CallListSandboxConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+CSV = b"contactId,mobile_phone\r\nc-1,+14155550101\r\nc-2,+14155550102\r\n"
+PHONES = [{"fieldName": "mobile_phone", "fieldValue": "mobile_phone"}]
+UPLOAD_REQUIRED = ("listFile", "forceOverwrite", "expirationDate", "startSkill", "sendEmail")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with CallListSandbox(CallListSandboxConfig(job_delay_s=0.05)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(sandbox):
+    config = CallListSandboxConfig()
+    with CallListClient(sandbox.url, config.access_key_id, config.access_key_secret, client_id=config.client_id,
+                        client_secret=config.client_secret) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def list_id(client):
+    return client.create_list("contract", external_id_column="contactId", destination_mappings=PHONES,
+                              custom_field_mappings=[])
+
+
+def call(client: CallListClient, method: str, path: str, **kwargs) -> requests.Response:
+    """One raw request with a valid token: what a client that builds its own body sends."""
+    headers = {"Authorization": f"Bearer {client.auth.get_token()}"}
+    return requests.request(method, f"{client.base_url}/{path}", headers=headers, timeout=10, **kwargs)
+
+
+def upload_body(**changes) -> dict:
+    body = {"listFile": base64.b64encode(CSV).decode(), "fileName": "c.csv", "forceOverwrite": False,
+            "expirationDate": expiration_timestamp(datetime.now(timezone.utc) + timedelta(days=1)),
+            "startSkill": False, "sendEmail": False}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@pytest.mark.parametrize("field", UPLOAD_REQUIRED)
+def test_an_upload_without_a_required_field_is_refused_naming_it(client, list_id, sandbox, field):
+    uploads = sandbox.stats()["uploads"]
+    answer = call(client, "POST", f"lists/call-lists/{list_id}/upload", json=upload_body(**{field: None}))
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "MissingField", "errorDescription": f"{field} is required"}
+    assert sandbox.stats()["uploads"] == uploads, "a refused upload started a job"
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    pytest.param({"forceOverwrite": "false"}, "forceOverwrite must be a boolean", id="forceOverwrite-string"),
+    pytest.param({"startSkill": 0}, "startSkill must be a boolean", id="startSkill-number"),
+    pytest.param({"sendEmail": "no"}, "sendEmail must be a boolean", id="sendEmail-string"),
+    pytest.param({"skillId": "abc"}, "skillId must be an integer", id="skillId-not-a-number"),
+    pytest.param({"expirationDate": "tomorrow"}, "expirationDate must be an ISO 8601 date or date-time",
+                 id="expirationDate-not-a-date"),
+    pytest.param({"expirationDate": "2020-01-01T00:00:00.000Z"}, "expirationDate must be in the future",
+                 id="expirationDate-past"),
+])
+def test_an_upload_with_a_wrong_type_is_refused_naming_the_field(client, list_id, changes, named):
+    answer = call(client, "POST", f"lists/call-lists/{list_id}/upload", json=upload_body(**changes))
+    assert answer.status_code == 400 and answer.json()["errorDescription"] == named
+
+
+def test_the_client_upload_carries_every_required_field(client, list_id, sandbox):
+    job = client.upload(list_id, CSV, file_name="ok.csv",
+                        expiration_date=datetime.now(timezone.utc) + timedelta(days=30), skill_id="4242")
+    assert job and any(str(j["jobId"]) == job for j in sandbox.jobs())
+
+
+def test_records_leave_the_list_when_their_upload_expires(client, sandbox):
+    list_id = client.create_list("expiring", external_id_column="contactId", destination_mappings=PHONES,
+                                 custom_field_mappings=[])
+    client.upload(list_id, CSV, file_name="soon.csv", expiration_date=datetime.now(timezone.utc) + timedelta(seconds=1.5))
+    time.sleep(0.3)
+    assert set(client.iter_external_ids(list_id)) == {"c-1", "c-2"}
+    time.sleep(1.5)
+    assert set(client.iter_external_ids(list_id)) == set()
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    pytest.param({"includeRecords": "yes"}, "includeRecords must be true or false", id="includeRecords"),
+    pytest.param({"finalized": "1"}, "finalized must be true or false", id="finalized"),
+    pytest.param({"skip": "-1"}, "skip must be an integer >= 0", id="skip-negative"),
+    pytest.param({"top": "0"}, "top must be an integer >= 1", id="top-zero"),
+    pytest.param({"top": "ten"}, "top must be an integer >= 1", id="top-text"),
+    pytest.param({"updatedSince": "yesterday"}, "updatedSince must be an ISO 8601 date-time", id="updatedSince"),
+])
+def test_a_malformed_list_read_is_refused_not_read_as_the_default(client, list_id, query, named):
+    answer = call(client, "GET", f"lists/call-lists/{list_id}", params=query)
+    assert answer.status_code == 400 and answer.json()["errorDescription"] == named
+
+
+@pytest.mark.parametrize(("query", "body", "named"), [
+    pytest.param({"externalIdColumn": "contactId"}, {"destinationMappings": PHONES}, "listName is required",
+                 id="listName"),
+    pytest.param({"listName": "x1"}, {"destinationMappings": PHONES}, "externalIdColumn is required",
+                 id="externalIdColumn"),
+    pytest.param({"listName": "x2", "externalIdColumn": "contactId"}, {}, "at least one destination mapping is required",
+                 id="destinationMappings"),
+    pytest.param({"listName": "x3", "externalIdColumn": "contactId"}, {"destinationMappings": [{"fieldName": "m"}]},
+                 "destinationMappings must be a list of {fieldName, fieldValue}", id="fieldValue"),
+])
+def test_a_list_create_without_a_required_field_is_refused(client, query, body, named):
+    answer = call(client, "POST", "lists/call-lists", params=query, json=body)
+    assert answer.status_code == 400 and answer.json()["errorDescription"] == named
+
+
+def test_a_job_read_names_a_numeric_job(client):
+    assert call(client, "GET", "lists/call-lists/jobs/not-a-number").status_code == 404
