@@ -228,3 +228,52 @@ def test_recovery_uploads_only_what_the_list_does_not_hold(sandbox, client, tmp_
     assert len(details) == 1 and details.pop().endswith("was cancelled")
     held = {r["externalId"] for r in sandbox.records(list_id)}
     assert held == {"lost-1", "lost-2", "ok-1", "ok-2", "cancel-1", "cancel-2"}
+
+
+def test_a_slow_poll_does_not_delay_another_trigger(monkeypatch):
+    """Two triggers in one event loop, as the triggerer runs them: one tenant answers after 3 s, the other at once.
+    The fast trigger's event must not wait for the slow one's poll (on a shared sync thread it would)."""
+    import json
+
+    slow_sandbox = CallListSandbox(CallListSandboxConfig(job_delay_s=0.0)).start()
+    fast_sandbox = CallListSandbox(CallListSandboxConfig(job_delay_s=0.0)).start()
+    try:
+        for conn_id, running in (("cxone_slow", slow_sandbox), ("cxone_fast", fast_sandbox)):
+            env = call_list_connection_env(running.url, "http://127.0.0.1:9")
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", env["AIRFLOW_CONN_CXONE_DEFAULT"])
+        jobs = {}
+        for name, running in (("slow", slow_sandbox), ("fast", fast_sandbox)):
+            config = CallListSandboxConfig()
+            with CallListClient(running.url, config.access_key_id, config.access_key_secret,
+                                client_id=config.client_id, client_secret=config.client_secret) as made:
+                list_id = made.create_list("t", external_id_column="contactId", destination_mappings=PHONES,
+                                           custom_field_mappings=[])
+                jobs[name] = (list_id, made.upload(list_id, CSV, file_name="a.csv", expiration_date=EXPIRES))
+        slow_sandbox.configure(latency_ms=3000)
+
+        def trigger(name: str) -> CallListJobsTrigger:
+            list_id, job = jobs[name]
+            return CallListJobsTrigger(cxone_conn_id=f"cxone_{name}", list_id=list_id, job_ids=[job],
+                                       submitted_at=time.time(), timeout_s=30, poll_first_s=0.05, poll_max_s=0.2)
+
+        async def both() -> dict[str, float]:
+            started = time.monotonic()
+            done: dict[str, float] = {}
+
+            async def first(name: str) -> None:
+                event = await anext(trigger(name).run())
+                assert event.payload["status"] == "done", json.dumps(event.payload)
+                done[name] = time.monotonic() - started
+
+            slow = asyncio.create_task(first("slow"))
+            await asyncio.sleep(0.2)  # the slow trigger's first poll is on its way (token, discovery: 3 s each)
+            await first("fast")
+            await slow
+            return done
+
+        done = asyncio.run(both())
+        assert done["fast"] < 2.0, f"the fast trigger waited {done['fast']:.1f}s behind the slow one's poll"
+        assert done["slow"] >= 3.0
+    finally:
+        slow_sandbox.stop()
+        fast_sandbox.stop()
