@@ -124,3 +124,45 @@ def test_a_list_create_without_a_required_field_is_refused(client, query, body, 
 
 def test_a_job_read_names_a_numeric_job(client):
     assert call(client, "GET", "lists/call-lists/jobs/not-a-number").status_code == 404
+
+
+@pytest.mark.parametrize("knob", ["discovered_token_endpoint", "discovered_api_endpoint"])
+def test_discovery_naming_a_foreign_host_is_refused_before_anything_is_sent(knob):
+    """OIDC or API discovery naming a host that is neither NICE's nor the connection's: the client stops with the
+    host named, and the foreign server receives nothing (no access key, no record)."""
+    from cxone_provider.errors import CXoneUntrustedHostError
+
+    with CallListSandbox() as foreign, CallListSandbox() as tenant:
+        path = "/auth/token" if knob == "discovered_token_endpoint" else ""
+        tenant.configure(**{knob: foreign.url + path})
+        config = CallListSandboxConfig()
+        with CallListClient(tenant.url, config.access_key_id, config.access_key_secret, client_id=config.client_id,
+                            client_secret=config.client_secret) as client:
+            with pytest.raises(CXoneUntrustedHostError, match=f"named {foreign.url}"):
+                client.calling_lists()
+        assert foreign.stats()["token_requests"] == 0 and foreign.stats()["requests"] == 0
+        # the same host named by the connection (a proxy in front of CXone) is trusted
+        with CallListClient(tenant.url, config.access_key_id, config.access_key_secret, client_id=config.client_id,
+                            client_secret=config.client_secret, allowed_hosts=[foreign.url]) as client:
+            client.fetch_token()
+        assert foreign.stats()["token_requests"] == (1 if path else 0)
+
+
+@pytest.mark.parametrize(("url", "trusted"), [
+    ("https://cxone.niceincontact.com/auth/token", True),
+    ("https://api-na1.niceincontact.com", True),
+    ("https://api-eu1.nicecxone.com", True),
+    ("http://api-na1.niceincontact.com", False),  # a NICE host, but not over TLS
+    ("https://niceincontact.com.evil.example", False),
+    ("https://evilniceincontact.com", False),
+    ("https://127.0.0.1:8443", False),
+])
+def test_nice_domains_over_https_are_trusted(url, trusted):
+    from cxone_provider.call_lists import trusted_endpoint
+    from cxone_provider.errors import CXoneUntrustedHostError
+
+    if trusted:
+        assert trusted_endpoint(url, what="discovery", configured=[]) == url
+    else:
+        with pytest.raises(CXoneUntrustedHostError):
+            trusted_endpoint(url, what="discovery", configured=["https://cxone.niceincontact.com"])

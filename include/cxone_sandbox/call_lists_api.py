@@ -62,6 +62,8 @@ class CallListSandboxConfig:
     upload_errors_5xx_after_accept: int = 0  # the next N uploads are accepted (a job runs) and answered 503
     cancel_jobs: int = 0  # the next N jobs end cancelled, nothing imported
     stall_jobs: int = 0  # the next N jobs never complete
+    discovered_token_endpoint: str = ""  # OIDC discovery names this token_endpoint instead of its own
+    discovered_api_endpoint: str = ""  # API discovery names this api_endpoint instead of its own
 
     def __post_init__(self) -> None:
         for name in ("token_lifetime_s", "max_file_bytes", "max_file_records", "max_record_chars"):
@@ -241,7 +243,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         issuer = self.url
         handler.send_json(200, {
             "issuer": issuer,
-            "token_endpoint": f"{issuer}/auth/token",
+            "token_endpoint": self._config.discovered_token_endpoint or f"{issuer}/auth/token",
             "token_endpoint_auth_methods_supported": ["client_secret_basic"],
             "grant_types_supported": ["password", "refresh_token"],
         })
@@ -251,7 +253,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
             handler.send_json(404, {"error": "TenantNotFound", "errorDescription": "unknown tenantId"})
             return
         handler.send_json(200, {
-            "api_endpoint": self.url, "area": "na1", "cluster": "sandbox", "domain": "127.0.0.1",
+            "api_endpoint": self._config.discovered_api_endpoint or self.url, "area": "na1", "cluster": "sandbox", "domain": "127.0.0.1",
             "tenantId": self._config.tenant_id, "ui_endpoint": self.url, "auth_endpoint": self.url,
         })
 

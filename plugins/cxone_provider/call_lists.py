@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -30,6 +30,7 @@ from cxone_provider.errors import (
     CXoneError,
     CXoneStatusError,
     CXoneTimeoutError,
+    CXoneUntrustedHostError,
     status_error,
 )
 from cxone_provider.ratelimit import RateLimiter
@@ -54,6 +55,31 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_FILE_RECORDS = 500_000
 MAX_RECORD_CHARS = 512
 RECORDS_PAGE_SIZE = 1000  # GUESS: the largest `top` a list read accepts is not documented
+NICE_DOMAINS = ("niceincontact.com", "nice-incontact.com", "nicecxone.com", "incontact.com")
+"""Where discovery may send the client (over https): NICE's own domains. Any other host must be one the connection
+names itself (``auth_base_url``, ``api_base_url``, or the ``allowed_hosts`` extra: a proxy, the local sandbox)."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default_port = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default_port
+
+
+def trusted_endpoint(url: str, *, what: str, configured: list[str]) -> str:
+    """``url`` when discovery may send a credential or a record to it: https on one of :data:`NICE_DOMAINS`, or the
+    scheme, host and port of a URL the connection configured. Otherwise :class:`CXoneUntrustedHostError`, raised
+    before anything is sent there."""
+    scheme, host, port = _origin(url)
+    if (scheme, host, port) in {_origin(c) for c in configured if c}:
+        return url
+    if scheme == "https" and any(host == d or host.endswith(f".{d}") for d in NICE_DOMAINS):
+        return url
+    raise CXoneUntrustedHostError(
+        f"CXone {what} named {scheme}://{host}{f':{port}' if port else ''}, which is neither on NICE's domains "
+        f"({', '.join(NICE_DOMAINS)}, https) nor a host of the connection (auth_base_url, api_base_url, "
+        "allowed_hosts); nothing was sent to it"
+    )
 
 
 def expiration_timestamp(moment: datetime) -> str:
@@ -98,8 +124,10 @@ class AccessKeyAuth(ClientCredentialsAuth):
         client_secret: str,
         **kwargs: Any,
     ) -> None:
+        trusted_hosts = kwargs.pop("trusted_hosts", ())
         super().__init__("", client_id, client_secret, **kwargs)
         self.auth_base_url = auth_base_url.rstrip("/")
+        self.trusted_hosts = [self.auth_base_url, *trusted_hosts]
         self.access_key_id = access_key_id
         self._access_key_secret = access_key_secret
         self.tenant_id: str | None = None
@@ -127,7 +155,7 @@ class AccessKeyAuth(ClientCredentialsAuth):
         endpoint = document.get("token_endpoint")
         if not isinstance(endpoint, str) or not endpoint:
             raise CXoneAuthError(f"CXone OIDC discovery: {url} names no token_endpoint", status_code=200)
-        return endpoint
+        return trusted_endpoint(endpoint, what="OIDC discovery's token_endpoint", configured=self.trusted_hosts)
 
 
 def _get_document(session: requests.Session, url: str, *, timeout: float, verify: Any, what: str,
@@ -177,6 +205,7 @@ class CallListClient:
     :param retry_policy: attempts and backoff.
     :param rate_limiter: the tenant's shared limiter; every attempt takes a slot, a 429 pauses all senders.
     :param on_token: called with every new token (log masking).
+    :param allowed_hosts: base URLs besides NICE's domains that discovery may name (a proxy; the local sandbox).
     """
 
     def __init__(
@@ -194,6 +223,7 @@ class CallListClient:
         retry_policy: RetryPolicy = RetryPolicy(),
         rate_limiter: RateLimiter | None = None,
         on_token: Callable[[str], None] | None = None,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
         if not (access_key_id and access_key_secret and client_id and client_secret):
             raise ValueError("an access key (id and secret) and the OIDC client (id and secret) are all required")
@@ -209,8 +239,10 @@ class CallListClient:
         session.mount("http://", adapter)
         session.headers.update({"Accept": "application/json"})
         session.verify = verify
+        trusted = [*(allowed_hosts or []), *([api_base_url] if api_base_url else [])]
         self.auth = AccessKeyAuth(auth_base_url, access_key_id, access_key_secret, client_id=client_id,
-                                  client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token)
+                                  client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token,
+                                  trusted_hosts=trusted)
         self._session = session
 
     def __repr__(self) -> str:
@@ -247,6 +279,7 @@ class CallListClient:
             endpoint = document.get("api_endpoint")
             if not isinstance(endpoint, str) or not endpoint:
                 raise CXoneStatusError("CXone API discovery named no api_endpoint", status_code=200)
+            trusted_endpoint(endpoint, what="API discovery's api_endpoint", configured=self.auth.trusted_hosts)
             self._api_base_url = endpoint.rstrip("/")
         return f"{self._api_base_url}/inContactAPI/services/{self.api_version}"
 

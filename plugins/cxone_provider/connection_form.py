@@ -93,6 +93,12 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "label": "API version (call_lists)",
         "schema": {"type": ["string", "null"], "default": DEFAULT_API_VERSION},
     },
+    "allowed_hosts": {
+        "label": "Allowed hosts (call_lists)",
+        "description": "Base URLs besides NICE's domains that discovery may name (a proxy), comma-separated. Any "
+        "other host discovery names is refused before a credential is sent.",
+        "schema": {"type": ["string", "null"]},
+    },
     "skill_id": {
         "label": "Skill id (call_lists)",
         "description": "The outbound skill each upload names.",

@@ -355,7 +355,16 @@ class CXoneHook(BaseHook):
             retry_policy=self.retry_policy,
             rate_limiter=rate_limiter or self.rate_limiter,
             on_token=mask_secret,
+            allowed_hosts=self.allowed_hosts,
         )
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """call_lists: base URLs besides NICE's domains that discovery may name (extra ``allowed_hosts``, a list or
+        comma-separated: a proxy in front of CXone)."""
+        value = self._extra("allowed_hosts") or []
+        hosts = value.split(",") if isinstance(value, str) else list(value)
+        return [str(h).strip() for h in hosts if str(h).strip()]
 
     @cached_property
     def client(self) -> CXoneClient:

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from cxone_provider.errors import CXoneAuthError, CXoneError
+from cxone_provider.errors import CXoneAuthError, CXoneError, CXoneUntrustedHostError
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class CallListJobsTrigger(BaseTrigger):
                 try:
                     polled, busy = await self._in_own_thread(self._poll, pending)
                     states.update(polled)
-                except CXoneAuthError as exc:
+                except (CXoneAuthError, CXoneUntrustedHostError) as exc:
                     yield TriggerEvent({"status": "error", "message": str(exc), "jobs": states})
                     return
                 except CXoneError as exc:  # the client's retries are spent; the next round tries again
