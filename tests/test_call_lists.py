@@ -286,3 +286,29 @@ def test_an_upload_still_refused_after_its_retries_is_sent_by_the_task_retry(run
     jobs = call_list_sandbox.jobs()
     assert len({j["fileName"] for j in jobs}) == len(jobs) == run.report["totals"]["batches"]
     assert any(f["task"] == "import_batches" for f in run.report["task_failures"])
+
+
+FAULT_MIX = {"error_rate_5xx": 0.10, "cancel_job_rate": 0.15, "upload_5xx_after_accept_rate": 0.15,
+             "token_lifetime_s": 4, "seed": 19}
+
+
+def test_a_3000_record_run_under_the_fault_mix_puts_exactly_the_valid_records_on_the_list(run_import, tmp_path,
+                                                                                        call_list_sandbox):
+    """10% of API calls answered 503, 15% of upload jobs cancelled, 15% of uploads processed but answered 503,
+    tokens living 4 s (seeded): every valid record ends on the list, no row is uploaded while the list holds it,
+    and the report counts exactly what the list holds."""
+    big = generate_crm_export(tmp_path / "contacts.csv", 3000, bad_share=0.03, seed=19)
+    list_id = _create_list(call_list_sandbox)
+    call_list_sandbox.configure(**FAULT_MIX)
+    run = run_import({"source_uri": f"file://{big.path}", "contact_list_id": str(list_id)}, profile="call_lists",
+                     extra={"upload_records_per_file": 100, "backoff_base_s": 0.05, "backoff_max_s": 0.2})
+
+    held = {r["externalId"] for r in call_list_sandbox.records(list_id)}
+    assert held == set(big.valid_contact_ids)
+    assert run.state == "success", run.report["problems"]
+    assert outcomes(run) == {"imported": len(held), "duplicates": 0, "failed": 0, "rejected": 3000 - len(held),
+                             "unchanged": 0}
+    stats = call_list_sandbox.stats()
+    assert stats["rows_uploaded_while_on_list"] == 0, "a row the list held was uploaded again"
+    assert stats["status_counts"].get("503", 0) > 10 and any(j["isCancelled"] for j in call_list_sandbox.jobs())
+    assert stats["rows_uploaded"] > len(held), "the fault mix cost no re-upload: it did not bite"

@@ -12,6 +12,7 @@ import base64
 import binascii
 import copy
 import dataclasses
+import random
 import secrets
 import threading
 import time
@@ -62,6 +63,11 @@ class CallListSandboxConfig:
     upload_errors_5xx_after_accept: int = 0  # the next N uploads are accepted (a job runs) and answered 503
     cancel_jobs: int = 0  # the next N jobs end cancelled, nothing imported
     stall_jobs: int = 0  # the next N jobs never complete
+    # rates (0..1), drawn from seeded generators: one for uploads (taken in upload order), one for other requests
+    error_rate_5xx: float = 0.0  # an API request answered 503 before anything is done (an upload: no job)
+    cancel_job_rate: float = 0.0  # an accepted upload's job ends cancelled
+    upload_5xx_after_accept_rate: float = 0.0  # an upload accepted (its job runs) and answered 503
+    seed: int | None = None
     discovered_token_endpoint: str = ""  # OIDC discovery names this token_endpoint instead of its own
     discovered_api_endpoint: str = ""  # API discovery names this api_endpoint instead of its own
 
@@ -70,6 +76,12 @@ class CallListSandboxConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SandboxConfigError(f"{name} must be an integer >= 1")
+        for name in ("error_rate_5xx", "cancel_job_rate", "upload_5xx_after_accept_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise SandboxConfigError(f"{name} must be a number from 0 to 1")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise SandboxConfigError("seed must be None or an integer")
         for name in ("job_delay_s", "latency_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
@@ -133,6 +145,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         self._jobs: dict[int, _Job] = {}
         self._tokens: dict[str, float] = {}
         self._issued: list[str] = []
+        self._upload_dice = random.Random(self._config.seed)
+        self._request_dice = random.Random(None if self._config.seed is None else self._config.seed + 1)
         self._next_list_id = 1001
         self._next_job_id = 50001
         self._stats: dict[str, Any] = {"token_requests": 0, "uploads": 0, "status_counts": {}, "requests": 0,
@@ -156,6 +170,9 @@ class CallListSandbox(IssuedTokens, ServerRunner):
             raise SandboxConfigError(f"unknown sandbox knob(s): {', '.join(unknown)}")
         with self._lock:
             self._config = dataclasses.replace(self._config, **knobs)
+            if "seed" in knobs:
+                self._upload_dice.seed(self._config.seed)
+                self._request_dice.seed(None if self._config.seed is None else self._config.seed + 1)
             return copy.deepcopy(self._config)
 
     def lists(self) -> list[dict[str, Any]]:
@@ -224,6 +241,14 @@ class CallListSandbox(IssuedTokens, ServerRunner):
                     calling_list.records.setdefault(record["externalId"], record)
             calling_list.upload_date = job.completed
             job.rows = []
+
+    def _roll(self, method: str, route: str, rate: float) -> bool:
+        """A fault at ``rate``: uploads draw from their own generator, so a seed gives every upload the same fate
+        however many polls happened in between."""
+        if rate <= 0:
+            return False
+        is_upload = method == "POST" and route.rstrip("/").endswith("/upload")
+        return (self._upload_dice if is_upload else self._request_dice).random() < rate
 
     def _take(self, knob: str) -> bool:
         """Use up one count of a countdown knob."""
@@ -309,7 +334,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
                 method == "POST" and route.rstrip("/").endswith("/upload") and self._take("rate_limited_uploads")
             ):
                 status, payload, headers = 429, {"error": "TooManyRequests", "errorDescription": "slow down"}, None
-            elif method == "GET" and self._take("read_errors_5xx"):
+            elif (method == "GET" and self._take("read_errors_5xx")) or self._roll(method, route, config.error_rate_5xx):
                 status, payload, headers = 503, {"error": "ServiceUnavailable", "errorDescription": "try again"}, None
             else:
                 status = 0
@@ -369,13 +394,14 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         self._stats["rows_uploaded"] += len(upload.rows)
         self._stats["rows_uploaded_while_on_list"] += sum(
             1 for row in upload.rows if (row.get(calling_list.external_id_column) or "").strip() in held)
-        fate = "cancel" if self._take("cancel_jobs") else "stall" if self._take("stall_jobs") else "complete"
+        cancel = self._take("cancel_jobs") or self._roll("POST", "upload", config.cancel_job_rate)
+        fate = "cancel" if cancel else "stall" if self._take("stall_jobs") else "complete"
         job = _Job(self._next_job_id, calling_list.list_id, upload.rows, time.monotonic() + config.job_delay_s, fate,
                    _now_iso(), upload.expires_at, file_name=upload.file_name)
         self._next_job_id += 1
         self._jobs[job.job_id] = job
         self._stats["uploads"] += 1
-        if self._take("upload_errors_5xx_after_accept"):
+        if self._take("upload_errors_5xx_after_accept") or self._roll("POST", "upload", config.upload_5xx_after_accept_rate):
             return 503, {"error": "ServiceUnavailable", "errorDescription": "the gateway timed out"}
         return 202, {"jobId": job.job_id}
 
