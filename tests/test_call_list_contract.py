@@ -166,3 +166,45 @@ def test_nice_domains_over_https_are_trusted(url, trusted):
     else:
         with pytest.raises(CXoneUntrustedHostError):
             trusted_endpoint(url, what="discovery", configured=["https://cxone.niceincontact.com"])
+
+
+def test_remove_prospects_removes_the_named_records_and_names_the_missing(client, sandbox):
+    list_id = client.create_list("removals", external_id_column="contactId", destination_mappings=PHONES,
+                                 custom_field_mappings=[])
+    client.upload(list_id, CSV, file_name="r.csv", expiration_date=datetime.now(timezone.utc) + timedelta(days=1))
+    time.sleep(0.3)
+    removal = client.remove_prospects("removals", ["c-1", "nobody"])
+    assert removal.removed == {"c-1": "Success"} and removal.failed == {"nobody": "NotFound"}
+    assert set(client.iter_external_ids(list_id)) == {"c-2"}
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    pytest.param({}, "prospectsToRemove is required", id="missing"),
+    pytest.param({"prospectsToRemove": []}, "prospectsToRemove must be a non-empty list", id="empty"),
+    pytest.param({"prospectsToRemove": [{}]}, "prospectsToRemove[].externalId is required", id="no-externalId"),
+    pytest.param({"prospectsToRemove": [{"externalId": True}]}, "prospectsToRemove[].externalId must be a number or a string",
+                 id="boolean-externalId"),
+])
+def test_a_removal_without_its_required_fields_is_refused(client, list_id, body, named):
+    answer = call(client, "DELETE", "lists/call-lists/contract/removeProspects", json=body)
+    assert answer.status_code == 400 and answer.json()["errorDescription"] == named
+
+
+def test_dnc_records_go_into_the_group_and_a_bad_number_is_named(client, sandbox):
+    group_id = sandbox.create_dnc_group("revoked consent")
+    results = client.add_dnc_records(str(group_id), ["+14155550101", "+1234"])
+    assert [r["success"] for r in results] == [True, False]
+    assert set(sandbox.dnc_records(group_id)) == {"14155550101"}
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    pytest.param({}, "dncGroupRecords is required", id="missing"),
+    pytest.param({"dncGroupRecords": [{"expiredDate": "2030-01-01"}]}, "dncGroupRecords[].phoneNumber is required",
+                 id="no-phoneNumber"),
+    pytest.param({"dncGroupRecords": [{"phoneNumber": "14155550101", "expiredDate": "soon"}]},
+                 "dncGroupRecords[].expiredDate must be ISO 8601", id="bad-expiredDate"),
+])
+def test_a_dnc_request_without_its_required_fields_is_refused(client, sandbox, body, named):
+    group_id = sandbox.create_dnc_group("checks")
+    answer = call(client, "POST", f"dnc-groups/{group_id}/records", json=body)
+    assert answer.status_code == 400 and answer.json()["errorDescription"] == named

@@ -30,8 +30,11 @@ from include.cxone_sandbox.call_lists_contract import (
     check_header,
     create_request,
     id_token,
+    dnc_phone,
+    dnc_records_request,
     list_read_query,
     parse_upload,
+    removal_request,
     stored_record,
 )
 from include.cxone_sandbox.config import SandboxConfigError
@@ -147,6 +150,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         self._issued: list[str] = []
         self._upload_dice = random.Random(self._config.seed)
         self._request_dice = random.Random(None if self._config.seed is None else self._config.seed + 1)
+        self._dnc_groups: dict[int, dict[str, Any]] = {}  # id -> {name, records: {phone: expiredDate}}
         self._next_list_id = 1001
         self._next_job_id = 50001
         self._stats: dict[str, Any] = {"token_requests": 0, "uploads": 0, "status_counts": {}, "requests": 0,
@@ -195,6 +199,18 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         with self._lock:
             self._advance_jobs()
             return [j.view(self._lists[j.list_id].list_name) | {"fileName": j.file_name} for j in self._jobs.values()]
+
+    def create_dnc_group(self, name: str) -> int:
+        """A do-not-call group (as an administrator would have made it); its id."""
+        with self._lock:
+            group_id = 7000 + len(self._dnc_groups) + 1
+            self._dnc_groups[group_id] = {"name": name, "records": {}}
+            return group_id
+
+    def dnc_records(self, group_id: int) -> dict[str, str | None]:
+        """The numbers of a DNC group (digits) and their expiry."""
+        with self._lock:
+            return dict(self._dnc_groups[group_id]["records"])
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -355,6 +371,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
 
     def _route(self, method: str, route: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
         parts = [unquote(p) for p in route.strip("/").split("/")]
+        if parts[:1] == ["dnc-groups"]:
+            return self._dnc_route(method, parts[1:], body)
         if parts[:2] != ["lists", "call-lists"]:
             return 404, {"error": "NotFound", "errorDescription": "no such resource"}
         rest = parts[2:]
@@ -375,6 +393,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
                 return 201, {"listId": list_id}
             if rest[0] == "jobs":
                 return self._jobs_route(method, rest[1:])
+            if rest[1:] == ["removeProspects"] and method == "DELETE":
+                return self._remove_prospects(rest[0], body)
             calling_list = self._lists.get(int(rest[0])) if rest[0].isdigit() else None
             if calling_list is None:
                 return 404, {"error": "ListNotFound", "errorDescription": "no such calling list"}
@@ -404,6 +424,46 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         if self._take("upload_errors_5xx_after_accept") or self._roll("POST", "upload", config.upload_5xx_after_accept_rate):
             return 503, {"error": "ServiceUnavailable", "errorDescription": "the gateway timed out"}
         return 202, {"jobId": job.job_id}
+
+    def _remove_prospects(self, source_name: str, body: bytes) -> tuple[int, Any]:
+        """``DELETE lists/call-lists/{sourceName}/removeProspects``: the named records leave the list (GUESS: the
+        source is the list's name, or its id)."""
+        calling_list = self._find(source_name)
+        if calling_list is None:
+            return 404, {"error": "ListNotFound", "errorDescription": "no such calling list"}
+        ok, payload = parse_json_body(body)
+        external_ids = removal_request(payload if ok else None)
+        done, failed = [], []
+        for external_id in external_ids:
+            if calling_list.records.pop(external_id, None) is not None:
+                done.append({"externalId": external_id, "resultCode": "Success"})
+            else:
+                failed.append({"externalId": external_id, "resultCode": "NotFound"})
+        self._stats["prospects_removed"] = self._stats.get("prospects_removed", 0) + len(done)
+        return 200, {"successfulRecords": done, "failedRecords": failed}
+
+    def _dnc_route(self, method: str, rest: list[str], body: bytes) -> tuple[int, Any]:
+        with self._lock:
+            if not rest and method == "GET":
+                groups = [{"dncGroupId": k, "dncGroupName": g["name"], "validRecords": len(g["records"]),
+                           "isActive": True} for k, g in self._dnc_groups.items()]
+                return 200, {"resultSet": {"totalGroups": len(groups), "dncGroups": groups}}
+            group = self._dnc_groups.get(int(rest[0])) if rest and rest[0].isdigit() else None
+            if group is None:
+                return 404, {"error": "DncGroupNotFound", "errorDescription": "no such DNC group"}
+            if rest[1:] == ["records"] and method == "POST":
+                ok, payload = parse_json_body(body)
+                results = []
+                for phone, expired in dnc_records_request(payload if ok else None):
+                    digits = dnc_phone(phone)
+                    if digits is None:
+                        results.append({"success": False, "error": "InvalidPhoneNumber", "formattedPhone": phone})
+                    else:
+                        group["records"][digits] = expired
+                        results.append({"success": True, "error": None, "formattedPhone": digits})
+                errors = sum(1 for r in results if not r["success"])
+                return 200, {"resultSet": {"errorCount": errors, "recordResults": results}}
+        return 404, {"error": "NotFound", "errorDescription": "no such resource"}
 
     def _jobs_route(self, method: str, rest: list[str]) -> tuple[int, Any]:
         if not rest and method == "GET":

@@ -221,6 +221,67 @@ def list_read_query(query: dict[str, str]) -> dict[str, Any]:
             "updated_since": since}
 
 
+MAX_DNC_PHONE_DIGITS = 15
+
+
+def removal_request(body: Any) -> list[str]:
+    """The external ids of a ``removeProspects`` body: ``prospectsToRemove`` a non-empty list of objects, each with
+    an ``externalId`` (the schema types it as a number; external ids are text on the list, so a string is taken
+    too). GUESS: an empty or missing list is refused rather than removing nothing."""
+    if not isinstance(body, dict):
+        raise ContractError("InvalidRequest", "the body must be a JSON object")
+    prospects = body.get("prospectsToRemove")
+    if prospects is None:
+        raise ContractError("MissingField", "prospectsToRemove is required")
+    if not isinstance(prospects, list) or not prospects:
+        raise ContractError("InvalidField", "prospectsToRemove must be a non-empty list")
+    ids = []
+    for prospect in prospects:
+        external_id = prospect.get("externalId") if isinstance(prospect, dict) else None
+        if external_id is None:
+            raise ContractError("MissingField", "prospectsToRemove[].externalId is required")
+        if isinstance(external_id, bool) or not isinstance(external_id, (str, int)) or not str(external_id).strip():
+            raise ContractError("InvalidField", "prospectsToRemove[].externalId must be a number or a string")
+        ids.append(str(external_id).strip())
+    return ids
+
+
+def dnc_records_request(body: Any) -> list[tuple[str, str | None]]:
+    """The ``(phoneNumber, expiredDate)`` pairs of a ``POST dnc-groups/{groupId}/records`` body: ``dncGroupRecords`` a
+    non-empty list, each with a ``phoneNumber`` (digits, as a number or a string) and an optional ISO 8601
+    ``expiredDate``."""
+    if not isinstance(body, dict):
+        raise ContractError("InvalidRequest", "the body must be a JSON object")
+    records = body.get("dncGroupRecords")
+    if records is None:
+        raise ContractError("MissingField", "dncGroupRecords is required")
+    if not isinstance(records, list) or not records:
+        raise ContractError("InvalidField", "dncGroupRecords must be a non-empty list")
+    pairs = []
+    for record in records:
+        phone = record.get("phoneNumber") if isinstance(record, dict) else None
+        if phone is None:
+            raise ContractError("MissingField", "dncGroupRecords[].phoneNumber is required")
+        if isinstance(phone, bool) or not isinstance(phone, (str, int)):
+            raise ContractError("InvalidField", "dncGroupRecords[].phoneNumber must be a number or a string")
+        expired = record.get("expiredDate")
+        if expired is not None:
+            if not isinstance(expired, str):
+                raise ContractError("InvalidField", "dncGroupRecords[].expiredDate must be a date-time string")
+            try:
+                datetime.fromisoformat(expired.replace("Z", "+00:00"))
+            except ValueError:
+                raise ContractError("InvalidField", "dncGroupRecords[].expiredDate must be ISO 8601") from None
+        pairs.append((str(phone), expired))
+    return pairs
+
+
+def dnc_phone(phone: str) -> str | None:
+    """A DNC number as CXone stores it (its formatting stripped), or None when it is not a phone number."""
+    digits = re.sub(r"[^\d]", "", phone)
+    return digits if 7 <= len(digits) <= MAX_DNC_PHONE_DIGITS else None
+
+
 def check_header(calling_list: CallingList, header: list[str]) -> None:
     """The file must carry the list's external id column (GUESS: other mapped columns may be missing)."""
     if calling_list.external_id_column not in header:

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_RECORD_CHARS",
     "AccessKeyAuth",
     "CallListClient",
+    "ProspectRemoval",
     "UploadJob",
 ]
 
@@ -55,6 +56,7 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_FILE_RECORDS = 500_000
 MAX_RECORD_CHARS = 512
 RECORDS_PAGE_SIZE = 1000  # GUESS: the largest `top` a list read accepts is not documented
+MAX_PROSPECTS_PER_REMOVAL = 1000  # GUESS: no batch size for removeProspects is published
 NICE_DOMAINS = ("niceincontact.com", "nice-incontact.com", "nicecxone.com", "incontact.com")
 """Where discovery may send the client (over https): NICE's own domains. Any other host must be one the connection
 names itself (``auth_base_url``, ``api_base_url``, or the ``allowed_hosts`` extra: a proxy, the local sandbox)."""
@@ -172,6 +174,14 @@ def _get_document(session: requests.Session, url: str, *, timeout: float, verify
         raise status_error(response.status_code, operation=what, request_id=response.headers.get("X-Request-Id"),
                            body=body, retry_after=retry_after_s(response.headers.get("Retry-After")))
     return body
+
+
+@dataclass(frozen=True)
+class ProspectRemoval:
+    """What ``removeProspects`` answered: external id -> result code, removed and not removed."""
+
+    removed: dict[str, str]
+    failed: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -382,6 +392,44 @@ class CallListClient:
             raise CXoneStatusError(f"CXone upload of {file_name} answered without a jobId", status_code=202,
                                    outcome_uncertain=True)
         return str(job_id)
+
+    def remove_prospects(self, list_name: str, external_ids: list[str]) -> ProspectRemoval:
+        """
+        ``DELETE lists/call-lists/{sourceName}/removeProspects``: remove the records with these external ids.
+
+        Safe to send again (a record already gone is answered ``failedRecords`` and read as gone), so it is retried
+        like a read.
+
+        :param list_name: the list's name (the ``sourceName``).
+        :param external_ids: at most :data:`MAX_PROSPECTS_PER_REMOVAL` external ids.
+        """
+        if not 1 <= len(external_ids) <= MAX_PROSPECTS_PER_REMOVAL:
+            raise ValueError(f"a removal names 1 to {MAX_PROSPECTS_PER_REMOVAL} external ids, got {len(external_ids)}")
+        body = {"prospectsToRemove": [{"externalId": external_id} for external_id in external_ids]}
+        answer = self._call("DELETE", f"lists/call-lists/{quote(list_name, safe='')}/removeProspects",
+                            json_body=body, operation=f"removal of {len(external_ids)} records from {list_name}")
+        answer = answer if isinstance(answer, dict) else {}
+
+        def ids(key: str) -> dict[str, str]:
+            return {str(r.get("externalId")): str(r.get("resultCode") or "") for r in answer.get(key) or []}
+
+        return ProspectRemoval(removed=ids("successfulRecords"), failed=ids("failedRecords"))
+
+    def add_dnc_records(self, group_id: str, phone_numbers: list[str], *, expired_date: str | None = None) -> list[dict[str, Any]]:
+        """
+        ``POST dnc-groups/{groupId}/records``: put these numbers into a do-not-call group.
+
+        :param group_id: the DNC group.
+        :param phone_numbers: numbers in E.164 (sent as digits, as CXone stores them).
+        :param expired_date: when the entries lapse (ISO 8601); None: never.
+        :return: ``recordResults`` (``success``, ``error``, ``formattedPhone``), one per number.
+        """
+        records = [{"phoneNumber": number.lstrip("+"), **({"expiredDate": expired_date} if expired_date else {})}
+                   for number in phone_numbers]
+        answer = self._call("POST", f"dnc-groups/{quote(group_id, safe='')}/records", json_body={"dncGroupRecords": records},
+                            operation=f"{len(records)} numbers into DNC group {group_id}")
+        result = answer.get("resultSet") if isinstance(answer, dict) else None
+        return list((result or {}).get("recordResults") or [])
 
     def job(self, job_id: str) -> UploadJob:
         """``GET lists/call-lists/jobs/{jobId}``."""
