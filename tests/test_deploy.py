@@ -5,15 +5,14 @@ Python here is the interpreter of ``.venv`` (3.11), the images run the 3.12 buil
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_replay import DockerIgnore, Replay, ReplayedImage, ReplayError, context_files  # noqa: E402
+from tests.image_replay import DockerIgnore, Replay, ReplayedImage, ReplayError, context_files
 
 ROOT = Path(__file__).resolve().parents[1]
 UV = ROOT / ".venv" / "bin" / "uv"
@@ -30,8 +29,6 @@ def replay(recipe: str, folder: Path, dockerignore: str | None = None) -> Replay
 
 def probe(image: ReplayedImage, folder: Path, **env_changes: str | None) -> dict:
     """What Airflow loads in the image (tests/image_probe.py run by its Python, with its environment and WORKDIR)."""
-    import json
-
     probe_dir = folder / "probe"
     probe_dir.mkdir(exist_ok=True)
     shutil.copy(ROOT / "tests" / "image_probe.py", probe_dir)  # not run from tests/: nothing of the repo on sys.path
