@@ -89,6 +89,11 @@ def _steps():
             description="call_lists profile: create the calling list (named contact_list_id) when the tenant has "
             "none with that id or name.",
         ),
+        "list_expiration_days": Param(
+            None, type=["null", "integer"], minimum=1, maximum=30, title="Record expiration (days)",
+            description="call_lists profile: the uploaded records leave the calling list this many days after their "
+            "upload (NICE keeps at most 30 days of inventory). Empty: the connection's list_expiration_days, else 30.",
+        ),
         "default_phone_region": Param(
             None, type=["null", "string"], pattern=r"^[A-Za-z]{2}$", title="Default phone region",
             description="Two-letter region (e.g. US, GB, DE) for phone numbers written without +: parsed for that "

@@ -9,10 +9,11 @@ read, writes them to ``--out-dir`` (default ``$AIRFLOW_HOME/stack/settings``) an
 Airflow's CLI parser in this one interpreter (the same code path as the ``airflow`` executable, one start-up instead
 of three). Entries of the same name are overwritten: the settings file is the source of truth on every start.
 
-``--cxone-url`` / ``--webhook-url`` re-point the connections that name the local sandbox (a loopback URL in the
-YAML) at the ports a stack actually uses, so an isolated test stack on free ports gets working connections. URLs of
-real (non-loopback) hosts are never rewritten. ``--dry-run`` writes the JSON files and prints them (secrets masked)
-without touching the DB, and needs no Airflow.
+``--cxone-url`` / ``--webhook-url`` re-point the connections that name the local sandbox (in the YAML: its container
+service name ``cxone-sandbox``, as ``astro dev start`` reaches it, or a loopback URL) at the ports a stack actually
+uses, so ``make airflow`` and an isolated test stack on free ports get working connections. URLs of real hosts are
+never rewritten. ``--dry-run`` writes the JSON files and prints them (secrets masked) without touching the DB, and
+needs no Airflow.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from urllib.parse import urlsplit
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Hosts that name the local sandbox: loopback (a stack on this machine) or its service in docker-compose.override.yml.
+SANDBOX_SERVICE = "cxone-sandbox"
+SANDBOX_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", SANDBOX_SERVICE})
 CXONE_CONN_ID = "cxone_default"
 WEBHOOK_CONN_ID = "crm_webhook"
 # Astro's connection keys -> the Connection constructor's parameter names that `airflow connections import` takes.
@@ -62,13 +65,13 @@ def load_settings(path: Path) -> dict[str, list[dict[str, Any]]]:
     return settings
 
 
-def _is_loopback(url: str) -> bool:
-    return (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
+def _names_sandbox(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in SANDBOX_HOSTS
 
 
 def _repoint(url: str, target: str | None) -> str:
-    """``target`` instead of ``url`` when both are set and ``url`` names a loopback host."""
-    return target.rstrip("/") if target and url and _is_loopback(url) else url
+    """``target`` instead of ``url`` when both are set and ``url`` names the local sandbox."""
+    return target.rstrip("/") if target and url and _names_sandbox(url) else url
 
 
 def convert_connections(
@@ -179,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", type=Path, default=ROOT / "airflow_settings.yaml")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: $AIRFLOW_HOME/stack/settings")
-    parser.add_argument("--cxone-url", default=None, help="re-point a loopback cxone_default host here")
-    parser.add_argument("--webhook-url", default=None, help="re-point a loopback crm_webhook host here")
+    parser.add_argument("--cxone-url", default=None, help="re-point a sandbox cxone_default host here")
+    parser.add_argument("--webhook-url", default=None, help="re-point a sandbox crm_webhook host here")
     parser.add_argument("--dry-run", action="store_true", help="write and print the JSON files, import nothing")
     args = parser.parse_args(argv)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from include.cxone_import.uploads import MAX_RECOVERY_ROUNDS
 from tools.sample_data import generate_crm_export
 from tests.conftest import CONTACT_LIST_ID
 
@@ -145,7 +146,9 @@ def _create_list(sandbox) -> int:
 FAULTS = [
     pytest.param({"rate_limited_requests": 4, "read_errors_5xx": 4}, "success", id="429-without-retry-after-and-5xx"),
     pytest.param({"upload_errors_5xx_after_accept": 1}, "success", id="upload-5xx-after-accept"),
-    pytest.param({"cancel_jobs": 1}, "failed", id="cancelled-job"),
+    pytest.param({"cancel_jobs": 1}, "success", id="cancelled-job-recovered"),
+    # every upload of the run cancelled (5 files, then the same rows in 5 files in each round): all fail
+    pytest.param({"cancel_jobs": 5 * (1 + MAX_RECOVERY_ROUNDS)}, "failed", id="cancelled-every-round"),
     pytest.param({"stall_jobs": 1}, "failed", id="job-never-completes"),
 ]
 
@@ -160,6 +163,7 @@ def test_faults_lose_nothing_and_upload_nothing_twice(run_import, export, call_l
     assert run.report["reconciliation"]["ok"], run.report["reconciliation"]["detail"]
     jobs = call_list_sandbox.jobs()
     assert len({j["fileName"] for j in jobs}) == len(jobs), "a file was uploaded twice"
+    assert call_list_sandbox.stats()["rows_uploaded_while_on_list"] == 0, "a row the list held was uploaded again"
     valid = set(export.valid_contact_ids)
     totals = outcomes(run)
     assert totals["imported"] + totals["failed"] == len(valid)
@@ -171,11 +175,15 @@ def test_faults_lose_nothing_and_upload_nothing_twice(run_import, export, call_l
         assert totals["failed"] == 0
     else:
         per_file = PER_FILE["upload_records_per_file"]
-        assert totals["failed"] == per_file, "exactly the records of the one bad job fail"
-        job = next(j for j in jobs if not j["isComplete"])
+        expected = len(valid) if "cancel_jobs" in knobs else per_file
+        assert totals["failed"] == expected, "exactly the records of the bad jobs fail"
+        job = [j for j in jobs if not j["isComplete"]][-1]
         reason = "was cancelled" if "cancel_jobs" in knobs else "did not complete within 4s"
-        assert {d["_lastError"] for d in dead} == {f"job {job['jobId']} {reason}" + (
-            "; it may still import the file" if "stall_jobs" in knobs else "")}
+        if "stall_jobs" in knobs:
+            assert {d["_lastError"] for d in dead} == {f"job {job['jobId']} {reason}; it may still import the file"}
+        else:
+            assert {d["_lastError"].split(" ", 2)[2] for d in dead} == {reason}
+            assert len(jobs) == 5 * (1 + MAX_RECOVERY_ROUNDS) and on_list(call_list_sandbox) == set()
 
 
 def test_rows_invalid_for_the_list_fail_as_not_present_after_their_job(run_import, tmp_path, call_list_sandbox):
@@ -247,8 +255,9 @@ def test_bad_input_corpus(name, run_import, call_list_sandbox, capfd, caplog):
 
 
 def test_redrive_sends_exactly_the_dead_letters(run_import, export, call_list_sandbox):
-    call_list_sandbox.configure(cancel_jobs=1)
-    failed = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
+    call_list_sandbox.configure(stall_jobs=1)  # a job that never completes: not recovered, its rows fail
+    failed = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists",
+                        extra={**PER_FILE, "job_timeout_s": 3})
     assert failed.state == "failed" and failed.report["totals"]["failed"] == PER_FILE["upload_records_per_file"]
 
     redrive = run_import({"redrive_run_id": failed.dag_run.run_id}, profile="call_lists", extra=PER_FILE)
@@ -277,3 +286,29 @@ def test_an_upload_still_refused_after_its_retries_is_sent_by_the_task_retry(run
     jobs = call_list_sandbox.jobs()
     assert len({j["fileName"] for j in jobs}) == len(jobs) == run.report["totals"]["batches"]
     assert any(f["task"] == "import_batches" for f in run.report["task_failures"])
+
+
+FAULT_MIX = {"error_rate_5xx": 0.10, "cancel_job_rate": 0.15, "upload_5xx_after_accept_rate": 0.15,
+             "token_lifetime_s": 4, "seed": 19}
+
+
+def test_a_3000_record_run_under_the_fault_mix_puts_exactly_the_valid_records_on_the_list(run_import, tmp_path,
+                                                                                        call_list_sandbox):
+    """10% of API calls answered 503, 15% of upload jobs cancelled, 15% of uploads processed but answered 503,
+    tokens living 4 s (seeded): every valid record ends on the list, no row is uploaded while the list holds it,
+    and the report counts exactly what the list holds."""
+    big = generate_crm_export(tmp_path / "contacts.csv", 3000, bad_share=0.03, seed=19)
+    list_id = _create_list(call_list_sandbox)
+    call_list_sandbox.configure(**FAULT_MIX)
+    run = run_import({"source_uri": f"file://{big.path}", "contact_list_id": str(list_id)}, profile="call_lists",
+                     extra={"upload_records_per_file": 100, "backoff_base_s": 0.05, "backoff_max_s": 0.2})
+
+    held = {r["externalId"] for r in call_list_sandbox.records(list_id)}
+    assert held == set(big.valid_contact_ids)
+    assert run.state == "success", run.report["problems"]
+    assert outcomes(run) == {"imported": len(held), "duplicates": 0, "failed": 0, "rejected": 3000 - len(held),
+                             "unchanged": 0}
+    stats = call_list_sandbox.stats()
+    assert stats["rows_uploaded_while_on_list"] == 0, "a row the list held was uploaded again"
+    assert stats["status_counts"].get("503", 0) > 10 and any(j["isCancelled"] for j in call_list_sandbox.jobs())
+    assert stats["rows_uploaded"] > len(held), "the fault mix cost no re-upload: it did not bite"

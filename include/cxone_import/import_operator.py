@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -22,7 +23,7 @@ from include.cxone_import import airflow_tasks as steps
 from include.cxone_import.engine import TransientImportError
 from include.cxone_import.state import acknowledged_from_outcomes
 from include.cxone_import.storage import RunLayout, read_json, write_json
-from include.cxone_import.uploads import CallListLayout, GroupUploader, call_list_file
+from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions, call_list_file
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +83,42 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout) -> CallListLayo
     return call_list
 
 
-def _uploader(hook: Any, client: Any, layout: RunLayout) -> tuple[GroupUploader, dict[str, Any]]:
+@dataclass(frozen=True)
+class JobWait:
+    """What the task defers on: the arguments of ``CallListJobsTrigger`` (``asdict`` gives them)."""
+
+    cxone_conn_id: str
+    list_id: str
+    job_ids: list[str]
+    wait_for_list: bool
+    submitted_at: float
+    timeout_s: float
+    poll_first_s: float
+    poll_max_s: float
+
+    def trigger_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any]) -> tuple[GroupUploader, dict[str, Any]]:
     options = hook.call_list_options
     call_list = CallListLayout.from_dict(read_json(call_list_file(layout)))
-    uploader = GroupUploader(
-        client, call_list, layout, records_per_file=options["upload_records_per_file"],
-        skill_id=options["skill_id"], default_time_zone=options["default_time_zone"],
+    upload_options = UploadOptions(
+        expiration_days=int(params.get("list_expiration_days") or options["list_expiration_days"]),
+        skill_id=options["skill_id"],
+        default_time_zone=options["default_time_zone"],
+        start_skill=options["start_skill"],
+        send_email=options["send_email"],
     )
+    uploader = GroupUploader(client, call_list, layout, records_per_file=options["upload_records_per_file"],
+                             options=upload_options)
     return uploader, options
 
 
-def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
-    """Upload the group's files (those never sent) while the run holds the list; return the trigger's arguments,
-    or None when there is nothing to wait for."""
-    layout = steps.run_layout(context)
-    group_index = int(group["group_index"])
-    with steps.contact_list_lease(hook, steps.contact_list_id(params), context), hook.get_call_list_client() as client:
-        uploader, options = _uploader(hook, client, layout)
-        state = uploader.submit(group_index)
+def _submit(hook: Any, uploader: GroupUploader, group_index: int, params: dict[str, Any], context: dict[str, Any],
+            options: dict[str, Any], *, submitted_at: float | None = None) -> JobWait | None:
+    """Upload the group's files never sent (the caller holds the list); what to wait for, or None."""
+    state = uploader.submit(group_index)
     if state.reconciled and not state.not_sent():
         return None
     if not state.jobs() and not state.uncertain():
@@ -107,39 +126,53 @@ def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
     # while deferred nothing renews the lease: hold the list for the whole wait (the report task releases it)
     steps.hold_contact_list(hook, steps.contact_list_id(params), context,
                             options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
-    return {
-        "cxone_conn_id": steps.CXONE_CONN_ID,
-        "list_id": uploader_list_id(layout),
-        "job_ids": state.jobs(),
-        "wait_for_list": state.uncertain(),
-        "submitted_at": state.submitted_at or time.time(),
-        "timeout_s": options["job_timeout_s"],
-        "poll_first_s": options["job_poll_first_s"],
-        "poll_max_s": options["job_poll_max_s"],
-    }
+    return JobWait(
+        cxone_conn_id=steps.CXONE_CONN_ID,
+        list_id=uploader.list_id,
+        job_ids=[j for j in state.jobs() if j not in state.settled_jobs()],
+        wait_for_list=state.uncertain(),
+        submitted_at=submitted_at or state.submitted_at or time.time(),
+        timeout_s=options["job_timeout_s"],
+        poll_first_s=options["job_poll_first_s"],
+        poll_max_s=options["job_poll_max_s"],
+    )
 
 
-def uploader_list_id(layout: RunLayout) -> str:
-    return str(read_json(call_list_file(layout))["list_id"])
+def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> JobWait | None:
+    """Upload the group's files (those never sent) while the run holds the list; what the task waits for, or None
+    when there is nothing to wait for."""
+    layout = steps.run_layout(context)
+    with steps.contact_list_lease(hook, steps.contact_list_id(params), context), hook.get_call_list_client() as client:
+        uploader, options = _uploader(hook, client, layout, params)
+        return _submit(hook, uploader, int(group["group_index"]), params, context, options)
 
 
 def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any],
-                 event: dict[str, Any] | None) -> dict[str, Any]:
+                 event: dict[str, Any] | None) -> dict[str, Any] | JobWait:
     """Reconcile the group from the list (after its jobs settled or timed out), update the list's state, and raise
-    when a file is still to be sent (the task's retry sends it)."""
+    when a file is still to be sent (the task's retry sends it). When the read-back plans a recovery round (rows
+    of a cancelled job or a lost reply that the list does not hold), upload its files and return what to wait for
+    instead."""
     if event and event.get("status") == "error":
         raise RuntimeError(f"waiting for the upload jobs failed: {event.get('message')}")
     layout = steps.run_layout(context)
     group_index = int(group["group_index"])
     list_name = steps.contact_list_id(params)
     with steps.contact_list_lease(hook, list_name, context), hook.get_call_list_client() as client:
-        uploader, options = _uploader(hook, client, layout)
+        uploader, options = _uploader(hook, client, layout, params)
         state = uploader.load_state(group_index)
         if state.reconciled and not state.not_sent() and event is None:
             summary = read_json(layout.outcome_file(group_index).with_suffix(".json"))
         else:
             summary = uploader.reconcile(group_index, dict((event or {}).get("jobs") or {}),
                                          timeout_s=options["job_timeout_s"])
+            if summary is None:  # a recovery round: its files go now, the task waits for their jobs again
+                wait = _submit(hook, uploader, group_index, params, context, options, submitted_at=time.time())
+                if wait is not None:
+                    return wait
+                # none of the round's files reached a job: nothing of it can be recovered, settle the group now
+                summary = uploader.reconcile(group_index, {}, timeout_s=options["job_timeout_s"], recover=False)
+            state = uploader.load_state(group_index)
     keys, fingerprints = acknowledged_from_outcomes(layout, group_index)
     if len(keys):
         steps.list_state(list_name, context).write_delta(context["run_id"], group_index, keys, fingerprints)

@@ -44,23 +44,31 @@ class ImportGroupOperator(BaseOperator):
                 return steps.import_group(self.group, params, context)
             wait = ops.submit_group(hook, self.group, params, context)
             if wait is None:
-                return ops.finish_group(hook, self.group, params, context, None)
-        log.info("group %s: waiting on the triggerer for jobs %s of list %s", self.group["group_index"],
-                 wait["job_ids"], wait["list_id"])
-        from cxone_provider.triggers.call_lists import CallListJobsTrigger
-
-        self.defer(
-            trigger=CallListJobsTrigger(**wait),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=wait["timeout_s"] + ops.TRIGGER_TIMEOUT_MARGIN_S),
-        )
+                wait = ops.finish_group(hook, self.group, params, context, None)
+        return self._wait_or_return(wait, ops)
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        """Resumed by the trigger's event: read the list back and write the group's outcomes."""
+        """Resumed by the trigger's event: read the list back and write the group's outcomes (or upload a recovery
+        round and wait again)."""
         steps, ops = _task_modules()
         context["group_label"] = steps.group_label(self.group)
         with steps.measured(context, "import_batches"):
             log.info("group %s: upload jobs %s (%s)", self.group["group_index"], (event or {}).get("jobs"),
                      (event or {}).get("status"))
             done = event or {"status": "done", "jobs": {}}
-            return ops.finish_group(ops._hook(), self.group, context["params"], context, done)
+            result = ops.finish_group(ops._hook(), self.group, context["params"], context, done)
+        return self._wait_or_return(result, ops)
+
+    def _wait_or_return(self, result: Any, ops: ModuleType) -> Any:
+        """Return the group's summary, or defer on the triggerer until the upload jobs ``result`` names settle."""
+        if not isinstance(result, ops.JobWait):
+            return result
+        log.info("group %s: waiting on the triggerer for jobs %s of list %s", self.group["group_index"],
+                 result.job_ids, result.list_id)
+        from cxone_provider.triggers.call_lists import CallListJobsTrigger
+
+        self.defer(
+            trigger=CallListJobsTrigger(**result.trigger_kwargs()),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=result.timeout_s + ops.TRIGGER_TIMEOUT_MARGIN_S),
+        )

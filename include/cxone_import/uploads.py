@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import pandas as pd
@@ -47,13 +47,32 @@ CONSENT_COLUMN, OPT_IN_COLUMN = "consentTimestamp", "optInStatus"
 PRESENT_BEFORE = "present-before-upload"  # the batch id of records the list held before anything was uploaded
 SUBMITTED, UNCERTAIN, REFUSED, UPLOADING, NOT_SENT = "submitted", "uncertain", "refused", "uploading", "not_sent"
 COMPLETE, CANCELLED, PENDING = "complete", "cancelled", "pending"
+MAX_RECOVERY_ROUNDS = 3
+"""How often the rows of a cancelled job, or of an upload whose reply was lost, that the list does not hold are
+uploaded again in a new file within the run; rows still absent after that end ``failed``."""
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """What every upload names besides its file (the connection's extras and the run's params)."""
+
+    expiration_days: int
+    skill_id: str | None = None
+    default_time_zone: str | None = None
+    start_skill: bool = False
+    send_email: bool = False
+
+    def expiration_date(self) -> datetime:
+        """The ``expirationDate`` of a file uploaded now."""
+        return datetime.now(timezone.utc) + timedelta(days=self.expiration_days)
 
 
 class CallListClient(Protocol):
     """What the uploader needs of ``cxone_provider.call_lists.CallListClient``."""
 
-    def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, skill_id: str | None = None,
-               default_time_zone: str | None = None) -> str: ...
+    def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, expiration_date: datetime,
+               skill_id: str | None = None, default_time_zone: str | None = None, start_skill: bool = False,
+               send_email: bool = False) -> str: ...
 
     def iter_external_ids(self, list_id: str) -> Iterator[str]: ...
 
@@ -133,6 +152,7 @@ class UploadFile:
     row_numbers: list[int]
     contact_ids: list[str]
     content: bytes
+    recovery_round: int = 0
 
     @property
     def file_name(self) -> str:
@@ -140,9 +160,10 @@ class UploadFile:
 
 
 def csv_files(call_list: CallListLayout, rows: Sequence[tuple[int, str, str]], *, records_per_file: int,
-              max_bytes: int = MAX_FILE_BYTES) -> list[UploadFile]:
+              max_bytes: int = MAX_FILE_BYTES, recovery_round: int = 0, first_index: int = 0) -> list[UploadFile]:
     """The group's records as CSV files of at most ``records_per_file`` records and ``max_bytes`` bytes, each with
-    the header (the same rows always give the same files and ids)."""
+    the header (the same rows always give the same files and ids; a recovery round's files carry their round in
+    their id, so a re-upload of the same rows is a file of its own)."""
     files: list[UploadFile] = []
     header = _csv_line(call_list.header)
     numbers: list[int] = []
@@ -153,7 +174,9 @@ def csv_files(call_list: CallListLayout, rows: Sequence[tuple[int, str, str]], *
     def close() -> None:
         nonlocal numbers, ids, lines, size
         if numbers:
-            files.append(UploadFile(len(files), batch_id(call_list.list_id, ids), numbers, ids, header + b"".join(lines)))
+            file_id = batch_id(call_list.list_id, ids) + (f"-r{recovery_round}" if recovery_round else "")
+            files.append(UploadFile(first_index + len(files), file_id, numbers, ids, header + b"".join(lines),
+                                    recovery_round))
         numbers, ids, lines, size = [], [], [], len(header)
 
     for row_number, contact_id, record_json in rows:
@@ -181,11 +204,16 @@ class GroupState:
     group_index: int
     before_taken: bool = False
     submitted_at: float | None = None
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> {state, job_id, error, ...}
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> {state, job_id, job_state, ...}
     reconciled: bool = False
+    recovery_rounds: int = 0  # rounds planned: round r's rows are in uploads/group-NNNNN/round-RR.parquet
 
     def jobs(self) -> list[str]:
         return [f["job_id"] for f in self.files.values() if f["state"] == SUBMITTED]
+
+    def settled_jobs(self) -> set[str]:
+        """Jobs an earlier wait saw complete or cancelled (a recovery round waits only for its own)."""
+        return {f["job_id"] for f in self.files.values() if f.get("job_state") in (COMPLETE, CANCELLED)}
 
     def uncertain(self) -> bool:
         return any(f["state"] == UNCERTAIN for f in self.files.values())
@@ -198,13 +226,16 @@ class GroupUploader:
     """Uploads one group's records to a calling list and reconciles them by reading the list back."""
 
     def __init__(self, client: CallListClient, call_list: CallListLayout, layout: RunLayout, *,
-                 records_per_file: int, skill_id: str | None = None, default_time_zone: str | None = None) -> None:
+                 records_per_file: int, options: UploadOptions) -> None:
         self._client = client
         self._call_list = call_list
         self._layout = layout
         self._records_per_file = records_per_file
-        self._skill_id = skill_id
-        self._default_time_zone = default_time_zone
+        self._options = options
+
+    @property
+    def list_id(self) -> str:
+        return self._call_list.list_id
 
     # -- files under the run ----------------------------------------------------------------------------------
 
@@ -232,11 +263,22 @@ class GroupUploader:
     def _before(self, group_index: int) -> set[str]:
         return set(read_parquet(self._dir(group_index) / "before.parquet")["contact_id"])
 
-    def _files(self, group_index: int) -> tuple[list[tuple[int, str, str]], list[UploadFile]]:
+    def _round_file(self, group_index: int, recovery_round: int) -> Any:
+        return self._dir(group_index) / f"round-{recovery_round:02d}.parquet"
+
+    def _files(self, group_index: int, state: GroupState) -> tuple[list[tuple[int, str, str]], list[UploadFile]]:
+        """The group's rows and every file of the group: those of the first upload (the rows the list did not hold
+        before), then each recovery round's (the rows it uploads again), in that order."""
         rows = self._group_rows(group_index)
         before = self._before(group_index)
-        to_upload = [r for r in rows if r[1] not in before]
-        return rows, csv_files(self._call_list, to_upload, records_per_file=self._records_per_file)
+        files = csv_files(self._call_list, [r for r in rows if r[1] not in before],
+                          records_per_file=self._records_per_file)
+        for recovery_round in range(1, state.recovery_rounds + 1):
+            again = set(read_parquet(self._round_file(group_index, recovery_round))["row_number"].tolist())
+            files += csv_files(self._call_list, [r for r in rows if r[0] in again],
+                               records_per_file=self._records_per_file, recovery_round=recovery_round,
+                               first_index=len(files))
+        return rows, files
 
     # -- 1. submit --------------------------------------------------------------------------------------------
 
@@ -255,7 +297,7 @@ class GroupUploader:
             self._save(state)
             log.info("group %d: %d of %d records already on list %s", group_index, len(present), len(rows),
                      self._call_list.list_id)
-        _, files = self._files(group_index)
+        _, files = self._files(group_index, state)
         for upload in files:
             entry = state.files.get(upload.file_id)
             if entry is not None and entry["state"] == UPLOADING:
@@ -265,15 +307,20 @@ class GroupUploader:
             if entry is not None and entry["state"] != NOT_SENT:
                 continue
             entry = {"state": UPLOADING, "index": upload.index, "records": len(upload.row_numbers),
-                     "bytes": len(upload.content), "file_name": upload.file_name, "started_at": _now()}
+                     "bytes": len(upload.content), "file_name": upload.file_name, "started_at": _now(),
+                     "round": upload.recovery_round}
             state.files[upload.file_id] = entry
             state.submitted_at = state.submitted_at or time.time()
             state.reconciled = False  # this file's records get their outcome from a new read-back
             self._save(state)
             started = time.monotonic()
             try:
-                job_id = self._client.upload(self._call_list.list_id, upload.content, file_name=upload.file_name,
-                                             skill_id=self._skill_id, default_time_zone=self._default_time_zone)
+                options = self._options
+                job_id = self._client.upload(
+                    self._call_list.list_id, upload.content, file_name=upload.file_name,
+                    expiration_date=options.expiration_date(), skill_id=options.skill_id,
+                    default_time_zone=options.default_time_zone, start_skill=options.start_skill,
+                    send_email=options.send_email)
             except CXoneError as exc:
                 entry.update(latency_ms=_ms(started), attempts=exc.attempts, error=str(exc),
                              status_code=getattr(exc, "status_code", None))
@@ -294,13 +341,36 @@ class GroupUploader:
 
     # -- 3. reconcile -----------------------------------------------------------------------------------------
 
-    def reconcile(self, group_index: int, job_states: dict[str, str], *, timeout_s: float | None = None) -> dict[str, Any]:
-        """Outcomes of every record of the group from a fresh read of the list; write outcome, summary and audit
-        files like the records engine; return the group summary."""
+    def reconcile(self, group_index: int, job_states: dict[str, str], *, timeout_s: float | None = None,
+                  recover: bool = True) -> dict[str, Any] | None:
+        """
+        Read the list again and settle every record of the group.
+
+        Rows of a cancelled job, or of an upload whose reply was lost, that the list does not hold are planned as a
+        new recovery round (at most :data:`MAX_RECOVERY_ROUNDS`): then nothing is written and None says "submit and
+        wait again". Otherwise write the outcome, summary and audit files like the records engine and return the
+        group summary.
+        """
         state = self.load_state(group_index)
-        rows, files = self._files(group_index)
+        for entry in state.files.values():
+            if entry.get("job_id") in job_states:
+                entry["job_state"] = job_states[entry["job_id"]]
+        rows, files = self._files(group_index, state)
         before = self._before(group_index)
         after = self._present({r[1] for r in rows})
+        owner = {n: upload for upload in files for n in upload.row_numbers}  # a row's last file decides it
+        absent = [n for n, c, _ in rows if n in owner and c not in after]
+        again = [n for n in absent if _recoverable(state.files.get(owner[n].file_id))]
+        if again and recover and state.recovery_rounds < MAX_RECOVERY_ROUNDS:
+            state.recovery_rounds += 1
+            write_parquet(self._round_file(group_index, state.recovery_rounds),
+                          pd.DataFrame({"row_number": pd.Series(again, dtype="int64")}))
+            state.reconciled = False
+            self._save(state)
+            log.warning("group %d: %d records of cancelled or unanswered uploads are not on list %s; uploading them "
+                        "again (recovery round %d of %d)", group_index, len(again), self._call_list.list_id,
+                        state.recovery_rounds, MAX_RECOVERY_ROUNDS)
+            return None
         outcomes: list[Outcome] = []
         metrics: list[BatchMetrics] = []
         for row_number, contact_id, _ in rows:
@@ -308,13 +378,14 @@ class GroupUploader:
                 outcomes.append(Outcome(int(row_number), contact_id, DUPLICATE, PRESENT_BEFORE, "on the list before the upload"))
         for upload in files:
             entry = state.files.get(upload.file_id) or {"state": NOT_SENT}
-            reason = _absence_reason(entry, job_states, timeout_s)
+            reason = _absence_reason(entry, timeout_s)
+            owned = [(n, c) for n, c in zip(upload.row_numbers, upload.contact_ids, strict=True) if owner[n] is upload]
             file_outcomes = [
                 Outcome(n, c, IMPORTED, upload.file_id, "") if c in after else Outcome(n, c, FAILED, upload.file_id, reason)
-                for n, c in zip(upload.row_numbers, upload.contact_ids, strict=True)
+                for n, c in owned
             ]
             outcomes += file_outcomes
-            metrics.append(_file_metrics(upload, entry, file_outcomes, job_states))
+            metrics.append(_file_metrics(upload, entry, file_outcomes, len(upload.row_numbers) - len(owned)))
         frame = pd.DataFrame(outcomes, columns=list(Outcome._fields)).astype({"row_number": "int64"})
         write_parquet(self._layout.outcome_file(group_index), frame)
         write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), (_audit_entry(m, state) for m in metrics))
@@ -329,22 +400,32 @@ class GroupUploader:
             "requests": sum(m.requests for m in metrics),
             "rate_limited": 0,
             "seconds": round(time.time() - (state.submitted_at or time.time()), 3),
-            "jobs": {k: v for k, v in job_states.items()},
+            "jobs": {f["job_id"]: f.get("job_state", PENDING) for f in state.files.values() if f.get("job_id")},
+            "recovery_rounds": state.recovery_rounds,
             "batch_metrics": [asdict(m) for m in metrics],
         }
         write_json(self._layout.outcome_file(group_index).with_suffix(".json"), summary)
         state.reconciled = True  # files still not_sent are sent by the task's retry, which reconciles again
         self._save(state)
-        log.info("group %d reconciled from list %s: %d imported, %d duplicate, %d failed", group_index,
-                 self._call_list.list_id, summary[IMPORTED], summary[DUPLICATE], summary[FAILED])
+        log.info("group %d reconciled from list %s: %d imported, %d duplicate, %d failed (%d recovery rounds)",
+                 group_index, self._call_list.list_id, summary[IMPORTED], summary[DUPLICATE], summary[FAILED],
+                 state.recovery_rounds)
         return summary
 
 
-def _absence_reason(entry: dict[str, Any], job_states: dict[str, str], timeout_s: float | None) -> str:
+def _recoverable(entry: dict[str, Any] | None) -> bool:
+    """A file whose absent rows may be uploaded again: its job was cancelled (it imported nothing), or its reply
+    was lost (no job id; the list's jobs have settled, so what is absent now was never imported)."""
+    if entry is None:
+        return False
+    return entry["state"] == UNCERTAIN or (entry["state"] == SUBMITTED and entry.get("job_state") == CANCELLED)
+
+
+def _absence_reason(entry: dict[str, Any], timeout_s: float | None) -> str:
     """Why a record of this file is not on the list."""
     job_id = entry.get("job_id")
     if entry["state"] == SUBMITTED:
-        job_state = job_states.get(job_id, PENDING)
+        job_state = entry.get("job_state", PENDING)
         if job_state == COMPLETE:
             return f"not present after job {job_id} completed"
         if job_state == CANCELLED:
@@ -357,22 +438,25 @@ def _absence_reason(entry: dict[str, Any], job_states: dict[str, str], timeout_s
     return f"not uploaded ({entry.get('error') or 'not sent'}); the task's retry sends it"
 
 
-def _file_metrics(upload: UploadFile, entry: dict[str, Any], outcomes: list[Outcome],
-                  job_states: dict[str, str]) -> BatchMetrics:
+def _file_metrics(upload: UploadFile, entry: dict[str, Any], outcomes: list[Outcome], uploaded_again: int) -> BatchMetrics:
+    """A file's metrics over the records it settled (those it lost to a recovery round's file count there)."""
     imported = sum(1 for o in outcomes if o.outcome == IMPORTED)
     failed = len(outcomes) - imported
+    error = entry.get("error") or (None if not failed else entry.get("job_state", entry["state"]))
+    if uploaded_again:
+        error = f"{uploaded_again} records uploaded again in a recovery round" + (f"; {error}" if error else "")
     return BatchMetrics(
         batch_id=upload.file_id,
         batch_index=upload.index,
         records=len(outcomes),
         imported=imported,
         failed=failed,
-        status="failed" if failed == len(outcomes) else ("partial" if failed else "success"),
+        status=("failed" if outcomes and failed == len(outcomes) else "partial") if failed or uploaded_again else "success",
         latency_ms=float(entry.get("latency_ms") or 0.0),
         attempts=int(entry.get("attempts") or 1),
         requests=1 if entry["state"] != NOT_SENT else 0,
         request_ids=[f"job:{entry['job_id']}"] if entry.get("job_id") else [],
-        error=entry.get("error") or (None if not failed else job_states.get(entry.get("job_id"), entry["state"])),
+        error=error,
         started_at=entry.get("started_at") or "",
         finished_at=_now(),
     )

@@ -2,6 +2,10 @@
 
     python -m include.cxone_sandbox --port 8765 --webhook-port 8766 --ready-file /tmp/sandbox.json
 
+`--host 0.0.0.0` listens on every interface instead: only inside a container, where other containers reach the
+sandbox by its service name (`docker-compose.override.yml`, `astro dev start`). The package needs nothing beyond the
+standard library, so any Python 3.10+ image runs it.
+
 When both servers listen, writes `{"cxone_url", "webhook_url", "pid"}` to the ready file (atomically)
 and prints the same JSON line on stdout. `--call-lists-port N` also serves the calling-list API (the call_lists
 profile, `call_lists_url` in the ready file). The ready file is removed again on a clean stop.
@@ -35,6 +39,7 @@ def _share(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
     parser = argparse.ArgumentParser(prog="python -m include.cxone_sandbox", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=LOCALHOST, help="address to listen on (0.0.0.0 only inside a container)")
     parser.add_argument("--port", type=int, default=8765, help="CXone sandbox port (0 = any free port)")
     parser.add_argument("--webhook-port", type=int, default=8766, help="webhook sink port (0 = any free port)")
     parser.add_argument("--ready-file", type=Path, help="write the URLs as JSON here once listening")
@@ -101,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    sandbox = CXoneSandbox(config, host=LOCALHOST, port=args.port)
-    sink = WebhookSink(host=LOCALHOST, port=args.webhook_port, secret=args.webhook_secret)
+    sandbox = CXoneSandbox(config, host=args.host, port=args.port)
+    sink = WebhookSink(host=args.host, port=args.webhook_port, secret=args.webhook_secret)
     call_lists = (
-        CallListSandbox(CallListSandboxConfig(job_delay_s=args.job_delay_s), host=LOCALHOST, port=args.call_lists_port)
+        CallListSandbox(CallListSandboxConfig(job_delay_s=args.job_delay_s), host=args.host, port=args.call_lists_port)
         if args.call_lists_port is not None else None
     )
     try:

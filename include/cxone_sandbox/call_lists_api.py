@@ -12,6 +12,7 @@ import base64
 import binascii
 import copy
 import dataclasses
+import random
 import secrets
 import threading
 import time
@@ -29,7 +30,11 @@ from include.cxone_sandbox.call_lists_contract import (
     check_header,
     create_request,
     id_token,
+    dnc_phone,
+    dnc_records_request,
+    list_read_query,
     parse_upload,
+    removal_request,
     stored_record,
 )
 from include.cxone_sandbox.config import SandboxConfigError
@@ -61,12 +66,25 @@ class CallListSandboxConfig:
     upload_errors_5xx_after_accept: int = 0  # the next N uploads are accepted (a job runs) and answered 503
     cancel_jobs: int = 0  # the next N jobs end cancelled, nothing imported
     stall_jobs: int = 0  # the next N jobs never complete
+    # rates (0..1), drawn from seeded generators: one for uploads (taken in upload order), one for other requests
+    error_rate_5xx: float = 0.0  # an API request answered 503 before anything is done (an upload: no job)
+    cancel_job_rate: float = 0.0  # an accepted upload's job ends cancelled
+    upload_5xx_after_accept_rate: float = 0.0  # an upload accepted (its job runs) and answered 503
+    seed: int | None = None
+    discovered_token_endpoint: str = ""  # OIDC discovery names this token_endpoint instead of its own
+    discovered_api_endpoint: str = ""  # API discovery names this api_endpoint instead of its own
 
     def __post_init__(self) -> None:
         for name in ("token_lifetime_s", "max_file_bytes", "max_file_records", "max_record_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SandboxConfigError(f"{name} must be an integer >= 1")
+        for name in ("error_rate_5xx", "cancel_job_rate", "upload_5xx_after_accept_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise SandboxConfigError(f"{name} must be a number from 0 to 1")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise SandboxConfigError("seed must be None or an integer")
         for name in ("job_delay_s", "latency_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
@@ -95,6 +113,7 @@ class _Job:
     due_at: float
     fate: str  # complete | cancel | stall
     submitted: str
+    expires_at: float
     completed: str | None = None
     cancelled: bool = False
     file_name: str = ""
@@ -129,9 +148,13 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         self._jobs: dict[int, _Job] = {}
         self._tokens: dict[str, float] = {}
         self._issued: list[str] = []
+        self._upload_dice = random.Random(self._config.seed)
+        self._request_dice = random.Random(None if self._config.seed is None else self._config.seed + 1)
+        self._dnc_groups: dict[int, dict[str, Any]] = {}  # id -> {name, records: {phone: expiredDate}}
         self._next_list_id = 1001
         self._next_job_id = 50001
-        self._stats: dict[str, Any] = {"token_requests": 0, "uploads": 0, "status_counts": {}, "requests": 0}
+        self._stats: dict[str, Any] = {"token_requests": 0, "uploads": 0, "status_counts": {}, "requests": 0,
+                                       "rows_uploaded": 0, "rows_uploaded_while_on_list": 0}
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -151,6 +174,9 @@ class CallListSandbox(IssuedTokens, ServerRunner):
             raise SandboxConfigError(f"unknown sandbox knob(s): {', '.join(unknown)}")
         with self._lock:
             self._config = dataclasses.replace(self._config, **knobs)
+            if "seed" in knobs:
+                self._upload_dice.seed(self._config.seed)
+                self._request_dice.seed(None if self._config.seed is None else self._config.seed + 1)
             return copy.deepcopy(self._config)
 
     def lists(self) -> list[dict[str, Any]]:
@@ -173,6 +199,18 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         with self._lock:
             self._advance_jobs()
             return [j.view(self._lists[j.list_id].list_name) | {"fileName": j.file_name} for j in self._jobs.values()]
+
+    def create_dnc_group(self, name: str) -> int:
+        """A do-not-call group (as an administrator would have made it); its id."""
+        with self._lock:
+            group_id = 7000 + len(self._dnc_groups) + 1
+            self._dnc_groups[group_id] = {"name": name, "records": {}}
+            return group_id
+
+    def dnc_records(self, group_id: int) -> dict[str, str | None]:
+        """The numbers of a DNC group (digits) and their expiry."""
+        with self._lock:
+            return dict(self._dnc_groups[group_id]["records"])
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -201,6 +239,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
     def _advance_jobs(self) -> None:
         """Jobs whose delay has passed complete (their valid rows join the list) or end cancelled."""
         now = time.monotonic()
+        for calling_list in self._lists.values():
+            calling_list.expire(time.time())
         for job in self._jobs.values():
             if job.completed is not None or job.fate == "stall" or now < job.due_at:
                 continue
@@ -210,13 +250,21 @@ class CallListSandbox(IssuedTokens, ServerRunner):
                 continue
             calling_list = self._lists[job.list_id]
             for row in job.rows:
-                record = stored_record(calling_list, row, job.completed)
+                record = stored_record(calling_list, row, job.completed, job.expires_at)
                 if record is None:
                     calling_list.invalid_records += 1
                 else:  # GUESS: forceOverwrite false keeps a record the list already holds (same externalId)
                     calling_list.records.setdefault(record["externalId"], record)
             calling_list.upload_date = job.completed
             job.rows = []
+
+    def _roll(self, method: str, route: str, rate: float) -> bool:
+        """A fault at ``rate``: uploads draw from their own generator, so a seed gives every upload the same fate
+        however many polls happened in between."""
+        if rate <= 0:
+            return False
+        is_upload = method == "POST" and route.rstrip("/").endswith("/upload")
+        return (self._upload_dice if is_upload else self._request_dice).random() < rate
 
     def _take(self, knob: str) -> bool:
         """Use up one count of a countdown knob."""
@@ -236,7 +284,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         issuer = self.url
         handler.send_json(200, {
             "issuer": issuer,
-            "token_endpoint": f"{issuer}/auth/token",
+            "token_endpoint": self._config.discovered_token_endpoint or f"{issuer}/auth/token",
             "token_endpoint_auth_methods_supported": ["client_secret_basic"],
             "grant_types_supported": ["password", "refresh_token"],
         })
@@ -246,7 +294,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
             handler.send_json(404, {"error": "TenantNotFound", "errorDescription": "unknown tenantId"})
             return
         handler.send_json(200, {
-            "api_endpoint": self.url, "area": "na1", "cluster": "sandbox", "domain": "127.0.0.1",
+            "api_endpoint": self._config.discovered_api_endpoint or self.url, "area": "na1", "cluster": "sandbox", "domain": "127.0.0.1",
             "tenantId": self._config.tenant_id, "ui_endpoint": self.url, "auth_endpoint": self.url,
         })
 
@@ -302,7 +350,7 @@ class CallListSandbox(IssuedTokens, ServerRunner):
                 method == "POST" and route.rstrip("/").endswith("/upload") and self._take("rate_limited_uploads")
             ):
                 status, payload, headers = 429, {"error": "TooManyRequests", "errorDescription": "slow down"}, None
-            elif method == "GET" and self._take("read_errors_5xx"):
+            elif (method == "GET" and self._take("read_errors_5xx")) or self._roll(method, route, config.error_rate_5xx):
                 status, payload, headers = 503, {"error": "ServiceUnavailable", "errorDescription": "try again"}, None
             else:
                 status = 0
@@ -323,6 +371,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
 
     def _route(self, method: str, route: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
         parts = [unquote(p) for p in route.strip("/").split("/")]
+        if parts[:1] == ["dnc-groups"]:
+            return self._dnc_route(method, parts[1:], body)
         if parts[:2] != ["lists", "call-lists"]:
             return 404, {"error": "NotFound", "errorDescription": "no such resource"}
         rest = parts[2:]
@@ -343,15 +393,13 @@ class CallListSandbox(IssuedTokens, ServerRunner):
                 return 201, {"listId": list_id}
             if rest[0] == "jobs":
                 return self._jobs_route(method, rest[1:])
+            if rest[1:] == ["removeProspects"] and method == "DELETE":
+                return self._remove_prospects(rest[0], body)
             calling_list = self._lists.get(int(rest[0])) if rest[0].isdigit() else None
             if calling_list is None:
                 return 404, {"error": "ListNotFound", "errorDescription": "no such calling list"}
             if len(rest) == 1 and method == "GET":
-                include = query.get("includeRecords", "false").lower() == "true"
-                top = int(query["top"]) if query.get("top", "").isdigit() else None
-                skip = int(query["skip"]) if query.get("skip", "").isdigit() else 0
-                return 200, {"resultSet": calling_list.result_set(
-                    include_records=include, skip=skip, top=top, updated_since=query.get("updatedSince"))}
+                return 200, {"resultSet": calling_list.result_set(**list_read_query(query))}
             if rest[1:] == ["upload"] and method == "POST":
                 return self._upload(calling_list, body)
         return 404, {"error": "NotFound", "errorDescription": "no such resource"}
@@ -362,15 +410,60 @@ class CallListSandbox(IssuedTokens, ServerRunner):
         upload = parse_upload(payload if ok else None, max_bytes=config.max_file_bytes,
                               max_records=config.max_file_records, max_record_chars=config.max_record_chars)
         check_header(calling_list, upload.header)
-        fate = "cancel" if self._take("cancel_jobs") else "stall" if self._take("stall_jobs") else "complete"
+        held = calling_list.records.keys()
+        self._stats["rows_uploaded"] += len(upload.rows)
+        self._stats["rows_uploaded_while_on_list"] += sum(
+            1 for row in upload.rows if (row.get(calling_list.external_id_column) or "").strip() in held)
+        cancel = self._take("cancel_jobs") or self._roll("POST", "upload", config.cancel_job_rate)
+        fate = "cancel" if cancel else "stall" if self._take("stall_jobs") else "complete"
         job = _Job(self._next_job_id, calling_list.list_id, upload.rows, time.monotonic() + config.job_delay_s, fate,
-                   _now_iso(), file_name=upload.file_name)
+                   _now_iso(), upload.expires_at, file_name=upload.file_name)
         self._next_job_id += 1
         self._jobs[job.job_id] = job
         self._stats["uploads"] += 1
-        if self._take("upload_errors_5xx_after_accept"):
+        if self._take("upload_errors_5xx_after_accept") or self._roll("POST", "upload", config.upload_5xx_after_accept_rate):
             return 503, {"error": "ServiceUnavailable", "errorDescription": "the gateway timed out"}
         return 202, {"jobId": job.job_id}
+
+    def _remove_prospects(self, source_name: str, body: bytes) -> tuple[int, Any]:
+        """``DELETE lists/call-lists/{sourceName}/removeProspects``: the named records leave the list (GUESS: the
+        source is the list's name, or its id)."""
+        calling_list = self._find(source_name)
+        if calling_list is None:
+            return 404, {"error": "ListNotFound", "errorDescription": "no such calling list"}
+        ok, payload = parse_json_body(body)
+        external_ids = removal_request(payload if ok else None)
+        done, failed = [], []
+        for external_id in external_ids:
+            if calling_list.records.pop(external_id, None) is not None:
+                done.append({"externalId": external_id, "resultCode": "Success"})
+            else:
+                failed.append({"externalId": external_id, "resultCode": "NotFound"})
+        self._stats["prospects_removed"] = self._stats.get("prospects_removed", 0) + len(done)
+        return 200, {"successfulRecords": done, "failedRecords": failed}
+
+    def _dnc_route(self, method: str, rest: list[str], body: bytes) -> tuple[int, Any]:
+        with self._lock:
+            if not rest and method == "GET":
+                groups = [{"dncGroupId": k, "dncGroupName": g["name"], "validRecords": len(g["records"]),
+                           "isActive": True} for k, g in self._dnc_groups.items()]
+                return 200, {"resultSet": {"totalGroups": len(groups), "dncGroups": groups}}
+            group = self._dnc_groups.get(int(rest[0])) if rest and rest[0].isdigit() else None
+            if group is None:
+                return 404, {"error": "DncGroupNotFound", "errorDescription": "no such DNC group"}
+            if rest[1:] == ["records"] and method == "POST":
+                ok, payload = parse_json_body(body)
+                results = []
+                for phone, expired in dnc_records_request(payload if ok else None):
+                    digits = dnc_phone(phone)
+                    if digits is None:
+                        results.append({"success": False, "error": "InvalidPhoneNumber", "formattedPhone": phone})
+                    else:
+                        group["records"][digits] = expired
+                        results.append({"success": True, "error": None, "formattedPhone": digits})
+                errors = sum(1 for r in results if not r["success"])
+                return 200, {"resultSet": {"errorCount": errors, "recordResults": results}}
+        return 404, {"error": "NotFound", "errorDescription": "no such resource"}
 
     def _jobs_route(self, method: str, rest: list[str]) -> tuple[int, Any]:
         if not rest and method == "GET":

@@ -14,6 +14,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -49,6 +50,13 @@ class CallingList:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     invalid_records: int = 0
     upload_date: str | None = None
+
+    def expire(self, now: float) -> int:
+        """Records whose upload's ``expirationDate`` has passed leave the list; how many left."""
+        gone = [k for k, r in self.records.items() if r.get("_expires") is not None and r["_expires"] <= now]
+        for key in gone:
+            del self.records[key]
+        return len(gone)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -115,21 +123,53 @@ class Upload:
     force_overwrite: bool
     header: list[str]
     rows: list[dict[str, str]]
+    expires_at: float  # Unix time of expirationDate: the uploaded records leave the list then
+
+
+def _require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str, *, required: bool = True) -> Any:
+    """One field of a request body: present (when the published schema requires it) and of the schema's type, else
+    the 400 naming it."""
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ContractError("MissingField", f"{name} is required")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ContractError("InvalidField", f"{name} must be {what}")
+    return value
+
+
+def parse_expiration(value: str, *, now: datetime | None = None) -> datetime:
+    """``expirationDate``: an ISO 8601 date or date-time (UTC when no offset is given) that is still to come
+    (GUESS: a record that expires before it is loaded is refused rather than loaded dead)."""
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ContractError("InvalidField", "expirationDate must be an ISO 8601 date or date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if moment <= (now or datetime.now(timezone.utc)):
+        raise ContractError("InvalidField", "expirationDate must be in the future")
+    return moment
 
 
 def parse_upload(body: Any, *, max_bytes: int = MAX_FILE_BYTES, max_records: int = MAX_FILE_RECORDS,
                  max_record_chars: int = MAX_RECORD_CHARS) -> Upload:
-    """Check an upload body against the documented limits and decode its CSV; any breach refuses the file."""
+    """Check an upload body against the published schema (``listFile``, ``forceOverwrite``, ``expirationDate``,
+    ``startSkill`` and ``sendEmail`` required; ``fileName``, ``skillId``, ``defaultTimeZone`` optional, each of its
+    type) and the documented limits, and decode its CSV; any breach refuses the file."""
     if not isinstance(body, dict):
         raise ContractError("InvalidRequest", "the body must be a JSON object")
-    encoded, file_name = body.get("listFile"), body.get("fileName")
-    if not isinstance(encoded, str) or not encoded:
+    encoded = _require(body, "listFile", str, "a base64 CSV")
+    force_overwrite = _require(body, "forceOverwrite", bool, "a boolean")
+    expiration = parse_expiration(_require(body, "expirationDate", str, "an ISO 8601 date-time string"))
+    _require(body, "startSkill", bool, "a boolean")
+    _require(body, "sendEmail", bool, "a boolean")
+    file_name = _require(body, "fileName", str, "a string", required=False) or "upload.csv"
+    _require(body, "skillId", int, "an integer", required=False)
+    _require(body, "defaultTimeZone", str, "a string", required=False)
+    if not encoded:
         raise ContractError("InvalidListFile", "listFile (base64 CSV) is required")
-    if not isinstance(file_name, str) or not file_name:
-        raise ContractError("InvalidFileName", "fileName is required")
-    force_overwrite = body.get("forceOverwrite", False)
-    if not isinstance(force_overwrite, bool):
-        raise ContractError("InvalidRequest", "forceOverwrite must be a boolean")
     try:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
@@ -152,7 +192,94 @@ def parse_upload(body: Any, *, max_bytes: int = MAX_FILE_BYTES, max_records: int
     rows = [dict(zip(header, values, strict=False)) for values in reader if values]
     if len(rows) > max_records:
         raise ContractError("TooManyRecords", f"the file holds more than {max_records} records")
-    return Upload(file_name, force_overwrite, header, rows)
+    return Upload(file_name, force_overwrite, header, rows, expiration.timestamp())
+
+
+def list_read_query(query: dict[str, str]) -> dict[str, Any]:
+    """The query of ``GET lists/call-lists/{listId}``: ``includeRecords`` and ``finalized`` booleans, ``skip`` and
+    ``top`` non-negative integers (``top`` at least 1), ``updatedSince`` a date-time; anything malformed is refused
+    rather than read as its default."""
+    flags = {}
+    for name in ("includeRecords", "finalized"):
+        value = query.get(name, "false").lower()
+        if value not in ("true", "false"):
+            raise ContractError("InvalidField", f"{name} must be true or false")
+        flags[name] = value == "true"
+    paging: dict[str, int | None] = {"skip": 0, "top": None}
+    for name, least in (("skip", 0), ("top", 1)):
+        if name in query:
+            if not query[name].isdigit() or int(query[name]) < least:
+                raise ContractError("InvalidField", f"{name} must be an integer >= {least}")
+            paging[name] = int(query[name])
+    since = query.get("updatedSince")
+    if since is not None:
+        try:
+            datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise ContractError("InvalidField", "updatedSince must be an ISO 8601 date-time") from None
+    return {"include_records": flags["includeRecords"], "skip": paging["skip"], "top": paging["top"],
+            "updated_since": since}
+
+
+MAX_DNC_PHONE_DIGITS = 15
+
+
+def removal_request(body: Any) -> list[str]:
+    """The external ids of a ``removeProspects`` body: ``prospectsToRemove`` a non-empty list of objects, each with
+    an ``externalId`` (the schema types it as a number; external ids are text on the list, so a string is taken
+    too). GUESS: an empty or missing list is refused rather than removing nothing."""
+    if not isinstance(body, dict):
+        raise ContractError("InvalidRequest", "the body must be a JSON object")
+    prospects = body.get("prospectsToRemove")
+    if prospects is None:
+        raise ContractError("MissingField", "prospectsToRemove is required")
+    if not isinstance(prospects, list) or not prospects:
+        raise ContractError("InvalidField", "prospectsToRemove must be a non-empty list")
+    ids = []
+    for prospect in prospects:
+        external_id = prospect.get("externalId") if isinstance(prospect, dict) else None
+        if external_id is None:
+            raise ContractError("MissingField", "prospectsToRemove[].externalId is required")
+        if isinstance(external_id, bool) or not isinstance(external_id, (str, int)) or not str(external_id).strip():
+            raise ContractError("InvalidField", "prospectsToRemove[].externalId must be a number or a string")
+        ids.append(str(external_id).strip())
+    return ids
+
+
+def dnc_records_request(body: Any) -> list[tuple[str, str | None]]:
+    """The ``(phoneNumber, expiredDate)`` pairs of a ``POST dnc-groups/{groupId}/records`` body: ``dncGroupRecords`` a
+    non-empty list, each with a ``phoneNumber`` (digits, as a number or a string) and an optional ISO 8601
+    ``expiredDate``."""
+    if not isinstance(body, dict):
+        raise ContractError("InvalidRequest", "the body must be a JSON object")
+    records = body.get("dncGroupRecords")
+    if records is None:
+        raise ContractError("MissingField", "dncGroupRecords is required")
+    if not isinstance(records, list) or not records:
+        raise ContractError("InvalidField", "dncGroupRecords must be a non-empty list")
+    pairs = []
+    for record in records:
+        phone = record.get("phoneNumber") if isinstance(record, dict) else None
+        if phone is None:
+            raise ContractError("MissingField", "dncGroupRecords[].phoneNumber is required")
+        if isinstance(phone, bool) or not isinstance(phone, (str, int)):
+            raise ContractError("InvalidField", "dncGroupRecords[].phoneNumber must be a number or a string")
+        expired = record.get("expiredDate")
+        if expired is not None:
+            if not isinstance(expired, str):
+                raise ContractError("InvalidField", "dncGroupRecords[].expiredDate must be a date-time string")
+            try:
+                datetime.fromisoformat(expired.replace("Z", "+00:00"))
+            except ValueError:
+                raise ContractError("InvalidField", "dncGroupRecords[].expiredDate must be ISO 8601") from None
+        pairs.append((str(phone), expired))
+    return pairs
+
+
+def dnc_phone(phone: str) -> str | None:
+    """A DNC number as CXone stores it (its formatting stripped), or None when it is not a phone number."""
+    digits = re.sub(r"[^\d]", "", phone)
+    return digits if 7 <= len(digits) <= MAX_DNC_PHONE_DIGITS else None
 
 
 def check_header(calling_list: CallingList, header: list[str]) -> None:
@@ -161,7 +288,8 @@ def check_header(calling_list: CallingList, header: list[str]) -> None:
         raise ContractError("MissingExternalIdColumn", f"the file has no column {calling_list.external_id_column!r}")
 
 
-def stored_record(calling_list: CallingList, row: dict[str, str], updated: str) -> dict[str, Any] | None:
+def stored_record(calling_list: CallingList, row: dict[str, str], updated: str,
+                  expires_at: float | None = None) -> dict[str, Any] | None:
     """The record a row becomes on the list, or None when the row is invalid (counted, not stored): no external id,
     no destination, or a destination that is not a phone number."""
     external_id = (row.get(calling_list.external_id_column) or "").strip()
@@ -179,7 +307,8 @@ def stored_record(calling_list: CallingList, row: dict[str, str], updated: str) 
         return None
     mapped = {m["fieldValue"] for m in calling_list.destination_mappings} | {calling_list.external_id_column}
     other = [{"fieldName": k, "fieldValue": v} for k, v in row.items() if k not in mapped and v]
-    return {"externalId": external_id, "destinations": destinations, "otherFields": other, "_updated": updated}
+    return {"externalId": external_id, "destinations": destinations, "otherFields": other, "_updated": updated,
+            "_expires": expires_at}
 
 
 def id_token(claims: dict[str, Any]) -> str:

@@ -15,8 +15,9 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.auth import HTTPBasicAuth
@@ -28,6 +29,7 @@ from cxone_provider.errors import (
     CXoneError,
     CXoneStatusError,
     CXoneTimeoutError,
+    CXoneUntrustedHostError,
     status_error,
 )
 from cxone_provider.ratelimit import RateLimiter
@@ -42,6 +44,7 @@ __all__ = [
     "MAX_RECORD_CHARS",
     "AccessKeyAuth",
     "CallListClient",
+    "ProspectRemoval",
     "UploadJob",
 ]
 
@@ -53,6 +56,39 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_FILE_RECORDS = 500_000
 MAX_RECORD_CHARS = 512
 RECORDS_PAGE_SIZE = 1000  # GUESS: the largest `top` a list read accepts is not documented
+MAX_PROSPECTS_PER_REMOVAL = 1000  # GUESS: no batch size for removeProspects is published
+NICE_DOMAINS = ("niceincontact.com", "nice-incontact.com", "nicecxone.com", "incontact.com")
+"""Where discovery may send the client (over https): NICE's own domains. Any other host must be one the connection
+names itself (``auth_base_url``, ``api_base_url``, or the ``allowed_hosts`` extra: a proxy, the local sandbox)."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default_port = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default_port
+
+
+def trusted_endpoint(url: str, *, what: str, configured: list[str]) -> str:
+    """``url`` when discovery may send a credential or a record to it: https on one of :data:`NICE_DOMAINS`, or the
+    scheme, host and port of a URL the connection configured. Otherwise :class:`CXoneUntrustedHostError`, raised
+    before anything is sent there."""
+    scheme, host, port = _origin(url)
+    if (scheme, host, port) in {_origin(c) for c in configured if c}:
+        return url
+    if scheme == "https" and any(host == d or host.endswith(f".{d}") for d in NICE_DOMAINS):
+        return url
+    raise CXoneUntrustedHostError(
+        f"CXone {what} named {scheme}://{host}{f':{port}' if port else ''}, which is neither on NICE's domains "
+        f"({', '.join(NICE_DOMAINS)}, https) nor a host of the connection (auth_base_url, api_base_url, "
+        "allowed_hosts); nothing was sent to it"
+    )
+
+
+def expiration_timestamp(moment: datetime) -> str:
+    """An ``expirationDate``: ISO 8601 in UTC with milliseconds (``2027-01-05T02:00:00.000Z``)."""
+    if moment.tzinfo is None:
+        raise ValueError("an expiration date must carry its time zone")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _not_sent_or_rate_limited(error: BaseException) -> bool:
@@ -90,8 +126,10 @@ class AccessKeyAuth(ClientCredentialsAuth):
         client_secret: str,
         **kwargs: Any,
     ) -> None:
+        trusted_hosts = kwargs.pop("trusted_hosts", ())
         super().__init__("", client_id, client_secret, **kwargs)
         self.auth_base_url = auth_base_url.rstrip("/")
+        self.trusted_hosts = [self.auth_base_url, *trusted_hosts]
         self.access_key_id = access_key_id
         self._access_key_secret = access_key_secret
         self.tenant_id: str | None = None
@@ -119,7 +157,7 @@ class AccessKeyAuth(ClientCredentialsAuth):
         endpoint = document.get("token_endpoint")
         if not isinstance(endpoint, str) or not endpoint:
             raise CXoneAuthError(f"CXone OIDC discovery: {url} names no token_endpoint", status_code=200)
-        return endpoint
+        return trusted_endpoint(endpoint, what="OIDC discovery's token_endpoint", configured=self.trusted_hosts)
 
 
 def _get_document(session: requests.Session, url: str, *, timeout: float, verify: Any, what: str,
@@ -136,6 +174,14 @@ def _get_document(session: requests.Session, url: str, *, timeout: float, verify
         raise status_error(response.status_code, operation=what, request_id=response.headers.get("X-Request-Id"),
                            body=body, retry_after=retry_after_s(response.headers.get("Retry-After")))
     return body
+
+
+@dataclass(frozen=True)
+class ProspectRemoval:
+    """What ``removeProspects`` answered: external id -> result code, removed and not removed."""
+
+    removed: dict[str, str]
+    failed: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -169,6 +215,7 @@ class CallListClient:
     :param retry_policy: attempts and backoff.
     :param rate_limiter: the tenant's shared limiter; every attempt takes a slot, a 429 pauses all senders.
     :param on_token: called with every new token (log masking).
+    :param allowed_hosts: base URLs besides NICE's domains that discovery may name (a proxy; the local sandbox).
     """
 
     def __init__(
@@ -186,6 +233,7 @@ class CallListClient:
         retry_policy: RetryPolicy = RetryPolicy(),
         rate_limiter: RateLimiter | None = None,
         on_token: Callable[[str], None] | None = None,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
         if not (access_key_id and access_key_secret and client_id and client_secret):
             raise ValueError("an access key (id and secret) and the OIDC client (id and secret) are all required")
@@ -199,8 +247,10 @@ class CallListClient:
         session.headers.update({"Accept": "application/json"})
         session.verify = verify
         warn_if_unverified(verify, f"CXone calling-list API {auth_base_url}")
+        trusted = [*(allowed_hosts or []), *([api_base_url] if api_base_url else [])]
         self.auth = AccessKeyAuth(auth_base_url, access_key_id, access_key_secret, client_id=client_id,
-                                  client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token)
+                                  client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token,
+                                  trusted_hosts=trusted)
         self._session = session
 
     def __repr__(self) -> str:
@@ -237,6 +287,7 @@ class CallListClient:
             endpoint = document.get("api_endpoint")
             if not isinstance(endpoint, str) or not endpoint:
                 raise CXoneStatusError("CXone API discovery named no api_endpoint", status_code=200)
+            trusted_endpoint(endpoint, what="API discovery's api_endpoint", configured=self.auth.trusted_hosts)
             self._api_base_url = endpoint.rstrip("/")
         return f"{self._api_base_url}/inContactAPI/services/{self.api_version}"
 
@@ -302,14 +353,20 @@ class CallListClient:
                 return
             skip += len(records)
 
-    def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, skill_id: str | None = None,
-               default_time_zone: str | None = None) -> str:
+    def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, expiration_date: datetime,
+               skill_id: str | None = None, default_time_zone: str | None = None, start_skill: bool = False,
+               send_email: bool = False) -> str:
         """
-        ``POST lists/call-lists/{listId}/upload`` with the file as base64 and ``forceOverwrite: false`` (append).
+        ``POST lists/call-lists/{listId}/upload``: the file as base64 with every field NICE's published schema
+        requires (``listFile``, ``forceOverwrite: false`` (append), ``expirationDate``, ``startSkill``,
+        ``sendEmail``) and the optional ones given.
 
         Retried only on 429 and on connections that never reached the server. Any other failure raises with
         ``outcome_uncertain`` telling whether the server may have accepted the file: then it must not be sent again.
 
+        :param expiration_date: when the file's records leave the list (an aware datetime).
+        :param start_skill: start the skill's dialing once the file is processed.
+        :param send_email: have CXone e-mail the list's owner when the upload completes.
         :return: the upload's ``jobId``.
         """
         if len(csv_bytes) > MAX_FILE_BYTES:
@@ -318,8 +375,9 @@ class CallListClient:
             "listFile": base64.b64encode(csv_bytes).decode("ascii"),
             "fileName": file_name,
             "forceOverwrite": False,
-            "startSkill": False,
-            "sendEmail": False,
+            "expirationDate": expiration_timestamp(expiration_date),
+            "startSkill": bool(start_skill),
+            "sendEmail": bool(send_email),
         }
         if skill_id:
             body["skillId"] = int(skill_id) if str(skill_id).isdigit() else skill_id
@@ -332,6 +390,44 @@ class CallListClient:
             raise CXoneStatusError(f"CXone upload of {file_name} answered without a jobId", status_code=202,
                                    outcome_uncertain=True)
         return str(job_id)
+
+    def remove_prospects(self, list_name: str, external_ids: list[str]) -> ProspectRemoval:
+        """
+        ``DELETE lists/call-lists/{sourceName}/removeProspects``: remove the records with these external ids.
+
+        Safe to send again (a record already gone is answered ``failedRecords`` and read as gone), so it is retried
+        like a read.
+
+        :param list_name: the list's name (the ``sourceName``).
+        :param external_ids: at most :data:`MAX_PROSPECTS_PER_REMOVAL` external ids.
+        """
+        if not 1 <= len(external_ids) <= MAX_PROSPECTS_PER_REMOVAL:
+            raise ValueError(f"a removal names 1 to {MAX_PROSPECTS_PER_REMOVAL} external ids, got {len(external_ids)}")
+        body = {"prospectsToRemove": [{"externalId": external_id} for external_id in external_ids]}
+        answer = self._call("DELETE", f"lists/call-lists/{quote(list_name, safe='')}/removeProspects",
+                            json_body=body, operation=f"removal of {len(external_ids)} records from {list_name}")
+        answer = answer if isinstance(answer, dict) else {}
+
+        def ids(key: str) -> dict[str, str]:
+            return {str(r.get("externalId")): str(r.get("resultCode") or "") for r in answer.get(key) or []}
+
+        return ProspectRemoval(removed=ids("successfulRecords"), failed=ids("failedRecords"))
+
+    def add_dnc_records(self, group_id: str, phone_numbers: list[str], *, expired_date: str | None = None) -> list[dict[str, Any]]:
+        """
+        ``POST dnc-groups/{groupId}/records``: put these numbers into a do-not-call group.
+
+        :param group_id: the DNC group.
+        :param phone_numbers: numbers in E.164 (sent as digits, as CXone stores them).
+        :param expired_date: when the entries lapse (ISO 8601); None: never.
+        :return: ``recordResults`` (``success``, ``error``, ``formattedPhone``), one per number.
+        """
+        records = [{"phoneNumber": number.lstrip("+"), **({"expiredDate": expired_date} if expired_date else {})}
+                   for number in phone_numbers]
+        answer = self._call("POST", f"dnc-groups/{quote(group_id, safe='')}/records", json_body={"dncGroupRecords": records},
+                            operation=f"{len(records)} numbers into DNC group {group_id}")
+        result = answer.get("resultSet") if isinstance(answer, dict) else None
+        return list((result or {}).get("recordResults") or [])
 
     def job(self, job_id: str) -> UploadJob:
         """``GET lists/call-lists/jobs/{jobId}``."""

@@ -23,6 +23,10 @@ slot), so this only has to cover budget x response time: 6000/min at 100 ms need
 task could not fill 6000/min at 100 ms (at most 80 requests/s)."""
 API_PROFILES = ("records", "call_lists")
 DEFAULT_UPLOAD_RECORDS_PER_FILE = 1000  # far below the documented 500,000: a failed file costs little
+MAX_LIST_EXPIRATION_DAYS = 30
+"""NICE keeps at most 30 days of calling-list inventory (or 1,000,000 records, whichever is less), and 30 days is
+its default record expiration for a business unit and a skill: a longer ``expirationDate`` buys nothing."""
+DEFAULT_LIST_EXPIRATION_DAYS = MAX_LIST_EXPIRATION_DAYS
 
 CONN_FIELDS: dict[str, dict[str, Any]] = {
     "api_profile": {
@@ -89,6 +93,12 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "label": "API version (call_lists)",
         "schema": {"type": ["string", "null"], "default": DEFAULT_API_VERSION},
     },
+    "allowed_hosts": {
+        "label": "Allowed hosts (call_lists)",
+        "description": "Base URLs besides NICE's domains that discovery may name (a proxy), comma-separated. Any "
+        "other host discovery names is refused before a credential is sent.",
+        "schema": {"type": ["string", "null"]},
+    },
     "skill_id": {
         "label": "Skill id (call_lists)",
         "description": "The outbound skill each upload names.",
@@ -108,6 +118,21 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "label": "Records per upload file (call_lists)",
         "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": 500000,
                    "default": DEFAULT_UPLOAD_RECORDS_PER_FILE},
+    },
+    "list_expiration_days": {
+        "label": "Record expiration in days (call_lists)",
+        "description": "Each upload's expirationDate: its records leave the list this many days after the upload "
+        "(NICE keeps at most 30 days of inventory). The DAG param of the same name overrides it per run.",
+        "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIST_EXPIRATION_DAYS,
+                   "default": DEFAULT_LIST_EXPIRATION_DAYS},
+    },
+    "start_skill": {
+        "label": "Start the skill after each upload (call_lists)",
+        "schema": {"type": ["boolean", "null"], "default": False},
+    },
+    "send_email": {
+        "label": "E-mail when an upload completes (call_lists)",
+        "schema": {"type": ["boolean", "null"], "default": False},
     },
 }
 

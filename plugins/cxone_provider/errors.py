@@ -24,6 +24,7 @@ __all__ = [
     "CXoneServerError",
     "CXoneStatusError",
     "CXoneTimeoutError",
+    "CXoneUntrustedHostError",
     "CXoneValidationError",
     "status_error",
 ]
@@ -136,6 +137,10 @@ class CXoneConnectionError(CXoneError):
 
 class CXoneTimeoutError(CXoneConnectionError):
     """No HTTP answer within the configured timeout."""
+
+
+class CXoneUntrustedHostError(CXoneError):
+    """Discovery named an endpoint on neither NICE's domains nor the connection's hosts; nothing was sent to it."""
 
 
 def status_error(

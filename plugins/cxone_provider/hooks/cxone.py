@@ -18,8 +18,10 @@ from cxone_provider.connection_form import (
     CONN_FIELDS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_REQUESTS_PER_MINUTE,
+    DEFAULT_LIST_EXPIRATION_DAYS,
     DEFAULT_TIMEOUT_S,
     DEFAULT_UPLOAD_RECORDS_PER_FILE,
+    MAX_LIST_EXPIRATION_DAYS,
     UI_FIELD_BEHAVIOUR,
 )
 from cxone_provider.connections import connection_url, parse_bool
@@ -49,7 +51,8 @@ class CXoneHook(BaseHook):
     ``api_profile`` picks the API: ``records`` (default, above) or ``call_lists`` (NICE's documented calling-list
     API): login = access key id, password = access key secret; extras ``client_id``, ``client_secret`` (the
     application's OIDC client), ``auth_base_url``, ``api_base_url`` (skips API discovery), ``api_version``,
-    ``skill_id``, ``default_time_zone``, ``external_id_column``, ``upload_records_per_file`` and the job wait's
+    ``skill_id``, ``default_time_zone``, ``external_id_column``, ``upload_records_per_file``,
+    ``list_expiration_days`` (default 30), ``start_skill`` and ``send_email`` (default false) and the job wait's
     ``job_poll_first_s``, ``job_poll_max_s``, ``job_timeout_s``.
 
     :param cxone_conn_id: the Airflow connection to use.
@@ -121,13 +124,16 @@ class CXoneHook(BaseHook):
             ),
             "timeout": StringField(label("timeout"), widget=BS3TextFieldWidget(), default=str(DEFAULT_TIMEOUT_S)),
             "verify_ssl": BooleanField(label("verify_ssl"), default=True),
+            "start_skill": BooleanField(label("start_skill"), default=False),
+            "send_email": BooleanField(label("send_email"), default=False),
             "api_profile": StringField(
                 label("api_profile"), validators=[Optional(), any_of(list(API_PROFILES))], widget=BS3TextFieldWidget()
             ),
             **{
                 name: StringField(label(name), widget=BS3TextFieldWidget())
                 for name in ("client_id", "auth_base_url", "api_base_url", "api_version", "skill_id",
-                             "default_time_zone", "external_id_column", "upload_records_per_file")
+                             "default_time_zone", "external_id_column", "upload_records_per_file",
+                             "list_expiration_days")
             },
             "client_secret": PasswordField(label("client_secret"), widget=BS3PasswordFieldWidget()),
         }
@@ -187,6 +193,9 @@ class CXoneHook(BaseHook):
             "default_time_zone": self._extra("default_time_zone"),
             "external_id_column": str(self._extra("external_id_column", "contactId")),
             "upload_records_per_file": self.upload_records_per_file,
+            "list_expiration_days": self.list_expiration_days,
+            "start_skill": parse_bool(self._extra("start_skill", False), name=f"connection {self.cxone_conn_id}: start_skill"),
+            "send_email": parse_bool(self._extra("send_email", False), name=f"connection {self.cxone_conn_id}: send_email"),
             # waiting for upload jobs (on the triggerer): first poll interval, doubling up to the max, and when to stop
             "job_poll_first_s": self._positive_number("job_poll_first_s", 5.0, float),
             "job_poll_max_s": self._positive_number("job_poll_max_s", 60.0, float),
@@ -218,6 +227,15 @@ class CXoneHook(BaseHook):
     @property
     def timeout(self) -> float:
         return self._positive_number("timeout", DEFAULT_TIMEOUT_S, float)
+
+    @property
+    def list_expiration_days(self) -> int:
+        """call_lists: days from an upload to its records' ``expirationDate`` (1 to NICE's 30-day inventory)."""
+        days = int(self._positive_number("list_expiration_days", DEFAULT_LIST_EXPIRATION_DAYS, int))
+        if days > MAX_LIST_EXPIRATION_DAYS:
+            raise ValueError(f"connection {self.cxone_conn_id}: list_expiration_days must be at most "
+                             f"{MAX_LIST_EXPIRATION_DAYS} (NICE keeps 30 days of calling-list inventory), got {days}")
+        return days
 
     @property
     def verify_ssl(self) -> bool:
@@ -337,7 +355,16 @@ class CXoneHook(BaseHook):
             retry_policy=self.retry_policy,
             rate_limiter=rate_limiter or self.rate_limiter,
             on_token=mask_secret,
+            allowed_hosts=self.allowed_hosts,
         )
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """call_lists: base URLs besides NICE's domains that discovery may name (extra ``allowed_hosts``, a list or
+        comma-separated: a proxy in front of CXone)."""
+        value = self._extra("allowed_hosts") or []
+        hosts = value.split(",") if isinstance(value, str) else list(value)
+        return [str(h).strip() for h in hosts if str(h).strip()]
 
     @cached_property
     def client(self) -> CXoneClient:

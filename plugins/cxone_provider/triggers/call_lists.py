@@ -1,5 +1,9 @@
 """``CallListJobsTrigger``: waits on Airflow's triggerer for calling-list upload jobs to settle, so the import
-task holds no worker slot (nor a pool slot) while CXone processes its files."""
+task holds no worker slot (nor a pool slot) while CXone processes its files.
+
+The calling-list client is blocking (``requests``, the tenant's rate limiter sleeping for its slot, retries with
+backoff), so each trigger polls on an executor of its own thread: a slow poll of one trigger never holds up the
+triggerer's event loop or its shared sync thread, where every other trigger runs."""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from cxone_provider.errors import CXoneAuthError, CXoneError
+from cxone_provider.errors import CXoneAuthError, CXoneError, CXoneUntrustedHostError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,7 @@ class CallListJobsTrigger(BaseTrigger):
         self.poll_first_s = float(poll_first_s)
         self.poll_max_s = float(poll_max_s)
         self._client: Any = None
+        self._executor: ThreadPoolExecutor | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -79,7 +85,8 @@ class CallListJobsTrigger(BaseTrigger):
         )
 
     def _poll(self, pending: list[str]) -> tuple[dict[str, str], bool]:
-        """One round (blocking; run in a thread): the state of each pending job and whether the list is busy."""
+        """One round (blocking; runs on this trigger's own thread): the state of each pending job and whether the
+        list is busy."""
         if self._client is None:
             from cxone_provider.hooks.cxone import CXoneHook
 
@@ -91,9 +98,18 @@ class CallListJobsTrigger(BaseTrigger):
         busy = self.wait_for_list and any(j.list_id == self.list_id and not j.settled for j in self._client.jobs())
         return states, busy
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        from asgiref.sync import sync_to_async
+    def _close_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
+    async def _in_own_thread(self, function: Any, *args: Any) -> Any:
+        """Run a blocking call on this trigger's executor (one thread: the client is used by one caller at a time)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cxone-jobs-{self.list_id}")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
         states = {job_id: PENDING for job_id in self.job_ids}
         deadline = self.submitted_at + self.timeout_s
         poll = 0
@@ -103,9 +119,9 @@ class CallListJobsTrigger(BaseTrigger):
                 pending = [j for j, s in states.items() if s == PENDING]
                 busy = True
                 try:
-                    polled, busy = await sync_to_async(self._poll)(pending)
+                    polled, busy = await self._in_own_thread(self._poll, pending)
                     states.update(polled)
-                except CXoneAuthError as exc:
+                except (CXoneAuthError, CXoneUntrustedHostError) as exc:
                     yield TriggerEvent({"status": "error", "message": str(exc), "jobs": states})
                     return
                 except CXoneError as exc:  # the client's retries are spent; the next round tries again
@@ -122,6 +138,8 @@ class CallListJobsTrigger(BaseTrigger):
                     return
                 await asyncio.sleep(min(remaining, poll_wait_s(poll, first_s=self.poll_first_s, max_s=self.poll_max_s)))
         finally:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            if self._executor is not None:
+                # the client is closed on its own thread, after a poll still running there (a cancelled trigger)
+                self._executor.submit(self._close_client)
+                self._executor.shutdown(wait=False)
+                self._executor = None
