@@ -166,7 +166,8 @@ def test_webhook_events_are_signed_and_keyed(run_import, export, webhook_sink):
     assert len(set(keys)) == len(keys) and all(keys)
     for event in events:
         body = json.dumps(event["body"], separators=(",", ":")).encode()
-        expected = "sha256=" + hmac.new(b"demo-signing-secret", body, hashlib.sha256).hexdigest()
+        stamp = event["headers"]["X-Signature-Timestamp"]  # the signature covers it: "{timestamp}.{body}"
+        expected = "sha256=" + hmac.new(b"demo-signing-secret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
         assert event["headers"].get("X-Signature") == expected
 
 
