@@ -59,6 +59,24 @@ def test_default_refuses_other_places(uri, why):
 @pytest.mark.parametrize(
     ("uri", "allowed"),
     [
+        pytest.param("s3://aws_crm@crm-exports/2026/contacts.csv", True, id="the-base's-own-connection"),
+        pytest.param("s3://crm-exports/2026/contacts.csv", True, id="the-storage-connection"),
+        pytest.param("s3://aws_prod_admin@crm-exports/2026/contacts.csv", False, id="another-connection"),
+    ],
+)
+def test_a_source_base_naming_its_connection_allows_that_connection(uri, allowed):
+    """A storage base with a connection is written ``s3://conn_id@bucket/...``: its dated files are read as before."""
+    prefixes = default_allowed_prefixes("s3://aws_crm@crm-exports/incoming")
+    if allowed:
+        check_source(uri, prefixes)
+    else:
+        with pytest.raises(SourceNotAllowedError):
+            check_source(uri, prefixes)
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed"),
+    [
         pytest.param("s3://crm-exports/nightly/contacts.csv", True, id="listed-prefix"),
         pytest.param("https://crm.example.com/exports/contacts.csv", True, id="listed-https"),
         pytest.param("s3://crm-exports/nightly-other/contacts.csv", False, id="whole-segments-only"),

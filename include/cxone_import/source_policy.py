@@ -74,11 +74,16 @@ def place_of(uri: str) -> Place:
 
 
 def default_allowed_prefixes(source_base: str) -> list[str]:
-    """What is allowed when the Variable is not set: local files, and the source base's scheme and bucket."""
+    """What is allowed when the Variable is not set: local files, and the source base's scheme and bucket, read with
+    the storage connection or with the one the base itself names (``s3://conn_id@bucket/...``, as a storage base
+    with a connection is written)."""
     prefixes = ["file://"]
     base = urlsplit(str(source_base))
     if base.scheme and base.scheme.lower() not in _LOCAL_SCHEMES and base.netloc:
-        prefixes.append(f"{base.scheme.lower()}://{base.netloc.rpartition('@')[2]}/")
+        user, _, bucket = base.netloc.rpartition("@")
+        prefixes.append(f"{base.scheme.lower()}://{bucket}/")
+        if user:
+            prefixes.append(f"{base.scheme.lower()}://{user}@{bucket}/")
     return prefixes
 
 
