@@ -33,20 +33,22 @@ def layout(tmp_path):
     return RunLayout.for_run(UPath(f"file://{tmp_path}"), "d", "r")
 
 
-def write_group(layout, records: list[dict], batch_size: int) -> None:
+def write_group(layout, records: list[dict], batch_size: int, *, listed: set[str] = frozenset()) -> None:
+    """The group file chunk writes; ``listed``: contacts the list's state knew before the run."""
     rows = []
     for n, rec in enumerate(records):
         rows.append((n + 1, n // batch_size, rec["contactId"], json.dumps(rec)))
-    ids = {}
-    for _, b, cid, _ in rows:
-        ids.setdefault(b, []).append(cid)
+    batches = {}
+    for _, b, _, record_json in rows:
+        batches.setdefault(b, []).append(record_json)
     table = pa.table(
         {
             "row_number": [r[0] for r in rows],
             "batch_index": [r[1] for r in rows],
-            "batch_id": [batch_id(LIST, ids[r[1]]) for r in rows],
+            "batch_id": [batch_id(LIST, batches[r[1]]) for r in rows],
             "contact_id": [r[2] for r in rows],
             "record_json": [r[3] for r in rows],
+            "listed_before": [r[2] in listed for r in rows],
         },
         schema=GROUP_SCHEMA,
     )
@@ -120,7 +122,7 @@ def test_duplicates_after_an_unanswered_attempt_are_our_own_records(layout, clie
     cxone_sandbox.configure(duplicate_mode=duplicate_mode)
     records = [record(i) for i in range(6)]
     write_group(layout, records, batch_size=6)
-    batch = batch_id(LIST, [r["contactId"] for r in records])
+    batch = batch_id(LIST, [json.dumps(r) for r in records])
     CheckpointStore(layout, [batch]).mark_inflight(batch)
     cxone_sandbox.seed_records(LIST, records[:4])  # what the lost attempt had created
 

@@ -126,7 +126,7 @@ def call_list_file(layout: RunLayout) -> Any:
 
 @dataclass(frozen=True)
 class UploadFile:
-    """One CSV file of a group: its deterministic id (list + contactIds), rows and bytes."""
+    """One CSV file of a group: its deterministic id (list + the file's lines as uploaded), rows and bytes."""
 
     index: int
     file_id: str
@@ -153,7 +153,8 @@ def csv_files(call_list: CallListLayout, rows: Sequence[tuple[int, str, str]], *
     def close() -> None:
         nonlocal numbers, ids, lines, size
         if numbers:
-            files.append(UploadFile(len(files), batch_id(call_list.list_id, ids), numbers, ids, header + b"".join(lines)))
+            files.append(UploadFile(len(files), batch_id(call_list.list_id, [header, *lines]), numbers, ids,
+                                    header + b"".join(lines)))
         numbers, ids, lines, size = [], [], [], len(header)
 
     for row_number, contact_id, record_json in rows:
