@@ -98,7 +98,8 @@ def test_dead_letter_holds_the_failed_records_in_file_order(layout):
     records = [json.dumps({"contactId": f"c{r}", "n": "ü"}, ensure_ascii=False) for r in rows]
     write_parquet(layout.group_file(0), pa.table({"row_number": rows, "batch_index": [r // 100 for r in rows],
                                                   "batch_id": ["b"] * len(rows), "contact_id": [f"c{r}" for r in rows],
-                                                  "record_json": records, "listed_before": [False] * len(rows)},
+                                                  "record_json": records, "listed_before": [False] * len(rows),
+                                                  "sent_unanswered": [False] * len(rows)},
                                                  schema=GROUP_SCHEMA))
     failed = {5: "HTTP 400: x", 9000: "HTTP 400: y", 19_999: "HTTP 400: z"}
     _outcomes(layout, 0, rows, ["failed" if r in failed else "imported" for r in rows],

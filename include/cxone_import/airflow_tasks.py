@@ -40,6 +40,7 @@ from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-
 )
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import (
+    DECISION_ANSWER_LOST,
     DECISION_LISTED,
     LEFT_OUT,
     ContactListState,
@@ -374,6 +375,7 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
         left_out_rows=read_decided_rows(layout, *LEFT_OUT) if left_out else None,
         listed_rows=read_decided_rows(layout, DECISION_LISTED) if changes["listed"] else None,
+        answer_lost_rows=read_decided_rows(layout, DECISION_ANSWER_LOST) if changes.get("answer_lost") else None,
     )
     if params.get("dry_run"):
         log.info("dry run: %d groups planned, %d records unchanged, nothing will be sent", len(groups), changes["unchanged"])

@@ -63,6 +63,7 @@ class Row:
     contact_id: str
     record_json: str
     listed_before: bool = False  # the list's state knew this contact before the run
+    sent_unanswered: bool = False  # a killed run sent this very record and never read the answer
 
 
 class Outcome(NamedTuple):
@@ -407,9 +408,10 @@ class _BatchOutcomes:
 
     def add(self, row: Row, outcome: str, detail: str, *, uncertain: bool = False) -> None:
         """Record ``row``'s outcome. A duplicate of a batch whose earlier attempt may have reached the server is
-        our own record from that attempt (``imported``, counted as ``confirmed_on_retry``), unless the list held
-        the contact before this run: then that attempt created nothing of it."""
-        if outcome == DUPLICATE and uncertain and not row.listed_before:
+        our own record from that attempt (``imported``, counted as ``confirmed_on_retry``), and so is one a killed
+        run sent exactly so without reading the answer, unless the list held the contact before this run: then
+        that attempt created nothing of it."""
+        if outcome == DUPLICATE and (uncertain or row.sent_unanswered) and not row.listed_before:
             self.metrics.confirmed_on_retry += 1
             outcome, detail = IMPORTED, "confirmed_on_retry"
         self.items.append(Outcome(row.row_number, row.contact_id, outcome, self.batch_id, detail))
@@ -447,9 +449,10 @@ def _group_batch_ids(path: Any) -> tuple[list[str], int]:
     return column.unique().to_pylist(), len(column)
 
 
-def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str, bool]]]]:
+def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str, bool, bool]]]]:
     """A group file's batches in order, decoded ``READ_ROWS`` at a time:
-    (batch_index, batch_id, [(row_number, contact_id, record_json, listed_before)]). A batch's rows are contiguous; the rows of
+    (batch_index, batch_id, [(row_number, contact_id, record_json, listed_before, sent_unanswered)]). A batch's rows
+    are contiguous; the rows of
     the last batch of a read are held back until the next read shows that batch is whole."""
     held: pa.Table | None = None
     with path.open("rb") as handle:
@@ -465,8 +468,8 @@ def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, st
         yield from _whole_batches(held)
 
 
-def _whole_batches(table: pa.Table) -> Iterator[tuple[int, str, list[tuple[int, str, str, bool]]]]:
-    """The batches of rows that hold only whole batches: four column conversions, then a slice per batch."""
+def _whole_batches(table: pa.Table) -> Iterator[tuple[int, str, list[tuple[int, str, str, bool, bool]]]]:
+    """The batches of rows that hold only whole batches: five column conversions, then a slice per batch."""
     if not table.num_rows:
         return
     index = table.column("batch_index").to_numpy()
@@ -474,7 +477,8 @@ def _whole_batches(table: pa.Table) -> Iterator[tuple[int, str, list[tuple[int, 
     ends = np.append(starts[1:], len(index))
     batch_ids = table.column("batch_id").take(pa.array(starts)).to_pylist()
     members = list(zip(table.column("row_number").to_pylist(), table.column("contact_id").to_pylist(),
-                       table.column("record_json").to_pylist(), table.column("listed_before").to_pylist(), strict=True))
+                       table.column("record_json").to_pylist(), table.column("listed_before").to_pylist(),
+                       table.column("sent_unanswered").to_pylist(), strict=True))
     for start, end, batch_id in zip(starts.tolist(), ends.tolist(), batch_ids, strict=True):
         yield int(index[start]), batch_id, members[start:end]
 

@@ -44,6 +44,7 @@ GROUP_SCHEMA = pa.schema(
         ("contact_id", pa.string()),
         ("record_json", pa.string()),
         ("listed_before", pa.bool_()),  # the list's state knew this contact before the run (with other content)
+        ("sent_unanswered", pa.bool_()),  # a killed run sent this very record and never read CXone's answer
     ]
 )
 
@@ -270,7 +271,8 @@ def _batch_ids(scope: str, starts: np.ndarray, ends: np.ndarray, records_json: p
 _SEPARATOR = pa.scalar("\x1f", pa.large_string())
 _EMPTY = pa.scalar("", pa.large_string())
 # the records are unique strings: a dictionary only pays for the batch columns (100 rows a value)
-_GROUP_PARQUET = {"use_dictionary": ["batch_index", "batch_id", "listed_before"], "write_statistics": False}
+_GROUP_PARQUET = {"use_dictionary": ["batch_index", "batch_id", "listed_before", "sent_unanswered"],
+                  "write_statistics": False}
 CHUNK_SLICE_ROWS = 50_000  # records serialised and written at a time: bounds the chunk task's peak
 
 
@@ -316,7 +318,7 @@ class _GroupFiles:
 
 
 def _payload(frame: pd.DataFrame, first_position: int, batch_size: int, batch_scope: str,
-             listed_rows: np.ndarray | None) -> tuple[pa.Table, pd.DataFrame]:
+             listed_rows: np.ndarray | None, answer_lost_rows: np.ndarray | None) -> tuple[pa.Table, pd.DataFrame]:
     """The group-file rows of ``frame`` (whole batches from ``first_position`` on) and its batches' manifest rows."""
     batch_index = (np.arange(first_position, first_position + len(frame)) // batch_size).astype(np.int64)
     starts, ends = _batch_runs(batch_index)
@@ -324,7 +326,8 @@ def _payload(frame: pd.DataFrame, first_position: int, batch_size: int, batch_sc
     records = record_json(frame)
     ids = _batch_ids(batch_scope, starts, ends, records)
     row_numbers = frame[ROW_NUMBER].to_numpy(dtype=np.int64)
-    listed = np.isin(row_numbers, listed_rows) if listed_rows is not None and len(listed_rows) else np.zeros(len(frame), bool)
+    flags = [np.isin(row_numbers, rows) if rows is not None and len(rows) else np.zeros(len(frame), bool)
+             for rows in (listed_rows, answer_lost_rows)]
     table = pa.table(
         {
             ROW_NUMBER: pa.array(row_numbers, pa.int64()),
@@ -332,7 +335,8 @@ def _payload(frame: pd.DataFrame, first_position: int, batch_size: int, batch_sc
             "batch_id": pa.array(ids, pa.string()).take(pa.array(np.repeat(np.arange(len(ids)), ends - starts))),
             "contact_id": contact_ids.cast(pa.string()),
             "record_json": records.cast(pa.string()),
-            "listed_before": pa.array(listed, pa.bool_()),
+            "listed_before": pa.array(flags[0], pa.bool_()),
+            "sent_unanswered": pa.array(flags[1], pa.bool_()),
         },
         schema=GROUP_SCHEMA,
     )
@@ -359,10 +363,11 @@ def chunk(
     max_map_length: int,
     left_out_rows: np.ndarray | None = None,
     listed_rows: np.ndarray | None = None,
+    answer_lost_rows: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Number the valid records to send (all but ``left_out_rows``, which the list already holds) into batches
     whose ids hash ``batch_scope`` and the records, stream them into one file per import group (``listed_rows``
-    marked ``listed_before``), write the manifest."""
+    marked ``listed_before``, ``answer_lost_rows`` ``sent_unanswered``), write the manifest."""
     to_send = valid_rows - (len(left_out_rows) if left_out_rows is not None else 0)
     plan = GroupPlan.plan(to_send, batch_size, parallelism, max_map_length)
     rows_per_group = plan.batches_per_group * batch_size
@@ -373,7 +378,8 @@ def chunk(
     try:
         for frame in _batch_aligned(layout, parts, batch_size, left_out_rows):
             for start in range(0, len(frame), step):
-                table, batches = _payload(frame.iloc[start : start + step], position, batch_size, batch_scope, listed_rows)
+                table, batches = _payload(frame.iloc[start : start + step], position, batch_size, batch_scope,
+                                          listed_rows, answer_lost_rows)
                 group_of_row = np.arange(position, position + table.num_rows) // rows_per_group
                 for group_index in np.unique(group_of_row).tolist():
                     at = np.flatnonzero(group_of_row == group_index)

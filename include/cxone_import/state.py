@@ -218,6 +218,7 @@ class Comparison:
     unchanged_rows: np.ndarray  # acknowledged exactly as they are now (row numbers, sorted)
     unconfirmed_rows: np.ndarray  # answered duplicate for this very content before: sending them changes nothing
     listed_rows: np.ndarray  # the state knows the contact (acknowledged or present), the content differs
+    answer_lost_rows: np.ndarray  # unknown contacts a killed run sent exactly so without reading the answer
     state_contacts: int  # contacts in the state after folding
     folded_deltas: int
     recovered_groups: int
@@ -364,7 +365,7 @@ class ContactListState:
         current = self.current()
         current_broken = current is None and self._current_file.exists()
         buckets = int(current["buckets"]) if current else self._default_buckets
-        recovered = self._recover_orphans(skip_run_id) if fold else 0
+        recovered, unanswered = self._recover_orphans(skip_run_id) if fold else (0, Acknowledgements.empty())
         deltas = [_Delta(p) for p in self.deltas()]
         for delta in deltas:
             if not delta.readable:
@@ -410,8 +411,10 @@ class ContactListState:
             self._switch(current, generation, buckets, contacts, [d.path for d in usable])
         rows = {name: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
                 for name, parts in found.items()}
-        return Comparison(rows["unchanged"], rows["unconfirmed"], rows["listed"], contacts,
-                          len(usable) if rewrite else 0, recovered, tuple(self._unreadable), migrated)
+        known = np.isin(row_numbers, np.concatenate(list(rows.values())))
+        answer_lost = ~known & np.isin(_pair(keys, fps), _pair(unanswered.keys, unanswered.fingerprints))
+        return Comparison(rows["unchanged"], rows["unconfirmed"], rows["listed"], np.sort(row_numbers[answer_lost]),
+                          contacts, len(usable) if rewrite else 0, recovered, tuple(self._unreadable), migrated)
 
     def _read_bucket(self, current: dict[str, Any] | None, bucket: int) -> _Columns:
         if current is None:
@@ -438,9 +441,12 @@ class ContactListState:
         log.info("state %s: generation %s, %d contacts, %d deltas folded", self.key.describe(), generation, contacts,
                  len(folded))
 
-    def _recover_orphans(self, skip_run_id: str | None) -> int:
-        """Runs registered without a delta for some group: write those deltas from the run's checkpoints."""
+    def _recover_orphans(self, skip_run_id: str | None) -> tuple[int, Acknowledgements]:
+        """Runs registered without a delta for some group: write those deltas from the run's checkpoints. Also
+        returns the records of their batches still marked in flight (sent, the answer never read): the next run
+        that sends one of them exactly so may count its duplicate as that run's creation."""
         recovered = 0
+        unanswered: list[Acknowledgements] = []
         deltas = [p.name for p in self.deltas()]
         for registration in list_files(self.root / "runs", "*.json"):
             try:
@@ -458,15 +464,16 @@ class ContactListState:
                 if any(tag in name for name in deltas):
                     continue
                 layout = RunLayout.for_run(self._base, self._dag_id, run_id)
-                answers = checkpointed_answers(layout, group_index)
+                answers, lost = checkpointed_answers(layout, group_index)
                 if len(answers):
                     self.write_delta(run_id, group_index, answers, logical_date=int(info.get("logical_date") or 0),
                                      written_ns=int(info["registered_ns"]))
+                unanswered.append(lost)
                 recovered += 1
-                log.info("state: run %s group %d had no delta; %d answers recovered from its checkpoints",
-                         run_id, group_index, len(answers))
+                log.info("state: run %s group %d had no delta; %d answers recovered from its checkpoints, %d records "
+                         "sent without an answer", run_id, group_index, len(answers), len(lost))
             _remove(registration)
-        return recovered
+        return recovered, Acknowledgements.concat(unanswered)
 
     # -- the format-1 state of the list's id ------------------------------------------------------------------
 
@@ -579,21 +586,34 @@ def acknowledged_from_outcomes(layout: RunLayout, group_index: int) -> Acknowled
     return _answers_of_rows(layout, group_index, dict(zip(told["row_number"].astype("int64"), told["outcome"], strict=True)))
 
 
-def checkpointed_answers(layout: RunLayout, group_index: int) -> Acknowledgements:
-    """What CXone said about the records of a group whose task never wrote its outcome file (its checkpoints)."""
+def checkpointed_answers(layout: RunLayout, group_index: int) -> tuple[Acknowledgements, Acknowledgements]:
+    """What CXone said about the records of a group whose task never wrote its outcome file (its checkpoints), and
+    the records of its batches still marked in flight (sent, answer never read: ``acknowledged`` False)."""
     from include.cxone_import.engine import CheckpointStore
 
     group_file = layout.group_file(group_index)
     if not group_file.exists():
-        return Acknowledgements.empty()
-    batch_ids = pd.unique(read_parquet(group_file, columns=["batch_id"])["batch_id"]).tolist()
+        return Acknowledgements.empty(), Acknowledgements.empty()
+    batches = read_parquet(group_file, columns=["row_number", "batch_id"])
+    batch_ids = pd.unique(batches["batch_id"]).tolist()
     store = CheckpointStore(layout, batch_ids)
     outcome_of: dict[int, str] = {}
+    in_flight: list[str] = []
     for batch_id in batch_ids:
         checkpoint = store.load(batch_id)
         if checkpoint is not None:
             outcome_of.update({int(o[0]): o[2] for o in checkpoint["outcomes"] if o[2] in ACKNOWLEDGES})
-    return _answers_of_rows(layout, group_index, outcome_of)
+        elif store.was_inflight(batch_id):
+            in_flight.append(batch_id)
+    lost_rows = batches.loc[batches["batch_id"].isin(in_flight), "row_number"].astype("int64")
+    lost = _answers_of_rows(layout, group_index, dict.fromkeys(lost_rows.tolist(), "duplicate"))
+    return _answers_of_rows(layout, group_index, outcome_of), lost
+
+
+def _pair(keys: np.ndarray, fps: np.ndarray) -> np.ndarray:
+    """One 64-bit value per (contact, content) pair."""
+    with np.errstate(over="ignore"):
+        return (keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ fps.astype(np.uint64)
 
 
 def _answers_of_rows(layout: RunLayout, group_index: int, outcome_of: dict[int, str]) -> Acknowledgements:
@@ -700,8 +720,9 @@ def iter_valid_records(layout: RunLayout, parts: int) -> Iterator[tuple[np.ndarr
 
 DECISION_FILE = "changes.parquet"
 CHANGES_FILE = "changes.json"
-# what the run decided for a record the list's state knows (records it does not know are sent, not listed)
-DECISION_UNCHANGED, DECISION_UNCONFIRMED, DECISION_LISTED = 1, 2, 3
+# what the run decided for a record the list's state knows (records it does not know are sent, not listed), or
+# that a killed run sent without reading the answer (sent; a duplicate of it is that run's record)
+DECISION_UNCHANGED, DECISION_UNCONFIRMED, DECISION_LISTED, DECISION_ANSWER_LOST = 1, 2, 3, 4
 LEFT_OUT = (DECISION_UNCHANGED, DECISION_UNCONFIRMED)  # not sent: the report counts them unchanged / duplicate
 DECISION_SCHEMA = pa.schema([("row_number", pa.int64()), ("fingerprint", pa.uint64()), ("decision", pa.int8())])
 # modes: compare (fold, leave out what the list holds), dry_run (compare without writing), full_resync and redrive
@@ -717,6 +738,7 @@ class ChangeDecision(TypedDict, total=False):
     unchanged: int  # left out: acknowledged exactly as they are
     unconfirmed: int  # left out: answered duplicate before for this very content (they end duplicate)
     listed: int  # sent; the state knew the contact with other content
+    answer_lost: int  # sent; a killed run had sent them exactly so and never read the answer
     state_contacts: int
     deltas_folded: int
     groups_recovered: int
@@ -783,6 +805,7 @@ def decide_changes(
         decision[np.isin(rows_all, comparison.unchanged_rows)] = DECISION_LISTED if send_all else DECISION_UNCHANGED
         decision[np.isin(rows_all, comparison.unconfirmed_rows)] = DECISION_LISTED if send_all else DECISION_UNCONFIRMED
         decision[np.isin(rows_all, comparison.listed_rows)] = DECISION_LISTED
+        decision[np.isin(rows_all, comparison.answer_lost_rows)] = DECISION_ANSWER_LOST
         details.update(state_contacts=comparison.state_contacts, deltas_folded=comparison.folded_deltas,
                        groups_recovered=comparison.recovered_groups, unreadable=list(comparison.unreadable),
                        migrated=comparison.migrated)
@@ -798,7 +821,7 @@ def decide_changes(
 
 def _decision_counts(decision: np.ndarray) -> ChangeDecision:
     return {"unchanged": int((decision == DECISION_UNCHANGED).sum()), "unconfirmed": int((decision == DECISION_UNCONFIRMED).sum()),
-            "listed": int((decision == DECISION_LISTED).sum())}
+            "listed": int((decision == DECISION_LISTED).sum()), "answer_lost": int((decision == DECISION_ANSWER_LOST).sum())}
 
 
 def _reuse_decision(layout: RunLayout, parts: int, decided: ChangeDecision) -> ChangeDecision:
@@ -812,7 +835,8 @@ def _reuse_decision(layout: RunLayout, parts: int, decided: ChangeDecision) -> C
     known = saved_rows[at] == rows_all
     decision = np.where(known, saved["decision"].to_numpy(dtype=np.int8)[at], 0).astype(np.int8)
     changed = known & (saved["fingerprint"].to_numpy(dtype=np.uint64)[at] != fps_all)
-    decision[changed] = DECISION_LISTED  # its content changed since the first attempt: sent, the state knows the contact
+    decision[changed & (decision != DECISION_ANSWER_LOST)] = DECISION_LISTED  # changed since: sent, known contact
+    decision[changed & (decision == DECISION_ANSWER_LOST)] = 0  # not what the killed run sent: an unknown contact
     keep = decision != 0
     _write_decision(layout, rows_all[keep], fps_all[keep], decision[keep])
     counts = _decision_counts(decision)

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--record-error-code", default=defaults.record_error_code,
                         help="their code (TEMPORARY_FAILURE or INTERNAL_ERROR: refused for now)")
     parser.add_argument("--miscount-rate", type=_share, default=defaults.miscount_rate,
-                        help="share of 200s whose recordsCreated is one short of what was stored")
+                        help="share of 200s whose recordsCreated is off by one (short; 1 when none was stored)")
     parser.add_argument("--token-lifetime-s", type=int, default=defaults.token_lifetime_s)
     parser.add_argument("--duplicate-mode", choices=DUPLICATE_MODES, default=defaults.duplicate_mode)
     parser.add_argument(

@@ -28,7 +28,7 @@ class SandboxConfig:
     drop_after_commit_rate: float = 0.0
     record_error_rate: float = 0.0  # share of a batch's new records refused in a 200's errors[] (not stored)
     record_error_code: str = "STORAGE_REJECTED"  # their code; TEMPORARY_FAILURE or INTERNAL_ERROR say "for now"
-    miscount_rate: float = 0.0  # share of 200s whose recordsCreated is one short of what was stored
+    miscount_rate: float = 0.0  # share of 200s whose recordsCreated is off by one (short; one when none was stored)
     token_lifetime_s: int = 3600
     duplicate_mode: str = "warnings"
     conflict_names_duplicates: bool = True

@@ -298,7 +298,8 @@ class CXoneSandbox(IssuedTokens, ServerRunner):
                 self._stats["dropped_after_commit"] += 1
         if drop_after_commit:  # committed, then the answer is lost: the request log still counts what was created
             return _Reply(payload={"recordsCreated": created}, drop=True)
-        reported = created - 1 if miscount and created else created  # a faulty answer: one short of what it stored
+        # a faulty answer: one short of what it stored (one more when it stored nothing)
+        reported = (created - 1 if created else 1) if miscount else created
         return _Reply(
             200, {"id": uuid.uuid4().hex, "recordsCreated": reported, "warnings": warnings,
                   "errors": list(refused.values())}
