@@ -93,9 +93,10 @@ def fs_path(path: Any) -> str:
 
 
 def _is_local(fs: Any) -> bool:
+    """A local disk: fsspec's local filesystem, or a plain ``pathlib`` path (``fs`` None)."""
     from fsspec.implementations.local import LocalFileSystem
 
-    return isinstance(fs, LocalFileSystem)
+    return fs is None or isinstance(fs, LocalFileSystem)
 
 
 @contextmanager
@@ -109,7 +110,7 @@ def atomic_open(path: Any, mode: str = "wb") -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
     ensure_parent(path)
-    if _is_local(path.fs):
+    if _is_local(getattr(path, "fs", None)):
         final = fs_path(path)
         temporary = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
         try:
