@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONTACT_LIST_ID, ROOT
+from include.cxone_import.state import list_key
+from tests.conftest import CONTACT_LIST_ID, ROOT, fold_killed_while_writing_current
 from tools.localrun import connection_env
 from tools.sample_data import generate_crm_export
 
@@ -52,8 +53,6 @@ def nightly(run_import, path: Path, day: int, *, conn: dict | None = None, **par
 
 def list_state_root(storage_base: Path, sandbox) -> Path:
     """Where the list's state lives for the sandbox's tenant (its host and the connection's client id)."""
-    from include.cxone_import.state import list_key
-
     key = list_key(CONTACT_LIST_ID, base_url=sandbox.url, client_id="sandbox-client")
     return storage_base / "state" / "cxone_contact_import" / f"tenant={key.tenant_digest}" / CONTACT_LIST_ID
 
@@ -269,8 +268,6 @@ def test_a_run_compares_only_while_it_holds_the_list(run_import, export, cxone_s
 
     assert nightly(run_import, export.path, 60).state == "success"
     monkeypatch.setenv("CXONE_LIST_WAIT_S", "1")
-    from include.cxone_import.state import list_key
-
     hook = CXoneHook(cxone_conn_id="cxone_default")
     other = "cxone_contact_import/another-run"
     lease = list_key(CONTACT_LIST_ID, base_url=cxone_sandbox.url, client_id="sandbox-client").lease_name
@@ -400,31 +397,6 @@ def test_another_tenant_with_the_same_list_id_gets_every_record(run_import, expo
     assert back.report["totals"]["unchanged"] == len(export.valid_contact_ids) and back.report["totals"]["requests"] == 0
 
 
-KILL_WHILE_WRITING_CURRENT = """
-import os, signal, sys
-import numpy as np
-from upath import UPath
-from include.cxone_import import storage
-from include.cxone_import.state import ContactListState, list_key
-
-real_open = open
-
-def open_then_die(path, mode="r", *args, **kwargs):
-    handle = real_open(path, mode, *args, **kwargs)
-    if "CURRENT.json" in str(path) and "w" in mode:
-        handle.write('{"format": 2, "gene')
-        handle.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return handle
-
-storage.open = open_then_die
-state = ContactListState(UPath(sys.argv[1]), "cxone_contact_import", list_key(sys.argv[2], base_url=sys.argv[3],
-                                                                              client_id="sandbox-client"))
-empty = np.empty(0, np.uint64)
-state.compare(np.empty(0, np.int64), empty, empty, fold=True)
-"""
-
-
 def test_a_kill_in_the_middle_of_a_state_write_then_a_run_that_succeeds(run_import, export, cxone_sandbox,
                                                                           storage_base, tmp_path):
     """A process folding the list's state is killed while it writes CURRENT.json: the next run reads the state
@@ -434,9 +406,8 @@ def test_a_kill_in_the_middle_of_a_state_write_then_a_run_that_succeeds(run_impo
     assert nightly(run_import, path, 101).state == "success"  # its deltas are folded by the next run
     state = list_state_root(storage_base, cxone_sandbox)
     assert list(state.glob("deltas/*.parquet"))
-    child = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING_CURRENT, f"file://{storage_base}", CONTACT_LIST_ID,
-                            cxone_sandbox.url], cwd=ROOT, env={**os.environ}, capture_output=True, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    fold_killed_while_writing_current(f"file://{storage_base}", "cxone_contact_import", list_key(
+        CONTACT_LIST_ID, base_url=cxone_sandbox.url, client_id="sandbox-client"))
     json.loads((state / "CURRENT.json").read_text())  # whole: the write went to a temporary file
     sent_before = requests_sent(cxone_sandbox)
 

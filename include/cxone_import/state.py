@@ -80,7 +80,6 @@ STATE_SCHEMA = pa.schema([
     ("origin", pa.uint8()),
     ("logical_date", pa.int64()),
 ])
-LEGACY_SCHEMA = pa.schema([("key", pa.uint64()), ("fingerprint", pa.uint64())])
 
 # What an outcome tells the state: True = CXone acknowledged the content, False = present, content not confirmed.
 # Outcomes not named here (failed) tell it nothing.
@@ -796,10 +795,11 @@ def decide_changes(
         if same_list and decided.get("mode") == mode:
             return _reuse_decision(layout, parts, decided)
         log.info("changes: the first attempt decided for another list or mode; deciding again")
-    rows_all, keys_all, fps_all = _valid_keys_and_fingerprints(layout, parts)
-    decision = np.zeros(len(rows_all), np.int8)
     details: ChangeDecision = {"state": state.describe() if state is not None else None}
-    if state is not None and mode != "new_list" and not state.is_empty():
+    rows_all, fps_all, decision = np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.int8)
+    if state is not None and mode != "new_list" and not state.is_empty():  # else nothing to read the records for
+        rows_all, keys_all, fps_all = _valid_keys_and_fingerprints(layout, parts)
+        decision = np.zeros(len(rows_all), np.int8)
         comparison = state.compare(rows_all, keys_all, fps_all, fold=mode != "dry_run", skip_run_id=run_id)
         send_all = mode in SEND_EVERYTHING
         decision[np.isin(rows_all, comparison.unchanged_rows)] = DECISION_LISTED if send_all else DECISION_UNCHANGED

@@ -110,24 +110,15 @@ def atomic_open(path: Any, mode: str = "wb") -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
     ensure_parent(path)
-    if _is_local(getattr(path, "fs", None)):
-        final = fs_path(path)
-        temporary = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            with open(temporary, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
-                yield handle
-            os.replace(temporary, final)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except FileNotFoundError:
-                pass
-            raise
+    fs = getattr(path, "fs", None)
+    if _is_local(fs):
+        with _local_replace(fs_path(path), mode) as handle:
+            yield handle
         return
     buffer: IO[Any] = io.StringIO() if mode == "w" else io.BytesIO()
     yield buffer
     data = buffer.getvalue()
-    path.fs.pipe_file(fs_path(path), data.encode("utf-8") if isinstance(data, str) else data)
+    fs.pipe_file(fs_path(path), data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def put_bytes(fs: Any, path: str, data: bytes) -> None:
@@ -135,11 +126,18 @@ def put_bytes(fs: Any, path: str, data: bytes) -> None:
     if not _is_local(fs):
         fs.pipe_file(path, data)
         return
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    with _local_replace(path, "wb") as handle:
+        handle.write(data)
+
+
+@contextmanager
+def _local_replace(final: str, mode: str) -> Iterator[IO[Any]]:
+    """A local file written under a temporary name beside ``final``, renamed over it once whole."""
+    temporary = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
+        with open(temporary, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
+        os.replace(temporary, final)
     except BaseException:
         try:
             os.unlink(temporary)
