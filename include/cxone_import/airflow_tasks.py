@@ -387,7 +387,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         )
         return []
     if groups:
-        assert key is not None  # resolved (and a calling list created) above whenever records are sent
+        if key is None:  # resolve_list_key names (or creates) the list whenever records will be sent
+            raise RuntimeError(f"records to send but no list resolved for {contact_list_id(params)!r}")
         list_state(key).register_run(context["run_id"], [g["group_index"] for g in groups],
                                      logical_date=logical_seconds(context))
     return [{**g, "groups_total": len(groups)} for g in groups]

@@ -596,7 +596,8 @@ def _name_rows(rows: list[Row], items: Sequence[RecordIssue]) -> tuple[dict[int,
 
 
 def _issue_text(item: RecordIssue) -> str:
-    return " ".join(p for p in (item.field, item.code, item.message) if p)
+    """How a record the server named is described in its outcome's detail: field, code and message."""
+    return " ".join(p for p in (getattr(item, "field", None), getattr(item, "code", None), getattr(item, "message", None)) if p)
 
 
 def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
@@ -608,7 +609,7 @@ def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
     for item in items:
         index = getattr(item, "index", None)
         contact_id = getattr(item, "contact_id", None)
-        detail = " ".join(p for p in (getattr(item, "field", None), getattr(item, "code", None), getattr(item, "message", None)) if p)
+        detail = _issue_text(item)
         if isinstance(index, int) and 0 <= index < len(rows) and (contact_id is None or rows[index].contact_id == contact_id):
             named[index] = detail
         elif contact_id is not None and contact_id in by_id:

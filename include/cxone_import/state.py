@@ -335,7 +335,7 @@ class ContactListState:
     def start_fresh(self, reason: str) -> None:
         """The list was created by this run: whatever a state under its key holds belonged to a list that is gone.
         Its files are moved under ``unreadable/`` (kept for a person, never read again)."""
-        files = [p for d in ("deltas", "runs") for p in list_files(self.root / d, "*.json" if d == "runs" else "*.parquet")]
+        files = [*list_files(self.root / "deltas", "*.parquet"), *list_files(self.root / "runs", "*.json")]
         if self._current_file.exists():
             files.append(self._current_file)
         for path in files:
