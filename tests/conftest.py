@@ -100,3 +100,38 @@ def run_import(storage_base, cxone_sandbox, webhook_sink, monkeypatch, request):
         return ImportRun(dag_run, report, root)
 
     return _run
+
+
+_FOLD_KILLED_WHILE_WRITING_CURRENT = """
+import json, os, signal, sys
+import numpy as np
+from upath import UPath
+from include.cxone_import import storage
+from include.cxone_import.state import ContactListState, ListKey
+
+real_open = open
+
+def open_then_die(path, mode="r", *args, **kwargs):
+    handle = real_open(path, mode, *args, **kwargs)
+    if "CURRENT.json" in str(path) and "w" in mode:
+        handle.write('{"format": 2, "gene')
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return handle
+
+storage.open = open_then_die  # the open() of storage.atomic_open
+state = ContactListState(UPath(sys.argv[1]), sys.argv[2], ListKey.from_dict(json.loads(sys.argv[3])),
+                         buckets=int(sys.argv[4]))
+empty = np.empty(0, np.uint64)
+state.compare(np.empty(0, np.int64), empty, empty, fold=True)
+"""
+
+
+def fold_killed_while_writing_current(base: str, dag_id: str, key: Any, *, buckets: int = 32) -> None:
+    """Fold a list's state in another process that is SIGKILLed half-way through writing ``CURRENT.json``."""
+    import signal
+    import subprocess
+
+    child = subprocess.run([sys.executable, "-c", _FOLD_KILLED_WHILE_WRITING_CURRENT, base, dag_id,
+                            json.dumps(key.to_dict()), str(buckets)], cwd=ROOT, capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]

@@ -121,7 +121,8 @@ def _group(layout, index: int, contact_ids: list[str]) -> None:
     n = len(contact_ids)
     write_parquet(layout.group_file(index), pa.table(
         {"row_number": list(range(1, n + 1)), "batch_index": [0] * n, "batch_id": ["b"] * n,
-         "contact_id": contact_ids, "record_json": records}, schema=GROUP_SCHEMA))
+         "contact_id": contact_ids, "record_json": records, "listed_before": [False] * n,
+         "sent_unanswered": [False] * n}, schema=GROUP_SCHEMA))
 
 
 def test_uploads_are_checkpointed_and_never_sent_twice(sandbox, client, tmp_path):

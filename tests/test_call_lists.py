@@ -11,6 +11,7 @@ import pytest
 
 from include.cxone_import.uploads import MAX_RECOVERY_ROUNDS
 from tools.sample_data import generate_crm_export
+from include.cxone_sandbox.call_lists_api import CallListSandboxConfig
 from tests.conftest import CONTACT_LIST_ID
 
 pytestmark = pytest.mark.timeout(300)
@@ -312,3 +313,39 @@ def test_a_3000_record_run_under_the_fault_mix_puts_exactly_the_valid_records_on
     assert stats["rows_uploaded_while_on_list"] == 0, "a row the list held was uploaded again"
     assert stats["status_counts"].get("503", 0) > 10 and any(j["isCancelled"] for j in call_list_sandbox.jobs())
     assert stats["rows_uploaded"] > len(held), "the fault mix cost no re-upload: it did not bite"
+
+
+def test_a_list_named_by_name_or_by_id_has_one_state(run_import, export, call_list_sandbox):
+    """The list's state and lease are keyed by the tenant its token names and the list's resolved id: a run that
+    names the list by its id compares with what the run that named it by name (and created it) acknowledged."""
+    by_name = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
+    list_id = str(call_list_sandbox.list_id(CONTACT_LIST_ID))
+    uploads = call_list_sandbox.stats()["uploads"]
+
+    by_id = run_import({"source_uri": f"file://{export.path}", "contact_list_id": list_id}, profile="call_lists",
+                       extra=PER_FILE)
+
+    assert by_name.report["changes"]["mode"] == "new_list"
+    assert by_name.report["changes"]["state"] == by_id.report["changes"]["state"]
+    assert by_id.report["changes"]["state"]["list_id"] == list_id
+    assert by_id.report["changes"]["state"]["tenant"] == "tenant " + CallListSandboxConfig().tenant_id
+    assert outcomes(by_id)["unchanged"] == len(export.valid_contact_ids)
+    assert call_list_sandbox.stats()["uploads"] == uploads
+
+
+def test_a_list_the_run_created_starts_with_an_empty_state(run_import, export, call_list_sandbox):
+    """The list was deleted in CXone and the next run creates it again (a new list that happens to get the old
+    id): nothing the old list acknowledged counts, every record is uploaded to the new one."""
+    from include.cxone_sandbox.call_lists_api import CallListSandbox
+
+    first = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
+    with CallListSandbox(CallListSandboxConfig(job_delay_s=0.2)) as emptied:  # the same tenant, the list gone
+        again = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists",
+                           extra={**PER_FILE, "auth_base_url": emptied.url})
+        on_new_list = {r["externalId"] for r in emptied.records(CONTACT_LIST_ID)}
+
+    assert again.state == "success"
+    assert again.report["changes"]["state"] == first.report["changes"]["state"], "the same tenant and list id"
+    assert again.report["changes"]["mode"] == "new_list" and again.report["totals"]["unchanged"] == 0
+    assert outcomes(again)["imported"] == len(export.valid_contact_ids) == len(on_new_list)
+    assert any("created by this run" in n for n in again.report["notices"])

@@ -90,7 +90,7 @@ def test_import_tasks_of_one_run_run_at_once(storage, tmp_path, cxone_sandbox, m
     layout = RunLayout.for_run(_storage(base, endpoint), DAG, RUN)
     extracted = pipeline.extract(_storage(f"file://{source}", None), layout)
     validated = pipeline.validate(layout, parts=extracted["parts"], max_consent_age_days=1825)
-    groups = pipeline.chunk(layout, parts=validated["parts"], valid_rows=validated["valid_rows"], contact_list_id=LIST,
+    groups = pipeline.chunk(layout, parts=validated["parts"], valid_rows=validated["valid_rows"], batch_scope=LIST,
                             batch_size=BATCH_SIZE, parallelism=GROUPS, max_map_length=1024)
     assert len(groups) == GROUPS
 

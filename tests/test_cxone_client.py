@@ -321,6 +321,33 @@ def test_warnings_in_200_become_duplicates(sandbox, make_client) -> None:
     assert [record["contactId"] for record in sandbox.records(LIST_ID)] == ["crm-00000", "crm-00001"]
 
 
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [pytest.param("STORAGE_REJECTED", False, id="refused"), pytest.param("TEMPORARY_FAILURE", True, id="for-now")],
+)
+def test_errors_in_200_name_the_records_not_created(sandbox, make_client, code, transient) -> None:
+    sandbox.configure(record_error_rate=1.0, record_error_code=code)
+
+    result = make_client().import_batch(LIST_ID, make_batch(0, 3))
+
+    assert result.created == 0 and result.records == 3 and not result.duplicates
+    assert [(e.index, e.contact_id, e.code, e.transient) for e in result.errors] == [
+        (n, f"crm-{n:05d}", code, transient) for n in range(3)
+    ]
+    assert sandbox.records(LIST_ID) == []
+    assert sandbox.stats()["records_refused"] == 3
+
+
+def test_a_short_count_is_passed_on_as_answered(sandbox, make_client) -> None:
+    """The client reports what CXone said; deciding that it does not add up is the engine's (test_engine.py)."""
+    sandbox.configure(miscount_rate=1.0)
+
+    result = make_client().import_batch(LIST_ID, make_batch(0, 3))
+
+    assert (result.created, result.records, result.duplicates, result.errors) == (2, 3, (), ())
+    assert len(sandbox.records(LIST_ID)) == 3
+
+
 # ---- retries ----------------------------------------------------------------------------------
 
 

@@ -109,6 +109,7 @@ def test_dry_run_sends_nothing(run_import, export, cxone_sandbox):
     assert cxone_sandbox.records(CONTACT_LIST_ID) == []
     assert cxone_sandbox.stats()["records_requests"] == 0
     assert run.report["totals"]["rejected"] == len(export.expected_rejects)
+    assert run.report["not_sent_reason"] == "dry_run"
 
 
 def test_scheduled_run_reads_its_own_day(run_import, storage_base, tmp_path, cxone_sandbox):
@@ -152,6 +153,7 @@ def test_too_many_rejects_sends_nothing_and_fails_the_run(run_import, export, cx
     assert run.report["status"] == "failed" and run.report["held_by_reject_gate"]
     assert run.report["reconciliation"]["ok"], "every row accounted for: rejected or not_sent"
     assert run.report["totals"]["not_sent"] == len(export.valid_contact_ids)
+    assert run.report["not_sent_reason"] == "reject_gate"
     assert any("max_reject_share" in p and "nothing was sent" in p for p in run.report["problems"])
     failure = [e["body"] for e in webhook_sink.events() if e["body"].get("event") == "cxone_contact_import_run_failed"]
     assert len(failure) == 1

@@ -240,7 +240,7 @@ def _as_jsonl(export, tmp_path):
     layout = RunLayout.for_run(UPath(f"file://{tmp_path}/seed"), "seed", "seed")
     extracted = pipeline.extract(UPath(export.path), layout)
     validated = pipeline.validate(layout, parts=extracted["parts"], max_consent_age_days=1825)
-    pipeline.chunk(layout, parts=validated["parts"], valid_rows=validated["valid_rows"], contact_list_id="x",
+    pipeline.chunk(layout, parts=validated["parts"], valid_rows=validated["valid_rows"], batch_scope="x",
                    batch_size=100, parallelism=1, max_map_length=1024)
     return [line for p in sorted((Path(tmp_path) / "seed").rglob("group-*.parquet"))
             for line in read_parquet(UPath(p))["record_json"]]

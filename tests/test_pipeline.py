@@ -40,11 +40,13 @@ def test_batch_size_limits(batch_size):
         pipeline.GroupPlan.plan(10, batch_size, 1, 1024)
 
 
-def test_batch_id_is_deterministic_and_list_specific():
-    ids = ["a", "b", "c"]
-    assert pipeline.batch_id("L1", ids) == pipeline.batch_id("L1", list(ids))
-    assert pipeline.batch_id("L1", ids) != pipeline.batch_id("L2", ids)
-    assert pipeline.batch_id("L1", ids) != pipeline.batch_id("L1", ["a", "b"])
+def test_batch_id_covers_the_records_as_sent_and_their_list():
+    records = ['{"contactId":"a","v":1}', '{"contactId":"b","v":1}', '{"contactId":"c","v":1}']
+    assert pipeline.batch_id("L1", records) == pipeline.batch_id("L1", list(records))
+    assert pipeline.batch_id("L1", records) != pipeline.batch_id("L2", records)
+    assert pipeline.batch_id("L1", records) != pipeline.batch_id("L1", records[:2])
+    corrected = [*records[:2], '{"contactId":"c","v":2}']  # the same contacts, one record's content corrected
+    assert pipeline.batch_id("L1", records) != pipeline.batch_id("L1", corrected)
 
 
 def test_a_batch_spanning_two_parts_stays_whole(tmp_path):
@@ -63,7 +65,7 @@ def test_a_batch_spanning_two_parts_stays_whole(tmp_path):
         )
         write_parquet(layout.valid_part(n), frame)
         row += size
-    groups = pipeline.chunk(layout, parts=3, valid_rows=sum(sizes), contact_list_id="L", batch_size=4,
+    groups = pipeline.chunk(layout, parts=3, valid_rows=sum(sizes), batch_scope="L", batch_size=4,
                             parallelism=2, max_map_length=1024)
     tables = [pq.read_table(layout.group_file(g["group_index"]).path).to_pandas() for g in groups]
     rows = pd.concat(tables, ignore_index=True)
@@ -72,7 +74,7 @@ def test_a_batch_spanning_two_parts_stays_whole(tmp_path):
     assert (per_batch["ids"] == 1).all(), "one id per batch"
     assert list(per_batch["n"]) == [4, 4, 4, 4, 4, 1]
     for _, batch in rows.groupby("batch_index"):
-        assert batch["batch_id"].iloc[0] == pipeline.batch_id("L", list(batch["contact_id"]))
+        assert batch["batch_id"].iloc[0] == pipeline.batch_id("L", list(batch["record_json"]))
     assert sum(g["records"] for g in groups) == 21 and sum(g["batches"] for g in groups) == 6
 
 
@@ -96,7 +98,7 @@ def _reference_chunk(layout, groups, contact_list_id):
     rows = pd.concat([pq.read_table(layout.group_file(g["group_index"]).path).to_pandas().assign(group_index=g["group_index"])
                       for g in groups], ignore_index=True)
     for _, batch in rows.groupby("batch_index"):
-        assert set(batch["batch_id"]) == {pipeline.batch_id(contact_list_id, list(batch["contact_id"]))}
+        assert set(batch["batch_id"]) == {pipeline.batch_id(contact_list_id, list(batch["record_json"]))}
     return rows.groupby("batch_index", sort=True).agg(
         batch_id=("batch_id", "first"), group_index=("group_index", "first"), records=("row_number", "size"),
         first_row=("row_number", "min"), last_row=("row_number", "max"),
@@ -105,7 +107,7 @@ def _reference_chunk(layout, groups, contact_list_id):
 
 @pytest.mark.parametrize("slice_rows", [3, 8, 50_000])
 def test_chunk_in_slices_writes_what_the_whole_part_did(tmp_path, monkeypatch, slice_rows):
-    """Tiny parts (smaller than a batch), a part emptied by the unchanged rows, non-ASCII contact ids: the group
+    """Tiny parts (smaller than a batch), a part emptied by the rows left out, non-ASCII contact ids: the group
     files, the batch ids and the manifest are those of the reference, whatever the slice size."""
     import numpy as np
 
@@ -126,13 +128,15 @@ def test_chunk_in_slices_writes_what_the_whole_part_did(tmp_path, monkeypatch, s
         row += size
     unchanged = np.array([17, 18, 19, 20, 40, 41], dtype=np.int64)  # part 3 entirely
     valid = sum(sizes)
-    groups = pipeline.chunk(layout, parts=len(sizes), valid_rows=valid, contact_list_id="L", batch_size=4,
-                            parallelism=3, max_map_length=1024, unchanged_rows=unchanged)
+    listed = np.array([3, 25, 59], dtype=np.int64)
+    groups = pipeline.chunk(layout, parts=len(sizes), valid_rows=valid, batch_scope="L", batch_size=4,
+                            parallelism=3, max_map_length=1024, left_out_rows=unchanged, listed_rows=listed)
     manifest = pd.read_parquet(layout.batch_manifest.path)
     expected = _reference_chunk(layout, groups, "L")
     pd.testing.assert_frame_equal(manifest, expected, check_dtype=False)
     assert list(manifest.dtypes.astype(str)) == ["int64", "str", "int64", "int64", "int64", "int64"]
     sent = pd.concat([pq.read_table(layout.group_file(g["group_index"]).path).to_pandas() for g in groups])
     assert list(sent["row_number"]) == [r for r in range(1, valid + 1) if r not in set(unchanged)]
+    assert sorted(sent.loc[sent["listed_before"], "row_number"]) == listed.tolist()
     assert pq.read_schema(layout.group_file(0).path).remove_metadata().equals(pipeline.GROUP_SCHEMA)
     assert [g["batches"] for g in groups] == manifest.groupby("group_index").size().tolist()

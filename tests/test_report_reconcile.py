@@ -11,7 +11,7 @@ import pytest
 from upath import UPath
 
 from include.cxone_import import report
-from include.cxone_import.state import unchanged_file
+from include.cxone_import.state import DECISION_UNCHANGED, DECISION_UNCONFIRMED, decision_file
 from include.cxone_import.storage import RunLayout, write_parquet
 
 
@@ -27,15 +27,23 @@ def _outcomes(layout, index, rows, outcomes, details=None):
     }))
 
 
+def _decided(layout, decisions: dict[int, int]) -> None:
+    """The chunk step's decision file: rows the list holds as they are (unchanged) or answered duplicate before."""
+    write_parquet(decision_file(layout), pd.DataFrame({
+        "row_number": np.array(list(decisions), dtype=np.int64), "fingerprint": np.arange(len(decisions), dtype=np.uint64),
+        "decision": np.array(list(decisions.values()), dtype=np.int8)}))
+
+
 def _reference_outcomes(layout, dry_run=False):
     """load_outcomes as it was: pandas frames, concatenated, outcome as a category."""
     folder, column = ("groups", None) if dry_run else ("outcomes", "outcome")
     frames = [pd.read_parquet(p.path, columns=["row_number"] + ([column] if column else []))
               for p in report.list_files(layout.root / folder, "group-*.parquet")]
     frames = [f.assign(outcome=report.NOT_SENT) if dry_run else f for f in frames]
-    unchanged = report.read_unchanged_rows(layout)
-    if len(unchanged):
-        frames.append(pd.DataFrame({"row_number": unchanged, "outcome": report.UNCHANGED}))
+    for decision, outcome in ((DECISION_UNCHANGED, report.UNCHANGED), (DECISION_UNCONFIRMED, report.DUPLICATE)):
+        rows = report.read_decided_rows(layout, decision)
+        if len(rows):
+            frames.append(pd.DataFrame({"row_number": rows, "outcome": outcome}))
     outcomes = pd.concat(frames, ignore_index=True)
     outcomes["outcome"] = outcomes["outcome"].astype("category")
     return outcomes
@@ -44,9 +52,7 @@ def _reference_outcomes(layout, dry_run=False):
 def test_outcomes_are_the_rows_and_categories_of_the_files(layout):
     _outcomes(layout, 0, [1, 2, 3], ["imported", "failed", "imported"])
     _outcomes(layout, 1, [5, 6], ["duplicate", "duplicate"])
-    path = unchanged_file(layout)
-    write_parquet(path, pd.DataFrame({"row_number": np.array([4, 7], dtype=np.int64),
-                                      "fingerprint": np.array([1, 2], dtype=np.uint64)}))
+    _decided(layout, {4: DECISION_UNCHANGED, 7: DECISION_UNCHANGED, 9: DECISION_UNCONFIRMED})
     pd.testing.assert_frame_equal(report.load_outcomes(layout), _reference_outcomes(layout))
 
 
@@ -92,7 +98,9 @@ def test_dead_letter_holds_the_failed_records_in_file_order(layout):
     records = [json.dumps({"contactId": f"c{r}", "n": "ü"}, ensure_ascii=False) for r in rows]
     write_parquet(layout.group_file(0), pa.table({"row_number": rows, "batch_index": [r // 100 for r in rows],
                                                   "batch_id": ["b"] * len(rows), "contact_id": [f"c{r}" for r in rows],
-                                                  "record_json": records}, schema=GROUP_SCHEMA))
+                                                  "record_json": records, "listed_before": [False] * len(rows),
+                                                  "sent_unanswered": [False] * len(rows)},
+                                                 schema=GROUP_SCHEMA))
     failed = {5: "HTTP 400: x", 9000: "HTTP 400: y", 19_999: "HTTP 400: z"}
     _outcomes(layout, 0, rows, ["failed" if r in failed else "imported" for r in rows],
               [failed.get(r, "") for r in rows])
@@ -109,12 +117,11 @@ def test_outcome_counts_are_what_load_outcomes_counts(layout):
     """notify_webhook's totals come from counts read a file at a time; they are the report's."""
     _outcomes(layout, 0, [1, 2, 3], ["imported", "failed", "imported"])
     _outcomes(layout, 1, [5, 6, 8], ["duplicate", "duplicate", "imported"])
-    write_parquet(unchanged_file(layout), pd.DataFrame({"row_number": np.array([4, 7], dtype=np.int64),
-                                                        "fingerprint": np.array([1, 2], dtype=np.uint64)}))
+    _decided(layout, {4: DECISION_UNCHANGED, 7: DECISION_UNCHANGED, 9: DECISION_UNCONFIRMED})
     validated = {"input_rows": 9, "rejected_rows": 1, "valid_rows": 8}
 
     counts = report.outcome_counts(layout)
 
-    assert counts == {"imported": 3, "failed": 1, "duplicate": 2, "unchanged": 2}
+    assert counts == {"imported": 3, "failed": 1, "duplicate": 3, "unchanged": 2}  # row 9: duplicate before, not sent
     assert counts == report.load_outcomes(layout)["outcome"].value_counts().to_dict()
     assert report.totals(validated, counts, []) == report.totals(validated, report.load_outcomes(layout), [])

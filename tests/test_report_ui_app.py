@@ -286,6 +286,37 @@ def test_unchanged_outcome_is_shown_when_reported(client: Any, tokens: dict, cat
     assert 'data-name="Unchanged" data-value="42"' in response.text
 
 
+@pytest.mark.parametrize(
+    ("dry_run", "held", "label"),
+    [pytest.param(True, False, "Not sent (dry run)", id="dry-run"),
+     pytest.param(False, True, "Not sent (held: too many rejects)", id="reject-gate")],
+)
+def test_rows_not_sent_are_named_by_why(client: Any, tokens: dict, catalog: FakeCatalog, base: Path,
+                                        dry_run: bool, held: bool, label: str) -> None:
+    report = make_report(RUN_ID, failed=0)
+    report["totals"]["not_sent"], report["held_by_reject_gate"] = 40, held
+    report["not_sent_reason"] = "dry_run" if dry_run else "reject_gate"
+    catalog.add(DAG_ID, RUN_ID)
+    write_run(base, DAG_ID, RUN_ID, report)
+    response = client.get(f"/cxone/dags/{DAG_ID}/report", params={"run_id": RUN_ID}, headers=as_user(tokens, "viewer"))
+    assert f'data-name="{label}" data-value="40"' in response.text
+
+
+def test_the_tab_says_which_list_state_the_run_compared_against(client: Any, tokens: dict, catalog: FakeCatalog,
+                                                                 base: Path) -> None:
+    report = make_report(RUN_ID, failed=0)
+    report["changes"] = {"mode": "compare", "unchanged": 2900, "unconfirmed": 60, "listed": 4, "state_contacts": 3010,
+                         "state": {"tenant": "api.example.test, client id c-1", "list_id": "list-a", "path": "s3://x"}}
+    report["notices"] = ["60 records were not sent again: CXone answered duplicate for this very content"]
+    catalog.add(DAG_ID, RUN_ID)
+    write_run(base, DAG_ID, RUN_ID, report)
+    response = client.get(f"/cxone/dags/{DAG_ID}/report", params={"run_id": RUN_ID}, headers=as_user(tokens, "viewer"))
+    shown = metrics(response.text)
+    assert (shown["state_list"], shown["state_tenant"]) == ("list-a", "api.example.test, client id c-1")
+    assert (shown_int(shown["state_unchanged"]), shown_int(shown["state_unconfirmed"])) == (2900, 60)
+    assert "60 records were not sent again" in shown["notices"]
+
+
 @pytest.mark.parametrize("state, text", [("running", "still going"), ("failed", "ended before its report task")],
                          ids=["running", "failed-early"])
 def test_run_without_a_report(client: Any, tokens: dict, catalog: FakeCatalog, base: Path, state: str, text: str) -> None:
@@ -439,6 +470,40 @@ def test_request_timeline_spreads_every_attempt_and_finds_the_busiest_minute() -
     assert len(rate["attempts"]) == 76
     assert 1200 <= rate["peak_requests_per_minute"] <= 1300
     assert rate["budget_requests_per_minute"] == 1000.0
+
+
+def test_the_busiest_60_s_of_a_short_run_holds_all_its_requests() -> None:
+    """194 requests in 12 s at a budget of 1,000/min: the busiest 60 s holds 194 (not the busiest second scaled),
+    and the first second's burst is reported as such."""
+    burst = [0.02 * i for i in range(33)]  # the limiter's catch-up burst: 33 in the first 0.66 s
+    steady = [1.0 + i * 11.0 / 161 for i in range(161)]  # then about 14.6 a second
+    metrics_ = [{"batch_id": f"b{i}", "batch_index": i, "records": 100, "latency_ms": 50.0, "attempts": 1,
+                 "requests": 1, "rate_limited": 0, "started_at": (T0 + timedelta(seconds=t)).isoformat(),
+                 "finished_at": (T0 + timedelta(seconds=t + 0.001)).isoformat()} for i, t in enumerate(burst + steady)]
+
+    rate = throughput([{"batch_metrics": metrics_}], 1000.0)["request_rate"]
+
+    assert rate["peak_requests_per_minute"] == 194
+    assert rate["first_second_requests"] == 33 and rate["steady_requests_per_second"] == 16.67
+    report = make_report(RUN_ID)
+    report["throughput"]["request_rate"] = rate
+    from include.cxone_import.report_pages import RunLinks, render_run_report
+
+    page = render_run_report(report, dag_id=DAG_ID, run_id=RUN_ID, run_state="success",
+                             links=RunLinks("r.json", "rejects.csv", None))
+    shown = metrics(page)
+    assert shown_int(shown["peak_requests_per_minute"]) == 194 and shown_int(shown["first_second_requests"]) == 33
+    assert "start-up burst" in page and "within budget" in page
+
+
+def test_trend_points_tell_runs_of_one_day_apart() -> None:
+    from include.cxone_import.report_pages import trend_labels
+
+    nightly = [T0 + timedelta(days=d) for d in range(3)]
+    same_day = [T0, T0 + timedelta(hours=3), T0 + timedelta(hours=3, seconds=20)]
+    assert trend_labels(nightly) == ["11-30", "12-01", "12-02"]
+    assert trend_labels(same_day) == ["11-30 02:00:05", "11-30 05:00:05", "11-30 05:00:25"]
+    assert trend_labels([T0, T0]) == ["11-30 02:00:05 #1", "11-30 02:00:05 #2"]
 
 
 def test_request_timeline_of_a_long_run_stays_compact() -> None:

@@ -4,7 +4,7 @@
 
 For each size the export is generated once (``tools.sample_data``, seed 42, 2% bad, fixed as-of), then each task's
 body runs in its own fresh process (as any executor runs a task), in DAG order over one local storage folder:
-``extract`` (``pipeline.extract``), ``validate`` (``pipeline.validate``), ``chunk`` (``state.find_unchanged`` on an
+``extract`` (``pipeline.extract``), ``validate`` (``pipeline.validate``), ``chunk`` (``state.decide_changes`` on an
 empty list state, then ``pipeline.chunk``, as ``airflow_tasks.chunk`` calls them), ``notify`` (what
 ``notify_webhook`` reads for the run summary, nothing sent) and ``report`` (``report.build_report``). The chunk
 plans groups for ``PARALLEL_GROUPS`` import tasks, the DAG's default. Between chunk and notify, an unmeasured
@@ -79,15 +79,16 @@ def run_validate(workdir: Path) -> dict[str, Any]:
 
 def run_chunk(workdir: Path) -> list[dict[str, Any]]:
     from include.cxone_import import pipeline
-    from include.cxone_import.state import ContactListState, find_unchanged, read_unchanged_rows
+    from include.cxone_import.state import LEFT_OUT, ContactListState, decide_changes, list_key, read_decided_rows
 
     layout, validated = _layout(workdir), _load(workdir, "validate")
-    state = ContactListState(UPath(f"file://{workdir}"), "bench", LIST_ID)
-    changes = find_unchanged(layout, state, parts=validated["parts"], run_id="tasks", mode="compare")
+    key = list_key(LIST_ID, base_url="https://bench.invalid", client_id="bench")
+    state = ContactListState(UPath(f"file://{workdir}"), "bench", key)
+    changes = decide_changes(layout, state, parts=validated["parts"], run_id="tasks", mode="compare")
     return pipeline.chunk(
-        layout, parts=validated["parts"], valid_rows=validated["valid_rows"], contact_list_id=LIST_ID,
+        layout, parts=validated["parts"], valid_rows=validated["valid_rows"], batch_scope=key.batch_scope,
         batch_size=BATCH_SIZE, parallelism=PARALLEL_GROUPS, max_map_length=1024,
-        unchanged_rows=read_unchanged_rows(layout) if changes["unchanged"] else None,
+        left_out_rows=read_decided_rows(layout, *LEFT_OUT) if changes["unchanged"] + changes["unconfirmed"] else None,
     )
 
 

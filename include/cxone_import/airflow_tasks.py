@@ -46,7 +46,17 @@ from include.cxone_import.source_policy import (
     parse_allowed_prefixes,
 )
 from include.cxone_import.sources import SourceFormatError
-from include.cxone_import.state import ContactListState, acknowledged_from_outcomes, find_unchanged, read_unchanged_rows
+from include.cxone_import.state import (
+    DECISION_ANSWER_LOST,
+    DECISION_LISTED,
+    LEFT_OUT,
+    ContactListState,
+    ListKey,
+    acknowledged_from_outcomes,
+    decide_changes,
+    list_key,
+    read_decided_rows,
+)
 from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, write_json, write_jsonl
 from include.cxone_import.webhook import (
     LiveBatchEvents,
@@ -140,12 +150,17 @@ def _as_path(uri: str) -> Any:
     return ObjectStoragePath(uri)
 
 
-def _run_day(context: dict[str, Any]) -> str:
+def _logical_date(context: dict[str, Any]) -> datetime:
+    """The run's logical date; a run without one (triggered by hand) is dated when it was due to run."""
     logical = context.get("logical_date")
     if logical is None:
         dag_run = context.get("dag_run")
         logical = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
-    return logical.strftime("%Y-%m-%d")
+    return logical
+
+
+def _run_day(context: dict[str, Any]) -> str:
+    return _logical_date(context).strftime("%Y-%m-%d")
 
 
 def source_base() -> str:
@@ -318,9 +333,56 @@ def record_limit() -> int | None:
     return CALL_LIST_MAX_RECORD_CHARS if api_profile() == CALL_LISTS else None
 
 
-def list_state(list_id: str, context: dict[str, Any]) -> ContactListState:
-    """The change-detection state of a contact list: ``{storage base}/state/{dag_id}/{contact_list_id}/``."""
-    return ContactListState(storage_base(), dag_id_of(context), list_id)
+def list_state(key: ListKey, context: dict[str, Any]) -> ContactListState:
+    """The change-detection state of a contact list of a tenant (``state.ContactListState``), under the running
+    DAG's id."""
+    return ContactListState(storage_base(), dag_id_of(context), key)
+
+
+LIST_KEY_FILE = "list_key.json"
+
+
+def run_list_key(layout: RunLayout) -> ListKey | None:
+    """The list this run imports into, as ``chunk`` resolved it (None before, or when it could not be named)."""
+    path = layout.root / LIST_KEY_FILE
+    return ListKey.from_dict(read_json(path)) if path.exists() else None
+
+
+def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: dict[str, Any], *,
+                     create: bool) -> tuple[ListKey | None, bool]:
+    """The key of the run's list (its tenant and resolved id: one state and one lease per list, whether the run
+    names it by id or by name) and whether this run created it; remembered in the run's ``list_key.json``, so
+    every task and a re-run use the same. ``create``: a calling list that does not exist is created now (only when
+    records will be sent). (None, False) when the list cannot be named yet: a calling list still to be created, or
+    no CXone connection on a dry run."""
+    path = layout.root / LIST_KEY_FILE
+    if path.exists():
+        saved = read_json(path)
+        return ListKey.from_dict(saved), bool(saved.get("created"))
+    from airflow.sdk.exceptions import AirflowNotFoundException
+    from cxone_provider.hooks.cxone import CXoneHook
+    from include.cxone_import.import_operator import CALL_LISTS, prepare_call_list
+
+    hook = CXoneHook(cxone_conn_id=CXONE_CONN_ID)
+    try:
+        profile = hook.api_profile
+    except AirflowNotFoundException:
+        if not params.get("dry_run"):
+            raise
+        log.warning("no %s connection: a dry run cannot name the list's tenant, nothing is compared", CXONE_CONN_ID)
+        return None, False
+    if profile == CALL_LISTS:
+        call_list, tenant_id = prepare_call_list(params, layout, create=create)
+        if call_list is None:
+            return None, False
+        key, created = list_key(call_list.list_id, tenant_id=tenant_id), call_list.created
+    else:
+        key, created = list_key(contact_list_id(params), base_url=hook.base_url, client_id=hook.connection.login or ""), False
+    if created:
+        list_state(key, context).start_fresh("the run created the list")
+    write_json(path, {**key.to_dict(), "created": created})
+    log.info("contact list: %s%s", key.describe(), " (created by this run)" if created else "")
+    return key, created
 
 
 def change_mode(params: dict[str, Any]) -> str:
@@ -333,47 +395,66 @@ def change_mode(params: dict[str, Any]) -> str:
 
 
 def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> list[dict[str, Any]]:
-    """Leave out the unchanged records, plan the mapped import: [] on a dry run (import is then skipped)."""
+    """Leave out what the list already holds, plan the mapped import: [] on a dry run (import is then skipped)."""
     from airflow.configuration import conf
 
     layout = run_layout(context)
-    state = list_state(contact_list_id(params), context)
     mode = change_mode(params)
-    if mode == "compare":
+    held = pipeline.reject_gate_tripped(validated, params.get("max_reject_share"))
+    sending = not params.get("dry_run") and not held and validated["valid_rows"] > 0
+    key, created = resolve_list_key(params, layout, context, create=sending)
+    if key is None or created:
+        # nothing to compare with: a list this run creates (or would create) starts with an empty state
+        changes = decide_changes(layout, list_state(key, context) if key is not None else None, parts=validated["parts"],
+                                 run_id=context["run_id"], mode="new_list" if created or _call_lists() else "not_compared")
+    elif mode == "dry_run":
+        changes = decide_changes(layout, list_state(key, context), parts=validated["parts"], run_id=context["run_id"], mode=mode)
+    else:
         # fold and compare while this run holds the list: a run of the same list still sending would otherwise
         # have its acknowledgements land after the comparison, and this run would send those contacts again
         from cxone_provider.hooks.cxone import CXoneHook
 
-        with contact_list_lease(CXoneHook(cxone_conn_id=CXONE_CONN_ID), contact_list_id(params), context):
-            changes = find_unchanged(layout, state, parts=validated["parts"], run_id=context["run_id"], mode=mode)
-    else:
-        changes = find_unchanged(layout, state, parts=validated["parts"], run_id=context["run_id"], mode=mode)
+        with contact_list_lease(CXoneHook(cxone_conn_id=CXONE_CONN_ID), key, context):
+            changes = decide_changes(layout, list_state(key, context), parts=validated["parts"], run_id=context["run_id"], mode=mode)
+    left_out = changes["unchanged"] + changes["unconfirmed"]
     groups = pipeline.chunk(
         layout,
         parts=validated["parts"],
         valid_rows=validated["valid_rows"],
-        contact_list_id=contact_list_id(params),
+        batch_scope=key.batch_scope if key is not None else f"unresolved:{contact_list_id(params)}",
         batch_size=int(params["batch_size"]),
         parallelism=min(conf.getint("core", "parallelism", fallback=32), parallel_groups()),
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
-        unchanged_rows=read_unchanged_rows(layout) if changes["unchanged"] else None,
+        left_out_rows=read_decided_rows(layout, *LEFT_OUT) if left_out else None,
+        listed_rows=read_decided_rows(layout, DECISION_LISTED) if changes["listed"] else None,
+        answer_lost_rows=read_decided_rows(layout, DECISION_ANSWER_LOST) if changes.get("answer_lost") else None,
     )
     if params.get("dry_run"):
         log.info("dry run: %d groups planned, %d records unchanged, nothing will be sent", len(groups), changes["unchanged"])
         return []
-    if pipeline.reject_gate_tripped(validated, params.get("max_reject_share")):
+    if held:
         log.warning(
             "%d of %d rows rejected, over max_reject_share %s: nothing will be sent; the report fails the run",
             validated["rejected_rows"], validated["input_rows"], params.get("max_reject_share"),
         )
         return []
     if groups:
-        from include.cxone_import.import_operator import CALL_LISTS, api_profile, prepare_call_list
-
-        if api_profile() == CALL_LISTS:  # find or create the calling list once, before any group uploads
-            prepare_call_list(params, layout)
-        state.register_run(context["run_id"], [g["group_index"] for g in groups])
+        if key is None:  # resolve_list_key names (or creates) the list whenever records will be sent
+            raise RuntimeError(f"records to send but no list resolved for {contact_list_id(params)!r}")
+        list_state(key, context).register_run(context["run_id"], [g["group_index"] for g in groups],
+                                     logical_date=logical_seconds(context))
     return [{**g, "groups_total": len(groups)} for g in groups]
+
+
+def _call_lists() -> bool:
+    from include.cxone_import.import_operator import CALL_LISTS, api_profile
+
+    return api_profile() == CALL_LISTS
+
+
+def logical_seconds(context: dict[str, Any]) -> int:
+    """The run's logical date as Unix seconds: what the list's state records with each acknowledged version."""
+    return int(_logical_date(context).timestamp())
 
 
 def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
@@ -388,18 +469,17 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         group["group_index"], hook.max_concurrency, hook.requests_per_minute, hook.rate_limiter,
     )
     live = live_batch_events(group, context)
+    key = sending_list_key(layout)
     try:
-        with contact_list_lease(hook, contact_list_id(params), context), hook.get_client() as client, gc_frozen():
-            summary = GroupImporter(client, contact_list_id(params), layout, concurrency=hook.max_concurrency).run(
+        with contact_list_lease(hook, key, context), hook.get_client() as client, gc_frozen():
+            summary = GroupImporter(client, key.list_id, layout, concurrency=hook.max_concurrency).run(
                 int(group["group_index"]), on_batch=live.batch_acknowledged if live else None
             )
     finally:
         if live is not None:
             _record_live_deliveries(layout, group, context, live.close())
-    # the list's state learns what this task had acknowledged, before a transient failure is raised
-    keys, fingerprints = acknowledged_from_outcomes(layout, int(group["group_index"]))
-    if len(keys):
-        list_state(contact_list_id(params), context).write_delta(context["run_id"], int(group["group_index"]), keys, fingerprints)
+    # the list's state learns what CXone said, before a transient failure is raised
+    record_answers(layout, key, int(group["group_index"]), context)
     if summary["transient_failed_batches"]:
         raise TransientImportError(
             f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "
@@ -407,6 +487,20 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         )
     # XCom keeps the per-batch metrics compact; the full ones (request ids, timestamps) are in storage.
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+
+
+def sending_list_key(layout: RunLayout) -> ListKey:
+    key = run_list_key(layout)
+    if key is None:
+        raise RuntimeError(f"{layout.root / LIST_KEY_FILE} is missing: the chunk task resolves the list before any import")
+    return key
+
+
+def record_answers(layout: RunLayout, key: ListKey, group_index: int, context: dict[str, Any]) -> None:
+    """Write what CXone said about the group's records into the list's state (one delta file)."""
+    answers = acknowledged_from_outcomes(layout, group_index)
+    if len(answers):
+        list_state(key, context).write_delta(context["run_id"], group_index, answers, logical_date=logical_seconds(context))
 
 
 @contextmanager
@@ -451,28 +545,29 @@ def _lease_owner(context: dict[str, Any]) -> str:
 
 
 @contextmanager
-def contact_list_lease(hook: Any, list_id: str, context: dict[str, Any]) -> Iterator[None]:
+def contact_list_lease(hook: Any, key: ListKey, context: dict[str, Any]) -> Iterator[None]:
     """
     Hold the contact list for this run while the task sends (one run per list at a time; runs for other lists go
-    on). The lease lives in the tenant's budget store, is shared by the run's import tasks, renewed while they run
-    and released by the report task; when another run holds the list the task is rescheduled (its slot freed).
+    on). The lease is the list's key (its tenant and resolved id), lives in the tenant's budget store, is shared by
+    the run's import tasks, renewed while they run and released by the report task; when another run holds the
+    list the task is rescheduled (its slot freed).
     """
     from airflow.sdk.exceptions import AirflowRescheduleException
 
     owner = _lease_owner(context)
-    holder = hook.acquire_list_lease(list_id, owner, LIST_LEASE_TTL_S)
+    holder = hook.acquire_list_lease(key.lease_name, owner, LIST_LEASE_TTL_S)
     if holder != owner:
-        log.info("contact list %s is being imported by %s: waiting %s", list_id, holder, list_wait())
+        log.info("%s is being imported by %s: waiting %s", key.describe(), holder, list_wait())
         raise AirflowRescheduleException(datetime.now(timezone.utc) + list_wait())
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(LIST_LEASE_RENEW_S):
             try:
-                if hook.acquire_list_lease(list_id, owner, LIST_LEASE_TTL_S) != owner:
-                    log.warning("lost the lease on contact list %s", list_id)
+                if hook.acquire_list_lease(key.lease_name, owner, LIST_LEASE_TTL_S) != owner:
+                    log.warning("lost the lease on %s", key.describe())
             except Exception:  # noqa: BLE001 - a store hiccup must not kill the import; the TTL is long
-                log.warning("could not renew the lease on contact list %s", list_id, exc_info=True)
+                log.warning("could not renew the lease on %s", key.describe(), exc_info=True)
 
     renewer = threading.Thread(target=renew, name="list-lease", daemon=True)
     renewer.start()
@@ -483,11 +578,11 @@ def contact_list_lease(hook: Any, list_id: str, context: dict[str, Any]) -> Iter
         renewer.join(timeout=5)
 
 
-def hold_contact_list(hook: Any, list_id: str, context: dict[str, Any], seconds: float) -> None:
+def hold_contact_list(hook: Any, key: ListKey, context: dict[str, Any], seconds: float) -> None:
     """Keep the run's lease on the list for ``seconds`` more while nothing renews it (a task deferred on upload jobs
     holds no thread): another run of the list must not start while this one's jobs may still apply."""
-    if hook.acquire_list_lease(list_id, _lease_owner(context), max(LIST_LEASE_TTL_S, seconds)) != _lease_owner(context):
-        log.warning("lost the lease on contact list %s before waiting on its upload jobs", list_id)
+    if hook.acquire_list_lease(key.lease_name, _lease_owner(context), max(LIST_LEASE_TTL_S, seconds)) != _lease_owner(context):
+        log.warning("lost the lease on %s before waiting on its upload jobs", key.describe())
 
 
 def release_contact_list(params: dict[str, Any], context: dict[str, Any]) -> None:
@@ -495,8 +590,12 @@ def release_contact_list(params: dict[str, Any], context: dict[str, Any]) -> Non
     from cxone_provider.hooks.cxone import CXoneHook
 
     try:
-        if CXoneHook(cxone_conn_id=CXONE_CONN_ID).release_list_lease(contact_list_id(params), _lease_owner(context)):
-            log.info("released contact list %s", contact_list_id(params))
+        key = run_list_key(run_layout(context))
+        if key is None:
+            log.info("the run never resolved its contact list: no lease to release")
+            return
+        if CXoneHook(cxone_conn_id=CXONE_CONN_ID).release_list_lease(key.lease_name, _lease_owner(context)):
+            log.info("released %s", key.describe())
     except Exception:  # noqa: BLE001 - never fail the report over it; the lease lapses after LIST_LEASE_TTL_S
         log.warning("could not release contact list lease", exc_info=True)
 

@@ -9,6 +9,15 @@ Every record of the group ends in exactly one outcome: ``imported``, ``duplicate
 - A 409 (atomic: nothing created) sets aside the duplicates the server names and sends the rest again; when it
   names none the batch is split in halves until each duplicate is isolated. A 400 is handled the same way, the
   records the server names (or isolates) ending ``failed`` with the server's reason.
+- A 200 is read whole: the records its ``warnings`` name are ``duplicate``, those its ``errors`` name ``failed``
+  with CXone's reason, the rest ``imported``. A record refused for a transient reason fails the batch
+  transiently (below). An answer whose counts do not add up (``recordsCreated`` is not the records neither named,
+  a named record that is not in the batch, or named twice) proves nothing: the batch is sent again at once as if
+  its answer had been lost, and if the second answer does not add up either it fails transiently. No record is
+  ever ``imported`` on an answer that does not say so.
+- A duplicate after an attempt that may have reached the server counts as ``imported`` only for a contact the
+  list's state did not know before the run (``listed_before``): a contact the list already held was not created
+  by that attempt, whatever was sent.
 - Errors left after the client's retries (rate limit, 5xx, connection) fail the batch *transiently*: nothing is
   checkpointed, the task raises at the end, and Airflow's retry of the task sends only those batches again.
 """
@@ -32,9 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
-from cxone_provider.models import parse_record_issues
+from cxone_provider.models import RecordIssue, parse_record_issues
 
-from include.cxone_import.storage import RunLayout, ensure_parent, write_json, write_jsonl
+from include.cxone_import.storage import RunLayout, ensure_parent, fs_path, put_bytes, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,8 @@ class Row:
     row_number: int
     contact_id: str
     record_json: str
+    listed_before: bool = False  # the list's state knew this contact before the run
+    sent_unanswered: bool = False  # a killed run sent this very record and never read the answer
 
 
 class Outcome(NamedTuple):
@@ -81,6 +92,7 @@ class BatchMetrics:
     attempts: int = 0
     requests: int = 0
     rate_limited: int = 0
+    uncounted_answers: int = 0  # 200s whose counts did not add up (each resolved like a lost answer)
     request_ids: list[str] = field(default_factory=list)
     error: str | None = None
     transient: bool = False
@@ -125,8 +137,8 @@ class CheckpointStore:
         root = layout.root
         self._fs = root.fs
         self._own = frozenset(batch_ids)
-        self._checkpoints = _fs_path(root / "checkpoints")
-        self._inflight = _fs_path(root / "inflight")
+        self._checkpoints = fs_path(root / "checkpoints")
+        self._inflight = fs_path(root / "inflight")
         for directory in (self._checkpoints, self._inflight):
             self._fs.makedirs(directory, exist_ok=True)
         self._acknowledged = self._names(self._checkpoints)
@@ -155,13 +167,13 @@ class CheckpointStore:
 
     def save(self, batch_id: str, payload: dict[str, Any]) -> None:
         self._check_own(batch_id)
-        self._fs.pipe_file(self._file(self._checkpoints, batch_id), json.dumps(payload, default=str).encode())
+        put_bytes(self._fs, self._file(self._checkpoints, batch_id), json.dumps(payload, default=str).encode())
         with self._lock:
             self._acknowledged.add(batch_id)
 
     def mark_inflight(self, batch_id: str) -> None:
         self._check_own(batch_id)
-        self._fs.pipe_file(self._file(self._inflight, batch_id), json.dumps({"batch_id": batch_id, "since": _now()}).encode())
+        put_bytes(self._fs, self._file(self._inflight, batch_id), json.dumps({"batch_id": batch_id, "since": _now()}).encode())
         with self._lock:
             self._marked.add(batch_id)
 
@@ -193,11 +205,6 @@ class CheckpointStore:
                     self._fs.rm_file(path)
                 except FileNotFoundError:
                     pass
-
-
-def _fs_path(path: Any) -> str:
-    """The filesystem-level path of an ObjectStoragePath / UPath (no protocol), without a trailing slash."""
-    return str(getattr(path, "path", path)).rstrip("/")
 
 
 def _now() -> str:
@@ -275,8 +282,11 @@ class GroupImporter:
         if checkpoint is not None:
             metrics = BatchMetrics(**{**checkpoint["metrics"], "resumed": True})
             log.info("batch %s already acknowledged (%s); skipped", batch_id, metrics.status)
-            return BatchResult(metrics, [Outcome(*o) for o in checkpoint["outcomes"]], audit_entry(metrics))
-        rows = [Row(r, c, j) for r, c, j in members]
+            # the same id is the same records; their rows are this run's (a corrected file may have moved them)
+            row_of = {member[1]: member[0] for member in members}
+            outcomes = [Outcome(row_of.get(o[1], o[0]), *o[1:]) for o in checkpoint["outcomes"]]
+            return BatchResult(metrics, outcomes, audit_entry(metrics))
+        rows = [Row(*member) for member in members]
         uncertain = self._checkpoints.was_inflight(batch_id)
         self._checkpoints.mark_inflight(batch_id)
         outcomes = _BatchOutcomes(batch_id, metrics)
@@ -328,15 +338,32 @@ class GroupImporter:
             metrics.request_ids.append(result.request_id)
         metrics.latency_ms += result.latency_ms
         uncertain = uncertain or result.outcome_uncertain
-        duplicates = _named_indexes(rows, result.duplicates)
+        answer = _read_answer(rows, result)
+        if answer.doubt:
+            metrics.uncounted_answers += 1
+            log.warning("batch %s: CXone's answer does not add up (%s); %s", outcomes.batch_id, answer.doubt,
+                        "sending it again as after a lost answer" if metrics.uncounted_answers == 1 else "retried later")
+            if metrics.uncounted_answers == 1:
+                self._send(rows, True, outcomes)  # its records may have been created: duplicates of it are ours
+            else:
+                metrics.transient = True
+                metrics.error = f"CXone's answer did not add up twice ({answer.doubt}); the batch is sent again"
+                for row in rows:
+                    outcomes.add(row, FAILED, metrics.error)
+            return
         for i, row in enumerate(rows):
-            if i in duplicates:
-                outcomes.add(row, DUPLICATE, duplicates[i], uncertain=uncertain)
+            if i in answer.duplicates:
+                outcomes.add(row, DUPLICATE, _issue_text(answer.duplicates[i]), uncertain=uncertain)
+            elif i in answer.errors:
+                issue = answer.errors[i]
+                outcomes.add(row, FAILED, f"CXone refused the record: {_issue_text(issue)}")
+                if issue.transient:
+                    metrics.transient = True
+                    metrics.error = f"CXone refused {len(answer.errors)} record(s), some for now: {_issue_text(issue)}"
             else:
                 outcomes.add(row, IMPORTED, "")
-        expected = len(rows) - len(duplicates)
-        if result.created != expected:
-            log.warning("batch %s: server says %d created, expected %d", outcomes.batch_id, result.created, expected)
+        if answer.errors and not metrics.transient:
+            metrics.error = f"CXone refused {len(answer.errors)} record(s): {_issue_text(next(iter(answer.errors.values())))}"
 
     def _isolate(
         self,
@@ -381,8 +408,10 @@ class _BatchOutcomes:
 
     def add(self, row: Row, outcome: str, detail: str, *, uncertain: bool = False) -> None:
         """Record ``row``'s outcome. A duplicate of a batch whose earlier attempt may have reached the server is
-        our own record from that attempt: ``imported``, counted as ``confirmed_on_retry``."""
-        if outcome == DUPLICATE and uncertain:
+        our own record from that attempt (``imported``, counted as ``confirmed_on_retry``), and so is one a killed
+        run sent exactly so without reading the answer, unless the list held the contact before this run: then
+        that attempt created nothing of it."""
+        if outcome == DUPLICATE and (uncertain or row.sent_unanswered) and not row.listed_before:
             self.metrics.confirmed_on_retry += 1
             outcome, detail = IMPORTED, "confirmed_on_retry"
         self.items.append(Outcome(row.row_number, row.contact_id, outcome, self.batch_id, detail))
@@ -420,9 +449,10 @@ def _group_batch_ids(path: Any) -> tuple[list[str], int]:
     return column.unique().to_pylist(), len(column)
 
 
-def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
+def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, str, bool, bool]]]]:
     """A group file's batches in order, decoded ``READ_ROWS`` at a time:
-    (batch_index, batch_id, [(row_number, contact_id, record_json)]). A batch's rows are contiguous; the rows of
+    (batch_index, batch_id, [(row_number, contact_id, record_json, listed_before, sent_unanswered)]). A batch's rows
+    are contiguous; the rows of
     the last batch of a read are held back until the next read shows that batch is whole."""
     held: pa.Table | None = None
     with path.open("rb") as handle:
@@ -438,8 +468,8 @@ def _read_batches(path: Any) -> Iterator[tuple[int, str, list[tuple[int, str, st
         yield from _whole_batches(held)
 
 
-def _whole_batches(table: pa.Table) -> Iterator[tuple[int, str, list[tuple[int, str, str]]]]:
-    """The batches of rows that hold only whole batches: three column conversions, then a slice per batch."""
+def _whole_batches(table: pa.Table) -> Iterator[tuple[int, str, list[tuple[int, str, str, bool, bool]]]]:
+    """The batches of rows that hold only whole batches: five column conversions, then a slice per batch."""
     if not table.num_rows:
         return
     index = table.column("batch_index").to_numpy()
@@ -447,7 +477,8 @@ def _whole_batches(table: pa.Table) -> Iterator[tuple[int, str, list[tuple[int, 
     ends = np.append(starts[1:], len(index))
     batch_ids = table.column("batch_id").take(pa.array(starts)).to_pylist()
     members = list(zip(table.column("row_number").to_pylist(), table.column("contact_id").to_pylist(),
-                       table.column("record_json").to_pylist(), strict=True))
+                       table.column("record_json").to_pylist(), table.column("listed_before").to_pylist(),
+                       table.column("sent_unanswered").to_pylist(), strict=True))
     for start, end, batch_id in zip(starts.tolist(), ends.tolist(), batch_ids, strict=True):
         yield int(index[start]), batch_id, members[start:end]
 
@@ -514,9 +545,59 @@ class _OutcomeWriter:
             self._handle.close()
         if exc_type is None:
             fs = self._path.fs
-            fs.mv(_fs_path(self._partial), _fs_path(self._path))
+            fs.mv(fs_path(self._partial), fs_path(self._path))
         else:
             self._partial.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A 200 read whole: which rows it names a duplicate and which it refuses, or why it proves nothing."""
+
+    duplicates: dict[int, RecordIssue]
+    errors: dict[int, RecordIssue]
+    doubt: str  # empty when the answer adds up
+
+
+def _read_answer(rows: list[Row], result: Any) -> _Answer:
+    """Match the answer's ``warnings`` and ``errors`` to the batch's rows and check its counts add up: each item
+    names one record of the batch, no record twice, and ``recordsCreated`` is the records neither list names."""
+    duplicates, unmatched_warnings = _name_rows(rows, result.duplicates)
+    errors, unmatched_errors = _name_rows(rows, getattr(result, "errors", ()))
+    doubts = []
+    if unmatched_warnings or unmatched_errors:
+        doubts.append(f"{unmatched_warnings + unmatched_errors} named record(s) not in the batch")
+    both = duplicates.keys() & errors.keys()
+    if both:
+        doubts.append(f"{len(both)} record(s) named both a duplicate and an error")
+    named_items = len(result.duplicates) + len(getattr(result, "errors", ()))
+    if named_items != len(duplicates) + len(errors) + unmatched_warnings + unmatched_errors:
+        doubts.append("a record named more than once")
+    expected = len(rows) - len(duplicates.keys() | errors.keys())
+    if result.created != expected:
+        doubts.append(f"{result.created} created of {len(rows)} sent, {len(duplicates)} duplicate, {len(errors)} refused")
+    return _Answer(duplicates, errors, "; ".join(doubts))
+
+
+def _name_rows(rows: list[Row], items: Sequence[RecordIssue]) -> tuple[dict[int, RecordIssue], int]:
+    """The row each item names (by index in this request and/or contactId) and how many items name none."""
+    by_id = {row.contact_id: i for i, row in enumerate(rows)}
+    named: dict[int, RecordIssue] = {}
+    unmatched = 0
+    for item in items:
+        index = item.index
+        if isinstance(index, int) and 0 <= index < len(rows) and (item.contact_id is None or rows[index].contact_id == item.contact_id):
+            named[index] = item
+        elif item.contact_id is not None and item.contact_id in by_id:
+            named[by_id[item.contact_id]] = item
+        else:
+            unmatched += 1
+    return named, unmatched
+
+
+def _issue_text(item: RecordIssue) -> str:
+    """How a record the server named is described in its outcome's detail: field, code and message."""
+    return " ".join(p for p in (getattr(item, "field", None), getattr(item, "code", None), getattr(item, "message", None)) if p)
 
 
 def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
@@ -528,7 +609,7 @@ def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
     for item in items:
         index = getattr(item, "index", None)
         contact_id = getattr(item, "contact_id", None)
-        detail = " ".join(p for p in (getattr(item, "field", None), getattr(item, "code", None), getattr(item, "message", None)) if p)
+        detail = _issue_text(item)
         if isinstance(index, int) and 0 <= index < len(rows) and (contact_id is None or rows[index].contact_id == contact_id):
             named[index] = detail
         elif contact_id is not None and contact_id in by_id:

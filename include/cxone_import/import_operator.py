@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 
 from include.cxone_import import airflow_tasks as steps
 from include.cxone_import.engine import TransientImportError
-from include.cxone_import.state import acknowledged_from_outcomes
 from include.cxone_import.storage import RunLayout, read_json, write_json
 from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions, call_list_file
 
@@ -47,24 +46,28 @@ def api_profile() -> str:
         return "records"
 
 
-def prepare_call_list(params: dict[str, Any], layout: RunLayout) -> CallListLayout:
-    """Find the run's calling list by id or name, or create it when ``create_list_if_missing`` (with the external
-    id column, a destination mapping per phone column and a custom-field mapping per other column); remember it and
-    its CSV columns in ``call_list.json`` (a retried chunk reuses it)."""
+def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool) -> tuple[CallListLayout | None, str]:
+    """Find the run's calling list by id or name, or, when ``create`` and the param ``create_list_if_missing`` say
+    so, create it (with the external id column, a destination mapping per phone column and a custom-field mapping
+    per other column); remember it and its CSV columns in ``call_list.json`` (a retried chunk reuses it). Returns
+    the list (None: missing, to be created once records are sent) and the tenant id its token names."""
     path = call_list_file(layout)
-    if path.exists():
-        return CallListLayout.from_dict(read_json(path))
     hook = _hook()
     name = steps.contact_list_id(params)
     external_id_column = hook.call_list_options["external_id_column"]
     with layout.valid_part(0).open("rb") as handle:
         columns = pq.read_schema(handle).names
     with hook.get_call_list_client() as client:
+        tenant_id = client.tenant_id
+        if path.exists():
+            return CallListLayout.from_dict(read_json(path)), tenant_id
         found = client.find_list(name)
         if found is not None:
             call_list = CallListLayout.for_columns(str(found["listId"]), str(found.get("listName") or name),
                                                    external_id_column, columns)
             log.info("calling list %s found: id %s", name, call_list.list_id)
+        elif params.get("create_list_if_missing") and not create:
+            return None, tenant_id  # created by the run that sends (never on a dry run or a held run)
         elif params.get("create_list_if_missing"):
             planned = CallListLayout.for_columns("", name, external_id_column, columns, created=True)
             list_id = client.create_list(
@@ -74,13 +77,15 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout) -> CallListLayo
                 custom_field_mappings=planned.custom_field_mappings(),
             )
             call_list = CallListLayout.for_columns(list_id, name, external_id_column, columns, created=True)
+        elif not create:
+            return None, tenant_id  # a dry run or a held run: the report says nothing was sent
         else:
             raise ValueError(
                 f"no calling list with id or name {name!r} on the tenant: create it, or trigger with "
                 "create_list_if_missing=true"
             )
     write_json(path, call_list.to_dict())
-    return call_list
+    return call_list, tenant_id
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any])
     return uploader, options
 
 
-def _submit(hook: Any, uploader: GroupUploader, group_index: int, params: dict[str, Any], context: dict[str, Any],
+def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, context: dict[str, Any],
             options: dict[str, Any], *, submitted_at: float | None = None) -> JobWait | None:
     """Upload the group's files never sent (the caller holds the list); what to wait for, or None."""
     state = uploader.submit(group_index)
@@ -124,8 +129,7 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, params: dict[s
     if not state.jobs() and not state.uncertain():
         return None
     # while deferred nothing renews the lease: hold the list for the whole wait (the report task releases it)
-    steps.hold_contact_list(hook, steps.contact_list_id(params), context,
-                            options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
+    steps.hold_contact_list(hook, key, context, options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
     return JobWait(
         cxone_conn_id=steps.CXONE_CONN_ID,
         list_id=uploader.list_id,
@@ -142,9 +146,10 @@ def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
     """Upload the group's files (those never sent) while the run holds the list; what the task waits for, or None
     when there is nothing to wait for."""
     layout = steps.run_layout(context)
-    with steps.contact_list_lease(hook, steps.contact_list_id(params), context), hook.get_call_list_client() as client:
+    key = steps.sending_list_key(layout)
+    with steps.contact_list_lease(hook, key, context), hook.get_call_list_client() as client:
         uploader, options = _uploader(hook, client, layout, params)
-        return _submit(hook, uploader, int(group["group_index"]), params, context, options)
+        return _submit(hook, uploader, int(group["group_index"]), key, context, options)
 
 
 def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any],
@@ -157,8 +162,8 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
         raise RuntimeError(f"waiting for the upload jobs failed: {event.get('message')}")
     layout = steps.run_layout(context)
     group_index = int(group["group_index"])
-    list_name = steps.contact_list_id(params)
-    with steps.contact_list_lease(hook, list_name, context), hook.get_call_list_client() as client:
+    key = steps.sending_list_key(layout)
+    with steps.contact_list_lease(hook, key, context), hook.get_call_list_client() as client:
         uploader, options = _uploader(hook, client, layout, params)
         state = uploader.load_state(group_index)
         if state.reconciled and not state.not_sent() and event is None:
@@ -167,15 +172,13 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
             summary = uploader.reconcile(group_index, dict((event or {}).get("jobs") or {}),
                                          timeout_s=options["job_timeout_s"])
             if summary is None:  # a recovery round: its files go now, the task waits for their jobs again
-                wait = _submit(hook, uploader, group_index, params, context, options, submitted_at=time.time())
+                wait = _submit(hook, uploader, group_index, key, context, options, submitted_at=time.time())
                 if wait is not None:
                     return wait
                 # none of the round's files reached a job: nothing of it can be recovered, settle the group now
                 summary = uploader.reconcile(group_index, {}, timeout_s=options["job_timeout_s"], recover=False)
             state = uploader.load_state(group_index)
-    keys, fingerprints = acknowledged_from_outcomes(layout, group_index)
-    if len(keys):
-        steps.list_state(list_name, context).write_delta(context["run_id"], group_index, keys, fingerprints)
+    steps.record_answers(layout, key, group_index, context)
     if state.not_sent():
         raise TransientImportError(
             f"group {group_index}: {len(state.not_sent())} files could not be uploaded; the task retry sends only "

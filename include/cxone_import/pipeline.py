@@ -45,6 +45,8 @@ GROUP_SCHEMA = pa.schema(
         ("batch_id", pa.string()),
         ("contact_id", pa.string()),
         ("record_json", pa.string()),
+        ("listed_before", pa.bool_()),  # the list's state knew this contact before the run (with other content)
+        ("sent_unanswered", pa.bool_()),  # a killed run sent this very record and never read CXone's answer
     ]
 )
 
@@ -210,16 +212,16 @@ class GroupPlan:
 
 
 def _batch_aligned(
-    layout: RunLayout, parts: int, batch_size: int, unchanged_rows: np.ndarray | None = None
+    layout: RunLayout, parts: int, batch_size: int, left_out_rows: np.ndarray | None = None
 ) -> Iterator[pd.DataFrame]:
-    """The valid parts, less the unchanged rows, re-cut so that no batch spans two frames (a batch id covers
+    """The valid parts, less the rows left out, re-cut so that no batch spans two frames (a batch id covers
     all its records). A batch that spans two parts is yielded alone; a part is never copied whole, and what is
     carried to the next part holds none of the previous part's buffers (one part in memory at a time)."""
     carry: pd.DataFrame | None = None
     for n in range(parts):
         frame = read_parquet(layout.valid_part(n))
-        if unchanged_rows is not None and len(unchanged_rows):
-            frame = frame[~np.isin(frame[ROW_NUMBER].to_numpy(), unchanged_rows)].reset_index(drop=True)
+        if left_out_rows is not None and len(left_out_rows):
+            frame = frame[~np.isin(frame[ROW_NUMBER].to_numpy(), left_out_rows)].reset_index(drop=True)
         if carry is not None:
             need = batch_size - len(carry)
             carry = pd.concat([carry, frame.iloc[:need]], ignore_index=True)
@@ -249,20 +251,20 @@ def _batch_runs(batch_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.append(starts[1:], len(batch_index))
 
 
-def _batch_ids(contact_list_id: str, starts: np.ndarray, ends: np.ndarray, contact_ids: pa.Array) -> list[str]:
-    """``batch_id`` of each batch ``contact_ids[start:end]``, hashing the bytes Arrow already holds: every id
+def _batch_ids(scope: str, starts: np.ndarray, ends: np.ndarray, records_json: pa.Array) -> list[str]:
+    """``batch_id`` of each batch ``records_json[start:end]``, hashing the bytes Arrow already holds: every record
     prefixed with the separator is one contiguous range of one buffer per batch (no Python string per record)."""
-    if contact_ids.null_count:
-        values = contact_ids.to_pylist()
-        return [batch_id(contact_list_id, values[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-    separated = pc.binary_join_element_wise(_SEPARATOR, contact_ids.cast(pa.large_string()), _EMPTY)
+    if records_json.null_count:
+        values = records_json.to_pylist()
+        return [batch_id(scope, values[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    separated = pc.binary_join_element_wise(_SEPARATOR, records_json.cast(pa.large_string()), _EMPTY)
     _, offsets_buffer, data = separated.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[separated.offset : separated.offset + len(separated) + 1]
     data_view = memoryview(data) if data is not None else memoryview(b"")
-    listed = hashlib.sha256(contact_list_id.encode())
+    scoped = hashlib.sha256(scope.encode())
     ids = []
     for a, b in zip(offsets[starts].tolist(), offsets[ends].tolist(), strict=True):
-        digest = listed.copy()
+        digest = scoped.copy()
         digest.update(data_view[a:b])
         ids.append(digest.hexdigest()[:24])
     return ids
@@ -271,15 +273,18 @@ def _batch_ids(contact_list_id: str, starts: np.ndarray, ends: np.ndarray, conta
 _SEPARATOR = pa.scalar("\x1f", pa.large_string())
 _EMPTY = pa.scalar("", pa.large_string())
 # the records are unique strings: a dictionary only pays for the batch columns (100 rows a value)
-_GROUP_PARQUET = {"use_dictionary": ["batch_index", "batch_id"], "write_statistics": False}
+_GROUP_PARQUET = {"use_dictionary": ["batch_index", "batch_id", "listed_before", "sent_unanswered"],
+                  "write_statistics": False}
 CHUNK_SLICE_ROWS = 50_000  # records serialised and written at a time: bounds the chunk task's peak
 
 
-def batch_id(contact_list_id: str, contact_ids: Any) -> str:
-    """Deterministic: the same list and the same records (in order) give the same id, run after run."""
-    digest = hashlib.sha256(contact_list_id.encode())
-    for contact_id in contact_ids:
-        digest.update(b"\x1f" + contact_id.encode())
+def batch_id(scope: str, records: Any) -> str:
+    """The id of a batch: a hash of its scope (the list and its tenant, ``ListKey.batch_scope``) and of its records
+    exactly as sent (their JSON, or the lines of an uploaded file), in order. The same records give the same id run
+    after run; a record whose content changed makes another batch, which is sent, never resumed as acknowledged."""
+    digest = hashlib.sha256(scope.encode())
+    for record in records:
+        digest.update(b"\x1f" + (record if isinstance(record, bytes) else record.encode()))
     return digest.hexdigest()[:24]
 
 
@@ -314,20 +319,26 @@ class _GroupFiles:
             handle.close()
 
 
-def _payload(frame: pd.DataFrame, first_position: int, batch_size: int, contact_list_id: str) -> tuple[pa.Table, pd.DataFrame]:
+def _payload(frame: pd.DataFrame, first_position: int, batch_size: int, batch_scope: str,
+             listed_rows: np.ndarray | None, answer_lost_rows: np.ndarray | None) -> tuple[pa.Table, pd.DataFrame]:
     """The group-file rows of ``frame`` (whole batches from ``first_position`` on) and its batches' manifest rows."""
     batch_index = (np.arange(first_position, first_position + len(frame)) // batch_size).astype(np.int64)
     starts, ends = _batch_runs(batch_index)
     contact_ids = arrow_strings(frame["contact_id"])
-    ids = _batch_ids(contact_list_id, starts, ends, contact_ids)
+    records = record_json(frame)
+    ids = _batch_ids(batch_scope, starts, ends, records)
     row_numbers = frame[ROW_NUMBER].to_numpy(dtype=np.int64)
+    flags = [np.isin(row_numbers, rows) if rows is not None and len(rows) else np.zeros(len(frame), bool)
+             for rows in (listed_rows, answer_lost_rows)]
     table = pa.table(
         {
             ROW_NUMBER: pa.array(row_numbers, pa.int64()),
             "batch_index": pa.array(batch_index, pa.int64()),
             "batch_id": pa.array(ids, pa.string()).take(pa.array(np.repeat(np.arange(len(ids)), ends - starts))),
             "contact_id": contact_ids.cast(pa.string()),
-            "record_json": record_json(frame).cast(pa.string()),
+            "record_json": records.cast(pa.string()),
+            "listed_before": pa.array(flags[0], pa.bool_()),
+            "sent_unanswered": pa.array(flags[1], pa.bool_()),
         },
         schema=GROUP_SCHEMA,
     )
@@ -348,15 +359,18 @@ def chunk(
     *,
     parts: int,
     valid_rows: int,
-    contact_list_id: str,
+    batch_scope: str,
     batch_size: int,
     parallelism: int,
     max_map_length: int,
-    unchanged_rows: np.ndarray | None = None,
+    left_out_rows: np.ndarray | None = None,
+    listed_rows: np.ndarray | None = None,
+    answer_lost_rows: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Number the valid records to send (all but ``unchanged_rows``) into batches, stream them into one file per
-    import group, write the manifest."""
-    to_send = valid_rows - (len(unchanged_rows) if unchanged_rows is not None else 0)
+    """Number the valid records to send (all but ``left_out_rows``, which the list already holds) into batches
+    whose ids hash ``batch_scope`` and the records, stream them into one file per import group (``listed_rows``
+    marked ``listed_before``, ``answer_lost_rows`` ``sent_unanswered``), write the manifest."""
+    to_send = valid_rows - (len(left_out_rows) if left_out_rows is not None else 0)
     plan = GroupPlan.plan(to_send, batch_size, parallelism, max_map_length)
     rows_per_group = plan.batches_per_group * batch_size
     step = batch_size * max(1, CHUNK_SLICE_ROWS // batch_size)  # whole batches: a slice never splits one
@@ -364,9 +378,10 @@ def chunk(
     manifest: list[pd.DataFrame] = []
     position = 0  # index of the next valid record across all parts
     try:
-        for frame in _batch_aligned(layout, parts, batch_size, unchanged_rows):
+        for frame in _batch_aligned(layout, parts, batch_size, left_out_rows):
             for start in range(0, len(frame), step):
-                table, batches = _payload(frame.iloc[start : start + step], position, batch_size, contact_list_id)
+                table, batches = _payload(frame.iloc[start : start + step], position, batch_size, batch_scope,
+                                          listed_rows, answer_lost_rows)
                 group_of_row = np.arange(position, position + table.num_rows) // rows_per_group
                 for group_index in np.unique(group_of_row).tolist():
                     at = np.flatnonzero(group_of_row == group_index)

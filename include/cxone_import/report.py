@@ -15,7 +15,14 @@ import pyarrow.parquet as pq
 
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
 from include.cxone_import.pipeline import reject_gate_tripped
-from include.cxone_import.state import read_changes, read_unchanged_rows
+from include.cxone_import.report_pages import NOT_SENT_REASONS
+from include.cxone_import.state import (
+    DECISION_LISTED,
+    DECISION_UNCHANGED,
+    DECISION_UNCONFIRMED,
+    read_changes,
+    read_decided_rows,
+)
 from include.cxone_import.storage import (
     RunLayout,
     ensure_parent,
@@ -77,9 +84,8 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
         ]
     else:
         parts = [_outcome_codes(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
-    unchanged = read_unchanged_rows(layout)
-    if len(unchanged):
-        parts.append(_same_outcome(unchanged, UNCHANGED))
+    for rows, outcome in _left_out(layout):
+        parts.append(_same_outcome(rows, outcome))
     if not parts:
         return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
     # the categories of what is there, sorted (as astype("category") gives them)
@@ -99,10 +105,17 @@ def outcome_counts(layout: RunLayout) -> dict[str, int]:
     for path in list_files(layout.root / "outcomes", "group-*.parquet"):
         for name, count in _tally(_outcome_codes(path)[1]).items():
             counts[name] = counts.get(name, 0) + count
-    unchanged = len(read_unchanged_rows(layout))
-    if unchanged:
-        counts[UNCHANGED] = counts.get(UNCHANGED, 0) + unchanged
+    for rows, outcome in _left_out(layout):
+        counts[outcome] = counts.get(outcome, 0) + len(rows)
     return counts
+
+
+def _left_out(layout: RunLayout) -> list[tuple[np.ndarray, str]]:
+    """The records the run did not send because the list holds them, with their outcome: ``unchanged`` (CXone
+    acknowledged this very content) and ``duplicate`` (CXone answered duplicate for this very content before)."""
+    found = [(read_decided_rows(layout, DECISION_UNCHANGED), UNCHANGED),
+             (read_decided_rows(layout, DECISION_UNCONFIRMED), DUPLICATE)]
+    return [(rows, outcome) for rows, outcome in found if len(rows)]
 
 
 _Codes = list[tuple[np.ndarray, list[str]]]  # (dictionary indices, dictionary) per chunk of a part's outcomes
@@ -255,10 +268,14 @@ def latency_histogram(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 def request_timeline(metrics: list[dict[str, Any]], budget_per_minute: float | None) -> dict[str, Any]:
     """HTTP attempts per time bucket (at most 120 of 1 s to 1 h), each batch's attempts spread over its send time,
-    with the connection's budget and the busiest 60 s window, for the rate chart of the report tab."""
+    with the connection's budget, the busiest 60 s (requests counted over a sliding 60 s window, so a run shorter
+    than a minute shows all its requests) and the first second's requests (the limiter starts with a catch-up burst
+    above its steady rate), for the rate chart of the report tab."""
     timed = [m for m in metrics if m.get("started_at") and m.get("finished_at")]
     empty = {"start": None, "bucket_seconds": TIMELINE_BUCKET_CHOICES_S[0], "attempts": [],
-             "budget_requests_per_minute": budget_per_minute, "peak_requests_per_minute": 0}
+             "budget_requests_per_minute": budget_per_minute, "peak_requests_per_minute": 0,
+             "peak_window_start_s": None, "first_second_requests": 0,
+             "steady_requests_per_second": round(budget_per_minute / 60, 2) if budget_per_minute else None}
     if not timed:
         return empty
     started = pd.to_datetime([m["started_at"] for m in timed], utc=True, format="ISO8601")
@@ -269,18 +286,20 @@ def request_timeline(metrics: list[dict[str, Any]], budget_per_minute: float | N
     attempts = np.array([max(int(m.get("attempts") or 0), int(m.get("requests") or 0), 1) for m in timed])
     batch = np.repeat(np.arange(len(timed)), attempts)
     nth = np.arange(len(batch)) - np.repeat(np.cumsum(attempts) - attempts, attempts)
-    sent_at = begin[batch] + (nth + 0.5) / attempts[batch] * (end[batch] - begin[batch])
+    sent_at = np.sort(begin[batch] + (nth + 0.5) / attempts[batch] * (end[batch] - begin[batch]))
     span = float(end.max()) + 1e-9
     bucket = next((s for s in TIMELINE_BUCKET_CHOICES_S if span / s <= TIMELINE_MAX_BUCKETS), TIMELINE_BUCKET_CHOICES_S[-1])
     counts = np.bincount((sent_at // bucket).astype(int), minlength=int(span // bucket) + 1)
-    per_window = max(1, 60 // bucket)
-    windows = np.convolve(counts, np.ones(per_window, dtype=int), mode="valid") if len(counts) >= per_window else counts
+    in_window = np.searchsorted(sent_at, sent_at + 60.0, side="left") - np.arange(len(sent_at))  # [t, t + 60 s)
+    busiest = int(np.argmax(in_window))
     return {
         **empty,
         "start": origin.isoformat(),
         "bucket_seconds": int(bucket),
         "attempts": [int(c) for c in counts],
-        "peak_requests_per_minute": int(windows.max() * 60 / (per_window * bucket)) if len(windows) else 0,
+        "peak_requests_per_minute": int(in_window[busiest]),
+        "peak_window_start_s": round(float(sent_at[busiest]), 3),
+        "first_second_requests": int(np.searchsorted(sent_at, 1.0, side="left")),
     }
 
 
@@ -366,17 +385,22 @@ def build_report(
             f"{max_reject_share:.1%}: nothing was sent; fix the export (see {layout.rejects_csv}) or raise the "
             "threshold for this run"
         )
+    changes = read_changes(layout)
+    notices = change_notices(changes, duplicates_of_listed=_duplicates_of_listed(layout, outcomes))
     report = {
         "run": run,
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "source_uri": extracted.get("source_uri"),
         "held_by_reject_gate": held,
+        "not_sent_reason": ("reject_gate" if held else "dry_run" if run.get("dry_run") else None)
+        if numbers["not_sent"] else None,
         "task_failures": failures or [],
         "totals": numbers,
         "reject_share": round(reject_share, 4),
         "rejects_by_rule": validated.get("rejects_by_rule", {}),
         "normalised": validated.get("normalised", {}),
-        "changes": read_changes(layout),
+        "changes": changes,
+        "notices": notices,
         "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
         "webhook": webhook,
         "throughput": throughput(summaries, budget_per_minute),
@@ -404,6 +428,49 @@ def build_report(
         numbers["failed"], numbers["success_rate_percent"],
     )
     return report
+
+
+def _duplicates_of_listed(layout: RunLayout, outcomes: pd.DataFrame) -> int:
+    """Records sent whose contact the list held with other content, answered ``duplicate``: CXone kept its own."""
+    listed = read_decided_rows(layout, DECISION_LISTED)
+    if not len(listed) or not len(outcomes):
+        return 0
+    duplicate = outcomes["row_number"].to_numpy()[(outcomes["outcome"] == DUPLICATE).to_numpy()]
+    return int(np.isin(duplicate, listed).sum())
+
+
+def change_notices(changes: Mapping[str, Any] | None, *, duplicates_of_listed: int = 0) -> list[str]:
+    """What a reader of the report must know about how the run used the list's state (never hidden in a count)."""
+    if not changes:
+        return []
+    notices = []
+    state = changes.get("state") or {}
+    where = f"list {state.get('list_id')} on {state.get('tenant')}" if state else "the list"
+    if changes.get("mode") == "new_list":
+        notices.append(f"{where} was created by this run (or would be, on a dry run): it starts with an empty "
+                       "state, every valid record is sent")
+    elif changes.get("mode") == "not_compared":
+        notices.append("the list's tenant could not be named (no CXone connection): nothing compared")
+    for unreadable in changes.get("unreadable") or []:
+        notices.append(f"the state of {where} could not be read ({unreadable}); it was set aside and the records it "
+                       "held were sent in full")
+    migrated = changes.get("migrated")
+    if migrated:
+        notices.append(
+            f"the state kept for list {state.get('list_id')} before states were keyed by tenant was adopted for "
+            f"{state.get('tenant')} ({migrated['contacts']} contacts; {migrated['present_unconfirmed']} answered "
+            f"duplicate by an earlier run, their content not confirmed; {migrated['unexplained_taken_as_acknowledged']} "
+            "with no run folder left to check, taken as acknowledged)")
+    if changes.get("unconfirmed"):
+        notices.append(
+            f"{changes['unconfirmed']} records were not sent again: CXone answered duplicate for this very content on "
+            "an earlier run, so the list holds these contacts with content it never confirmed; they count as "
+            "duplicate (the records API does not update a stored record)")
+    if duplicates_of_listed:
+        notices.append(
+            f"{duplicates_of_listed} changed records were answered duplicate: the list keeps the version it "
+            "acknowledged before (the records API does not update a stored record)")
+    return notices
 
 
 def build_failed_report(layout: RunLayout, *, run: dict[str, Any], failures: list[dict[str, Any]]) -> dict[str, Any]:
@@ -439,6 +506,17 @@ def build_failed_report(layout: RunLayout, *, run: dict[str, Any], failures: lis
     return report
 
 
+def describe_changes(changes: Mapping[str, Any]) -> str:
+    """Which state the run compared against and what it left out, in one line."""
+    state = changes.get("state")
+    if not state:
+        return f"none ({changes.get('mode')})"
+    contacts = changes.get("state_contacts")
+    return (f"list {state['list_id']} on {state['tenant']}" + (f", {contacts} contacts" if contacts is not None else "")
+            + f" ({changes.get('mode')}): {changes.get('unchanged', 0)} left unchanged, "
+            f"{changes.get('unconfirmed', 0)} not sent again (answered duplicate before)")
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as a person reads it at the end of a run."""
     t = report["totals"]
@@ -450,12 +528,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"  rejected          {t['rejected']}  {report.get('rejects_by_rule')}",
         f"  imported          {t['imported']}  (confirmed on retry: {t['confirmed_on_retry']})",
         f"  duplicates        {t['duplicates']}",
-        f"  unchanged         {t.get('unchanged', 0)}  (already on the list as they are; not sent)",
+        f"  unchanged         {t.get('unchanged', 0)}  (CXone acknowledged them as they are; not sent)",
         f"  failed            {t['failed']}",
-        *(
-            [f"  not sent          {t['not_sent']} ({'held: too many rejects' if report.get('held_by_reject_gate') else 'dry run'})"]
-            if t.get("not_sent") else []
-        ),
+        *([f"  not sent          {t['not_sent']} ({NOT_SENT_REASONS.get(report.get('not_sent_reason'), 'not sent')})"]
+          if t.get("not_sent") else []),
+        *([f"  state compared    {describe_changes(report['changes'])}"] if report.get("changes") else []),
         f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates + unchanged)",
         f"  batches           {t['batches']} ({t['batches_resumed']} resumed), {t['requests']} requests, {t['rate_limited']} answered 429",
         f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",
@@ -464,5 +541,6 @@ def format_report(report: dict[str, Any]) -> str:
         f"  webhook           {report['webhook'].get('delivered', 0)} of {report['webhook'].get('events', 0)} events delivered",
     ]
     lines += [f"  {name:<17} {path}" for name, path in report["files"].items()]
+    lines += [f"  NOTE: {n}" for n in report.get("notices", [])]
     lines += [f"  PROBLEM: {p}" for p in report.get("problems", [])]
     return "\n".join(lines)

@@ -21,8 +21,17 @@ OUTCOMES = (
     ("unchanged", "Unchanged", "#6d4c41"),
     ("failed", "Failed", "#c62828"),
     ("rejected", "Rejected", "#ef6c00"),
-    ("not_sent", "Not sent (dry run)", "#757575"),
+    ("not_sent", "Not sent", "#757575"),
 )
+# why a run's valid rows were not sent (report.json ``not_sent_reason``)
+NOT_SENT_REASONS = {"dry_run": "dry run", "reject_gate": "held: too many rejects"}
+
+
+def not_sent_label(report: dict[str, Any]) -> str:
+    reason = report.get("not_sent_reason")
+    if reason is None and report.get("held_by_reject_gate"):  # a report written before the reason was recorded
+        reason = "reject_gate"
+    return f"Not sent ({NOT_SENT_REASONS.get(reason, reason or 'not sent')})"
 REJECT_COLOUR = "#ef6c00"
 LATENCY_COLOUR = "#5c6bc0"
 RATE_COLOUR = "#00897b"
@@ -249,12 +258,42 @@ def _rate_section(throughput: dict[str, Any]) -> str:
         f' · <span class="{"ok" if peak <= budget else "bad"}">{"within" if peak <= budget else "over"} budget</span>'
         if budget else ""
     )
+    first, steady = rate.get("first_second_requests"), rate.get("steady_requests_per_second")
+    burst = (
+        f' The first second held <b data-metric="first_second_requests">{_number(first)}</b> requests: the rate '
+        f"limiter's start-up burst, above its steady {steady:g}/s (no 60 s window exceeds the budget for it)."
+        if first and steady and first > steady else ""
+    )
     return (
         f"<section><h2>Request rate</h2>{chart}"
-        f'<p class="note">HTTP requests (retries included) per {bucket} s, shown per minute; busiest 60 s: '
-        f'<b data-metric="peak_requests_per_minute">{_number(peak)}</b> requests'
-        f'{f" of a budget of {budget:,.0f}/min" if budget else ""}{verdict}.</p></section>'
+        f'<p class="note">HTTP requests (retries included) per {bucket} s, shown per minute; busiest 60 s '
+        f'(counted over a sliding 60 s window): <b data-metric="peak_requests_per_minute">{_number(peak)}</b> '
+        f'requests{f" of a budget of {budget:,.0f}/min" if budget else ""}{verdict}.{burst}</p></section>'
     )
+
+
+def _state_section(report: dict[str, Any]) -> str:
+    """Which list state the run compared against, what it left out, and what the reader must know about it."""
+    changes = report.get("changes") or {}
+    notices = "".join(f"<li>{escape(n)}</li>" for n in report.get("notices") or [])
+    if not changes and not notices:
+        return ""
+    state = changes.get("state") or {}
+    mode = escape(str(changes.get("mode")))
+    if state:
+        contacts = changes.get("state_contacts")
+        size = f", {_number(contacts)} contacts" if contacts is not None else ""
+        compared = (
+            f'<p>Compared with the state of list <b data-metric="state_list">{escape(str(state.get("list_id")))}</b>'
+            f' on <span data-metric="state_tenant">{escape(str(state.get("tenant")))}</span> (mode {mode}{size}): '
+            f'<b data-metric="state_unchanged">{_number(changes.get("unchanged", 0))}</b> left unchanged, '
+            f'<b data-metric="state_unconfirmed">{_number(changes.get("unconfirmed", 0))}</b> not sent again '
+            "(answered duplicate before).</p>"
+        )
+    else:
+        compared = f"<p>No list state compared (mode {mode}).</p>"
+    listed = f'<ul data-metric="notices">{notices}</ul>' if notices else ""
+    return f"<section><h2>List state</h2>{compared}{listed}</section>"
 
 
 def render_run_report(
@@ -271,7 +310,7 @@ def render_run_report(
     totals = report["totals"]
     status = str(report.get("status", "unknown"))
     outcome_items = [
-        (name, int(totals[key]), colour) for key, name, colour in OUTCOMES
+        (not_sent_label(report) if key == "not_sent" else name, int(totals[key]), colour) for key, name, colour in OUTCOMES
         if key in totals and (totals[key] or key in ("imported", "duplicates", "failed", "rejected"))
     ]
     rules = sorted((report.get("rejects_by_rule") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
@@ -308,10 +347,11 @@ source {escape(mask_uri(str(report.get("source_uri") or "–")))} · report writ
 <div class="grid">
 <section><h2>Outcome of every input row</h2>
 {hbar_chart(outcome_items, label="Input rows by outcome", testid="outcomes", total=int(totals["input"]))}
-<p class="note">Success rate = (imported + duplicates) / all input rows.</p></section>
+<p class="note">Success rate = (imported + duplicates + unchanged) / all input rows.</p></section>
 <section><h2>Rejected rows by rule</h2>
 {hbar_chart([(rule, int(count), REJECT_COLOUR) for rule, count in rules], label="Reject reasons by rule", testid="rejects-by-rule")}
 <p class="note">A row that breaks several rules counts under each. Every reason, row and column: rejects.csv.</p></section>
+{_state_section(report)}
 {_latency_section(throughput)}
 {_rate_section(throughput)}
 <section><h2>Reconciliation</h2>
@@ -404,6 +444,7 @@ def _trend(rows: Sequence[HistoryRow]) -> str:
              f'<text class="muted" x="{left + plot_w + 4}" y="{top + 4}">100%</text>',
              f'<text class="muted" x="{left + plot_w + 4}" y="{top + plot_h}">0%</text>']
     points = []
+    labels = trend_labels([row.date for row in picked])
     for i, row in enumerate(picked):
         x, y = left + i * step + step * 0.15, top + plot_h
         for key, name, colour in OUTCOMES:
@@ -413,21 +454,39 @@ def _trend(rows: Sequence[HistoryRow]) -> str:
             h = plot_h * value / peak
             y -= h
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{step * 0.7:.1f}" height="{h:.1f}" fill="{colour}">'
-                         f"<title>{escape(row.run_id)}: {name} {value:,}</title></rect>")
+                         f"<title>{escape(labels[i])} · {escape(row.run_id)}: {name} {value:,}</title></rect>")
         rate = float(row.total("success_rate_percent") or 0)
         points.append((left + i * step + step / 2, top + plot_h - plot_h * rate / 100, rate, row))
-        if i % max(1, len(picked) // 10) == 0 and row.date:
+        if i % max(1, len(picked) // 10) == 0 and labels[i]:
             parts.append(f'<text class="muted" x="{left + i * step + step / 2:.1f}" y="{height - bottom + 14}" '
-                         f'text-anchor="middle">{row.date:%m-%d}</text>')
+                         f'text-anchor="middle" data-run-label="{escape(row.run_id)}">{escape(labels[i])}</text>')
     parts.append('<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="'
                  + " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points) + '"/>')
     parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" style="fill:var(--fg);stroke:var(--bg)" data-run-id="{escape(row.run_id)}" '
-              f'data-value="{rate:g}"><title>{escape(row.run_id)}: success rate {rate:.2f}%</title></circle>'
-              for x, y, rate, row in points]
+              f'data-value="{rate:g}"><title>{escape(label)} · {escape(row.run_id)}: success rate {rate:.2f}%</title></circle>'
+              for (x, y, rate, row), label in zip(points, labels, strict=True)]
     legend = " ".join(f'<span style="color:{c}">■</span> {n}' for key, n, c in OUTCOMES
                       if any(r.total(key) for r in picked)) + " · ● success rate (right axis)"
     return (_svg(width, height, f"Outcomes and success rate of the {caption}", "".join(parts), "trend")
             + f'<p class="note">Records per run by outcome, {escape(caption)}. {legend}</p>')
+
+
+TREND_LABEL_FORMATS = ("%m-%d", "%m-%d %H:%M", "%m-%d %H:%M:%S")
+
+
+def trend_labels(dates: Sequence[datetime | None]) -> list[str]:
+    """A label per trend point that tells the runs apart: the day, with the time when two runs share a day (and the
+    seconds when they share a minute); runs that share even those are numbered."""
+    for form in TREND_LABEL_FORMATS:
+        labels = [f"{d:{form}}" if d else "–" for d in dates]
+        if len(set(labels)) == len(labels):
+            return labels
+    seen: dict[str, int] = {}
+    numbered = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        numbered.append(f"{label} #{seen[label]}")
+    return numbered
 
 
 def render_history(

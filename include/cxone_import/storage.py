@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -83,6 +87,65 @@ def ensure_parent(path: Any) -> None:
         pass
 
 
+def fs_path(path: Any) -> str:
+    """The filesystem-level path of an ObjectStoragePath / UPath (no protocol), without a trailing slash."""
+    return str(getattr(path, "path", path)).rstrip("/")
+
+
+def _is_local(fs: Any) -> bool:
+    """A local disk: fsspec's local filesystem, or a plain ``pathlib`` path (``fs`` None)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return fs is None or isinstance(fs, LocalFileSystem)
+
+
+@contextmanager
+def atomic_open(path: Any, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write ``path`` so that it appears whole or not at all, on every storage. On a local disk the file is written
+    under a temporary name beside it (``.{name}.tmp-{random}``) and renamed over it when complete (a kill mid-write
+    leaves the old file and a stray temporary file); an object store makes an object visible only once its upload
+    completes, so the content is gathered in memory and put in one request (an error before that puts nothing).
+    For files a later run relies on (the list state, checkpoints, JSON written for the next task); large spool
+    files between tasks are written directly (a re-run writes them again)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
+    ensure_parent(path)
+    fs = getattr(path, "fs", None)
+    if _is_local(fs):
+        with _local_replace(fs_path(path), mode) as handle:
+            yield handle
+        return
+    buffer: IO[Any] = io.StringIO() if mode == "w" else io.BytesIO()
+    yield buffer
+    data = buffer.getvalue()
+    fs.pipe_file(fs_path(path), data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def put_bytes(fs: Any, path: str, data: bytes) -> None:
+    """``fs.pipe_file`` that never leaves a half-written file on a local disk (see :func:`atomic_open`)."""
+    if not _is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    with _local_replace(path, "wb") as handle:
+        handle.write(data)
+
+
+@contextmanager
+def _local_replace(final: str, mode: str) -> Iterator[IO[Any]]:
+    """A local file written under a temporary name beside ``final``, renamed over it once whole."""
+    temporary = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(temporary, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
+        os.replace(temporary, final)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 # Parts one task writes for the next (extract, valid): mostly unique strings, read whole, never filtered by
 # statistics, so neither dictionaries nor min/max statistics pay for themselves (writing takes half the CPU)
 SPOOL_PARQUET = {"use_dictionary": False, "write_statistics": False}
@@ -112,9 +175,9 @@ def iter_rows_of(path: Any, rows: Any, columns: list[str], *, slice_rows: int = 
 
 
 def write_json(path: Any, payload: Any, *, compact: bool = False) -> None:
-    """Indented for people; ``compact`` for large machine-read files (json's C encoder only runs without indent)."""
-    ensure_parent(path)
-    with path.open("w") as handle:
+    """Indented for people; ``compact`` for large machine-read files (json's C encoder only runs without indent).
+    Written whole or not at all (:func:`atomic_open`): a reader never sees half a JSON document."""
+    with atomic_open(path, "w") as handle:
         if compact:  # one C-encoded string, one write (json.dump writes chunk by chunk through the file object)
             handle.write(json.dumps(payload, separators=(",", ":"), default=str))
         else:

@@ -145,7 +145,7 @@ def call_list_file(layout: RunLayout) -> Any:
 
 @dataclass(frozen=True)
 class UploadFile:
-    """One CSV file of a group: its deterministic id (list + contactIds), rows and bytes."""
+    """One CSV file of a group: its deterministic id (list + the file's lines as uploaded), rows and bytes."""
 
     index: int
     file_id: str
@@ -174,7 +174,7 @@ def csv_files(call_list: CallListLayout, rows: Sequence[tuple[int, str, str]], *
     def close() -> None:
         nonlocal numbers, ids, lines, size
         if numbers:
-            file_id = batch_id(call_list.list_id, ids) + (f"-r{recovery_round}" if recovery_round else "")
+            file_id = batch_id(call_list.list_id, [header, *lines]) + (f"-r{recovery_round}" if recovery_round else "")
             files.append(UploadFile(first_index + len(files), file_id, numbers, ids, header + b"".join(lines),
                                     recovery_round))
         numbers, ids, lines, size = [], [], [], len(header)

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-rate-5xx", type=_share, default=defaults.error_rate_5xx)
     parser.add_argument("--drop-rate", type=_share, default=defaults.drop_rate)
     parser.add_argument("--drop-after-commit-rate", type=_share, default=defaults.drop_after_commit_rate)
+    parser.add_argument("--record-error-rate", type=_share, default=defaults.record_error_rate,
+                        help="share of a batch's new records refused in the 200's errors[] (not stored)")
+    parser.add_argument("--record-error-code", default=defaults.record_error_code,
+                        help="their code (TEMPORARY_FAILURE or INTERNAL_ERROR: refused for now)")
+    parser.add_argument("--miscount-rate", type=_share, default=defaults.miscount_rate,
+                        help="share of 200s whose recordsCreated is off by one (short; 1 when none was stored)")
     parser.add_argument("--token-lifetime-s", type=int, default=defaults.token_lifetime_s)
     parser.add_argument("--duplicate-mode", choices=DUPLICATE_MODES, default=defaults.duplicate_mode)
     parser.add_argument(
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         error_rate_5xx=args.error_rate_5xx,
         drop_rate=args.drop_rate,
         drop_after_commit_rate=args.drop_after_commit_rate,
+        record_error_rate=args.record_error_rate,
+        record_error_code=args.record_error_code,
+        miscount_rate=args.miscount_rate,
         token_lifetime_s=args.token_lifetime_s,
         duplicate_mode=args.duplicate_mode,
         conflict_names_duplicates=args.conflict_names_duplicates,

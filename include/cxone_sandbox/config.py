@@ -26,6 +26,9 @@ class SandboxConfig:
     error_rate_5xx: float = 0.0
     drop_rate: float = 0.0
     drop_after_commit_rate: float = 0.0
+    record_error_rate: float = 0.0  # share of a batch's new records refused in a 200's errors[] (not stored)
+    record_error_code: str = "STORAGE_REJECTED"  # their code; TEMPORARY_FAILURE or INTERNAL_ERROR say "for now"
+    miscount_rate: float = 0.0  # share of 200s whose recordsCreated is off by one (short; one when none was stored)
     token_lifetime_s: int = 3600
     duplicate_mode: str = "warnings"
     conflict_names_duplicates: bool = True
@@ -48,7 +51,7 @@ class SandboxConfig:
             or self.rate_window_s <= 0
         ):
             raise SandboxConfigError("rate_window_s must be a number > 0")
-        for name in ("error_rate_5xx", "drop_rate", "drop_after_commit_rate"):
+        for name in ("error_rate_5xx", "drop_rate", "drop_after_commit_rate", "record_error_rate", "miscount_rate"):
             share = getattr(self, name)
             if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 <= share <= 1.0:
                 raise SandboxConfigError(f"{name} must be a number between 0 and 1")
@@ -63,7 +66,7 @@ class SandboxConfig:
         for name in ("retry_after", "conflict_names_duplicates"):
             if not isinstance(getattr(self, name), bool):
                 raise SandboxConfigError(f"{name} must be a boolean")
-        for name in ("client_id", "client_secret"):
+        for name in ("client_id", "client_secret", "record_error_code"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SandboxConfigError(f"{name} must be a non-empty string")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):

@@ -48,6 +48,7 @@ def _empty_stats() -> dict[str, Any]:
         "token_requests": 0,
         "records_requests": 0,
         "records_created": 0,
+        "records_refused": 0,
         "status_counts": {},
         "token_status_counts": {},
         "dropped": 0,
@@ -272,6 +273,7 @@ class CXoneSandbox(IssuedTokens, ServerRunner):
             drop_after_commit = (
                 config.drop_after_commit_rate > 0 and self._random.random() < config.drop_after_commit_rate
             )
+            miscount = config.miscount_rate > 0 and self._random.random() < config.miscount_rate
 
         if config.latency_ms > 0:
             time.sleep(config.latency_ms / 1000.0)
@@ -285,15 +287,22 @@ class CXoneSandbox(IssuedTokens, ServerRunner):
             warnings, accepted = find_duplicates(contact_list, records)
             if warnings and config.duplicate_mode == "conflict":
                 return _Reply(409, {"warnings": warnings if config.conflict_names_duplicates else []})
+            refused = _refused(records, accepted, config, self._random)
             for record in accepted:
-                contact_list.add(record)
-            self._stats["records_created"] += len(accepted)
+                if id(record) not in refused:
+                    contact_list.add(record)
+            created = len(accepted) - len(refused)
+            self._stats["records_created"] += created
+            self._stats["records_refused"] += len(refused)
             if drop_after_commit:
                 self._stats["dropped_after_commit"] += 1
         if drop_after_commit:  # committed, then the answer is lost: the request log still counts what was created
-            return _Reply(payload={"recordsCreated": len(accepted)}, drop=True)
+            return _Reply(payload={"recordsCreated": created}, drop=True)
+        # a faulty answer: one short of what it stored (one more when it stored nothing)
+        reported = (created - 1 if created else 1) if miscount else created
         return _Reply(
-            200, {"id": uuid.uuid4().hex, "recordsCreated": len(accepted), "warnings": warnings, "errors": []}
+            200, {"id": uuid.uuid4().hex, "recordsCreated": reported, "warnings": warnings,
+                  "errors": list(refused.values())}
         )
 
     def _control_get(self, handler: JsonHandler, path: str) -> None:
@@ -337,6 +346,22 @@ class CXoneSandbox(IssuedTokens, ServerRunner):
                 handler.send_json(404, {"error": "not_found"})
         except SandboxConfigError as exc:
             handler.send_json(400, {"error": "invalid_config", "message": str(exc)})
+
+
+def _refused(records: list[dict[str, Any]], accepted: list[dict[str, Any]], config: SandboxConfig,
+             draw: random.Random) -> dict[int, dict[str, Any]]:
+    """The accepted records the fault knob ``record_error_rate`` refuses (not stored), by ``id()``, with the
+    ``errors[]`` item of the 200 that names each (the 400 error shape, ``record_error_code``)."""
+    if config.record_error_rate <= 0:
+        return {}
+    index_of = {id(record): index for index, record in enumerate(records)}
+    temporary = config.record_error_code in ("TEMPORARY_FAILURE", "INTERNAL_ERROR")
+    message = "the record could not be stored now; send it again" if temporary else "the record could not be stored"
+    return {
+        id(record): {"index": index_of[id(record)], "contactId": record.get("contactId"), "field": None,
+                     "code": config.record_error_code, "message": message}
+        for record in accepted if draw.random() < config.record_error_rate
+    }
 
 
 def _bearer_token(authorization: str) -> str | None:

@@ -455,13 +455,9 @@ class CXoneClient:
                 outcome_uncertain=True,
             )
         duplicates = parse_record_issues(body.get("warnings"))
-        if body.get("errors"):
-            log.warning(
-                "list %s: accepted batch also reported %d error(s) (request id %s)",
-                contact_list_id,
-                len(body["errors"]) if isinstance(body["errors"], list) else 1,
-                request_id,
-            )
+        errors = parse_record_issues(body.get("errors"))
+        if body.get("errors") and not errors:  # an errors value that is not a list names no record: count it as one
+            errors = (RecordIssue(index=None, contact_id=None, code=None, message="unparseable errors value"),)
         result = BatchResult(
             created=body["recordsCreated"],
             duplicates=duplicates,
@@ -473,14 +469,17 @@ class CXoneClient:
             status_code=response.status_code,
             outcome_uncertain=outcome_uncertain,
             rate_limited=rate_limited,
+            errors=errors,
+            records=n_records,
         )
         log.debug(  # per batch: debug, since a nightly list makes thousands of them (the engine logs progress)
-            "list %s: batch of %d sent, %d created, %d duplicate warning(s); status %d, request id %s, "
-            "%d attempt(s), %.0f ms%s",
+            "list %s: batch of %d sent, %d created, %d duplicate warning(s), %d record error(s); status %d, "
+            "request id %s, %d attempt(s), %.0f ms%s",
             contact_list_id,
             n_records,
             result.created,
             len(duplicates),
+            len(errors),
             result.status_code,
             request_id,
             attempts,

@@ -1,4 +1,4 @@
-"""Value objects returned by the CXone client: one batch result and the duplicates it reports."""
+"""Value objects returned by the CXone client: one batch result and the records it names."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cxone_provider.redaction import scrub_text
+
+TRANSIENT_RECORD_CODES = frozenset({"TEMPORARY_FAILURE", "INTERNAL_ERROR"})
+"""Codes of a 200's ``errors[]`` item that refuse a record for now, not for what it holds: sent again."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class RecordIssue:
             field=str(field) if field is not None else None,
         )
 
+    @property
+    def transient(self) -> bool:
+        """The server refused the record for now (``TRANSIENT_RECORD_CODES``), not for its content."""
+        return self.code in TRANSIENT_RECORD_CODES
+
 
 def parse_record_issues(items: Iterable[Any] | None) -> tuple[RecordIssue, ...]:
     """Turn a response's ``warnings`` or ``errors`` list into RecordIssue values (an absent list gives none)."""
@@ -64,3 +72,7 @@ class BatchResult:
     """True when an earlier attempt ended without an answer, so it may have created records too."""
     rate_limited: int
     """How many 429 responses the call saw."""
+    errors: tuple[RecordIssue, ...] = ()
+    """Records the accepted batch names in ``errors[]``: not created (see :attr:`RecordIssue.transient`)."""
+    records: int = 0
+    """How many records the request held (to check the answer's counts against)."""

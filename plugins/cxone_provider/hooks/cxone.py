@@ -287,22 +287,24 @@ class CXoneHook(BaseHook):
         """
         return RateLimiter.for_budget(self.requests_per_minute, store=self.budget_store, key=self.budget_key)
 
-    def _list_lease_key(self, contact_list_id: str) -> str:
-        return f"{self.budget_key.replace('cxone-rate:', 'cxone-list:')}:{contact_list_id}"
+    @staticmethod
+    def _list_lease_key(list_key: str) -> str:
+        return f"cxone-list:{list_key}"
 
-    def acquire_list_lease(self, contact_list_id: str, owner: str, ttl_s: float) -> str:
+    def acquire_list_lease(self, list_key: str, owner: str, ttl_s: float) -> str:
         """
-        Take or renew the exclusive lease on a contact list of this tenant for ``owner``; return the holder.
+        Take or renew the exclusive lease on a contact list for ``owner``; return the holder.
 
-        :param contact_list_id: the CXone contact list.
+        :param list_key: names the list and its tenant (the same list must always get the same key, whichever
+            connection or name reaches it; e.g. a digest of the tenant and the resolved list id).
         :param owner: who asks (a DAG run).
         :param ttl_s: the lease lapses this long after the last renewal (a run that died frees the list).
         """
-        return self.budget_store.acquire_lease(self._list_lease_key(contact_list_id), owner, ttl_s)
+        return self.budget_store.acquire_lease(self._list_lease_key(list_key), owner, ttl_s)
 
-    def release_list_lease(self, contact_list_id: str, owner: str) -> bool:
+    def release_list_lease(self, list_key: str, owner: str) -> bool:
         """Give the list back when ``owner`` holds it."""
-        return self.budget_store.release_lease(self._list_lease_key(contact_list_id), owner)
+        return self.budget_store.release_lease(self._list_lease_key(list_key), owner)
 
     def get_client(self, rate_limiter: RateLimiter | None = None) -> CXoneClient:
         """
