@@ -21,7 +21,7 @@ from airflow.sdk import AssetAlias, Param, dag, task
 from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
 from include.cxone_import import settings
-from include.cxone_import.operators import ImportGroupOperator
+from include.cxone_import.operators import ImportGroupOperator, RemovalApprovalOperator
 
 # Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported when a task runs.
 RETRY_DELAY = settings.retry_delay()
@@ -148,6 +148,10 @@ def cxone_contact_import():
         retries=3,
         map_index_template="{{ group_label }}",
     ).expand(group=groups)
+    # a mirror run that would remove more than max_removal_share of the list waits here for a human (Required
+    # Actions); every other run passes at once
+    approval = RemovalApprovalOperator(task_id="approve_removals", retries=0)
+    groups >> approval >> imported
     notified = notify_webhook(validated)
     imported >> notified
     report(extracted, validated, groups, notified)

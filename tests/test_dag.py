@@ -34,7 +34,8 @@ def test_pipeline_shape(dag):
     order = {t.task_id: {d.task_id for d in t.downstream_list} for t in dag.tasks}
     assert order["extract"] == {"validate", "report"}
     assert "chunk" in order["validate"]
-    assert order["chunk"] >= {"import_batches", "report"}
+    assert order["chunk"] >= {"import_batches", "approve_removals", "report"}
+    assert order["approve_removals"] == {"import_batches"}  # a mirror run's bulk removals wait for a human here
     assert order["import_batches"] == {"notify_webhook"}
     assert order["notify_webhook"] == {"report"}
 

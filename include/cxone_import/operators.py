@@ -1,6 +1,7 @@
-"""The DAG's import step as one deferrable operator, mapped over the import groups (see ``import_operator`` for
-what it does on each API profile). This module is imported when the DAG file is parsed, so it imports nothing
-heavy: the task's code is imported when the task runs."""
+"""The DAG's operators: the import step as one deferrable operator, mapped over the import groups (see
+``import_operator`` for what it does on each API profile), and the human approval of a mirror run's bulk removals
+(see ``sync_gate``). This module is imported when the DAG file is parsed, so it imports nothing heavy: the task's
+code is imported when the task runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator
 
 log = logging.getLogger(__name__)
@@ -72,3 +74,61 @@ class ImportGroupOperator(BaseOperator):
             method_name="execute_complete",
             timeout=timedelta(seconds=result.timeout_s + ops.TRIGGER_TIMEOUT_MARGIN_S),
         )
+
+
+class RemovalApprovalOperator(HITLOperator):
+    """
+    Stop a ``mirror`` run before its removals when they exceed ``max_removal_share`` of the list's records: a human
+    approves or rejects in Airflow (the task's Required Actions, or the REST API's ``hitlDetails``). Reject, or no
+    answer within ``approval_timeout_hours``, holds the mirror removals (``removal_held``). Anything else (no
+    mirror removal, a share within the bound, a dry run) is decided at once, without asking.
+    """
+
+    APPROVE, REJECT = "Approve", "Reject"
+    ui_color = "#fff3d6"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(subject="Approve bulk removals from the CXone contact list", options=[self.APPROVE, self.REJECT],
+                         defaults=[self.REJECT], multiple=False, **kwargs)
+
+    def execute(self, context: Any) -> Any:
+        from include.cxone_import import sync_gate
+
+        steps, _ = _task_modules()
+        layout = steps.run_layout(context)
+        params = context["params"]
+        share = float(params.get("max_removal_share", 0.05))
+        plan = sync_gate.read_plan(layout)
+        if params.get("dry_run"):
+            decided = sync_gate.read_decision(layout) or sync_gate.record_decision(
+                layout, sync_gate.HELD, "dry run: nothing is removed")
+        else:
+            decided = sync_gate.decide_without_asking(layout, plan, share)
+        if decided is not None:
+            log.info("mirror removals %s: %s", decided.mirror_removals, decided.why)
+            return decided.to_dict()
+        hours = float(params.get("approval_timeout_hours") or 24)
+        self.body = sync_gate.approval_body(plan, share, hours)
+        self.response_timeout = timedelta(hours=hours)
+        log.warning("mirror would remove %d records (%.1f%% of the list's state, above %.1f%%): waiting up to %g h "
+                    "for an approval", plan.mirror_removals, plan.mirror_share * 100, share * 100, hours)
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        """The answer (or the timeout's default, Reject) decides the mirror removals; the decision is written for
+        the import tasks."""
+        from include.cxone_import import sync_gate
+
+        answer = super().execute_complete(context=context, event=event)
+        approved = list(answer["chosen_options"]) == [self.APPROVE]
+        user = answer.get("responded_by_user") or {}
+        by = user.get("name") or user.get("id")
+        if approved:
+            why = f"approved by {by}"
+        else:
+            why = f"rejected by {by}" if by else "no answer within approval_timeout_hours"
+        steps, _ = _task_modules()
+        decision = sync_gate.record_decision(steps.run_layout(context), sync_gate.APPROVED if approved else sync_gate.HELD,
+                                             why, by)
+        log.info("mirror removals %s: %s", decision.mirror_removals, decision.why)
+        return decision.to_dict()
