@@ -224,19 +224,24 @@ def list_read_query(query: dict[str, str]) -> dict[str, Any]:
 MAX_DNC_PHONE_DIGITS = 15
 
 
+def _required_list(body: Any, name: str) -> list[Any]:
+    """The non-empty list a request body must carry under ``name``, else the 400 naming it."""
+    if not isinstance(body, dict):
+        raise ContractError("InvalidRequest", "the body must be a JSON object")
+    items = body.get(name)
+    if items is None:
+        raise ContractError("MissingField", f"{name} is required")
+    if not isinstance(items, list) or not items:
+        raise ContractError("InvalidField", f"{name} must be a non-empty list")
+    return items
+
+
 def removal_request(body: Any) -> list[str]:
     """The external ids of a ``removeProspects`` body: ``prospectsToRemove`` a non-empty list of objects, each with
     an ``externalId`` (the schema types it as a number; external ids are text on the list, so a string is taken
     too). GUESS: an empty or missing list is refused rather than removing nothing."""
-    if not isinstance(body, dict):
-        raise ContractError("InvalidRequest", "the body must be a JSON object")
-    prospects = body.get("prospectsToRemove")
-    if prospects is None:
-        raise ContractError("MissingField", "prospectsToRemove is required")
-    if not isinstance(prospects, list) or not prospects:
-        raise ContractError("InvalidField", "prospectsToRemove must be a non-empty list")
     ids = []
-    for prospect in prospects:
+    for prospect in _required_list(body, "prospectsToRemove"):
         external_id = prospect.get("externalId") if isinstance(prospect, dict) else None
         if external_id is None:
             raise ContractError("MissingField", "prospectsToRemove[].externalId is required")
@@ -250,15 +255,8 @@ def dnc_records_request(body: Any) -> list[tuple[str, str | None]]:
     """The ``(phoneNumber, expiredDate)`` pairs of a ``POST dnc-groups/{groupId}/records`` body: ``dncGroupRecords`` a
     non-empty list, each with a ``phoneNumber`` (digits, as a number or a string) and an optional ISO 8601
     ``expiredDate``."""
-    if not isinstance(body, dict):
-        raise ContractError("InvalidRequest", "the body must be a JSON object")
-    records = body.get("dncGroupRecords")
-    if records is None:
-        raise ContractError("MissingField", "dncGroupRecords is required")
-    if not isinstance(records, list) or not records:
-        raise ContractError("InvalidField", "dncGroupRecords must be a non-empty list")
     pairs = []
-    for record in records:
+    for record in _required_list(body, "dncGroupRecords"):
         phone = record.get("phoneNumber") if isinstance(record, dict) else None
         if phone is None:
             raise ContractError("MissingField", "dncGroupRecords[].phoneNumber is required")
