@@ -1,0 +1,122 @@
+"""Keeping a list in sync (issue 22): whole DAG runs against the sandbox, what report.json says against what the
+sandbox holds."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONTACT_LIST_ID
+from tools.sample_data import generate_crm_export
+
+pytestmark = pytest.mark.timeout(600)
+
+ROWS = 240
+BATCH_SIZE = 20
+DAY = datetime(2026, 9, 1, tzinfo=timezone.utc)  # days no other test file uses
+FOREIGN = [{"contactId": f"foreign-{n}", "phoneNumbers": [{"type": "mobile", "number": f"+6149159{n:04d}"}],
+            "consentTimestamp": "2026-08-01T00:00:00.000Z", "optInStatus": "confirmed"} for n in range(5)]
+
+
+@pytest.fixture
+def export(tmp_path):
+    return generate_crm_export(tmp_path / "contacts.csv", ROWS, bad_share=0.1, seed=23)
+
+
+def rows_of(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def write_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def night2(export, tmp_path: Path, *, change: int = 10, withdraw: int = 6, expire: int = 4, absent: int = 5):
+    """Night 2's export: ``change`` contacts with a new phone and tier, ``withdraw`` revoked (in mixed case), ``expire``
+    with consent older than the window, ``absent`` dropped."""
+    fields, rows = rows_of(export.path)
+    valid = [r for r in rows if r["contact_id"] in export.valid_contact_ids]
+    seen: set[str] = set()
+    valid = [r for r in valid if not (r["contact_id"] in seen or seen.add(r["contact_id"]))]
+    changed, withdrawn, expired, gone = (valid[:change], valid[change:change + withdraw],
+                                         valid[change + withdraw:change + withdraw + expire],
+                                         valid[change + withdraw + expire:change + withdraw + expire + absent])
+    phone_column = [c for c in fields if c.endswith("_phone")]
+    for n, row in enumerate(changed):
+        row["tier"] = "changed-" + row["tier"]
+        row[next(c for c in phone_column if row[c])] = f"+6149158{n:04d}"
+    for n, row in enumerate(withdrawn):
+        row["opt_in_status"] = [" Revoked", "OPTED_OUT ", "revoked"][n % 3]
+    for row in expired:
+        row["consent_timestamp"] = "2001-01-01T00:00:00Z"
+    dropped = {r["contact_id"] for r in gone}
+    kept = [r for r in rows if r["contact_id"] not in dropped]
+    path = write_rows(tmp_path / "night2.csv", fields, kept)
+    return path, {r["contact_id"]: r for r in changed}, {r["contact_id"] for r in withdrawn}, \
+        {r["contact_id"] for r in expired}, dropped, phone_column
+
+
+def nightly(run_import, path: Path, day: int, **params):
+    return run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, "max_reject_share": 0.5, **params},
+                      logical_date=DAY + timedelta(days=day))
+
+
+def stored(sandbox) -> dict[str, dict]:
+    records = sandbox.records(CONTACT_LIST_ID)
+    ids = [r["contactId"] for r in records]
+    assert len(ids) == len(set(ids)), "a record was stored twice"
+    return {r["contactId"]: r for r in records}
+
+
+@pytest.mark.parametrize("mode", ["upsert", "mirror"])
+def test_night_two_updates_changes_removes_withdrawn_expired_and_mirror_absentees(run_import, cxone_sandbox, export,
+                                                                                   tmp_path, mode):
+    first = nightly(run_import, export.path, 0, sync_mode=mode)
+    assert first.state == "success", first.report and first.report["problems"]
+    cxone_sandbox.seed_records(CONTACT_LIST_ID, FOREIGN)  # on the list, not put there by this project
+    path, changed, withdrawn, expired, absent, phone_column = night2(export, tmp_path)
+    before = stored(cxone_sandbox)
+    second = nightly(run_import, path, 1, sync_mode=mode)
+    assert second.state == "success", second.report["problems"]
+    after = stored(cxone_sandbox)
+    for contact_id in changed:  # every changed record holds its new content
+        assert any(p["number"].startswith("+6149158") for p in after[contact_id]["phoneNumbers"])
+        assert after[contact_id]["customFields"]["tier"].startswith("changed-")
+    assert not (withdrawn | expired) & set(after)  # withdrawn and expired consent: gone
+    assert {f["contactId"] for f in FOREIGN} <= set(after)  # never a record the project did not put there
+    expected_absent_removed = absent if mode == "mirror" else set()
+    assert set(before) - set(after) == withdrawn | expired | expected_absent_removed
+    unchanged = set(before) - withdrawn - expired - expected_absent_removed - set(changed)
+    assert all(after[c] == before[c] for c in unchanged)  # nothing else on the list changed
+    totals = second.report["totals"]
+    assert totals["updated"] == len(changed)
+    assert totals["removed"] == len(withdrawn | expired | expected_absent_removed)
+    assert totals["not_on_list"] == totals["removal_held"] == totals["removal_failed"] == 0
+    assert second.report["reconciliation"]["ok"] and second.report["sync"]["removals_reconciled"]
+    plan = second.report["sync"]["plan"]
+    assert plan["removals"] == {"consent_withdrawn": len(withdrawn), "consent_expired": len(expired),
+                                "mirror_absent": len(expected_absent_removed)}
+    audit = [e for e in second.jsonl("audit.jsonl") if e.get("kind") == "removal"]
+    assert {e["contactId"] for e in audit} == withdrawn | expired | expected_absent_removed
+    assert all(e["details"]["reason"] and e["timestamp"] for e in audit)
+    third = nightly(run_import, path, 2, sync_mode=mode)  # the same export again: nothing left to do
+    assert third.report["totals"]["requests"] == 0, third.report["totals"]
+    assert stored(cxone_sandbox) == after
+
+
+def test_append_keeps_todays_behaviour(run_import, cxone_sandbox, export, tmp_path):
+    nightly(run_import, export.path, 10, sync_mode="append")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path)
+    before = stored(cxone_sandbox)
+    second = nightly(run_import, path, 11, sync_mode="append")
+    assert stored(cxone_sandbox) == before  # create-only: nothing updated or removed
+    assert second.report["sync"] is None and second.report["totals"]["duplicates"] == len(changed)
