@@ -120,3 +120,101 @@ def test_append_keeps_todays_behaviour(run_import, cxone_sandbox, export, tmp_pa
     second = nightly(run_import, path, 11, sync_mode="append")
     assert stored(cxone_sandbox) == before  # create-only: nothing updated or removed
     assert second.report["sync"] is None and second.report["totals"]["duplicates"] == len(changed)
+
+
+def test_faults_on_put_and_delete_lose_no_update_and_remove_nothing_twice(run_import, cxone_sandbox, export, tmp_path):
+    nightly(run_import, export.path, 20, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
+    cxone_sandbox.configure(put_error_rate_5xx=0.05, delete_error_rate_5xx=0.05, seed=5)
+    removed_before = cxone_sandbox.stats()["records_removed"]
+    second = nightly(run_import, path, 21, sync_mode="mirror")
+    assert second.state == "success", second.report["problems"]
+    after = stored(cxone_sandbox)
+    assert all(after[c]["customFields"]["tier"].startswith("changed-") for c in changed)
+    assert not (withdrawn | expired | absent) & set(after)
+    gone = withdrawn | expired | absent
+    assert cxone_sandbox.stats()["records_removed"] - removed_before == len(gone), "a record was removed twice"
+    totals = second.report["totals"]
+    assert (totals["updated"], totals["removed"], totals["not_on_list"]) == (len(changed), len(gone), 0)
+    assert second.report["reconciliation"]["ok"] and second.report["sync"]["removals_reconciled"]
+    statuses = [r.get("status") for r in cxone_sandbox.request_log() if r.get("method") in ("PUT", "DELETE")]
+    assert 503 in statuses, "the fault knobs answered no 503"
+
+
+def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twice(
+        run_import, cxone_sandbox, webhook_sink, export, tmp_path, storage_base):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tools.localrun import connection_env
+
+    nightly(run_import, export.path, 30, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
+    day = DAY + timedelta(days=31)
+    cxone_sandbox.configure(latency_ms=150)
+    removed_before, updated_before = cxone_sandbox.stats()["records_removed"], cxone_sandbox.stats()["records_updated"]
+    env = {**os.environ, **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
+           "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}"}
+    code = ("from datetime import datetime\nfrom tools.localrun import run_dag\n"
+            f"run_dag({{'source_uri': 'file://{path}', 'batch_size': {BATCH_SIZE}, 'max_reject_share': 0.5, "
+            f"'sync_mode': 'mirror', 'contact_list_id': '{CONTACT_LIST_ID}'}}, "
+            f"logical_date=datetime.fromisoformat({day.isoformat()!r}))\n")
+    with (tmp_path / "killed.log").open("w") as log:
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if len([p for p in storage_base.glob("runs/*/*/checkpoints/*.json") if "2026-10-02" in str(p)]) >= 8:
+                    break
+                assert child.poll() is None, "the run ended before it could be killed"
+                time.sleep(0.05)
+            else:
+                pytest.fail("the sync never started")
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    time.sleep(1)  # requests in flight at the kill still land on the server
+    gone = withdrawn | expired | absent
+    done_at_kill = (cxone_sandbox.stats()["records_removed"] - removed_before
+                    + cxone_sandbox.stats()["records_updated"] - updated_before)
+    assert 0 < done_at_kill < len(changed) + len(gone), "killed in the middle of the group's updates and removals"
+    cxone_sandbox.configure(latency_ms=0)
+    again = run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, "max_reject_share": 0.5,
+                        "sync_mode": "mirror"}, logical_date=day)
+    assert again.state == "success", again.report["problems"]
+    after = stored(cxone_sandbox)
+    assert all(after[c]["customFields"]["tier"].startswith("changed-") for c in changed), "an update was lost"
+    assert not gone & set(after)
+    assert cxone_sandbox.stats()["records_removed"] - removed_before == len(gone), "a record was removed twice"
+    totals = again.report["totals"]
+    assert (totals["updated"], totals["removed"]) == (len(changed), len(gone))
+    assert again.report["sync"]["removals_reconciled"] and again.report["reconciliation"]["ok"]
+
+
+def test_a_backfill_of_older_days_leaves_the_newer_content_in_place(run_import, cxone_sandbox, export, tmp_path):
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, withdraw=0, expire=0, absent=0)
+    day3 = nightly(run_import, path, 43, sync_mode="mirror")  # day 3: the newest content
+    assert day3.state == "success"
+    held = stored(cxone_sandbox)
+    fields, rows = rows_of(export.path)  # days 1-2: the older export; day 1 also withdraws two changed contacts
+    revoke = set(list(changed)[:2])
+    for row in rows:
+        if row["contact_id"] in revoke:
+            row["opt_in_status"] = "revoked"
+    day1 = nightly(run_import, write_rows(tmp_path / "day1.csv", fields, rows), 41, sync_mode="mirror")
+    day2 = nightly(run_import, export.path, 42, sync_mode="mirror")
+    assert stored(cxone_sandbox) == held, "the list still holds day 3's content"
+    for run in (day1, day2):
+        assert run.state == "success", run.report["problems"]
+        assert run.report["totals"]["updated"] == 0 and run.report["totals"].get("removed", 0) == 0
+        assert run.report["sync"]["plan"]["backfill"] is True
+        assert run.report["sync"]["plan"]["removals"]["mirror_absent"] == 0
+    assert day1.report["totals"]["stale"] == len(changed) - len(revoke)
+    assert day1.report["sync"]["plan"]["stale"]["removals"] == len(revoke)  # day 3 granted consent again
+    assert day2.report["totals"]["stale"] == len(changed)
