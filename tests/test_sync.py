@@ -218,3 +218,43 @@ def test_a_backfill_of_older_days_leaves_the_newer_content_in_place(run_import, 
     assert day1.report["totals"]["stale"] == len(changed) - len(revoke)
     assert day1.report["sync"]["plan"]["stale"]["removals"] == len(revoke)  # day 3 granted consent again
     assert day2.report["totals"]["stale"] == len(changed)
+
+
+def test_bulk_mirror_removals_are_held_until_approved_and_consent_removals_never_are(
+        run_import, cxone_sandbox, export, tmp_path):
+    import json
+
+    nightly(run_import, export.path, 50, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, absent=30)
+    held_run = nightly(run_import, path, 51, sync_mode="mirror", max_removal_share=0.05)
+    plan = held_run.report["sync"]["plan"]
+    assert plan["mirror_share"] > 0.05 and plan["removals"]["mirror_absent"] == len(absent)
+    assert len(plan["samples"]["mirror_absent"]) == 5 and all(s not in absent for s in plan["samples"]["mirror_absent"])
+    plan_file = json.loads(held_run.file("sync/plan.json").read_text())
+    assert plan_file == plan
+    assert set(held_run.file("sync/removals.parquet").exists() and ["ok"]) == {"ok"}
+    after = stored(cxone_sandbox)
+    assert absent <= set(after), "held: the absentees stay on the list"
+    assert not (withdrawn | expired) & set(after), "consent removals are never held"
+    assert held_run.report["totals"]["removal_held"] == len(absent)
+    assert any("held" in n for n in held_run.report["notices"])
+    # the approval step writes its decision; the run's import task, cleared, sends exactly the held removals
+    held_run.file("sync/removal_decision.json").write_text(json.dumps({"mirror_removals": "approved"}))
+    approved = nightly(run_import, path, 51, sync_mode="mirror", max_removal_share=0.05)
+    assert not absent & set(stored(cxone_sandbox))
+    assert approved.report["totals"]["removed"] == len(absent | withdrawn | expired)
+    assert approved.report["totals"]["removal_held"] == 0
+
+
+def test_a_dry_run_reports_the_creates_updates_and_removals_it_would_make(run_import, cxone_sandbox, export, tmp_path):
+    nightly(run_import, export.path, 60, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path)
+    before = stored(cxone_sandbox)
+    dry = nightly(run_import, path, 61, sync_mode="mirror", dry_run=True)
+    assert stored(cxone_sandbox) == before
+    plan = dry.report["sync"]["plan"]
+    assert (plan["updates"], plan["removals"]) == (len(changed), {"consent_withdrawn": len(withdrawn),
+                                                                  "consent_expired": len(expired),
+                                                                  "mirror_absent": len(absent)})
+    assert any(n.startswith("dry run (mirror): would create") for n in dry.report["notices"])
+    assert dry.report["reconciliation"]["ok"], dry.report["reconciliation"]["detail"]

@@ -370,11 +370,18 @@ class ContactListState:
         return found
 
     def snapshot(self) -> _Columns:
-        """The folded state as it stands (every bucket of the current generation; deltas not folded yet are not in
-        it: read after :meth:`compare` folded them)."""
+        """The state as it stands: the current generation with the deltas not folded yet folded in memory (a dry run
+        folds nothing on storage), written nowhere."""
         current = self.current()
-        buckets = int(current["buckets"]) if current else 0
-        parts = [self._read_bucket(current, b) for b in range(buckets)]
+        buckets = int(current["buckets"]) if current else self._default_buckets
+        deltas = [d for d in (_Delta(p) for p in self.deltas()) if d.readable]
+        usable = [d for d in deltas if d.buckets == buckets]
+        parts = []
+        for bucket in range(buckets):
+            state = self._read_bucket(current, bucket)
+            parts.append(_fold([state] + [d.bucket(bucket) for d in usable]) if usable else state)
+        for delta in deltas:
+            delta.close()
         if not parts:
             return _empty_columns()
         return {name: np.concatenate([p[name] for p in parts]) for name in STATE_SCHEMA.names}  # type: ignore[misc]
