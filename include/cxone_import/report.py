@@ -633,7 +633,7 @@ def format_report(report: dict[str, Any]) -> str:
         *([f"  not sent          {t['not_sent']} ({NOT_SENT_REASONS.get(report.get('not_sent_reason'), 'not sent')})"]
           if t.get("not_sent") else []),
         *([f"  state compared    {describe_changes(report['changes'])}"] if report.get("changes") else []),
-        f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates + unchanged)",
+        f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates + unchanged + updated)",
         f"  batches           {t['batches']} ({t['batches_resumed']} resumed), {t['requests']} requests, {t['rate_limited']} answered 429",
         f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",
         f"  normalised        {report.get('normalised') or 'nothing'}",
