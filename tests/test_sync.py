@@ -79,7 +79,7 @@ def stored(sandbox) -> dict[str, dict]:
 
 @pytest.mark.parametrize("mode", ["upsert", "mirror"])
 def test_night_two_updates_changes_removes_withdrawn_expired_and_mirror_absentees(run_import, cxone_sandbox, export,
-                                                                                   tmp_path, mode):
+                                                                                   tmp_path, mode, webhook_sink):
     first = nightly(run_import, export.path, 0, sync_mode=mode)
     assert first.state == "success", first.report and first.report["problems"]
     cxone_sandbox.seed_records(CONTACT_LIST_ID, FOREIGN)  # on the list, not put there by this project
@@ -108,6 +108,9 @@ def test_night_two_updates_changes_removes_withdrawn_expired_and_mirror_absentee
     audit = [e for e in second.jsonl("audit.jsonl") if e.get("kind") == "removal"]
     assert {e["contactId"] for e in audit} == withdrawn | expired | expected_absent_removed
     assert all(e["details"]["reason"] and e["timestamp"] for e in audit)
+    summary = [e["body"] for e in webhook_sink.events()
+               if (e.get("body") or {}).get("eventId") == f"{second.dag_run.run_id}:summary"][-1]
+    assert summary["metrics"]["updatedCount"] == len(changed) and summary["metrics"]["removedCount"] == totals["removed"]
     third = nightly(run_import, path, 2, sync_mode=mode)  # the same export again: nothing left to do
     assert third.report["totals"]["requests"] == 0, third.report["totals"]
     assert stored(cxone_sandbox) == after

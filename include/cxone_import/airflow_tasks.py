@@ -28,6 +28,7 @@ from include.cxone_import.report import (
     format_report,
     group_summaries,
     outcome_counts,
+    sync_counts,
     totals,
 )
 from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-exported for the task bodies
@@ -788,6 +789,11 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     events = batch_events(pending, _audit_by_batch(layout) if pending else {}, event_key(context),
                           {"kind": "redelivery" if live else "run"})
     numbers = totals(validated, outcome_counts(layout), summaries)  # counts, not every row's outcome
+    if sync.read_plan(layout) is not None:  # what the run's removals came to (the CRM is told of held ones too)
+        removals = sync_counts(layout)["removals"]
+        numbers.update({name: int(removals.get(name, 0)) for name in (sync.REMOVED_OUTCOME, sync.NOT_ON_LIST,
+                                                                       sync.REMOVAL_HELD)},
+                       removal_failed=int(removals.get("failed", 0)))
     events.append(summary_event(event_key(context), numbers, run))
     target = webhook_target()
     if target is None:
