@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 
-.PHONY: setup demo test distributed-test bench bench-validation bench-tasks airflow stop clean
+.PHONY: setup demo demo-sync test distributed-test bench bench-validation bench-tasks airflow stop clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	@$(RUN) python -m tools.demo $(ARGS)
+
+demo-sync: setup  # two nights of one list (sync_mode mirror): changes, withdrawn and expired consent, absentees
+	@$(RUN) python -m tools.demo_sync $(ARGS)
 
 test: setup
 	@$(RUN) python -m pytest $(PYTEST_ARGS)

@@ -65,7 +65,23 @@ def _steps():
         "dry_run": Param(False, type="boolean", title="Dry run", description="Validate and chunk; send nothing."),
         "max_consent_age_days": Param(
             1825, type="integer", minimum=1, maximum=36500, title="Max consent age (days)",
-            description="Reject records whose consent is older than this (TCPA/GDPR window).",
+            description="Reject records whose consent is older than this (TCPA/GDPR window); under upsert and "
+            "mirror a contact on the list whose consent is older is removed (consent_expired).",
+        ),
+        "sync_mode": Param(
+            None, type=["null", "string"], enum=[None, "append", "upsert", "mirror"], title="Sync mode",
+            description="append: create only. upsert: create new records, update changed ones, remove withdrawn and "
+            "expired consent. mirror: upsert, and remove the records this project put on the list that the export no "
+            "longer holds. Empty: the cxone_sync_mode Variable, else upsert.",
+        ),
+        "max_removal_share": Param(
+            0.05, type="number", minimum=0, maximum=1, title="Max removal share",
+            description="mirror: removals of absent contacts above this share of the list's state wait for approval "
+            "(sync/removal_decision.json); withdrawn and expired consent is never held.",
+        ),
+        "approval_timeout_hours": Param(
+            24, type="number", minimum=0, title="Approval timeout (hours)",
+            description="How long a bulk mirror removal waits for approval before it is held (removal_held).",
         ),
         "batch_size": Param(
             100, type="integer", minimum=1, maximum=100, title="Batch size",

@@ -47,7 +47,8 @@ def stored_once(sandbox) -> set[str]:
 def nightly(run_import, path: Path, day: int, *, conn: dict | None = None, **params):
     """The scheduled run of the day ``day`` after DAY (its own run id), reading ``path``; tests use distinct days
     (dag.test() runs share one metadata DB, where a logical date is one run)."""
-    return run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, **params},
+    # these nights test the create-only behaviour (issue 20); sync modes are tests/test_sync.py's
+    return run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, "sync_mode": "append", **params},
                       logical_date=DAY + timedelta(days=day), **(conn or {}))
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
 
-from include.cxone_import import pipeline
+from include.cxone_import import pipeline, sync
 from include.cxone_import.engine import GroupImporter, TransientImportError
 from include.cxone_import.report import (
     RunFailedError,
@@ -28,6 +28,7 @@ from include.cxone_import.report import (
     format_report,
     group_summaries,
     outcome_counts,
+    sync_counts,
     totals,
 )
 from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-exported for the task bodies
@@ -50,6 +51,7 @@ from include.cxone_import.state import (
     DECISION_ANSWER_LOST,
     DECISION_LISTED,
     LEFT_OUT,
+    Acknowledgements,
     ContactListState,
     ListKey,
     acknowledged_from_outcomes,
@@ -211,7 +213,21 @@ def run_info(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         "redrive_run_id": params.get("redrive_run_id"),
         "full_resync": bool(params.get("full_resync")),
         "logical_date": str(context.get("logical_date")),
+        "sync_mode": sync_mode(params),
     }
+
+
+def sync_mode(params: dict[str, Any]) -> str:
+    """The run's ``sync_mode``: the param, else the Variable ``cxone_sync_mode``, else ``upsert``; a redrive sends its
+    dead letters as they are (``append``)."""
+    from include.cxone_import.sync import DEFAULT_SYNC_MODE, SYNC_MODE_VARIABLE, SYNC_MODES
+
+    if params.get("redrive_run_id"):
+        return "append"
+    mode = params.get("sync_mode") or _variable(SYNC_MODE_VARIABLE, None) or DEFAULT_SYNC_MODE
+    if mode not in SYNC_MODES:
+        raise ValueError(f"sync_mode must be one of {SYNC_MODES}, got {mode!r} (param or Variable {SYNC_MODE_VARIABLE})")
+    return str(mode)
 
 
 @contextmanager
@@ -416,7 +432,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
 
         with contact_list_lease(CXoneHook(cxone_conn_id=CXONE_CONN_ID), key, context):
             changes = decide_changes(layout, list_state(key, context), parts=validated["parts"], run_id=context["run_id"], mode=mode)
-    left_out = changes["unchanged"] + changes["unconfirmed"]
+    plan = _plan_sync(layout, key if not created else None, validated, params, context)
+    left_out = changes["unchanged"] + changes["unconfirmed"] + (plan["updates"] + sum(plan["stale"].values()) if plan else 0)
     groups = pipeline.chunk(
         layout,
         parts=validated["parts"],
@@ -425,10 +442,16 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         batch_size=int(params["batch_size"]),
         parallelism=min(conf.getint("core", "parallelism", fallback=32), parallel_groups()),
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
-        left_out_rows=read_decided_rows(layout, *LEFT_OUT) if left_out else None,
+        left_out_rows=read_decided_rows(layout, *LEFT_OUT) if left_out or plan else None,
         listed_rows=read_decided_rows(layout, DECISION_LISTED) if changes["listed"] else None,
         answer_lost_rows=read_decided_rows(layout, DECISION_ANSWER_LOST) if changes.get("answer_lost") else None,
     )
+    groups = _with_sync_ops(layout, groups, plan, key, validated)
+    if plan is not None:
+        if context.get("ti") is not None:
+            context["ti"].xcom_push(key="sync", value=plan)
+        log.info("sync (%s): this run needs %s", plan["mode"], sync.estimate(
+            plan, sum(int(g.get("batches", 0)) for g in groups), rate_budget()))
     if params.get("dry_run"):
         log.info("dry run: %d groups planned, %d records unchanged, nothing will be sent", len(groups), changes["unchanged"])
         return []
@@ -444,6 +467,40 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         list_state(key, context).register_run(context["run_id"], [g["group_index"] for g in groups],
                                      logical_date=logical_seconds(context))
     return [{**g, "groups_total": len(groups)} for g in groups]
+
+
+def _plan_sync(layout: RunLayout, key: ListKey | None, validated: dict[str, Any], params: dict[str, Any],
+               context: dict[str, Any]) -> sync.SyncPlan | None:
+    """The run's updates and removals (``sync.plan_sync``) for the records profile; None in ``append`` mode. A list
+    this run created has nothing to update or remove. The calling-list profile plans nothing here yet."""
+    mode = sync_mode(params)
+    if mode == "append" or key is None:
+        return None
+    if _call_lists():
+        log.warning("sync_mode %s: the calling-list profile sends creates only for now (removals not wired)", mode)
+        return None
+    state = list_state(key, context)
+    valid_rows = int(validated["valid_rows"])
+    return sync.plan_sync(
+        layout, state, mode=mode, parts=int(validated["parts"]), extract_parts=int(validated["parts"]),
+        logical_date=logical_seconds(context), scope=key.batch_scope,
+        creates=lambda: valid_rows - len(read_decided_rows(layout, *LEFT_OUT)),
+    )
+
+
+def _with_sync_ops(layout: RunLayout, groups: list[dict[str, Any]], plan: sync.SyncPlan | None, key: ListKey | None,
+                   validated: dict[str, Any]) -> list[dict[str, Any]]:
+    """Spread the plan's updates and removals over the import groups (groups of no creates when there are none)."""
+    if plan is None or key is None or not (plan["updates"] or sum(plan["removals"].values())):
+        return groups
+    ops = plan["updates"] + sum(plan["removals"].values())
+    wanted = max(len(groups), min(parallel_groups(), -(-ops // pipeline.MAX_BATCHES_PER_GROUP)))
+    groups = list(groups)
+    for group_index in range(len(groups), wanted):
+        pipeline.write_empty_group(layout, group_index)
+        groups.append({"group_index": group_index, "path": str(layout.group_file(group_index)), "records": 0, "batches": 0})
+    counts = sync.write_group_ops(layout, int(validated["parts"]), key.batch_scope, len(groups))
+    return [{**g, **c} for g, c in zip(groups, counts, strict=True)]
 
 
 def _call_lists() -> bool:
@@ -470,16 +527,31 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     )
     live = live_batch_events(group, context)
     key = sending_list_key(layout)
+    sync_results: list[sync.OpResult] | None = None
     try:
         with contact_list_lease(hook, key, context), hook.get_client() as client, gc_frozen():
-            summary = GroupImporter(client, key.list_id, layout, concurrency=hook.max_concurrency).run(
-                int(group["group_index"]), on_batch=live.batch_acknowledged if live else None
-            )
+            importer = GroupImporter(client, key.list_id, layout, concurrency=hook.max_concurrency)
+            summary = importer.run(int(group["group_index"]), on_batch=live.batch_acknowledged if live else None)
+            if sync.ops_file(layout, int(group["group_index"])).exists():
+                sync_summary, sync_results = send_sync_ops(client, importer, key, group, params, layout,
+                                                           concurrency=hook.max_concurrency)
+                summary = {**summary, "sync": sync_summary}
     finally:
         if live is not None:
             _record_live_deliveries(layout, group, context, live.close())
     # the list's state learns what CXone said, before a transient failure is raised
     record_answers(layout, key, int(group["group_index"]), context)
+    if sync_results:
+        contact_ids, records, outcomes = sync.answers_of(sync_results)
+        answers = Acknowledgements.of(contact_ids, records, outcomes)
+        if len(answers):
+            list_state(key, context).write_delta(context["run_id"], int(group["group_index"]) + SYNC_DELTA_OFFSET,
+                                                 answers, logical_date=logical_seconds(context))
+    if summary.get("sync", {}).get("transient"):
+        raise TransientImportError(
+            f"group {group['group_index']}: {summary['sync']['transient']} updates or removals could not be sent; the "
+            "task retry sends only those, the rest is checkpointed"
+        )
     if summary["transient_failed_batches"]:
         raise TransientImportError(
             f"group {group['group_index']}: {summary['transient_failed_batches']} batches could not be sent "
@@ -487,6 +559,48 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         )
     # XCom keeps the per-batch metrics compact; the full ones (request ids, timestamps) are in storage.
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+
+
+SYNC_DELTA_OFFSET = 50_000  # the group number of a group's sync delta (its own file name, never a group's)
+
+
+def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: dict[str, Any], params: dict[str, Any],
+                  layout: RunLayout, *, concurrency: int) -> tuple[dict[str, Any], list[sync.OpResult]]:
+    """Send the group's updates and removals; create the records of updates the list no longer held (batched POST);
+    write the group's sync outcomes and audit entries. Returns the counts and the final results."""
+    group_index = int(group["group_index"])
+    plan = sync.read_plan(layout)
+    allowed = sync.mirror_removals_allowed(layout, plan, float(params.get("max_removal_share", 0.05)))
+    sender = sync.SyncSender(client, key.list_id, layout, concurrency=concurrency)
+    summary, results = sender.run(group_index, mirror_allowed=bool(allowed))
+    if summary.gone:
+        size = int(params.get("batch_size") or pipeline.MAX_BATCH_SIZE)
+        batches = []
+        for n, start in enumerate(range(0, len(summary.gone), size)):
+            gone = summary.gone[start : start + size]
+            records = [r.record_json for r in gone]
+            batches.append((n, pipeline.batch_id(key.batch_scope + ":recreate", records),
+                            [(r.row_number, r.contact_id, r.record_json, True, False) for r in gone]))
+        by_row = {r.row_number: r for r in summary.gone}
+        for batch in importer.import_rows(batches):
+            summary.metrics.append({**batch.metrics.as_dict(), "kind": "recreate"})
+            summary.requests += batch.metrics.requests
+            summary.transient += int(batch.metrics.transient)
+            for outcome in batch.outcomes:
+                result = by_row[outcome.row_number]
+                result.outcome, result.detail = outcome.outcome, f"recreated after 404: {outcome.detail}".rstrip(": ")
+        summary.counts = {}
+        for result in results:
+            summary.counts[result.outcome] = summary.counts.get(result.outcome, 0) + 1
+    sync.write_outcomes(layout, group_index, results)
+    write_jsonl(layout.audit_part(f"sync-group-{group_index:05d}"),
+                sync.update_audit_entries(results) + sync.removal_audit_entries(results))
+    counts = {"counts": summary.counts, "requests": summary.requests, "attempts": summary.attempts,
+              "rate_limited": summary.rate_limited, "transient": summary.transient, "metrics": summary.metrics,
+              "mirror_allowed": allowed}
+    write_json(sync.sync_dir(layout) / f"outcomes-{group_index:05d}.json", counts, compact=True)
+    log.info("group %d: sync %s, %d requests", group_index, summary.counts, summary.requests)
+    return {k: v for k, v in counts.items() if k != "metrics"}, results
 
 
 def sending_list_key(layout: RunLayout) -> ListKey:
@@ -675,6 +789,11 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     events = batch_events(pending, _audit_by_batch(layout) if pending else {}, event_key(context),
                           {"kind": "redelivery" if live else "run"})
     numbers = totals(validated, outcome_counts(layout), summaries)  # counts, not every row's outcome
+    if sync.read_plan(layout) is not None:  # what the run's removals came to (the CRM is told of held ones too)
+        removals = sync_counts(layout)["removals"]
+        numbers.update({name: int(removals.get(name, 0)) for name in (sync.REMOVED_OUTCOME, sync.NOT_ON_LIST,
+                                                                       sync.REMOVAL_HELD)},
+                       removal_failed=int(removals.get("failed", 0)))
     events.append(summary_event(event_key(context), numbers, run))
     target = webhook_target()
     if target is None:

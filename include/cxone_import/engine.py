@@ -274,6 +274,14 @@ class GroupImporter:
         )
         return summary
 
+    def import_rows(self, batches: list[tuple[int, str, list[tuple]]]) -> list[BatchResult]:
+        """Send batches held in memory (``(batch_index, batch_id, members)`` as a group file gives them) with the same
+        rules and checkpoints as a group's: records of updates the list no longer held, created after the group."""
+        self._checkpoints = CheckpointStore(self._layout, [b[1] for b in batches])
+        self._on_batch = None
+        self._progress = _Progress(-1, len(batches), time.monotonic())
+        return [self._import_batch(*batch) for batch in batches]
+
     # -- one batch ---------------------------------------------------------------------------------------------
 
     def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> BatchResult:

@@ -354,6 +354,14 @@ def _payload(frame: pd.DataFrame, first_position: int, batch_size: int, batch_sc
     return table, batches
 
 
+def write_empty_group(layout: RunLayout, group_index: int) -> None:
+    """A group file without records: an import group that only updates or removes."""
+    path = layout.group_file(group_index)
+    ensure_parent(path)
+    with path.open("wb") as handle:
+        pq.write_table(GROUP_SCHEMA.empty_table(), handle)
+
+
 def chunk(
     layout: RunLayout,
     *,

@@ -16,9 +16,12 @@ import pyarrow.parquet as pq
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
 from include.cxone_import.pipeline import reject_gate_tripped
 from include.cxone_import.report_pages import NOT_SENT_REASONS
+from include.cxone_import import sync
 from include.cxone_import.state import (
     DECISION_LISTED,
+    DECISION_STALE,
     DECISION_UNCHANGED,
+    DECISION_UPDATE,
     DECISION_UNCONFIRMED,
     read_changes,
     read_decided_rows,
@@ -70,7 +73,23 @@ class Reconciliation:
 
 
 def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
-    return [read_json(p) for p in list_files(layout.root / "outcomes", "group-*.json")]
+    """Each import group's summary; a group's updates and removals (``sync/outcomes-{g}.json``) come as one more
+    summary of their requests, so totals, latency and the rate chart count every request the run made."""
+    summaries = [read_json(p) for p in list_files(layout.root / "outcomes", "group-*.json")]
+    for path in list_files(sync.sync_dir(layout), "outcomes-*.json"):
+        counts = read_json(path)
+        summaries.append({"group_index": int(path.stem.split("-")[1]), "sync": True, "batch_metrics": counts.get("metrics", [])})
+    return summaries
+
+
+def sync_counts(layout: RunLayout) -> dict[str, dict[str, int]]:
+    """How the run's updates and removals ended: ``updates`` and ``removals`` by outcome, removals also by reason."""
+    outcomes = sync.read_outcomes(layout)
+    updates = outcomes[outcomes["action"] == sync.UPDATE]["outcome"].value_counts()
+    removals = outcomes[outcomes["action"] == sync.REMOVE]
+    return {"updates": {str(k): int(v) for k, v in updates.items()},
+            "removals": {str(k): int(v) for k, v in removals["outcome"].value_counts().items()},
+            "removals_by_reason": {f"{r}:{o}": int(n) for (r, o), n in removals.groupby(["reason", "outcome"]).size().items()}}
 
 
 def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
@@ -82,8 +101,12 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
             _same_outcome(read_parquet(p, columns=["row_number"])["row_number"].to_numpy(dtype=np.int64), NOT_SENT)
             for p in list_files(layout.root / "groups", "group-*.parquet")
         ]
+        updates = read_decided_rows(layout, DECISION_UPDATE)
+        if len(updates):
+            parts.append(_same_outcome(updates, NOT_SENT))
     else:
         parts = [_outcome_codes(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
+        parts += _update_outcomes(layout)
     for rows, outcome in _left_out(layout):
         parts.append(_same_outcome(rows, outcome))
     if not parts:
@@ -105,6 +128,9 @@ def outcome_counts(layout: RunLayout) -> dict[str, int]:
     for path in list_files(layout.root / "outcomes", "group-*.parquet"):
         for name, count in _tally(_outcome_codes(path)[1]).items():
             counts[name] = counts.get(name, 0) + count
+    for _, chunks in _update_outcomes(layout):
+        for name, count in _tally(chunks).items():
+            counts[name] = counts.get(name, 0) + count
     for rows, outcome in _left_out(layout):
         counts[outcome] = counts.get(outcome, 0) + len(rows)
     return counts
@@ -114,8 +140,20 @@ def _left_out(layout: RunLayout) -> list[tuple[np.ndarray, str]]:
     """The records the run did not send because the list holds them, with their outcome: ``unchanged`` (CXone
     acknowledged this very content) and ``duplicate`` (CXone answered duplicate for this very content before)."""
     found = [(read_decided_rows(layout, DECISION_UNCHANGED), UNCHANGED),
-             (read_decided_rows(layout, DECISION_UNCONFIRMED), DUPLICATE)]
+             (read_decided_rows(layout, DECISION_UNCONFIRMED), DUPLICATE),
+             (read_decided_rows(layout, DECISION_STALE), sync.STALE)]
     return [(rows, outcome) for rows, outcome in found if len(rows)]
+
+
+def _update_outcomes(layout: RunLayout) -> list[tuple[np.ndarray, _Codes]]:
+    """The valid rows the run sent as updates and what each came to (``updated``, or created after a 404)."""
+    outcomes = sync.read_outcomes(layout)
+    updates = outcomes[outcomes["action"] == sync.UPDATE]
+    if not len(updates):
+        return []
+    names = sorted(updates["outcome"].unique().tolist())
+    codes = updates["outcome"].map({n: i for i, n in enumerate(names)}).to_numpy(np.int64)
+    return [(updates["row_number"].to_numpy(np.int64), [(codes, names)])]
 
 
 _Codes = list[tuple[np.ndarray, list[str]]]  # (dictionary indices, dictionary) per chunk of a part's outcomes
@@ -221,7 +259,7 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame | Mapping[str, int]
     latencies = np.array([m["latency_ms"] for m in all_metrics if m["latency_ms"] > 0], dtype=float)
     input_rows = int(validated["input_rows"])
     imported, duplicates, failed, unchanged = (int(counts.get(k, 0)) for k in (IMPORTED, DUPLICATE, FAILED, UNCHANGED))
-    on_server = imported + duplicates + unchanged
+    on_server = imported + duplicates + unchanged + int(counts.get(sync.UPDATED, 0))
     return {
         "input": input_rows,
         "rejected": int(validated["rejected_rows"]),
@@ -231,6 +269,8 @@ def totals(validated: dict[str, Any], outcomes: pd.DataFrame | Mapping[str, int]
         "failed": failed,
         "unchanged": unchanged,
         "not_sent": int(counts.get(NOT_SENT, 0)),
+        "updated": int(counts.get(sync.UPDATED, 0)),
+        "stale": int(counts.get(sync.STALE, 0)),
         "confirmed_on_retry": sum(int(m.get("confirmed_on_retry", 0)) for m in all_metrics),
         "success_rate_percent": round(100.0 * on_server / input_rows, 2) if input_rows else 0.0,
         "import_rate_percent": round(100.0 * imported / input_rows, 2) if input_rows else 0.0,
@@ -387,6 +427,17 @@ def build_report(
         )
     changes = read_changes(layout)
     notices = change_notices(changes, duplicates_of_listed=_duplicates_of_listed(layout, outcomes))
+    sync_section = sync_report(layout, dry_run=bool(run.get("dry_run")) or held)
+    if sync_section is not None:
+        for outcome in (sync.REMOVED_OUTCOME, sync.NOT_ON_LIST, sync.REMOVAL_HELD):
+            numbers[outcome] = int(sync_section["removals"].get(outcome, 0))
+        numbers["removal_failed"] = int(sync_section["removals"].get(FAILED, 0))
+        notices += sync_notices(sync_section)
+        if not sync_section["removals_reconciled"]:
+            problems.append("removals not reconciled: " + sync_section["removals_detail"])
+        if numbers["removal_failed"]:
+            problems.append(f"{numbers['removal_failed']} removals failed: those contacts may still be on the list "
+                            "(see the audit log's removal entries)")
     report = {
         "run": run,
         "generated_at": datetime.now(timezone.utc).isoformat(),
@@ -400,6 +451,7 @@ def build_report(
         "rejects_by_rule": validated.get("rejects_by_rule", {}),
         "normalised": validated.get("normalised", {}),
         "changes": changes,
+        "sync": sync_section,
         "notices": notices,
         "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
         "webhook": webhook,
@@ -428,6 +480,50 @@ def build_report(
         numbers["failed"], numbers["success_rate_percent"],
     )
     return report
+
+
+def sync_report(layout: RunLayout, *, dry_run: bool) -> dict[str, Any] | None:
+    """The report's ``sync``: the plan (what a dry run would do), the updates and removals by outcome, and whether
+    every planned removal has exactly one outcome. None when the run planned no sync (append)."""
+    plan = sync.read_plan(layout)
+    if plan is None:
+        return None
+    counts = sync_counts(layout)
+    planned = sum(plan["removals"].values())
+    outcomes = sync.read_outcomes(layout)
+    removed_ids = outcomes.loc[outcomes["action"] == sync.REMOVE, "contact_id"]
+    sent = not dry_run and any(True for _ in list_files(sync.sync_dir(layout), "ops-*.parquet"))
+    reconciled = not sent or (len(removed_ids) == planned and removed_ids.is_unique)
+    detail = (f"{planned} removals planned, {len(removed_ids)} outcomes ({int(removed_ids.duplicated().sum())} "
+              "contacts with more than one)") if sent else "nothing sent"
+    return {"mode": plan["mode"], "plan": plan, "dry_run": dry_run, **counts, "removals_reconciled": reconciled,
+            "removals_detail": detail}
+
+
+def sync_notices(section: Mapping[str, Any]) -> list[str]:
+    """What a reader must know about the run's updates and removals."""
+    plan = section["plan"]
+    notices = []
+    if section["dry_run"]:
+        notices.append(f"dry run ({plan['mode']}): would create {plan['creates']}, update {plan['updates']} and remove "
+                       f"{sum(plan['removals'].values())} records ({plan['removals']})")
+    held = section["removals"].get(sync.REMOVAL_HELD, 0)
+    if held:
+        notices.append(f"{held} mirror removals were held (over max_removal_share {plan['mirror_share']:.1%} of the list "
+                       "without approval, or not approved): those contacts stay on the list")
+    if plan.get("rejected_on_list"):
+        notices.append(f"{plan['rejected_on_list']} contacts on the list were rejected tonight for a reason other than "
+                       "consent: they were left on the list as they were")
+    if plan.get("withdrawn_unknown"):
+        notices.append(f"{plan['withdrawn_unknown']} records withdraw consent for contacts the list's state does not "
+                       "know: no removal was sent for them (the list may hold them if something else put them there)")
+    stale = plan.get("stale") or {}
+    if stale.get("updates") or stale.get("removals"):
+        notices.append(f"backfill: {stale.get('updates', 0)} updates and {stale.get('removals', 0)} consent removals "
+                       "were not made because the list holds a newer day's version (stale)")
+    if plan.get("backfill") and plan["mode"] == "mirror":
+        notices.append("backfill: the run is older than the newest day the list holds, so mirror removed nothing")
+    return notices
 
 
 def _duplicates_of_listed(layout: RunLayout, outcomes: pd.DataFrame) -> int:
@@ -530,10 +626,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"  duplicates        {t['duplicates']}",
         f"  unchanged         {t.get('unchanged', 0)}  (CXone acknowledged them as they are; not sent)",
         f"  failed            {t['failed']}",
+        *([f"  updated           {t.get('updated', 0)}  stale {t.get('stale', 0)}  (sync {report['sync']['mode']})",
+           f"  removed           {t.get('removed', 0)}  not on list {t.get('not_on_list', 0)}  held "
+           f"{t.get('removal_held', 0)}  failed {t.get('removal_failed', 0)}  planned {report['sync']['plan']['removals']}"]
+          if report.get("sync") else []),
         *([f"  not sent          {t['not_sent']} ({NOT_SENT_REASONS.get(report.get('not_sent_reason'), 'not sent')})"]
           if t.get("not_sent") else []),
         *([f"  state compared    {describe_changes(report['changes'])}"] if report.get("changes") else []),
-        f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates + unchanged)",
+        f"  success rate      {t['success_rate_percent']}% of all input records (imported + duplicates + unchanged + updated)",
         f"  batches           {t['batches']} ({t['batches_resumed']} resumed), {t['requests']} requests, {t['rate_limited']} answered 429",
         f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",
         f"  normalised        {report.get('normalised') or 'nothing'}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 
 E164_PATTERN = r"^\+[1-9]\d{1,14}$"
 ALLOWED_OPT_IN = ("confirmed", "pending")
+WITHDRAWN_OPT_IN = ("revoked", "opted_out")  # consent withdrawn: a removal under sync (a reject either way)
+
+
+def consent_withdrawn(opt_in: Any) -> np.ndarray:
+    """Which ``optInStatus`` values say the contact withdrew consent: ``revoked`` or ``opted_out``, compared
+    case-insensitively after trimming (vectorised)."""
+    values = arrow_strings(opt_in) if not isinstance(opt_in, (pa.Array, pa.ChunkedArray)) else opt_in
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
+    return pc.fill_null(pc.is_in(lowered, pa.array(WITHDRAWN_OPT_IN)), False).to_numpy(zero_copy_only=False)
 DEFAULT_MAX_CONSENT_AGE_DAYS = 1825
 MAX_FIELD_LENGTH = 10_000
 CLOCK_SKEW = timedelta(minutes=5)

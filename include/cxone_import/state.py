@@ -82,8 +82,12 @@ STATE_SCHEMA = pa.schema([
 ])
 
 # What an outcome tells the state: True = CXone acknowledged the content, False = present, content not confirmed.
-# Outcomes not named here (failed) tell it nothing.
-ACKNOWLEDGES = {"imported": True, "duplicate": False}
+# Outcomes not named here (failed, removal_held, stale) tell it nothing.
+ACKNOWLEDGES = {"imported": True, "duplicate": False, "updated": True, "removed": True, "not_on_list": True}
+# Outcomes that say the list no longer holds the contact: the contact leaves the state's content; what stays is a
+# tombstone (``acknowledged`` = REMOVED) with the logical date, so an older backfill never puts it back.
+REMOVES = ("removed", "not_on_list")
+REMOVED = np.uint64(1)  # the "fingerprint" of a removed contact (a real one is 1 with odds of 2^-64)
 
 
 def contact_keys(contact_ids: Any) -> np.ndarray:
@@ -168,15 +172,16 @@ class Acknowledgements:
     content (``True``: created) or only that the list holds the contact (``False``: answered ``duplicate``)."""
 
     keys: np.ndarray
-    fingerprints: np.ndarray
+    fingerprints: np.ndarray  # REMOVED for a contact the list no longer holds
     acknowledged: np.ndarray  # bool
+    contact_ids: np.ndarray | None = None  # object; kept (``ids/``) for contacts this project put on the list
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @classmethod
     def empty(cls) -> Acknowledgements:
-        return cls(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, bool))
+        return cls(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, bool), np.empty(0, object))
 
     @classmethod
     def of(cls, contact_ids: Any, records_json: Any, outcomes: Any) -> Acknowledgements:
@@ -185,13 +190,18 @@ class Acknowledgements:
         told = np.isin(outcomes, list(ACKNOWLEDGES))
         acknowledged = np.isin(outcomes, [o for o, ack in ACKNOWLEDGES.items() if ack])
         keys, fps = contact_keys(contact_ids), fingerprints(records_json)
-        return cls(keys[told], fps[told], acknowledged[told])
+        fps[np.isin(outcomes, REMOVES)] = REMOVED
+        ids = np.asarray(contact_ids.to_pylist() if isinstance(contact_ids, (pa.Array, pa.ChunkedArray)) else contact_ids,
+                         dtype=object)
+        return cls(keys[told], fps[told], acknowledged[told], ids[told])
 
     @classmethod
     def concat(cls, parts: list[Acknowledgements]) -> Acknowledgements:
         if not parts:
             return cls.empty()
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("keys", "fingerprints", "acknowledged")))
+        ids = [p.contact_ids if p.contact_ids is not None else np.full(len(p), None, object) for p in parts]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("keys", "fingerprints", "acknowledged")),
+                   np.concatenate(ids))
 
 
 class _Columns(TypedDict):
@@ -324,9 +334,57 @@ class ContactListState:
             "logical_date": np.where(acknowledged, int(logical_date), 0).astype(np.int64),
         }
         stamp = written_ns if written_ns is not None else time.time_ns()
-        path = self.root / "deltas" / f"{stamp:020d}-{safe_segment(run_id)}-g{group_index:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = f"{stamp:020d}-{safe_segment(run_id)}-g{group_index:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.root / "deltas" / name
+        self._write_ids(name, answers)
         _write_bucketed(path, columns, self._buckets_for_writing())
         return path
+
+    def _write_ids(self, name: str, answers: Acknowledgements) -> None:
+        """The contactIds of the contacts CXone acknowledged as this project's (``ids/``): a mirror removal needs the
+        contactId, the state keeps only its hash. Written before the delta, so a delta always has its ids."""
+        if answers.contact_ids is None:
+            return
+        ours = answers.acknowledged.astype(bool) & (answers.fingerprints != REMOVED)
+        ids = answers.contact_ids[ours]
+        if not len(ids):
+            return
+        with atomic_open(self.root / "ids" / name, "wb") as handle:
+            pq.write_table(pa.table({"key": answers.keys[ours].astype(np.uint64),
+                                     "contact_id": pa.array(ids.tolist(), pa.string())}), handle)
+
+    def contact_ids_of(self, keys: np.ndarray) -> dict[int, str]:
+        """The contactId of each of ``keys`` this project put on the list (from ``ids/``), where known."""
+        wanted = np.unique(keys.astype(np.uint64))
+        found: dict[int, str] = {}
+        for path in list_files(self.root / "ids", "*.parquet"):
+            try:
+                table = read_parquet_table(path)
+            except Exception as exc:  # noqa: BLE001 - an id that cannot be read is a removal that cannot be made
+                self._note_unreadable(path, exc)
+                continue
+            file_keys = table["key"].to_numpy().astype(np.uint64)
+            hit = np.isin(file_keys, wanted)
+            if hit.any():
+                found.update(zip(file_keys[hit].tolist(), table["contact_id"].filter(pa.array(hit)).to_pylist(), strict=True))
+        return found
+
+    def snapshot(self) -> _Columns:
+        """The state as it stands: the current generation with the deltas not folded yet folded in memory (a dry run
+        folds nothing on storage), written nowhere."""
+        current = self.current()
+        buckets = int(current["buckets"]) if current else self._default_buckets
+        deltas = [d for d in (_Delta(p) for p in self.deltas()) if d.readable]
+        usable = [d for d in deltas if d.buckets == buckets]
+        parts = []
+        for bucket in range(buckets):
+            state = self._read_bucket(current, bucket)
+            parts.append(_fold([state] + [d.bucket(bucket) for d in usable]) if usable else state)
+        for delta in deltas:
+            delta.close()
+        if not parts:
+            return _empty_columns()
+        return {name: np.concatenate([p[name] for p in parts]) for name in STATE_SCHEMA.names}  # type: ignore[misc]
 
     def _buckets_for_writing(self) -> int:
         current = self.current()
@@ -722,7 +780,9 @@ CHANGES_FILE = "changes.json"
 # what the run decided for a record the list's state knows (records it does not know are sent, not listed), or
 # that a killed run sent without reading the answer (sent; a duplicate of it is that run's record)
 DECISION_UNCHANGED, DECISION_UNCONFIRMED, DECISION_LISTED, DECISION_ANSWER_LOST = 1, 2, 3, 4
-LEFT_OUT = (DECISION_UNCHANGED, DECISION_UNCONFIRMED)  # not sent: the report counts them unchanged / duplicate
+# sync (include/cxone_import/sync.py): sent as an update (PUT), or not sent because the list holds a newer day's
+DECISION_UPDATE, DECISION_STALE = 5, 6
+LEFT_OUT = (DECISION_UNCHANGED, DECISION_UNCONFIRMED, DECISION_UPDATE, DECISION_STALE)  # not in the batched POST
 DECISION_SCHEMA = pa.schema([("row_number", pa.int64()), ("fingerprint", pa.uint64()), ("decision", pa.int8())])
 # modes: compare (fold, leave out what the list holds), dry_run (compare without writing), full_resync and redrive
 # (fold, send everything), new_list (the run created the list: nothing to compare), not_compared (no tenant to key by)

@@ -106,6 +106,10 @@ class LiveBatchEvents:
         return [f.result() for f in self._pending]
 
 
+SYNC_METRICS = {"updatedCount": "updated", "staleCount": "stale", "removedCount": "removed",
+                "notOnListCount": "not_on_list", "removalHeldCount": "removal_held", "removalFailedCount": "removal_failed"}
+
+
 def summary_event(run_key: str, numbers: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     return {
         "eventId": f"{run_key}:summary",
@@ -114,7 +118,8 @@ def summary_event(run_key: str, numbers: dict[str, Any], run: dict[str, Any]) ->
         "run": run,
         "metrics": {
             "totalProcessed": numbers["input"],
-            "successCount": numbers["imported"] + numbers["duplicates"] + numbers.get("unchanged", 0),
+            "successCount": numbers["imported"] + numbers["duplicates"] + numbers.get("unchanged", 0)
+            + numbers.get("updated", 0),
             "failureCount": numbers["failed"] + numbers["rejected"],
             "rejectedCount": numbers["rejected"],
             "importedCount": numbers["imported"],
@@ -124,6 +129,8 @@ def summary_event(run_key: str, numbers: dict[str, Any], run: dict[str, Any]) ->
             "successRatePercent": numbers["success_rate_percent"],
             "averageLatencyMs": numbers["average_batch_latency_ms"],
             "p95LatencyMs": numbers["p95_batch_latency_ms"],
+            # sync (issue 22): present when the run planned updates or removals
+            **{name: numbers[key] for name, key in SYNC_METRICS.items() if key in numbers},
         },
         "auditTrailer": {"auditId": str(uuid.uuid4()), "timestamp": datetime.now(timezone.utc).isoformat(), "status": "run_complete"},
     }

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="their code (TEMPORARY_FAILURE or INTERNAL_ERROR: refused for now)")
     parser.add_argument("--miscount-rate", type=_share, default=defaults.miscount_rate,
                         help="share of 200s whose recordsCreated is off by one (short; 1 when none was stored)")
+    parser.add_argument("--put-error-rate-5xx", type=_share, default=defaults.put_error_rate_5xx,
+                        help="share of record updates (PUT) answered 503, half of them after the update was applied")
+    parser.add_argument("--delete-error-rate-5xx", type=_share, default=defaults.delete_error_rate_5xx,
+                        help="share of record removals (DELETE) answered 503, half of them after the removal")
     parser.add_argument("--token-lifetime-s", type=int, default=defaults.token_lifetime_s)
     parser.add_argument("--duplicate-mode", choices=DUPLICATE_MODES, default=defaults.duplicate_mode)
     parser.add_argument(
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         record_error_rate=args.record_error_rate,
         record_error_code=args.record_error_code,
         miscount_rate=args.miscount_rate,
+        put_error_rate_5xx=args.put_error_rate_5xx,
+        delete_error_rate_5xx=args.delete_error_rate_5xx,
         token_lifetime_s=args.token_lifetime_s,
         duplicate_mode=args.duplicate_mode,
         conflict_names_duplicates=args.conflict_names_duplicates,

@@ -29,6 +29,8 @@ class SandboxConfig:
     record_error_rate: float = 0.0  # share of a batch's new records refused in a 200's errors[] (not stored)
     record_error_code: str = "STORAGE_REJECTED"  # their code; TEMPORARY_FAILURE or INTERNAL_ERROR say "for now"
     miscount_rate: float = 0.0  # share of 200s whose recordsCreated is off by one (short; one when none was stored)
+    put_error_rate_5xx: float = 0.0  # share of PUT .../records/{contactId} answered 503 (half of them after applying)
+    delete_error_rate_5xx: float = 0.0  # share of DELETE .../records/{contactId} answered 503 (likewise)
     token_lifetime_s: int = 3600
     duplicate_mode: str = "warnings"
     conflict_names_duplicates: bool = True
@@ -51,7 +53,8 @@ class SandboxConfig:
             or self.rate_window_s <= 0
         ):
             raise SandboxConfigError("rate_window_s must be a number > 0")
-        for name in ("error_rate_5xx", "drop_rate", "drop_after_commit_rate", "record_error_rate", "miscount_rate"):
+        for name in ("error_rate_5xx", "drop_rate", "drop_after_commit_rate", "record_error_rate", "miscount_rate",
+                     "put_error_rate_5xx", "delete_error_rate_5xx"):
             share = getattr(self, name)
             if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 <= share <= 1.0:
                 raise SandboxConfigError(f"{name} must be a number between 0 and 1")

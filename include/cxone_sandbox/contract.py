@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,18 +25,50 @@ Problem = tuple[str, str, str]
 
 @dataclass
 class ContactList:
-    """Stored records of one contact list plus the indexes used for duplicate detection."""
+    """Stored records of one contact list plus the indexes used for duplicate detection. A record is found by its
+    contactId (``PUT``/``DELETE .../records/{contactId}``); a removed record leaves a hole in ``_slots`` so that
+    removing stays O(1) on a large list, and ``records`` lists what is stored in creation order."""
 
-    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    contact_ids: set[str] = dataclasses.field(default_factory=set)
-    phone_numbers: set[str] = dataclasses.field(default_factory=set)
+    _slots: list[dict[str, Any] | None] = dataclasses.field(default_factory=list)
+    contact_ids: dict[str, int] = dataclasses.field(default_factory=dict)  # contactId -> its slot
+    phone_numbers: Counter[str] = dataclasses.field(default_factory=Counter)  # how many stored records hold each
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [record for record in self._slots if record is not None]
 
     def add(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
+        self._slots.append(record)
         contact_id = record.get("contactId")
         if isinstance(contact_id, str):
-            self.contact_ids.add(contact_id)
+            self.contact_ids[contact_id] = len(self._slots) - 1
         self.phone_numbers.update(phone_numbers_of(record))
+
+    def get(self, contact_id: str) -> dict[str, Any] | None:
+        slot = self.contact_ids.get(contact_id)
+        return self._slots[slot] if slot is not None else None
+
+    def replace(self, contact_id: str, record: dict[str, Any]) -> None:
+        """Store ``record`` in place of the stored record of ``contact_id`` (which must exist)."""
+        slot = self.contact_ids[contact_id]
+        self._forget_phones(self._slots[slot])
+        self._slots[slot] = record
+        self.phone_numbers.update(phone_numbers_of(record))
+
+    def remove(self, contact_id: str) -> bool:
+        """Remove the stored record of ``contact_id``; False when there is none."""
+        slot = self.contact_ids.pop(contact_id, None)
+        if slot is None:
+            return False
+        self._forget_phones(self._slots[slot])
+        self._slots[slot] = None
+        return True
+
+    def _forget_phones(self, record: dict[str, Any] | None) -> None:
+        for number in phone_numbers_of(record):
+            self.phone_numbers[number] -= 1
+            if self.phone_numbers[number] <= 0:
+                del self.phone_numbers[number]
 
 
 def phone_numbers_of(record: Any) -> list[str]:
@@ -169,6 +202,27 @@ def batch_errors(records: Any) -> list[dict[str, Any]]:
             }
         ]
     return [error for index, record in enumerate(records) for error in record_errors(index, record)]
+
+
+def update_errors(contact_id: str, body: Any) -> list[dict[str, Any]]:
+    """The errors of a 400 answer to ``PUT .../records/{contactId}`` (empty when the update may be applied): the
+    body is one record in the POST record shape, checked by the same field rules, and it must name the contactId of
+    its path (a record cannot be moved to another id)."""
+    errors = record_errors(0, body)
+    if not errors and body.get("contactId") != contact_id:
+        errors.append(_field_error(0, body.get("contactId"), "contactId", "CONTACT_ID_MISMATCH",
+                                   "contactId of the body differs from the record of the path"))
+    return errors
+
+
+def phone_clash(contact_list: ContactList, contact_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The warning of a 409 when an updated record would take a phone number another stored record holds."""
+    own = set(phone_numbers_of(contact_list.get(contact_id)))
+    for position, number in enumerate(phone_numbers_of(record)):
+        if number in contact_list.phone_numbers and number not in own:
+            return {"index": 0, "contactId": contact_id, "code": "DUPLICATE_PHONE",
+                    "message": f"phoneNumbers[{position}].number already exists in the contact list"}
+    return None
 
 
 # ---- duplicates --------------------------------------------------------------------------------------

@@ -21,10 +21,18 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from include.cxone_sandbox.config import SandboxConfig, SandboxConfigError, updated_config
-from include.cxone_sandbox.contract import DEFAULT_SCOPE, ContactList, batch_errors, find_duplicates
+from include.cxone_sandbox.contract import (
+    DEFAULT_SCOPE,
+    ContactList,
+    batch_errors,
+    find_duplicates,
+    phone_clash,
+    update_errors,
+)
 from include.cxone_sandbox.http_server import IssuedTokens, JsonHandler, LocalHTTPServer, ServerRunner, parse_json_body
 
 _RECORDS_PATH = re.compile(r"^/api/v2/contactlists/([^/]+)/records/?$")
+_RECORD_PATH = re.compile(r"^/api/v2/contactlists/([^/]+)/records/([^/]+)/?$")
 _CONTROL_RECORDS_PATH = re.compile(r"^/_sandbox/records/([^/]+)/?$")
 _CONTROL_SEED_PATH = re.compile(r"^/_sandbox/seed/([^/]+)/?$")
 
@@ -49,6 +57,8 @@ def _empty_stats() -> dict[str, Any]:
         "records_requests": 0,
         "records_created": 0,
         "records_refused": 0,
+        "records_updated": 0,
+        "records_removed": 0,
         "status_counts": {},
         "token_status_counts": {},
         "dropped": 0,
@@ -243,31 +253,37 @@ class CXoneSandbox(IssuedTokens, ServerRunner):
         else:
             handler.send_json(reply.status, reply.payload, reply.headers)
 
-    def _records_flow(self, handler: JsonHandler, contact_list_id: str, records: Any) -> _Reply:
+    def _admitted(self, handler: JsonHandler, config: SandboxConfig) -> _Reply | None:
+        """What every records call answers before its own rules (the caller holds the lock): 401 without a live
+        token, a dropped connection, 429 over the rate window; None when the call may go on."""
         token = _bearer_token(handler.headers.get("Authorization", ""))
+        now = time.monotonic()
+        expiry = self._tokens.get(token) if token else None
+        if expiry is None or now >= expiry:
+            return _Reply(401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if config.drop_rate > 0 and self._random.random() < config.drop_rate:
+            return _Reply(drop=True)
+        if config.requests_per_minute is not None:
+            window = self._rate_window
+            span = config.rate_window_s
+            allowed = max(1, int(config.requests_per_minute * span / 60.0))
+            while window and window[0] <= now - span:
+                window.popleft()
+            if len(window) >= allowed:
+                headers = None
+                if config.retry_after:
+                    wait_s = max(1, math.ceil(window[0] + span - now))
+                    headers = {"Retry-After": str(wait_s)}
+                return _Reply(429, {"error": "rate_limited"}, headers)
+            window.append(now)
+        return None
+
+    def _records_flow(self, handler: JsonHandler, contact_list_id: str, records: Any) -> _Reply:
         with self._lock:
             config = self._config
-            now = time.monotonic()
-            expiry = self._tokens.get(token) if token else None
-            if expiry is None or now >= expiry:
-                return _Reply(
-                    401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-                )
-            if config.drop_rate > 0 and self._random.random() < config.drop_rate:
-                return _Reply(drop=True)
-            if config.requests_per_minute is not None:
-                window = self._rate_window
-                span = config.rate_window_s
-                allowed = max(1, int(config.requests_per_minute * span / 60.0))
-                while window and window[0] <= now - span:
-                    window.popleft()
-                if len(window) >= allowed:
-                    headers = None
-                    if config.retry_after:
-                        wait_s = max(1, math.ceil(window[0] + span - now))
-                        headers = {"Retry-After": str(wait_s)}
-                    return _Reply(429, {"error": "rate_limited"}, headers)
-                window.append(now)
+            refused_early = self._admitted(handler, config)
+            if refused_early is not None:
+                return refused_early
             if config.error_rate_5xx > 0 and self._random.random() < config.error_rate_5xx:
                 return _Reply(503, {"error": "service_unavailable"})
             drop_after_commit = (
@@ -304,6 +320,65 @@ class CXoneSandbox(IssuedTokens, ServerRunner):
             200, {"id": uuid.uuid4().hex, "recordsCreated": reported, "warnings": warnings,
                   "errors": list(refused.values())}
         )
+
+    def _record_call(self, handler: JsonHandler, method: str, contact_list_id: str, contact_id: str, body: bytes) -> None:
+        """``PUT`` (update) or ``DELETE`` (remove) of one stored record, found by its contactId."""
+        arrived_at = time.time()
+        with self._lock:
+            self._stats["records_requests"] += 1
+        reply = _Reply(500, {"error": "internal_error"})
+        try:
+            reply = self._record_flow(handler, method, contact_list_id, contact_id, body)
+        finally:
+            with self._lock:
+                if reply.drop:
+                    self._stats["dropped"] += 1
+                else:
+                    counts = self._stats["status_counts"]
+                    counts[str(reply.status)] = counts.get(str(reply.status), 0) + 1
+                self._request_log.append({"at": arrived_at, "contact_list_id": contact_list_id, "method": method,
+                                          "status": None if reply.drop else reply.status, "records": 1, "created": 0})
+        if reply.drop:
+            handler.drop_connection()
+        elif reply.status == 204:
+            handler.send_empty(204)
+        else:
+            handler.send_json(reply.status, reply.payload, reply.headers)
+
+    def _record_flow(self, handler: JsonHandler, method: str, contact_list_id: str, contact_id: str, body: bytes) -> _Reply:
+        with self._lock:
+            config = self._config
+            refused_early = self._admitted(handler, config)
+            if refused_early is not None:
+                return refused_early
+            rate = config.put_error_rate_5xx if method == "PUT" else config.delete_error_rate_5xx
+            failing = rate > 0 and self._random.random() < rate
+            after_applying = failing and self._random.random() < 0.5  # the change was made, its answer is a 503
+        if failing and not after_applying:
+            return _Reply(503, {"error": "service_unavailable"})
+        if config.latency_ms > 0:
+            time.sleep(config.latency_ms / 1000.0)
+        if method == "PUT":
+            parsed_ok, record = parse_json_body(body)
+            errors = update_errors(contact_id, record if parsed_ok else None)
+            if errors:
+                return _Reply(400, {"errors": errors})
+        with self._lock:
+            contact_list = self._lists.get(contact_list_id)
+            if contact_list is None or contact_list.get(contact_id) is None:
+                return _Reply(404, {"error": "not_found", "message": "no record with this contactId in the list"})
+            if method == "PUT":
+                clash = phone_clash(contact_list, contact_id, record)
+                if clash is not None:
+                    return _Reply(409, {"warnings": [clash]})
+                contact_list.replace(contact_id, record)
+                self._stats["records_updated"] += 1
+                reply = _Reply(200, {"updated": True})
+            else:
+                contact_list.remove(contact_id)
+                self._stats["records_removed"] += 1
+                reply = _Reply(204)
+        return _Reply(503, {"error": "service_unavailable"}) if after_applying else reply
 
     def _control_get(self, handler: JsonHandler, path: str) -> None:
         match = _CONTROL_RECORDS_PATH.match(path)
@@ -406,8 +481,43 @@ class _SandboxHandler(JsonHandler):
             app._control_get(self, path)
         elif _RECORDS_PATH.match(path) or path.rstrip("/") == "/oauth2/token":
             self.send_json(405, {"error": "method_not_allowed"}, {"Allow": "POST"})
+        elif _RECORD_PATH.match(path):
+            self.send_json(405, {"error": "method_not_allowed"}, {"Allow": "PUT, DELETE"})
         else:
             self.send_json(404, {"error": "not_found"})
+
+    def _record_method(self, method: str) -> None:
+        app: CXoneSandbox = self.server.app
+        request = self.read_request()
+        if request is None:
+            return
+        path, body = request
+        match = _RECORD_PATH.match(path)
+        if match is None:
+            self.send_json(404 if not _RECORDS_PATH.match(path) else 405, {"error": "not_found"})
+            return
+        try:
+            app._record_call(self, method, unquote(match.group(1)), unquote(match.group(2)), body)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # a sandbox bug must still answer, not hang the client
+            self.close_connection = True
+            self.send_json(500, {"error": "internal_error"})
+
+    def do_PUT(self) -> None:
+        self._record_method("PUT")
+
+    def do_DELETE(self) -> None:
+        self._record_method("DELETE")
+
+    def send_empty(self, status: int) -> None:
+        """An answer without a body (204)."""
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.send_header("X-Request-Id", uuid.uuid4().hex)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
 
 
 CXoneSandbox._handler_class = _SandboxHandler

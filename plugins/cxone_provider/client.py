@@ -31,7 +31,7 @@ from cxone_provider.errors import (
     CXoneTimeoutError,
     status_error,
 )
-from cxone_provider.models import BatchResult, RecordIssue, parse_record_issues
+from cxone_provider.models import BatchResult, RecordCallResult, RecordIssue, parse_record_issues
 from cxone_provider.ratelimit import RateLimiter
 from cxone_provider.retry import RetryPolicy, is_retryable, retry_after_s
 from cxone_provider.sessions import new_session, refuse_redirects, warn_if_unverified
@@ -230,8 +230,9 @@ class ClientCredentialsAuth(AuthBase):
 class _Call:
     """What one import call has seen so far, across its attempts."""
 
-    def __init__(self, contact_list_id: str) -> None:
+    def __init__(self, contact_list_id: str, operation: str = "record import to list") -> None:
         self.contact_list_id = contact_list_id
+        self.operation = operation
         self.started = time.monotonic()
         self.attempts = 0
         self.rate_limited = 0
@@ -352,6 +353,48 @@ class CXoneClient:
         payload = ('{"records":[' + ",".join(records_json) + "]}").encode()
         return self._post_with_retries(self._records_url(contact_list_id), payload, contact_list_id, len(records_json))
 
+    def update_record_json(self, contact_list_id: str, contact_id: str, record_json: str) -> RecordCallResult:
+        """
+        Replace the stored record ``contact_id`` of a contact list (``PUT .../records/{contactId}``).
+
+        Retries, the new token on a 401 and the rate limiter are those of :meth:`import_batch`.
+
+        :param contact_list_id: the CXone contact list holding the record.
+        :param contact_id: the record's contactId (the body must name the same).
+        :param record_json: the record in the POST record shape, as a JSON object.
+        :return: ``found`` False when the list holds no such record (404).
+        :raises CXoneError: a typed subclass, with ``attempts`` and ``outcome_uncertain`` set.
+        """
+        return self._record_call("PUT", contact_list_id, contact_id, record_json.encode())
+
+    def delete_record(self, contact_list_id: str, contact_id: str) -> RecordCallResult:
+        """
+        Remove the stored record ``contact_id`` of a contact list (``DELETE .../records/{contactId}``).
+
+        :return: ``found`` False when the list holds no such record (404).
+        :raises CXoneError: a typed subclass, with ``attempts`` and ``outcome_uncertain`` set.
+        """
+        return self._record_call("DELETE", contact_list_id, contact_id, None)
+
+    def _record_call(self, method: str, contact_list_id: str, contact_id: str, payload: bytes | None) -> RecordCallResult:
+        url = f"{self._records_url(contact_list_id)}/{quote(str(contact_id), safe='')}"
+        call = _Call(contact_list_id, operation=f"record {'update' if method == 'PUT' else 'removal'} on list")
+        try:
+            response, latency_ms = self._retrying(self._attempt, call, url, payload, method)
+        except CXoneStatusError as error:
+            error.attempts = call.attempts
+            error.outcome_uncertain = call.outcome_uncertain
+            if error.status_code == 404:
+                return RecordCallResult(False, 0.0, error.request_id, call.attempts, 404, call.outcome_uncertain,
+                                        call.rate_limited)
+            raise
+        except CXoneError as error:
+            error.attempts = call.attempts
+            error.outcome_uncertain = call.outcome_uncertain
+            raise
+        return RecordCallResult(True, latency_ms, response.headers.get("X-Request-Id"), call.attempts,
+                                response.status_code, call.outcome_uncertain, call.rate_limited)
+
     def _records_url(self, contact_list_id: str) -> str:
         return f"{self.base_url}/api/v2/contactlists/{quote(str(contact_list_id), safe='')}/records"
 
@@ -378,9 +421,9 @@ class CXoneClient:
             rate_limited=call.rate_limited,
         )
 
-    def _attempt(self, call: _Call, url: str, payload: bytes) -> tuple[requests.Response, float]:
+    def _attempt(self, call: _Call, url: str, payload: bytes | None, method: str = "POST") -> tuple[requests.Response, float]:
         """
-        One attempt of the retrying: take a limiter slot, POST, return (response, latency) on a 2xx, else raise
+        One attempt of the retrying: take a limiter slot, send (POST, or PUT/DELETE of one record), return (response, latency) on a 2xx, else raise
         a typed error. A first 401 gets a new token and one more send within this attempt (no retry used).
         """
         while True:
@@ -389,19 +432,20 @@ class CXoneClient:
                 self.rate_limiter.acquire()
             started = time.monotonic()
             try:  # a CXoneError from the auth (the token request failed) propagates: the POST never left
-                response = self._session.post(
-                    url, data=payload, headers={"Content-Type": "application/json"}, timeout=self.timeout
+                response = self._session.request(
+                    method, url, data=payload,
+                    headers={"Content-Type": "application/json"} if payload is not None else None, timeout=self.timeout,
                 )
             except requests.Timeout as exc:
                 sent = call.may_have_been_sent(exc)
                 raise CXoneTimeoutError(
-                    f"CXone record import to list {call.contact_list_id} timed out after {self.timeout:g}s",
+                    f"CXone {call.operation} {call.contact_list_id} timed out after {self.timeout:g}s",
                     outcome_uncertain=sent,
                 ) from exc
             except requests.RequestException as exc:
                 sent = call.may_have_been_sent(exc)
                 raise CXoneConnectionError(
-                    f"CXone record import to list {call.contact_list_id} got no answer: {_connection_reason(exc)}",
+                    f"CXone {call.operation} {call.contact_list_id} got no answer: {_connection_reason(exc)}",
                     outcome_uncertain=sent,
                 ) from exc
             latency_ms = (time.monotonic() - started) * 1000.0
@@ -409,7 +453,7 @@ class CXoneClient:
                 return response, latency_ms
             error = status_error(
                 response.status_code,
-                operation=f"record import to list {call.contact_list_id}",
+                operation=f"{call.operation} {call.contact_list_id}",
                 request_id=response.headers.get("X-Request-Id"),
                 body=_parse_body(response),
                 retry_after=retry_after_s(response.headers.get("Retry-After")),

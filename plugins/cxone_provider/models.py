@@ -55,6 +55,21 @@ def parse_record_issues(items: Iterable[Any] | None) -> tuple[RecordIssue, ...]:
 
 
 @dataclass(frozen=True)
+class RecordCallResult:
+    """What the server said about one ``PUT`` or ``DELETE`` of a stored record, and what it took to get there."""
+
+    found: bool
+    """False: the server answered 404, the list holds no record with this contactId."""
+    latency_ms: float
+    request_id: str | None
+    attempts: int
+    status_code: int
+    outcome_uncertain: bool
+    """True when an earlier attempt ended without an answer (or with a 5xx): it may have been applied."""
+    rate_limited: int
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """What the server said about one accepted batch, and what it took to get there."""
 
