@@ -16,6 +16,7 @@ for path in (str(ROOT), str(ROOT / "plugins")):
         sys.path.insert(0, path)
 
 import json  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -135,3 +136,66 @@ def fold_killed_while_writing_current(base: str, dag_id: str, key: Any, *, bucke
     child = subprocess.run([sys.executable, "-c", _FOLD_KILLED_WHILE_WRITING_CURRENT, base, dag_id,
                             json.dumps(key.to_dict()), str(buckets)], cwd=ROOT, capture_output=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+
+
+class _Approver:
+    """The user an in-process answer is recorded as (what the api-server's auth manager would hand the route)."""
+
+    def get_id(self) -> str:
+        return "approver"
+
+    def get_name(self) -> str:
+        return "approver"
+
+
+@pytest.fixture
+def answer_approval():
+    """``with answer_approval("Approve") as asked: run_import(...)``: answers the run's ``approve_removals`` request
+    the moment it waits, through the REST API's own route function on the shared metadata DB (what the Required
+    Actions page does; ``dag.test()`` waits for exactly that). ``asked`` holds the request's body and how often one
+    was answered."""
+    import threading
+    from contextlib import contextmanager
+
+    @contextmanager
+    def answering(answer: str, timeout_s: float = 240.0):
+        from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+        from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+
+        asked: dict[str, Any] = {"answered": 0, "body": None, "error": None}
+        stop = threading.Event()
+
+        def respond() -> None:
+            try:
+                answer_when_asked()
+            except Exception as exc:  # noqa: BLE001 - the test reads it: a responder that died must not hang it
+                asked["error"] = repr(exc)
+
+        def answer_when_asked() -> None:
+            deadline = time.monotonic() + timeout_s
+            while not stop.is_set() and time.monotonic() < deadline:
+                with create_session() as session:
+                    waiting = session.query(TaskInstance).filter(
+                        TaskInstance.task_id == "approve_removals",
+                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT).all()
+                    for ti in waiting:
+                        asked["body"] = session.query(HITLDetail).filter(HITLDetail.ti_id == ti.id).one().body
+                        update_hitl_detail(dag_id=ti.dag_id, dag_run_id=ti.run_id, task_id=ti.task_id,
+                                           update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[answer]),
+                                           user=_Approver(), session=session, map_index=ti.map_index)
+                        asked["answered"] += 1
+                stop.wait(0.3)
+
+        responder = threading.Thread(target=respond, name="approver", daemon=True)
+        responder.start()
+        try:
+            yield asked
+        finally:
+            stop.set()
+            responder.join(timeout=10)
+
+    return answering

@@ -224,12 +224,14 @@ def test_a_backfill_of_older_days_leaves_the_newer_content_in_place(run_import, 
 
 
 def test_bulk_mirror_removals_are_held_until_approved_and_consent_removals_never_are(
-        run_import, cxone_sandbox, export, tmp_path):
+        run_import, cxone_sandbox, export, tmp_path, answer_approval):
     import json
 
     nightly(run_import, export.path, 50, sync_mode="mirror")
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, absent=30)
-    held_run = nightly(run_import, path, 51, sync_mode="mirror", max_removal_share=0.05)
+    with answer_approval("Reject") as asked:  # the approver says no: the mirror removals are held
+        held_run = nightly(run_import, path, 51, sync_mode="mirror", max_removal_share=0.05)
+    assert asked["answered"] == 1 and f"**{len(absent)}** records" in asked["body"]
     plan = held_run.report["sync"]["plan"]
     assert plan["mirror_share"] > 0.05 and plan["removals"]["mirror_absent"] == len(absent)
     assert len(plan["samples"]["mirror_absent"]) == 5 and all(s not in absent for s in plan["samples"]["mirror_absent"])
@@ -241,9 +243,12 @@ def test_bulk_mirror_removals_are_held_until_approved_and_consent_removals_never
     assert not (withdrawn | expired) & set(after), "consent removals are never held"
     assert held_run.report["totals"]["removal_held"] == len(absent)
     assert any("held" in n for n in held_run.report["notices"])
-    # the approval step writes its decision; the run's import task, cleared, sends exactly the held removals
-    held_run.file("sync/removal_decision.json").write_text(json.dumps({"mirror_removals": "approved"}))
-    approved = nightly(run_import, path, 51, sync_mode="mirror", max_removal_share=0.05)
+    decision = json.loads(held_run.file("sync/removal_decision.json").read_text())
+    assert decision["mirror_removals"] == "held" and decision["decided_by"] == "approver"
+    # the run again (cleared): the gate asks again, is approved, and the import sends exactly the held removals
+    with answer_approval("Approve") as asked:
+        approved = nightly(run_import, path, 51, sync_mode="mirror", max_removal_share=0.05)
+    assert asked["answered"] == 1
     assert not absent & set(stored(cxone_sandbox))
     assert approved.report["totals"]["removed"] == len(absent | withdrawn | expired)
     assert approved.report["totals"]["removal_held"] == 0

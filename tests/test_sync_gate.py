@@ -9,8 +9,9 @@ from include.cxone_import import sync_gate
 from include.cxone_import.storage import RunLayout
 
 PLAN = {"mode": "mirror", "creates": 12, "updates": 3, "state_records": 1000,
-        "removals": {"mirror_absent": 80, "consent_withdrawn": 4}, "mirror_share": 0.08,
-        "samples": {"mirror_absent": ["cr***01", "cr***02"], "consent_withdrawn": ["cr***09"]}}
+        "removals": {"mirror_absent": 80, "consent_withdrawn": 4}, "mirror_share": 0.08, "stale": {},
+        "samples": {"mirror_absent": ["cr***01", "cr***02"], "consent_withdrawn": ["cr***09"]},
+        "rejected_on_list": 0, "withdrawn_unknown": 0, "backfill": False}
 
 
 @pytest.fixture
@@ -21,7 +22,9 @@ def layout(tmp_path):
 def write_plan(layout, **changes):
     from include.cxone_import.storage import write_json
 
-    write_json(sync_gate.plan_file(layout), {**PLAN, **changes})
+    from include.cxone_import.sync import PLAN_FILE, sync_dir
+
+    write_json(sync_dir(layout) / PLAN_FILE, {**PLAN, **changes})
     return sync_gate.read_plan(layout)
 
 
@@ -43,10 +46,11 @@ def test_only_a_mirror_share_above_the_bound_asks_a_human(layout, changes, share
         assert sync_gate.read_decision(layout) == decided
 
 
-def test_a_decision_once_written_stands(layout):
+def test_a_gate_that_runs_again_asks_again(layout):
     plan = write_plan(layout)
-    held = sync_gate.record_decision(layout, sync_gate.HELD, "rejected by alice", "alice")
-    assert sync_gate.decide_without_asking(layout, plan, 0.05) == held  # a retried gate does not ask again
+    sync_gate.record_decision(layout, sync_gate.HELD, "rejected by alice", "alice")
+    assert sync_gate.decide_without_asking(layout, plan, 0.05) is None  # a cleared run's gate asks again
+    assert sync_gate.read_decision(layout).decided_by == "alice"  # until then the import tasks hold
 
 
 def test_the_approver_sees_counts_per_reason_samples_and_what_each_answer_does(layout):

@@ -100,10 +100,9 @@ class RemovalApprovalOperator(HITLOperator):
         share = float(params.get("max_removal_share", 0.05))
         plan = sync_gate.read_plan(layout)
         if params.get("dry_run"):
-            decided = sync_gate.read_decision(layout) or sync_gate.record_decision(
-                layout, sync_gate.HELD, "dry run: nothing is removed")
-        else:
-            decided = sync_gate.decide_without_asking(layout, plan, share)
+            log.info("dry run: nothing is removed, nobody is asked")
+            return None
+        decided = sync_gate.decide_without_asking(layout, plan, share)
         if decided is not None:
             log.info("mirror removals %s: %s", decided.mirror_removals, decided.why)
             return decided.to_dict()
@@ -111,7 +110,7 @@ class RemovalApprovalOperator(HITLOperator):
         self.body = sync_gate.approval_body(plan, share, hours)
         self.response_timeout = timedelta(hours=hours)
         log.warning("mirror would remove %d records (%.1f%% of the list's state, above %.1f%%): waiting up to %g h "
-                    "for an approval", plan.mirror_removals, plan.mirror_share * 100, share * 100, hours)
+                    "for an approval", sync_gate.mirror_removals(plan), plan["mirror_share"] * 100, share * 100, hours)
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:

@@ -10,42 +10,30 @@ The decision is written once to ``sync/removal_decision.json``; the import tasks
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from include.cxone_import.storage import RunLayout, read_json, write_json
+from include.cxone_import.sync import (
+    CONSENT_EXPIRED,
+    CONSENT_WITHDRAWN,
+    DECISION_FILE,
+    MIRROR_ABSENT,
+    SyncPlan,
+    read_plan,
+    sync_dir,
+)
 
-MIRROR_ABSENT = "mirror_absent"
-CONSENT_REASONS = ("consent_withdrawn", "consent_expired")
+__all__ = ["APPROVED", "HELD", "RemovalDecision", "approval_body", "decide_without_asking", "needs_approval",
+           "read_decision", "read_plan", "record_decision"]
+
 APPROVED, HELD = "approved", "held"
 REASON_TEXT = {
-    "consent_withdrawn": "consent withdrawn (removed whatever the answer: an obligation)",
-    "consent_expired": "consent older than max_consent_age_days (removed whatever the answer)",
+    CONSENT_WITHDRAWN: "consent withdrawn (removed whatever the answer: an obligation)",
+    CONSENT_EXPIRED: "consent older than max_consent_age_days (removed whatever the answer)",
     MIRROR_ABSENT: "no longer in tonight's export (mirror; this approval decides)",
 }
-
-
-@dataclass(frozen=True)
-class SyncPlan:
-    """What ``chunk`` planned for the list (``sync/plan.json``; also chunk's XCom under ``sync``)."""
-
-    mode: str
-    creates: int = 0
-    updates: int = 0
-    removals: dict[str, int] = field(default_factory=dict)  # reason -> records
-    state_records: int = 0  # records the list's state holds before this run
-    mirror_share: float = 0.0  # mirror removals / state_records
-    samples: dict[str, list[str]] = field(default_factory=dict)  # reason -> masked contact ids (at most 5)
-
-    @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> SyncPlan:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in value.items() if k in known})
-
-    @property
-    def mirror_removals(self) -> int:
-        return int(self.removals.get(MIRROR_ABSENT, 0))
 
 
 @dataclass(frozen=True)
@@ -61,18 +49,8 @@ class RemovalDecision:
         return asdict(self)
 
 
-def plan_file(layout: RunLayout) -> Any:
-    return layout.root / "sync" / "plan.json"
-
-
 def decision_file(layout: RunLayout) -> Any:
-    return layout.root / "sync" / "removal_decision.json"
-
-
-def read_plan(layout: RunLayout) -> SyncPlan | None:
-    """The run's plan; None when ``chunk`` planned no sync (an append run, a dry run, nothing valid)."""
-    path = plan_file(layout)
-    return SyncPlan.from_dict(read_json(path)) if path.exists() else None
+    return sync_dir(layout) / DECISION_FILE
 
 
 def read_decision(layout: RunLayout) -> RemovalDecision | None:
@@ -80,23 +58,26 @@ def read_decision(layout: RunLayout) -> RemovalDecision | None:
     return RemovalDecision(**read_json(path)) if path.exists() else None
 
 
+def mirror_removals(plan: SyncPlan) -> int:
+    return int(plan["removals"].get(MIRROR_ABSENT, 0))
+
+
 def needs_approval(plan: SyncPlan | None, max_removal_share: float) -> bool:
     """A mirror run that would remove more than ``max_removal_share`` of the records the list's state holds."""
-    return bool(plan and plan.mode == "mirror" and plan.mirror_removals and plan.mirror_share > max_removal_share)
+    return bool(plan and plan["mode"] == "mirror" and mirror_removals(plan) and plan["mirror_share"] > max_removal_share)
 
 
 def decide_without_asking(layout: RunLayout, plan: SyncPlan | None, max_removal_share: float) -> RemovalDecision | None:
     """Write the decision when nobody needs to be asked (no mirror removal, or a share within the bound) and return
-    it; None when a human must decide. A decision already written (a retried task) stands."""
-    earlier = read_decision(layout)
-    if earlier is not None:
-        return earlier
+    it; None when a human must decide. A gate that runs again (a cleared run) asks again: its answer replaces the
+    earlier one."""
     if needs_approval(plan, max_removal_share):
         return None
-    if plan is None or not plan.mirror_removals:
+    if plan is None or not mirror_removals(plan):
         why = "no mirror removal planned"
     else:
-        why = f"mirror removes {plan.mirror_share:.1%} of the list's records, within max_removal_share {max_removal_share:.1%}"
+        why = (f"mirror removes {plan['mirror_share']:.1%} of the list's records, within max_removal_share "
+               f"{max_removal_share:.1%}")
     return record_decision(layout, APPROVED, why)
 
 
@@ -109,19 +90,19 @@ def record_decision(layout: RunLayout, outcome: str, why: str, decided_by: str |
 def approval_body(plan: SyncPlan, max_removal_share: float, timeout_hours: float) -> str:
     """What the approver reads (Markdown): the counts per reason and masked samples, and what each answer does."""
     lines = [
-        f"This `mirror` run would remove **{plan.mirror_removals:,}** records that are no longer in tonight's export: "
-        f"**{plan.mirror_share:.1%}** of the {plan.state_records:,} records the list's state holds, above "
+        f"This `mirror` run would remove **{mirror_removals(plan):,}** records that are no longer in tonight's export: "
+        f"**{plan['mirror_share']:.1%}** of the {plan['state_records']:,} records the list's state holds, above "
         f"`max_removal_share` ({max_removal_share:.1%}).",
         "",
         "| reason | records | samples (masked) |",
         "|---|---|---|",
     ]
-    for reason, count in sorted(plan.removals.items()):
-        samples = ", ".join(plan.samples.get(reason, [])) or "-"
+    for reason, count in sorted(plan["removals"].items()):
+        samples = ", ".join(plan["samples"].get(reason, [])) or "-"
         lines.append(f"| {REASON_TEXT.get(reason, reason)} | {count:,} | {samples} |")
     lines += [
         "",
-        f"Creates: {plan.creates:,}. Updates: {plan.updates:,}.",
+        f"Creates: {plan['creates']:,}. Updates: {plan['updates']:,}.",
         "",
         "**Approve**: the mirror removals go. **Reject**, or no answer within "
         f"{timeout_hours:g} h: they are held (outcome `removal_held`, named in the report and the CRM summary); "
