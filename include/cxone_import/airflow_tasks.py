@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
+from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
 from include.cxone_import import pipeline, sync
 from include.cxone_import.engine import GroupImporter, TransientImportError
@@ -36,6 +37,7 @@ from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-
     CXONE_CONN_ID,
     DAG_ID,
     WEBHOOK_CONN_ID,
+    list_handover,
     list_wait,
     retry_delay,
 )
@@ -235,8 +237,10 @@ def measured(context: dict[str, Any], name: str) -> Iterator[None]:
     """Record the task's wall time and its process's peak RSS under ``metrics/`` (read by ``make bench``) and,
     when the task fails, why (``failures/``, read by the report and the failure event).
 
-    An error of the data (:class:`SourceFormatError`: the file itself is wrong) fails the task at once: a retry
-    cannot fix it. Storage and network errors keep the task's retries.
+    An error of the data (:class:`SourceFormatError`: the file itself is wrong), of the configuration
+    (:class:`CXoneConfigurationError`: a refused credential, a missing connection, an unknown list) and a lost list
+    (:class:`ListLeaseLostError`: another run may hold it now) fail the task at once: a retry cannot fix them.
+    Storage and network errors keep the task's retries.
     Peak RSS is per process: meaningful per task when tasks run in their own processes (any executor);
     under ``dag.test()`` every task shares one process and sees the peak so far.
     """
@@ -248,7 +252,7 @@ def measured(context: dict[str, Any], name: str) -> Iterator[None]:
     key = name if map_index is None or map_index < 0 else f"{name}-{map_index:05d}"
     try:
         yield
-    except SourceFormatError as exc:
+    except (SourceFormatError, CXoneConfigurationError, ListLeaseLostError) as exc:
         _record_failure(context, key, name, exc)
         raise AirflowFailException(str(exc)) from exc
     except Exception as exc:
@@ -384,7 +388,7 @@ def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: dict[st
         profile = hook.api_profile
     except AirflowNotFoundException:
         if not params.get("dry_run"):
-            raise
+            raise missing_connection(CXONE_CONN_ID) from None
         log.warning("no %s connection: a dry run cannot name the list's tenant, nothing is compared", CXONE_CONN_ID)
         return None, False
     if profile == CALL_LISTS:
@@ -428,9 +432,7 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
     else:
         # fold and compare while this run holds the list: a run of the same list still sending would otherwise
         # have its acknowledgements land after the comparison, and this run would send those contacts again
-        from cxone_provider.hooks.cxone import CXoneHook
-
-        with contact_list_lease(CXoneHook(cxone_conn_id=CXONE_CONN_ID), key, context):
+        with contact_list_lease(cxone_hook(), key, context, first=True):
             changes = decide_changes(layout, list_state(key, context), parts=validated["parts"], run_id=context["run_id"], mode=mode)
     plan = _plan_sync(layout, key if not created else None, validated, params, context)
     left_out = changes["unchanged"] + changes["unconfirmed"] + (plan["updates"] + sum(plan["stale"].values()) if plan else 0)
@@ -466,6 +468,9 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
             raise RuntimeError(f"records to send but no list resolved for {contact_list_id(params)!r}")
         list_state(key, context).register_run(context["run_id"], [g["group_index"] for g in groups],
                                      logical_date=logical_seconds(context))
+        # the run's tenure starts here (or goes on from the comparison) and is kept until its imports take it
+        with contact_list_lease(cxone_hook(), key, context, first=mode != "compare" or created):
+            pass
     return [{**g, "groups_total": len(groups)} for g in groups]
 
 
@@ -514,12 +519,45 @@ def logical_seconds(context: dict[str, Any]) -> int:
     return int(_logical_date(context).timestamp())
 
 
-def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """Send one group under the tenant's shared rate budget while this run holds the contact list; raise (after
-    writing outcomes) on transient failures."""
+def cxone_hook() -> Any:
     from cxone_provider.hooks.cxone import CXoneHook
 
-    hook = CXoneHook(cxone_conn_id=CXONE_CONN_ID)
+    return CXoneHook(cxone_conn_id=CXONE_CONN_ID)
+
+
+def missing_connection(conn_id: str) -> CXoneConfigurationError:
+    return CXoneConfigurationError(
+        f"connection {conn_id} does not exist: create it (Admin > Connections, a secrets backend, or the environment "
+        f"variable AIRFLOW_CONN_{conn_id.upper()}) with the CXone client id as login and its secret as password",
+        conn_id=conn_id, cause="AirflowNotFoundException",
+    )
+
+
+def check_sending_setup(hook: Any, executor: str | None) -> None:
+    """What an import task checks before it sends anything: the connection exists, and the budget store is shared
+    when tasks may run on several hosts (``CXoneHook.check_budget_store``); each a :class:`CXoneConfigurationError`
+    that fails the task without retries."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        hook.connection
+    except AirflowNotFoundException:
+        raise missing_connection(hook.cxone_conn_id) from None
+    hook.check_budget_store(executor or default_executor())
+
+
+def default_executor() -> str:
+    """The first executor of ``[core] executor`` (Airflow's default for a task that names none)."""
+    from airflow.configuration import conf
+
+    return (conf.get("core", "executor", fallback="LocalExecutor") or "LocalExecutor").split(",")[0].strip()
+
+
+def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Send one group under the tenant's shared rate budget while this run holds the contact list; raise (after
+    writing outcomes) on transient failures, and without retries on a lost list or a configuration error (the
+    records not sent end ``not_sent``)."""
+    hook = cxone_hook()
     layout = run_layout(context)
     log.info(
         "group %d: %d threads under the tenant's budget of %.0f requests/min (%s)",
@@ -529,10 +567,11 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     key = sending_list_key(layout)
     sync_results: list[sync.OpResult] | None = None
     try:
-        with contact_list_lease(hook, key, context), hook.get_client() as client, gc_frozen():
-            importer = GroupImporter(client, key.list_id, layout, concurrency=hook.max_concurrency)
+        with contact_list_lease(hook, key, context) as lease, \
+                hook.get_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client, gc_frozen():
+            importer = GroupImporter(client, key.list_id, layout, concurrency=hook.max_concurrency, fence=lease.check)
             summary = importer.run(int(group["group_index"]), on_batch=live.batch_acknowledged if live else None)
-            if sync.ops_file(layout, int(group["group_index"])).exists():
+            if importer.stopped_by is None and sync.ops_file(layout, int(group["group_index"])).exists():
                 sync_summary, sync_results = send_sync_ops(client, importer, key, group, params, layout,
                                                            concurrency=hook.max_concurrency)
                 summary = {**summary, "sync": sync_summary}
@@ -547,6 +586,11 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         if len(answers):
             list_state(key, context).write_delta(context["run_id"], int(group["group_index"]) + SYNC_DELTA_OFFSET,
                                                  answers, logical_date=logical_seconds(context))
+    stopped = importer.stopped_by
+    if isinstance(stopped, ListLeaseLostError):
+        raise stopped
+    if stopped is not None:
+        raise CXoneConfigurationError.from_error(hook.cxone_conn_id, stopped, list_id=key.list_id)
     if summary.get("sync", {}).get("transient"):
         raise TransientImportError(
             f"group {group['group_index']}: {summary['sync']['transient']} updates or removals could not be sent; the "
@@ -658,38 +702,57 @@ def _lease_owner(context: dict[str, Any]) -> str:
     return f"{dag_id_of(context)}/{context['run_id']}"
 
 
+LIST_LEASE_FILE = "list_lease.json"
+
+
 @contextmanager
-def contact_list_lease(hook: Any, key: ListKey, context: dict[str, Any]) -> Iterator[None]:
+def contact_list_lease(hook: Any, key: ListKey, context: dict[str, Any], *, first: bool = False) -> Iterator[Any]:
     """
     Hold the contact list for this run while the task sends (one run per list at a time; runs for other lists go
     on). The lease is the list's key (its tenant and resolved id), lives in the tenant's budget store, is shared by
     the run's import tasks, renewed while they run and released by the report task; when another run holds the
     list the task is rescheduled (its slot freed).
+
+    Yields the :class:`~cxone_provider.leases.ListLease`: senders call its ``check`` (or send through
+    ``fenced(limiter)``) before each request. Its fencing token is kept in the run's ``list_lease.json``: a task
+    that finds a later token than the run's last one plus its own re-take (another run held the list in between)
+    fails with :class:`ListLeaseLostError`; ``first`` (chunk) starts the run's tenure. On the way out the lease is
+    kept for :func:`list_handover` (the run's next task, queued for a pool slot, renews it).
     """
     from airflow.sdk.exceptions import AirflowRescheduleException
 
     owner = _lease_owner(context)
-    holder = hook.acquire_list_lease(key.lease_name, owner, LIST_LEASE_TTL_S)
+    lease = hook.list_lease(key.lease_name, owner, LIST_LEASE_TTL_S, label=key.describe())
+    holder = lease.take().holder
     if holder != owner:
         log.info("%s is being imported by %s: waiting %s", key.describe(), holder, list_wait())
         raise AirflowRescheduleException(datetime.now(timezone.utc) + list_wait())
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(LIST_LEASE_RENEW_S):
-            try:
-                if hook.acquire_list_lease(key.lease_name, owner, LIST_LEASE_TTL_S) != owner:
-                    log.warning("lost the lease on %s", key.describe())
-            except Exception:  # noqa: BLE001 - a store hiccup must not kill the import; the TTL is long
-                log.warning("could not renew the lease on %s", key.describe(), exc_info=True)
-
-    renewer = threading.Thread(target=renew, name="list-lease", daemon=True)
-    renewer.start()
+    _continue_tenure(run_layout(context), lease, first=first)
+    stop_renewing = lease.keep_renewed(LIST_LEASE_RENEW_S)
     try:
-        yield
+        yield lease
     finally:
-        stop.set()
-        renewer.join(timeout=5)
+        stop_renewing()
+        if lease.lost is None:
+            try:
+                lease.renew(list_handover().total_seconds())
+            except Exception:  # noqa: BLE001 - the next task takes it again, and learns from the token if it lapsed
+                log.warning("could not keep the lease on %s for the run's next task", key.describe(), exc_info=True)
+
+
+def _continue_tenure(layout: RunLayout, lease: Any, *, first: bool) -> None:
+    """Check the lease's token against the run's last one (``list_lease.json``) and remember it."""
+    path = layout.root / LIST_LEASE_FILE
+    last = None if first or not path.exists() else int(read_json(path).get("token", 0))
+    if last is not None and lease.token not in (last, last + 1):
+        lease.lose(f"another run held the list since this run's chunk compared it (fencing token {last}, now "
+                   f"{lease.token})")
+        raise lease.lost
+    if last is not None and lease.token == last + 1:
+        log.warning("the lease on %s had lapsed since the run's last task; nobody else took it (token %d)",
+                    lease.label, lease.token)
+    if last != lease.token:
+        write_json(path, {"token": lease.token, "owner": lease.owner})
 
 
 def hold_contact_list(hook: Any, key: ListKey, context: dict[str, Any], seconds: float) -> None:

@@ -20,6 +20,10 @@ Every record of the group ends in exactly one outcome: ``imported``, ``duplicate
   by that attempt, whatever was sent.
 - Errors left after the client's retries (rate limit, 5xx, connection) fail the batch *transiently*: nothing is
   checkpointed, the task raises at the end, and Airflow's retry of the task sends only those batches again.
+- A configuration error (a refused credential, a redirect, a list CXone does not know:
+  ``retry.is_configuration_error``) or a lost list lease (``ListLeaseLostError``, raised by the client's fenced rate
+  limiter before a request goes out) stops the group: no further request is sent, the records not sent end
+  ``not_sent`` (nothing to redrive), what CXone answered stays checkpointed, and ``stopped_by`` says why.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
+from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError, ListLeaseLostError
 from cxone_provider.models import RecordIssue, parse_record_issues
+from cxone_provider.retry import is_configuration_error
 
 from include.cxone_import.storage import RunLayout, ensure_parent, fs_path, put_bytes, write_json, write_jsonl
 
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 
 IMPORTED, DUPLICATE, FAILED = "imported", "duplicate", "failed"
 OUTCOMES = (IMPORTED, DUPLICATE, FAILED)
+NOT_SENT = "not_sent"  # the group stopped (configuration error, lost lease) before this record was sent
 
 
 class BatchClient(Protocol):
@@ -221,11 +227,24 @@ class GroupImporter:
         layout: RunLayout,
         *,
         concurrency: int = 8,
+        fence: Callable[[], None] | None = None,
     ) -> None:
+        """``fence()`` raises ``ListLeaseLostError`` once the run no longer holds the list: called before each batch
+        (the client's fenced rate limiter also calls it before each request)."""
         self._client = client
+        self._fence = fence
         self._contact_list_id = contact_list_id
         self._layout = layout
         self._concurrency = max(1, concurrency)
+        self._stop_lock = threading.Lock()
+        self.stopped_by: BaseException | None = None
+        """Why the group stopped sending (a configuration error or a lost lease), or None."""
+
+    def _stop(self, error: BaseException) -> None:
+        with self._stop_lock:
+            if self.stopped_by is None:
+                self.stopped_by = error
+                log.warning("stopped sending: %s", error)
 
     def run(self, group_index: int, on_batch: BatchListener | None = None) -> dict[str, Any]:
         """Import the group; write its outcomes, batch metrics and audit entries; return the group summary.
@@ -259,7 +278,9 @@ class GroupImporter:
             "records": records,
             "batches": len(metrics),
             **{name: int(counts.get(name, 0)) for name in OUTCOMES},
+            NOT_SENT: int(counts.get(NOT_SENT, 0)),
             "transient_failed_batches": sum(1 for m in metrics if m.transient),
+            "stopped": {"error": type(self.stopped_by).__name__, "message": str(self.stopped_by)} if self.stopped_by else None,
             "resumed_batches": sum(1 for m in metrics if m.resumed),
             "requests": sum(m.requests for m in metrics),
             "rate_limited": sum(m.rate_limited for m in metrics),
@@ -295,10 +316,22 @@ class GroupImporter:
             outcomes = [Outcome(row_of.get(o[1], o[0]), *o[1:]) for o in checkpoint["outcomes"]]
             return BatchResult(metrics, outcomes, audit_entry(metrics))
         rows = [Row(*member) for member in members]
+        if self.stopped_by is None and self._fence is not None:
+            try:
+                self._fence()
+            except ListLeaseLostError as exc:
+                self._stop(exc)
+        if self.stopped_by is not None:
+            return self._not_sent(rows, _BatchOutcomes(batch_id, metrics))
         uncertain = self._checkpoints.was_inflight(batch_id)
         self._checkpoints.mark_inflight(batch_id)
         outcomes = _BatchOutcomes(batch_id, metrics)
-        self._send(rows, uncertain, outcomes)
+        try:
+            self._send(rows, uncertain, outcomes)
+        except ListLeaseLostError as exc:
+            self._stop(exc)
+        if self.stopped_by is not None and len(outcomes.items) < len(rows):
+            return self._not_sent(rows, outcomes)
         metrics.finished_at = _now()
         for name, attr in ((IMPORTED, "imported"), (DUPLICATE, "duplicates"), (FAILED, "failed")):
             setattr(metrics, attr, sum(1 for o in outcomes.items if o.outcome == name))
@@ -317,6 +350,21 @@ class GroupImporter:
         self._progress.batch_done(metrics.records)
         return result
 
+    def _not_sent(self, rows: list[Row], outcomes: _BatchOutcomes) -> BatchResult:
+        """The batch after the group stopped: its records without an answer end ``not_sent``; no checkpoint (a later
+        run sends it again; its in-flight marker stays when a request of it may have reached CXone)."""
+        metrics = outcomes.metrics
+        answered = {o.row_number for o in outcomes.items}
+        for row in rows:
+            if row.row_number not in answered:
+                outcomes.add(row, NOT_SENT, f"not sent: {type(self.stopped_by).__name__}")
+        metrics.finished_at = _now()
+        metrics.status, metrics.error, metrics.transient = NOT_SENT, str(self.stopped_by), False
+        for name, attr in ((IMPORTED, "imported"), (DUPLICATE, "duplicates"), (FAILED, "failed")):
+            setattr(metrics, attr, sum(1 for o in outcomes.items if o.outcome == name))
+        self._progress.batch_done(metrics.records)
+        return BatchResult(metrics, outcomes.items, audit_entry(metrics))
+
     def _send(self, rows: list[Row], uncertain: bool, outcomes: _BatchOutcomes) -> None:
         metrics = outcomes.metrics
         metrics.requests += 1
@@ -332,6 +380,11 @@ class GroupImporter:
             return
         except CXoneError as exc:
             self._account_call(metrics, exc)
+            if is_configuration_error(exc):
+                self._stop(exc)  # no retry can fix it: the caller ends the batch not_sent
+                if not (exc.outcome_uncertain or uncertain):
+                    self._checkpoints.clear_inflight(outcomes.batch_id)
+                return
             metrics.transient = True
             metrics.error = str(exc)
             created_earlier = any(o.outcome == IMPORTED for o in outcomes.items)

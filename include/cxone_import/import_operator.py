@@ -147,7 +147,8 @@ def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
     when there is nothing to wait for."""
     layout = steps.run_layout(context)
     key = steps.sending_list_key(layout)
-    with steps.contact_list_lease(hook, key, context), hook.get_call_list_client() as client:
+    with steps.contact_list_lease(hook, key, context) as lease, \
+            hook.get_call_list_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client:
         uploader, options = _uploader(hook, client, layout, params)
         return _submit(hook, uploader, int(group["group_index"]), key, context, options)
 
@@ -163,7 +164,8 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
     layout = steps.run_layout(context)
     group_index = int(group["group_index"])
     key = steps.sending_list_key(layout)
-    with steps.contact_list_lease(hook, key, context), hook.get_call_list_client() as client:
+    with steps.contact_list_lease(hook, key, context) as lease, \
+            hook.get_call_list_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client:
         uploader, options = _uploader(hook, client, layout, params)
         state = uploader.load_state(group_index)
         if state.reconciled and not state.not_sent() and event is None:

@@ -42,6 +42,7 @@ class ImportGroupOperator(BaseOperator):
         params = context["params"]
         with steps.measured(context, "import_batches"):
             hook = ops._hook()
+            steps.check_sending_setup(hook, self.executor)
             if hook.api_profile != ops.CALL_LISTS:
                 return steps.import_group(self.group, params, context)
             wait = ops.submit_group(hook, self.group, params, context)

@@ -92,7 +92,33 @@ def sync_counts(layout: RunLayout) -> dict[str, dict[str, int]]:
             "removals_by_reason": {f"{r}:{o}": int(n) for (r, o), n in removals.groupby(["reason", "outcome"]).size().items()}}
 
 
-def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
+STOP_RULES = ("cxone_configuration", "list_lease_lost")  # failures that stop a run's sending without retries
+
+
+def stopping_failure(failures: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The first recorded failure that stopped the run's sending (a configuration error, a lost list), or None."""
+    return next((f for f in failures or [] if f.get("rule") in STOP_RULES), None)
+
+
+def _unsent_rows(layout: RunLayout, valid_parts: int) -> list[tuple[np.ndarray, _Codes]]:
+    """After a stop: the rows of groups no import task wrote outcomes for, or, when chunk planned no groups, every
+    valid row the run did not leave out; all ``not_sent``."""
+    groups = list_files(layout.root / "groups", "group-*.parquet")
+    if groups:
+        paths = [p for p in groups if not (layout.root / "outcomes" / p.name).exists()]
+    elif not (layout.root / "outcomes").exists():
+        paths = [layout.valid_part(n) for n in range(valid_parts)]
+    else:
+        paths = []
+    left_out = np.concatenate([rows for rows, _ in _left_out(layout)] or [np.zeros(0, dtype=np.int64)])
+    parts = []
+    for path in paths:
+        rows = read_parquet(path, columns=["row_number"])["row_number"].to_numpy(dtype=np.int64)
+        parts.append(_same_outcome(rows[~np.isin(rows, left_out)], NOT_SENT))
+    return parts
+
+
+def load_outcomes(layout: RunLayout, *, dry_run: bool = False, stopped_parts: int | None = None) -> pd.DataFrame:
     """Row number and outcome of every imported/duplicate/failed/unchanged row (only those two columns: this is
     the part of the report that grows with the list); on a dry run the planned rows, as ``not_sent``. Outcomes
     are read as Arrow dictionary codes, never as one string per row."""
@@ -107,6 +133,8 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False) -> pd.DataFrame:
     else:
         parts = [_outcome_codes(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
         parts += _update_outcomes(layout)
+        if stopped_parts is not None:  # a stop: what no import task answered for was never sent
+            parts.extend(_unsent_rows(layout, stopped_parts))
     for rows, outcome in _left_out(layout):
         parts.append(_same_outcome(rows, outcome))
     if not parts:
@@ -403,7 +431,9 @@ def build_report(
     Over ``max_reject_share`` nothing was sent: the valid rows are ``not_sent``. ``failures`` are the task failures
     recorded on the way (a retried import attempt, say); they are listed, the outcomes decide the status."""
     held = reject_gate_tripped(validated, max_reject_share)
-    outcomes = load_outcomes(layout, dry_run=bool(run.get("dry_run")) or held)
+    stop = stopping_failure(failures)
+    outcomes = load_outcomes(layout, dry_run=bool(run.get("dry_run")) or held,
+                             stopped_parts=int(validated.get("parts", 0)) if stop else None)
     summaries = group_summaries(layout)
     reconciliation = reconcile(layout, extract_parts=int(extracted["parts"]), outcomes=outcomes)
     numbers = totals(validated, outcomes, summaries)
@@ -419,6 +449,8 @@ def build_report(
             f"{numbers['failed']} records failed to import; they are in {layout.dead_letter} with their last error "
             f"(trigger a run with redrive_run_id={run.get('run_id')!r} to send exactly those again)"
         )
+    if stop is not None:
+        problems.append(f"{numbers['not_sent']} records were not sent: {stop['task']} stopped: {stop['message']}")
     if held:
         problems.append(
             f"{numbers['rejected']} of {numbers['input']} rows rejected ({reject_share:.1%}), over max_reject_share "
@@ -443,8 +475,9 @@ def build_report(
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "source_uri": extracted.get("source_uri"),
         "held_by_reject_gate": held,
-        "not_sent_reason": ("reject_gate" if held else "dry_run" if run.get("dry_run") else None)
+        "not_sent_reason": ("reject_gate" if held else "dry_run" if run.get("dry_run") else stop["rule"] if stop else None)
         if numbers["not_sent"] else None,
+        **({"failure": {k: stop.get(k) for k in ("task", "error", "rule", "column", "source", "message")}} if stop else {}),
         "task_failures": failures or [],
         "totals": numbers,
         "reject_share": round(reject_share, 4),

@@ -24,7 +24,8 @@ OUTCOMES = (
     ("not_sent", "Not sent", "#757575"),
 )
 # why a run's valid rows were not sent (report.json ``not_sent_reason``)
-NOT_SENT_REASONS = {"dry_run": "dry run", "reject_gate": "held: too many rejects"}
+NOT_SENT_REASONS = {"dry_run": "dry run", "reject_gate": "held: too many rejects",
+                    "cxone_configuration": "stopped: configuration error", "list_lease_lost": "stopped: lost the list"}
 
 
 def not_sent_label(report: dict[str, Any]) -> str:

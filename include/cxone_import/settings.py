@@ -24,6 +24,13 @@ def list_wait() -> timedelta:
     return timedelta(seconds=float(os.environ.get("CXONE_LIST_WAIT_S", "30")))
 
 
+def list_handover() -> timedelta:
+    """How long a run keeps its list between its tasks (after chunk, and after each import task) while none of them
+    renews it: import tasks queued for a ``cxone_api`` pool slot must find the list still theirs. The report task
+    releases it sooner; a run that died between tasks frees it after this long."""
+    return timedelta(seconds=float(os.environ.get("CXONE_LIST_HANDOVER_S", str(6 * 3600))))
+
+
 def failure_event(context: Any) -> dict[str, Any]:
     """The event of a failed run (built by ``airflow_tasks.failure_event`` when a run fails, not when parsed)."""
     from include.cxone_import import airflow_tasks

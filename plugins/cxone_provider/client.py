@@ -33,7 +33,7 @@ from cxone_provider.errors import (
 )
 from cxone_provider.models import BatchResult, RecordCallResult, RecordIssue, parse_record_issues
 from cxone_provider.ratelimit import RateLimiter
-from cxone_provider.retry import RetryPolicy, is_retryable, retry_after_s
+from cxone_provider.retry import RetryPolicy, is_configuration_error, is_retryable, retry_after_s
 from cxone_provider.sessions import new_session, refuse_redirects, warn_if_unverified
 
 __all__ = [
@@ -120,6 +120,7 @@ class ClientCredentialsAuth(AuthBase):
         self._clock = clock
         self._lock = threading.Lock()
         self._cached: tuple[str, float] | None = None  # (token, expires_at on self._clock)
+        self._refused: CXoneError | None = None  # the credential's refusal: not asked again by this auth
         self.token_requests = 0
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -178,6 +179,18 @@ class ClientCredentialsAuth(AuthBase):
         """Called with a successful token answer before its token is cached (a subclass reads more of it)."""
 
     def _fetch_locked(self) -> str:
+        """Fetch a token; a refused credential (or a redirect) is remembered and raised again without asking: the
+        sender threads waiting for this token, and every later request, fail with it at once."""
+        if self._refused is not None:
+            raise self._refused
+        try:
+            return self._request_token()
+        except CXoneError as error:
+            if is_configuration_error(error):
+                self._refused = error
+            raise
+
+    def _request_token(self) -> str:
         try:
             response = self._session.post(
                 self.token_url,

@@ -16,6 +16,7 @@ from cxone_provider.redaction import MASK, scrub_text
 
 __all__ = [
     "CXoneAuthError",
+    "CXoneConfigurationError",
     "CXoneConflictError",
     "CXoneConnectionError",
     "CXoneError",
@@ -26,6 +27,7 @@ __all__ = [
     "CXoneTimeoutError",
     "CXoneUntrustedHostError",
     "CXoneValidationError",
+    "ListLeaseLostError",
     "status_error",
 ]
 
@@ -141,6 +143,69 @@ class CXoneTimeoutError(CXoneConnectionError):
 
 class CXoneUntrustedHostError(CXoneError):
     """Discovery named an endpoint on neither NICE's domains nor the connection's hosts; nothing was sent to it."""
+
+
+class CXoneConfigurationError(CXoneError):
+    """A setting is wrong (a refused credential, a missing connection, a list CXone does not know, a redirect, a
+    budget store that is not shared): retrying cannot help. The message names the connection and what to fix."""
+
+    rule = "cxone_configuration"
+
+    def __init__(self, message: str, *, conn_id: str | None = None, cause: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.conn_id = conn_id
+        self.cause = cause
+        """The type of the error that showed it (``CXoneAuthError``, ...), or None."""
+
+    @classmethod
+    def from_error(cls, conn_id: str, error: BaseException, *, list_id: str | None = None) -> CXoneConfigurationError:
+        """The configuration error ``error`` shows, with what to change in connection ``conn_id``."""
+        return cls(f"{_what_to_fix(conn_id, error, list_id)} ({error})", conn_id=conn_id, cause=type(error).__name__)
+
+
+def _what_to_fix(conn_id: str, error: BaseException, list_id: str | None) -> str:
+    status = getattr(error, "status_code", None)
+    code = getattr(error, "body", None)
+    code = code.get("error") if isinstance(code, dict) else None
+    if isinstance(error, CXoneRedirectError):
+        return (f"connection {conn_id}: CXone answered with a redirect to {error.location or 'another place'}, which "
+                "is never followed: set the connection's host to the API's own base URL")
+    if isinstance(error, CXoneUntrustedHostError):
+        return f"connection {conn_id}: discovery named an untrusted host: list it in the allowed_hosts extra if it is yours"
+    if isinstance(error, CXoneAuthError) and status == 403:
+        return f"connection {conn_id}: the credential was accepted but may not do this: grant it the contact-list scopes"
+    if isinstance(error, CXoneAuthError):
+        which = {"invalid_client": "the client id or client secret", "invalid_grant": "the access key id or secret"}
+        return (f"connection {conn_id}: CXone refused {which.get(str(code), 'the credential')}"
+                f"{f' ({code})' if code else ''}: correct the connection's login and password (and the "
+                "client_id/client_secret extras on the call_lists profile)")
+    if status == 404:
+        return (f"connection {conn_id}: CXone has no contact list {list_id or ''} on this tenant: check the "
+                "contact_list_id param (or the cxone_contact_list_id Variable) and the connection's host").replace("  ", " ")
+    return f"connection {conn_id}: {type(error).__name__}"
+
+
+class ListLeaseLostError(Exception):
+    """This run no longer holds its contact list (the lease lapsed, or another run took it): nothing more is sent,
+    and retrying the task would only send into a list another run may now hold."""
+
+    rule = "list_lease_lost"
+
+    def __init__(self, list_label: str, reason: str, *, holder: str | None = None) -> None:
+        self.list_label = list_label
+        self.reason = reason
+        self.holder = holder
+        super().__init__(
+            f"lost the lease on {list_label}: {reason}; this task stopped sending and checkpointed what CXone "
+            "answered. Clear the run from its chunk task once the other run is done (it compares the list again)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_lease_lost, (self.list_label, self.reason, self.holder)
+
+
+def _rebuild_lease_lost(list_label: str, reason: str, holder: str | None) -> ListLeaseLostError:
+    return ListLeaseLostError(list_label, reason, holder=holder)
 
 
 def status_error(

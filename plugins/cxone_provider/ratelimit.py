@@ -48,6 +48,16 @@ class RateLimiterStats:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Who holds a lease and its fencing token: the token grows each time the lease is taken anew (free, expired or
+    from another owner) and stays the same while its holder renews it, so a holder that finds another token has
+    lost the lease in between, even when it looks free again."""
+
+    holder: str
+    token: int
+
+
+@dataclass(frozen=True)
 class Reservation:
     """A reserved send slot, in the store's clock."""
 
@@ -77,9 +87,19 @@ class BudgetStore(ABC):
     def paused_until(self, key: str) -> float:
         """The end of the key's current pause (0 when never paused)."""
 
-    @abstractmethod
     def acquire_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> str:
         """Take or renew the lease ``key`` for ``owner`` unless another owner holds it; return the holder."""
+        return self.take_lease(key, owner, ttl_s, now).holder
+
+    @abstractmethod
+    def take_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> Lease:
+        """Take the lease ``key`` for ``owner`` (a new token) or renew it when ``owner`` holds it (the same token),
+        unless another owner holds it; return the holder and its token."""
+
+    @abstractmethod
+    def renew_lease(self, key: str, owner: str, token: int, ttl_s: float, now: float | None = None) -> bool:
+        """Extend the lease to ``ttl_s`` from now only while ``owner`` still holds it with ``token`` (never takes a
+        lease that lapsed: a new token would be another tenure); True when it did."""
 
     @abstractmethod
     def release_lease(self, key: str, owner: str) -> bool:
@@ -97,7 +117,8 @@ class MemoryBudgetStore(BudgetStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._state: dict[str, tuple[float | None, float]] = {}
-        self._leases: dict[str, tuple[str, float]] = {}
+        self._leases: dict[str, tuple[str, float, int]] = {}
+        self._fences: dict[str, int] = {}
 
     def reserve(self, key: str, interval_s: float, tolerance_s: float, now: float | None = None) -> Reservation:
         with self._lock:
@@ -120,18 +141,29 @@ class MemoryBudgetStore(BudgetStore):
         with self._lock:
             return self._state.get(key, (None, 0.0))[1]
 
-    def acquire_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> str:
+    def take_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> Lease:
         with self._lock:
             now = self._clock() if now is None else now
-            holder, expires = self._leases.get(key, ("", 0.0))
-            if not holder or holder == owner or expires <= now:
-                self._leases[key] = (owner, now + ttl_s)
-                return owner
-            return holder
+            holder, expires, token = self._leases.get(key, ("", 0.0, 0))
+            if holder and expires > now and holder != owner:
+                return Lease(holder, token)
+            if not (holder == owner and expires > now):
+                token = self._fences[key] = self._fences.get(key, 0) + 1
+            self._leases[key] = (owner, now + ttl_s, token)
+            return Lease(owner, token)
+
+    def renew_lease(self, key: str, owner: str, token: int, ttl_s: float, now: float | None = None) -> bool:
+        with self._lock:
+            now = self._clock() if now is None else now
+            holder, expires, held_token = self._leases.get(key, ("", 0.0, 0))
+            if holder != owner or held_token != token or expires <= now:
+                return False
+            self._leases[key] = (owner, now + ttl_s, token)
+            return True
 
     def release_lease(self, key: str, owner: str) -> bool:
         with self._lock:
-            if self._leases.get(key, ("", 0.0))[0] == owner:
+            if self._leases.get(key, ("", 0.0, 0))[0] == owner:
                 del self._leases[key]
                 return True
             return False
@@ -143,6 +175,7 @@ class SQLiteBudgetStore(BudgetStore):
     SCHEMA = (
         "CREATE TABLE IF NOT EXISTS budget (key TEXT PRIMARY KEY, next_slot REAL NOT NULL, paused_until REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS lease (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS lease_fence (key TEXT PRIMARY KEY, token INTEGER NOT NULL)",
     )
 
     def __init__(self, path: str | os.PathLike[str], clock: Callable[[], float] = time.time) -> None:
@@ -154,6 +187,8 @@ class SQLiteBudgetStore(BudgetStore):
         with self._transaction() as db:
             for statement in self.SCHEMA:
                 db.execute(statement)
+            if "token" not in {row[1] for row in db.execute("PRAGMA table_info(lease)")}:  # a file from before tokens
+                db.execute("ALTER TABLE lease ADD COLUMN token INTEGER NOT NULL DEFAULT 0")
 
     def _connection(self) -> sqlite3.Connection:
         # one connection per thread and process (a connection must not cross a fork)
@@ -210,14 +245,27 @@ class SQLiteBudgetStore(BudgetStore):
         row = self._connection().execute("SELECT paused_until FROM budget WHERE key = ?", (key,)).fetchone()
         return row[0] if row else 0.0
 
-    def acquire_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> str:
+    def take_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> Lease:
         with self._transaction() as db:
             now = self._clock() if now is None else now
-            row = db.execute("SELECT owner, expires FROM lease WHERE key = ?", (key,)).fetchone()
+            row = db.execute("SELECT owner, expires, token FROM lease WHERE key = ?", (key,)).fetchone()
             if row and row[0] != owner and row[1] > now:
-                return row[0]
-            db.execute("INSERT OR REPLACE INTO lease (key, owner, expires) VALUES (?, ?, ?)", (key, owner, now + ttl_s))
-        return owner
+                return Lease(row[0], int(row[2]))
+            if row and row[0] == owner and row[1] > now:
+                token = int(row[2])
+            else:
+                db.execute("INSERT INTO lease_fence (key, token) VALUES (?, 1) "
+                           "ON CONFLICT(key) DO UPDATE SET token = token + 1", (key,))
+                token = db.execute("SELECT token FROM lease_fence WHERE key = ?", (key,)).fetchone()[0]
+            db.execute("INSERT OR REPLACE INTO lease (key, owner, expires, token) VALUES (?, ?, ?, ?)",
+                       (key, owner, now + ttl_s, token))
+        return Lease(owner, int(token))
+
+    def renew_lease(self, key: str, owner: str, token: int, ttl_s: float, now: float | None = None) -> bool:
+        with self._transaction() as db:
+            now = self._clock() if now is None else now
+            return db.execute("UPDATE lease SET expires = ? WHERE key = ? AND owner = ? AND token = ? AND expires > ?",
+                              (now + ttl_s, key, owner, int(token), now)).rowcount > 0
 
     def release_lease(self, key: str, owner: str) -> bool:
         with self._transaction() as db:
@@ -260,16 +308,40 @@ if delay > 0 and now + delay > paused then
 end
 return string.format('%.6f', paused)
 """
-_REDIS_ACQUIRE_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if (not holder) or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return ARGV[1]
+# A lease is the string "{token}|{owner}" (expiring); KEYS[2] counts the tenures (no expiry: the next token is
+# always higher, even after the lease lapsed). A value without "|" is a lease written before tokens (token 0).
+_REDIS_LEASE_HOLDER = """
+local function holder_of(value)
+  local bar = string.find(value, '|', 1, true)
+  if bar and string.match(string.sub(value, 1, bar - 1), '^%d+$') then
+    return string.sub(value, bar + 1), string.sub(value, 1, bar - 1)
+  end
+  return value, '0'
 end
-return holder
 """
-_REDIS_RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+_REDIS_TAKE_LEASE = _REDIS_LEASE_HOLDER + """
+local value = redis.call('GET', KEYS[1])
+local token
+if value then
+  local holder, held = holder_of(value)
+  if holder ~= ARGV[1] then return {holder, held} end
+  token = held
+else
+  token = tostring(redis.call('INCR', KEYS[2]))
+end
+redis.call('SET', KEYS[1], token .. '|' .. ARGV[1], 'PX', ARGV[2])
+return {ARGV[1], token}
+"""
+_REDIS_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_REDIS_RELEASE_LEASE = _REDIS_LEASE_HOLDER + """
+local value = redis.call('GET', KEYS[1])
+if value and holder_of(value) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -284,7 +356,8 @@ class RedisBudgetStore(BudgetStore):
         self._redis = client or redis.Redis.from_url(url, socket_timeout=30, health_check_interval=30)
         self._reserve = self._redis.register_script(_REDIS_RESERVE)
         self._pause = self._redis.register_script(_REDIS_PAUSE)
-        self._acquire_lease = self._redis.register_script(_REDIS_ACQUIRE_LEASE)
+        self._take_lease = self._redis.register_script(_REDIS_TAKE_LEASE)
+        self._renew_lease = self._redis.register_script(_REDIS_RENEW_LEASE)
         self._release_lease = self._redis.register_script(_REDIS_RELEASE_LEASE)
 
     @staticmethod
@@ -304,16 +377,23 @@ class RedisBudgetStore(BudgetStore):
         value = self._redis.hget(key, "paused_until")
         return float(value) if value is not None else 0.0
 
-    def acquire_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> str:
+    def take_lease(self, key: str, owner: str, ttl_s: float, now: float | None = None) -> Lease:
         # Redis expires the lease by its own clock; `now` (simulated time) does not apply here
-        holder = self._acquire_lease(keys=[key], args=[owner, max(1, int(ttl_s * 1000))])
-        return holder.decode() if isinstance(holder, bytes) else str(holder)
+        holder, token = self._take_lease(keys=[key, f"{key}:fence"], args=[owner, max(1, int(ttl_s * 1000))])
+        return Lease(_text(holder), int(_text(token)))
+
+    def renew_lease(self, key: str, owner: str, token: int, ttl_s: float, now: float | None = None) -> bool:
+        return bool(self._renew_lease(keys=[key], args=[f"{int(token)}|{owner}", max(1, int(ttl_s * 1000))]))
 
     def release_lease(self, key: str, owner: str) -> bool:
         return bool(self._release_lease(keys=[key], args=[owner]))
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _STORES: dict[str, BudgetStore] = {}

@@ -18,9 +18,13 @@ from typing import Protocol
 import tenacity
 
 from cxone_provider.errors import (
+    CXoneAuthError,
     CXoneConnectionError,
     CXoneRateLimitError,
+    CXoneRedirectError,
     CXoneServerError,
+    CXoneStatusError,
+    CXoneUntrustedHostError,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,17 @@ def is_retryable(error: BaseException) -> bool:
     401 is not retryable here: the client handles it apart (new token, then exactly one more try).
     """
     return isinstance(error, (CXoneRateLimitError, CXoneServerError, CXoneConnectionError))
+
+
+def is_configuration_error(error: BaseException) -> bool:
+    """
+    Whether the error shows a wrong setting that no retry can fix: a refused credential (the token endpoint's
+    ``invalid_client``/``invalid_grant``, a 401 after a fresh token, a 403), a redirect (never followed), a 404 (the
+    list does not exist), an untrusted discovery host. The import stops at the first one and fails without retries.
+    """
+    return isinstance(error, (CXoneAuthError, CXoneRedirectError, CXoneUntrustedHostError)) or (
+        isinstance(error, CXoneStatusError) and error.status_code == 404
+    )
 
 
 def is_rate_limited(error: BaseException | None) -> bool:

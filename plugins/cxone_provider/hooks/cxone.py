@@ -25,7 +25,8 @@ from cxone_provider.connection_form import (
     UI_FIELD_BEHAVIOUR,
 )
 from cxone_provider.connections import connection_url, parse_bool
-from cxone_provider.errors import CXoneError
+from cxone_provider.errors import CXoneConfigurationError, CXoneError
+from cxone_provider.leases import ListLease
 from cxone_provider.models import BatchResult
 from cxone_provider.ratelimit import BudgetStore, RateLimiter, budget_store, tenant_key
 from cxone_provider.retry import RetryPolicy
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 RATE_BUDGET_URL_ENV = "CXONE_RATE_BUDGET_URL"
 RATE_BUDGET_FILE = "cxone-rate-budget.sqlite"
+SHARED_BUDGET_SCHEMES = frozenset({"redis", "rediss", "unix"})  # stores every host reaches
+SINGLE_HOST_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+BUDGET_SCOPES = ("shared", "host")
 
 
 class CXoneHook(BaseHook):
@@ -268,6 +272,41 @@ class CXoneHook(BaseHook):
         airflow_home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
         return f"sqlite:///{os.path.abspath(os.path.join(airflow_home, RATE_BUDGET_FILE))}"
 
+    @property
+    def rate_budget_scope(self) -> str:
+        """``shared`` (default: one budget and one lease per list for every host) or ``host`` (the extra
+        ``rate_budget_scope``: each host's own store is meant, e.g. one worker host per tenant)."""
+        scope = str(self._extra("rate_budget_scope", BUDGET_SCOPES[0])).strip().lower()
+        if scope not in BUDGET_SCOPES:
+            raise ValueError(f"connection {self.cxone_conn_id}: rate_budget_scope must be one of "
+                             f"{', '.join(BUDGET_SCOPES)}, got {scope!r}")
+        return scope
+
+    def check_budget_store(self, executor: str) -> None:
+        """
+        Refuse to send when tasks may run on several hosts (``executor`` is not Local/Sequential) and the budget store
+        is one host's (SQLite, memory): each host would get its own budget and its own list leases (N times the rate,
+        two runs in one list), unless the connection says so (``rate_budget_scope: host``).
+
+        :param executor: the executor the task runs on (a class name, a module path, or ``alias:path``).
+        :raises CXoneConfigurationError: naming the setting to change.
+        """
+        name = executor.split(":")[-1].rsplit(".", 1)[-1].strip()
+        if name in SINGLE_HOST_EXECUTORS or self.rate_budget_scope == "host":
+            return
+        url = self.rate_budget_url
+        scheme = url.split("://", 1)[0].lower()
+        if scheme in SHARED_BUDGET_SCHEMES:
+            return
+        raise CXoneConfigurationError(
+            f"connection {self.cxone_conn_id}: the {name} runs tasks on several hosts, but the rate budget store "
+            f"({scheme}://, {'this host' if scheme == 'sqlite' else 'this process'} only) is not shared: each host "
+            f"would send at the full budget and hold its own list leases. Set the connection's rate_budget_url extra "
+            f"(or the environment variable {RATE_BUDGET_URL_ENV}) to a Redis every worker reaches "
+            f"(redis://host:6379/0), or set the extra rate_budget_scope to \"host\" if a budget per host is meant",
+            conn_id=self.cxone_conn_id, cause="rate_budget_url",
+        )
+
     @cached_property
     def budget_store(self) -> BudgetStore:
         """The store at :attr:`rate_budget_url` (one per URL and process)."""
@@ -301,6 +340,18 @@ class CXoneHook(BaseHook):
         :param ttl_s: the lease lapses this long after the last renewal (a run that died frees the list).
         """
         return self.budget_store.acquire_lease(self._list_lease_key(list_key), owner, ttl_s)
+
+    def list_lease(self, list_key: str, owner: str, ttl_s: float, *, label: str) -> ListLease:
+        """
+        ``owner``'s tenure of the lease on a contact list (not taken yet: :meth:`ListLease.take`), with its fencing
+        token and a check senders call before each request.
+
+        :param list_key: as for :meth:`acquire_list_lease`.
+        :param owner: who asks (a DAG run).
+        :param ttl_s: the lease lapses this long after the last renewal.
+        :param label: how logs and errors name the list.
+        """
+        return ListLease(self.budget_store, self._list_lease_key(list_key), owner, ttl_s, label=label)
 
     def release_list_lease(self, list_key: str, owner: str) -> bool:
         """Give the list back when ``owner`` holds it."""
