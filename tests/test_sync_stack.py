@@ -40,12 +40,8 @@ def _nights(tmp_path: Path, name: str) -> tuple[Path, Path, set[str], set[str]]:
     return first.path, second, all_ids, {r["contact_id"] for r in rows[DROPPED:]}
 
 
-def _run(stack: AirflowStack, conf: dict) -> dict:
-    run = stack.trigger(DAG_ID, conf=conf)
-    return run
-
-
-def _wait_for_task_state(stack: AirflowStack, run_id: str, task_id: str, state: str, timeout: float = RUN_TIMEOUT_S) -> None:
+def _wait_for_task_state(stack: AirflowStack, run_id: str, task_id: str, state: str,
+                         timeout: float = RUN_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = {ti["task_id"]: ti["state"] for ti in stack.task_instances(DAG_ID, run_id)}
@@ -59,20 +55,25 @@ def _wait_for_task_state(stack: AirflowStack, run_id: str, task_id: str, state: 
 def test_a_mirror_night_above_the_bound_waits_for_a_human(airflow_stack: AirflowStack, tmp_path, answer):
     list_id = f"list-gate-{answer.lower()}"
     night1, night2, all_ids, kept = _nights(tmp_path, list_id)
-    first = _run(airflow_stack, {"source_uri": f"file://{night1}", "contact_list_id": list_id, "sync_mode": "upsert"})
+    first = airflow_stack.trigger(DAG_ID, conf={"source_uri": f"file://{night1}", "contact_list_id": list_id,
+                                                "sync_mode": "upsert"})
     assert airflow_stack.wait_for_run(DAG_ID, first["dag_run_id"], RUN_TIMEOUT_S)["state"] == "success"
     assert {r["contactId"] for r in airflow_stack.sandbox_records(list_id)} == all_ids
 
-    second = _run(airflow_stack, {"source_uri": f"file://{night2}", "contact_list_id": list_id, "sync_mode": "mirror"})
+    second = airflow_stack.trigger(DAG_ID, conf={"source_uri": f"file://{night2}", "contact_list_id": list_id,
+                                                 "sync_mode": "mirror"})
     run_id = second["dag_run_id"]
     _wait_for_task_state(airflow_stack, run_id, "approve_removals", "awaiting_input")
     states = {ti["task_id"]: ti["state"] for ti in airflow_stack.task_instances(DAG_ID, run_id)}
     assert states.get("import_batches") in (None, "none", "scheduled"), "the imports started before the answer"
-    detail = airflow_stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_removals/-1/hitlDetails")
+    hitl = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_removals/-1/hitlDetails"
+    detail = airflow_stack.api("GET", hitl)
     assert "**10** records" in detail["body"] and "25.0%" in detail["body"]
 
-    airflow_stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_removals/-1/hitlDetails",
-                      chosen_options=[answer], params_input={})
+    # a human reads before answering; an answer within a fraction of a second of the park races the executor's
+    # report of the parked process (Airflow 3.3.2 then fails the task as "state changed externally")
+    time.sleep(5)
+    airflow_stack.api("PATCH", hitl, chosen_options=[answer], params_input={})
     finished = airflow_stack.wait_for_run(DAG_ID, run_id, RUN_TIMEOUT_S)
 
     assert finished["state"] == "success", airflow_stack.describe_run(DAG_ID, run_id)
