@@ -89,8 +89,8 @@ class RemovalApprovalOperator(HITLOperator):
     ui_color = "#fff3d6"
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(subject="Approve bulk removals from the CXone contact list", options=[self.APPROVE, self.REJECT],
-                         defaults=[self.REJECT], multiple=False, **kwargs)
+        super().__init__(subject="Approve bulk removals from the CXone contact list",
+                         options=[self.APPROVE, self.REJECT], defaults=[self.REJECT], multiple=False, **kwargs)
 
     def execute(self, context: Any) -> Any:
         from include.cxone_import import sync_gate
@@ -128,7 +128,7 @@ class RemovalApprovalOperator(HITLOperator):
         else:
             why = f"rejected by {by}" if by else "no answer within approval_timeout_hours"
         steps, _ = _task_modules()
-        decision = sync_gate.record_decision(steps.run_layout(context), sync_gate.APPROVED if approved else sync_gate.HELD,
-                                             why, by)
+        outcome = sync_gate.APPROVED if approved else sync_gate.HELD
+        decision = sync_gate.record_decision(steps.run_layout(context), outcome, why, by)
         log.info("mirror removals %s: %s", decision.mirror_removals, decision.why)
         return decision.to_dict()

@@ -64,7 +64,9 @@ def mirror_removals(plan: SyncPlan) -> int:
 
 def needs_approval(plan: SyncPlan | None, max_removal_share: float) -> bool:
     """A mirror run that would remove more than ``max_removal_share`` of the records the list's state holds."""
-    return bool(plan and plan["mode"] == "mirror" and mirror_removals(plan) and plan["mirror_share"] > max_removal_share)
+    if plan is None or plan["mode"] != "mirror" or not mirror_removals(plan):
+        return False
+    return plan["mirror_share"] > max_removal_share
 
 
 def decide_without_asking(layout: RunLayout, plan: SyncPlan | None, max_removal_share: float) -> RemovalDecision | None:
