@@ -303,6 +303,30 @@ def test_list_lease_admits_one_owner_at_a_time(store_url: str) -> None:
     assert store.acquire_lease(key, "run-b", ttl_s=600) == "run-b"
 
 
+@pytest.mark.parametrize("store_url", STORES, indirect=True)
+def test_a_lease_taken_anew_gets_a_higher_fencing_token(store_url: str) -> None:
+    """The fencing rules every store keeps: renewing keeps the token, a lease taken anew (after a release, or by
+    another owner) gets a higher one, and a renewal under a token that is no longer current is refused, even by
+    the same owner once someone else held the list in between."""
+    store, key = open_store(store_url), fresh_key() + ":list-1"
+
+    first = store.take_lease(key, "run-a", ttl_s=600)
+    assert first.holder == "run-a"
+    assert store.renew_lease(key, "run-a", first.token, ttl_s=600) is True
+    assert store.take_lease(key, "run-a", ttl_s=600).token == first.token  # the holder again: same tenure
+    refused = store.take_lease(key, "run-b", ttl_s=600)
+    assert refused.holder == "run-a" and store.renew_lease(key, "run-b", first.token, ttl_s=600) is False
+
+    assert store.release_lease(key, "run-a") is True
+    second = store.take_lease(key, "run-b", ttl_s=600)
+    assert second.holder == "run-b" and second.token > first.token
+    assert store.renew_lease(key, "run-a", first.token, ttl_s=600) is False  # run A's tenure is over
+    store.release_lease(key, "run-b")
+    third = store.take_lease(key, "run-a", ttl_s=600)
+    assert third.token > second.token
+    assert store.renew_lease(key, "run-a", first.token, ttl_s=600) is False  # an old token stays refused
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_an_expired_lease_goes_to_the_next_owner(kind: str, tmp_path) -> None:
     """A run that died without releasing its list blocks it only until the lease expires (simulated clock)."""
