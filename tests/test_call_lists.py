@@ -114,7 +114,9 @@ def test_missing_list_without_create_fails_before_anything_is_sent(run_import, e
 
     assert run.state == "failed"
     assert call_list_sandbox.lists() == [] and call_list_sandbox.stats()["uploads"] == 0
-    assert any("create_list_if_missing" in f["message"] for f in run.report["task_failures"])
+    failures = [f for f in run.report["task_failures"] if f["task"] == "chunk"]
+    assert len(failures) == 1, "a list that does not exist is a configuration error: one try, no retries"
+    assert failures[0]["rule"] == "cxone_configuration" and "create_list_if_missing" in failures[0]["message"]
 
 
 def test_existing_list_found_by_id_and_records_on_it_are_duplicates(run_import, export, call_list_sandbox):

@@ -19,6 +19,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from cxone_provider.errors import CXoneConfigurationError
+
 from include.cxone_import import airflow_tasks as steps
 from include.cxone_import.engine import TransientImportError
 from include.cxone_import.storage import RunLayout, read_json, write_json
@@ -80,9 +82,10 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
         elif not create:
             return None, tenant_id  # a dry run or a held run: the report says nothing was sent
         else:
-            raise ValueError(
-                f"no calling list with id or name {name!r} on the tenant: create it, or trigger with "
-                "create_list_if_missing=true"
+            raise CXoneConfigurationError(
+                f"connection {hook.cxone_conn_id}: no calling list with id or name {name!r} on tenant {tenant_id}: "
+                "create it, name another list, or trigger with create_list_if_missing=true",
+                conn_id=hook.cxone_conn_id, cause="ListNotFound",
             )
     write_json(path, call_list.to_dict())
     return call_list, tenant_id
