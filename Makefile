@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 
-.PHONY: setup demo demo-sync test distributed-test bench bench-validation bench-tasks airflow stop clean
+.PHONY: setup demo demo-sync test stack-test distributed-test bench bench-validation bench-tasks airflow stop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ demo-sync: setup  # two nights of one list (sync_mode mirror): changes, withdraw
 
 test: setup
 	@$(RUN) python -m pytest $(PYTEST_ARGS)
+
+# Whole DAG runs on a real scheduler (backfills, the approval of bulk removals, the call_lists deferral on a triggerer).
+stack-test: setup
+	@$(RUN) python -m pytest -m stack tests/test_backfill.py tests/test_sync_stack.py tests/test_call_lists_stack.py $(PYTEST_ARGS)
 
 # The DAG on CeleryExecutor (two workers) + PostgreSQL + Redis + moto S3 (scripts/distributed.sh); see README.
 distributed-test: setup

@@ -19,7 +19,7 @@ import pytest
 from tools.sample_data import PHONE_TYPES, generate_crm_export
 from tests.stack import DAG_ID, AirflowStack
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 CONTACT_LIST_ID = "list-backfill"
 ROWS_PER_DAY = 50

@@ -12,7 +12,7 @@ from tests.stack import AirflowStack
 from tools.localrun import call_list_connection_env
 from tools.sample_data import generate_crm_export
 
-pytestmark = [pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 DAG_ID = "cxone_contact_import"
 JOB_DELAY_S = 8.0  # long enough to see the task deferred, short for the suite

@@ -19,7 +19,7 @@ import pytest
 from tools.sample_data import generate_crm_export
 from tests.stack import DAG_ID, AirflowStack
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 ROWS = 40
 DROPPED = 10
