@@ -521,6 +521,25 @@ def write_outcomes(layout: RunLayout, group_index: int, results: list[OpResult])
         pq.write_table(table, handle)
 
 
+def record_group(layout: RunLayout, group_index: int, summary: SyncSummary, results: list[OpResult], *,
+                 mirror_allowed: bool | None, audit: list[dict[str, Any]] | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Account for a group's updates and removals, whatever the API profile: its sync outcome file, its audit
+    entries (each removal with contactId, reason and time; ``audit`` adds the profile's own) and its counts
+    (``sync/outcomes-{g}.json``, which the report reads). Returns the counts without the per-request metrics."""
+    from include.cxone_import.storage import write_jsonl
+
+    write_outcomes(layout, group_index, results)
+    write_jsonl(layout.audit_part(f"sync-group-{group_index:05d}"),
+                update_audit_entries(results) + removal_audit_entries(results) + list(audit or []))
+    counts = {"counts": summary.counts, "requests": summary.requests, "attempts": summary.attempts,
+              "rate_limited": summary.rate_limited, "transient": summary.transient, "metrics": summary.metrics,
+              "mirror_allowed": mirror_allowed, **(extra or {})}
+    write_json(sync_dir(layout) / f"outcomes-{group_index:05d}.json", counts, compact=True)
+    log.info("group %d: sync %s, %d requests", group_index, summary.counts, summary.requests)
+    return {k: v for k, v in counts.items() if k != "metrics"}
+
+
 def read_outcomes(layout: RunLayout) -> pd.DataFrame:
     """Every sync outcome of the run (all groups)."""
     frames = [read_parquet(p) for p in list_files(sync_dir(layout), "outcomes-*.parquet")]
