@@ -244,3 +244,44 @@ def test_an_import_task_killed_mid_group_loses_no_removal_and_counts_none_twice(
     assert call_list_sandbox.stats()["prospects_removed"] - removed_before == len(gone) + len(changed)
     removals = [e for e in again.jsonl("audit.jsonl") if e.get("kind") == "removal"]
     assert len(removals) == len(gone) == len({e["contactId"] for e in removals}), "a removal counted twice"
+
+
+def test_a_backfill_of_older_days_leaves_the_newer_content_in_place(run_import, call_list_sandbox, export, tmp_path):
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, withdraw=0, expire=0, absent=0)
+    day3 = nightly(run_import, path, 63, sync_mode="mirror")  # day 3: the newest content
+    assert day3.state == "success", day3.report["problems"]
+    newest = held(call_list_sandbox)
+    day1 = nightly(run_import, export.path, 61, sync_mode="mirror")  # day 1: the older content
+    assert day1.state == "success", day1.report["problems"]
+    assert held(call_list_sandbox) == newest, "the list still holds day 3's content"
+    totals = day1.report["totals"]
+    assert (totals["updated"], totals.get("removed", 0), totals["stale"]) == (0, 0, len(changed))
+    assert day1.report["sync"]["plan"]["backfill"] is True
+
+
+def test_a_dry_run_reports_what_it_would_do_and_changes_nothing(run_import, call_list_sandbox, export, tmp_path):
+    nightly(run_import, export.path, 70, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path)
+    before, requests = held(call_list_sandbox), call_list_sandbox.stats().get("removal_requests", 0)
+    dry = nightly(run_import, path, 71, sync_mode="mirror", dry_run=True)
+    assert held(call_list_sandbox) == before and call_list_sandbox.stats().get("removal_requests", 0) == requests
+    plan = dry.report["sync"]["plan"]
+    assert (plan["updates"], plan["removals"]) == (len(changed), {"consent_withdrawn": len(withdrawn),
+                                                                  "consent_expired": len(expired),
+                                                                  "mirror_absent": len(absent)})
+
+
+def test_unchanged_records_the_list_no_longer_holds_are_sent_again(run_import, call_list_sandbox, export):
+    """Calling-list records expire (issue 19): a record the state holds as unchanged but the list does not is
+    uploaded again, not left ``unchanged``."""
+    first = nightly(run_import, export.path, 80, sync_mode="upsert")
+    assert first.state == "success"
+    expired = set(sorted(export.valid_contact_ids)[:7])
+    _remove_by_hand(call_list_sandbox, expired)
+    again = nightly(run_import, export.path, 81, sync_mode="upsert")
+    assert again.state == "success", again.report["problems"]
+    assert set(held(call_list_sandbox)) == set(export.valid_contact_ids)
+    totals = again.report["totals"]
+    assert (totals["imported"], totals["unchanged"]) == (len(expired), len(export.valid_contact_ids) - len(expired))
+    assert again.report["changes"]["gone_from_list"] == len(expired)
+    assert call_list_sandbox.stats()["rows_uploaded_while_on_list"] == 0

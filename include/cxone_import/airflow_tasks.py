@@ -434,6 +434,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         # have its acknowledgements land after the comparison, and this run would send those contacts again
         with contact_list_lease(cxone_hook(), key, context, first=True):
             changes = decide_changes(layout, list_state(key, context), parts=validated["parts"], run_id=context["run_id"], mode=mode)
+            if _call_lists() and not changes.get("reused") and (changes["unchanged"] or changes["unconfirmed"]):
+                _resend_gone(layout, key, validated)
     plan = _plan_sync(layout, key if not created else None, validated, params, context)
     left_out = changes["unchanged"] + changes["unconfirmed"] + (plan["updates"] + sum(plan["stale"].values()) if plan else 0)
     groups = pipeline.chunk(
@@ -503,6 +505,16 @@ def _with_sync_ops(layout: RunLayout, groups: list[dict[str, Any]], plan: sync.S
         groups.append({"group_index": group_index, "path": str(layout.group_file(group_index)), "records": 0, "batches": 0})
     counts = sync.write_group_ops(layout, int(validated["parts"]), key.batch_scope, len(groups))
     return [{**g, **c} for g, c in zip(groups, counts, strict=True)]
+
+
+def _resend_gone(layout: RunLayout, key: ListKey, validated: dict[str, Any]) -> None:
+    """A calling list's records expire: what the state holds as on the list but the list no longer does is sent
+    again (read once, while the run holds the list)."""
+    from include.cxone_import.call_list_sync import resend_gone
+
+    hook = cxone_hook()
+    with hook.get_call_list_client(rate_limiter=hook.rate_limiter) as client:
+        resend_gone(layout, int(validated["parts"]), set(client.iter_external_ids(key.list_id)))
 
 
 def _call_lists() -> bool:

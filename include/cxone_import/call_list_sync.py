@@ -34,6 +34,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cxone_provider.call_lists import MAX_PROSPECTS_PER_REMOVAL
 from cxone_provider.errors import CXoneError
@@ -42,7 +44,7 @@ from include.cxone_import import sync
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED, TransientImportError
 from include.cxone_import.masking import mask_phone
 from include.cxone_import.sources import PHONE_PREFIX
-from include.cxone_import.storage import RunLayout, list_files, read_json, read_parquet, write_json, write_parquet
+from include.cxone_import.storage import RunLayout, atomic_open, list_files, read_json, read_parquet, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +375,43 @@ class CallListSyncer:
         frame = read_parquet(path)
         return {int(r): (o, d, a) for r, o, d, a in zip(frame["row_number"], frame["outcome"], frame["detail"],
                                                        frame["at"], strict=True)}
+
+
+def resend_gone(layout: RunLayout, parts: int, held_ids: set[str]) -> int:
+    """Records the list's state left out as already on the list (``unchanged``, or answered duplicate before) whose
+    record the calling list no longer holds (it expired, or someone removed it): taken out of the decision file, so
+    the run uploads them as new records. ``changes.json`` counts them (``gone_from_list``). Returns how many."""
+    from include.cxone_import.state import (
+        CHANGES_FILE,
+        DECISION_SCHEMA,
+        DECISION_UNCHANGED,
+        DECISION_UNCONFIRMED,
+        contact_keys,
+        decision_file,
+    )
+
+    path = decision_file(layout)
+    if not path.exists():
+        return 0
+    decided = read_parquet(path)
+    left_out = decided["decision"].isin([DECISION_UNCHANGED, DECISION_UNCONFIRMED]).to_numpy()
+    if not left_out.any():
+        return 0
+    keys = sync.keys_of_rows(layout, parts, decided["row_number"].to_numpy(np.int64)[left_out])
+    gone = np.zeros(len(decided), bool)
+    gone[np.flatnonzero(left_out)] = ~np.isin(keys, contact_keys(np.array(sorted(held_ids), dtype=object)))
+    if not gone.any():
+        return 0
+    with atomic_open(path, "wb") as handle:
+        pq.write_table(pa.Table.from_pandas(decided[~gone], schema=DECISION_SCHEMA, preserve_index=False), handle)
+    changes = read_json(layout.root / CHANGES_FILE)
+    for name, code in (("unchanged", DECISION_UNCHANGED), ("unconfirmed", DECISION_UNCONFIRMED)):
+        changes[name] = int(changes.get(name, 0)) - int((gone & (decided["decision"] == code).to_numpy()).sum())
+    changes["gone_from_list"] = int(gone.sum())
+    write_json(layout.root / CHANGES_FILE, changes)
+    log.info("%d records the state holds as on the list are no longer on the calling list (expired?): sent again",
+             int(gone.sum()))
+    return int(gone.sum())
 
 
 def dnc_audit_entries(group_id: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -237,7 +237,7 @@ def _plan_updates(layout: RunLayout, parts: int, index: _StateIndex, logical_dat
     if not candidate.any():
         return 0, 0
     rows = decided["row_number"].to_numpy(np.int64)[candidate]
-    keys = _keys_of_rows(layout, parts, rows)
+    keys = keys_of_rows(layout, parts, rows)
     known, at = index.find(keys)
     acknowledged, dated = index.acknowledged[at], index.logical_date[at]
     removed = known & (acknowledged == REMOVED)
@@ -253,7 +253,7 @@ def _plan_updates(layout: RunLayout, parts: int, index: _StateIndex, logical_dat
     return int((decision == DECISION_UPDATE).sum()), int((decision == DECISION_STALE).sum())
 
 
-def _keys_of_rows(layout: RunLayout, parts: int, rows: np.ndarray) -> np.ndarray:
+def keys_of_rows(layout: RunLayout, parts: int, rows: np.ndarray) -> np.ndarray:
     """The contact keys of valid rows, in the order of ``rows``."""
     found_rows, found_ids = [], []
     for n in range(parts):
