@@ -50,7 +50,15 @@ from include.cxone_import.state import (
     contact_keys,
     decision_file,
 )
-from include.cxone_import.storage import RunLayout, atomic_open, list_files, read_json, read_parquet, write_json
+from include.cxone_import.storage import (
+    RunLayout,
+    atomic_open,
+    list_files,
+    read_json,
+    read_parquet,
+    write_json,
+    write_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -527,8 +535,6 @@ def record_group(layout: RunLayout, group_index: int, summary: SyncSummary, resu
     """Account for a group's updates and removals, whatever the API profile: its sync outcome file, its audit
     entries (each removal with contactId, reason and time; ``audit`` adds the profile's own) and its counts
     (``sync/outcomes-{g}.json``, which the report reads). Returns the counts without the per-request metrics."""
-    from include.cxone_import.storage import write_jsonl
-
     write_outcomes(layout, group_index, results)
     write_jsonl(layout.audit_part(f"sync-group-{group_index:05d}"),
                 update_audit_entries(results) + removal_audit_entries(results) + list(audit or []))
