@@ -54,6 +54,7 @@ from include.cxone_import.state import (
     DECISION_ANSWER_LOST,
     DECISION_LISTED,
     LEFT_OUT,
+    SYNC_DELTA_OFFSET,
     Acknowledgements,
     ContactListState,
     ListKey,
@@ -620,7 +621,6 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
 
 
-SYNC_DELTA_OFFSET = 50_000  # the group number of a group's sync delta (its own file name, never a group's)
 
 
 def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: dict[str, Any], params: dict[str, Any],
