@@ -166,8 +166,8 @@ def test_faults_on_put_and_delete_lose_no_update_and_remove_nothing_twice(run_im
     assert 503 in statuses, "the fault knobs answered no 503"
 
 
-def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twice(
-        run_import, cxone_sandbox, webhook_sink, export, tmp_path, storage_base):
+def run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path: Path, day: datetime) -> None:
+    """Run the import of ``path`` in another process, SIGKILLed once its updates and removals are under way."""
     import os
     import signal
     import subprocess
@@ -177,11 +177,7 @@ def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twi
     from tests.conftest import ROOT
     from tools.localrun import connection_env
 
-    nightly(run_import, export.path, 30, sync_mode="mirror")
-    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
-    day = DAY + timedelta(days=31)
     cxone_sandbox.configure(latency_ms=150)
-    removed_before, updated_before = cxone_sandbox.stats()["records_removed"], cxone_sandbox.stats()["records_updated"]
     env = {**os.environ, **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
            "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}"}
     code = ("from datetime import datetime\nfrom tools.localrun import run_dag\n"
@@ -193,7 +189,7 @@ def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twi
         try:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
-                if len([p for p in storage_base.glob("runs/*/*/checkpoints/*.json") if "2026-10-02" in str(p)]) >= 8:
+                if len([p for p in storage_base.glob("runs/*/*/checkpoints/*.json") if f"{day:%Y-%m-%d}" in str(p)]) >= 8:
                     break
                 assert child.poll() is None, "the run ended before it could be killed"
                 time.sleep(0.05)
@@ -205,11 +201,20 @@ def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twi
             if child.poll() is None:
                 child.kill()
     time.sleep(1)  # requests in flight at the kill still land on the server
+    cxone_sandbox.configure(latency_ms=0)
+
+
+def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twice(
+        run_import, cxone_sandbox, webhook_sink, export, tmp_path, storage_base):
+    nightly(run_import, export.path, 30, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
+    day = DAY + timedelta(days=31)
+    removed_before, updated_before = cxone_sandbox.stats()["records_removed"], cxone_sandbox.stats()["records_updated"]
+    run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path, day)
     gone = withdrawn | expired | absent
     done_at_kill = (cxone_sandbox.stats()["records_removed"] - removed_before
                     + cxone_sandbox.stats()["records_updated"] - updated_before)
     assert 0 < done_at_kill < len(changed) + len(gone), "killed in the middle of the group's updates and removals"
-    cxone_sandbox.configure(latency_ms=0)
     again = run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, "max_reject_share": 0.5,
                         "sync_mode": "mirror"}, logical_date=day)
     assert again.state == "success", again.report["problems"]
@@ -220,6 +225,47 @@ def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twi
     totals = again.report["totals"]
     assert (totals["updated"], totals["removed"]) == (len(changed), len(gone))
     assert again.report["sync"]["removals_reconciled"] and again.report["reconciliation"]["ok"]
+
+
+def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists_state(
+        run_import, cxone_sandbox, webhook_sink, export, tmp_path, storage_base):
+    """The next night's run reads the killed run's checkpoints into the list's state: it sends again exactly the
+    updates and removals the killed run had no answer for, and nothing CXone had answered."""
+    import pandas as pd
+    from upath import UPath
+
+    from cxone_provider.hooks.cxone import CXoneHook
+    from include.cxone_import import airflow_tasks
+    from include.cxone_import.engine import CheckpointStore
+    from include.cxone_import.sync import ops_file
+
+    nightly(run_import, export.path, 80, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
+    day = DAY + timedelta(days=81)
+    run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path, day)
+    killed = f"manual__{day.isoformat()}"  # tools.localrun's run id
+    layout = airflow_tasks.RunLayout.for_run(UPath(f"file://{storage_base}"), "cxone_contact_import", killed)
+    answered = 0
+    for group in range(8):
+        if ops_file(layout, group).exists():
+            op_ids = pd.read_parquet(str(ops_file(layout, group).path))["op_id"].tolist()
+            store = CheckpointStore(layout, op_ids)
+            answered += sum(store.load(op) is not None for op in op_ids)
+    assert 0 < answered < len(changed) + len(withdrawn | expired | absent)
+    key = airflow_tasks.run_list_key(layout)
+    owner = f"cxone_contact_import/{killed}"  # the killed run's lease: released, not waited for
+    assert CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).release_list_lease(key.lease_name, owner)
+    log_before = len(cxone_sandbox.request_log())
+    night3 = nightly(run_import, path, 82, sync_mode="mirror")  # the same export, the next night
+    assert night3.state == "success", night3.report["problems"]
+    assert night3.report["changes"]["groups_recovered"] >= 1
+    sent = [r for r in cxone_sandbox.request_log()[log_before:] if r.get("method") in ("PUT", "DELETE")]
+    totals = night3.report["totals"]
+    assert len(sent) == totals["updated"] + totals["removed"] + totals["not_on_list"]
+    assert len(sent) == len(changed) + len(withdrawn | expired | absent) - answered, "an answered request sent again"
+    after = stored(cxone_sandbox)
+    assert all(after[c]["customFields"]["tier"].startswith("changed-") for c in changed)
+    assert not (withdrawn | expired | absent) & set(after)
 
 
 def test_a_backfill_of_older_days_leaves_the_newer_content_in_place(run_import, cxone_sandbox, export, tmp_path):
