@@ -621,8 +621,6 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
 
 
-
-
 def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: dict[str, Any], params: dict[str, Any],
                   layout: RunLayout, *, concurrency: int) -> tuple[dict[str, Any], list[sync.OpResult]]:
     """Send the group's updates and removals; create the records of updates the list no longer held (batched POST);
