@@ -235,5 +235,6 @@ def test_a_5xx_is_retried_within_the_policy_and_marks_the_outcome_uncertain(make
     with pytest.raises(CXoneServerError) as raised:
         subject.read()
 
-    assert (raised.value.status_code, raised.value.attempts, raised.value.outcome_uncertain) == (503, max_attempts, True)
+    error = raised.value
+    assert (error.status_code, error.attempts, error.outcome_uncertain) == (503, max_attempts, True)
     assert len(script.sends) == max_attempts

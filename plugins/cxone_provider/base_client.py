@@ -68,12 +68,12 @@ class BaseClient:
     :param verify: TLS verification (``requests`` semantics: bool or CA bundle path).
     :param retry_policy: attempts and backoff for retryable failures.
     :param rate_limiter: the tenant's shared limiter; every attempt takes a slot, a 429 pauses all its senders.
-    :param what: how the TLS warning names the API.
+    :param api_name: how the TLS warning names the API.
     :param owns_session: close the session with the client (False: the caller passed it in and closes it).
     """
 
     def __init__(self, auth: ClientCredentialsAuth, session: requests.Session, *, timeout: float,
-                 verify: bool | str, retry_policy: RetryPolicy, rate_limiter: RateLimiter | None, what: str,
+                 verify: bool | str, retry_policy: RetryPolicy, rate_limiter: RateLimiter | None, api_name: str,
                  owns_session: bool = True) -> None:
         self.auth = auth
         self.timeout = timeout
@@ -82,7 +82,7 @@ class BaseClient:
         session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
         session.verify = verify
         session.auth = auth
-        warn_if_unverified(verify, what)
+        warn_if_unverified(verify, api_name)
         self._session = session
         self._owns_session = owns_session
         self._retrying = retry_policy.retrying(is_retryable, shared_pause=rate_limiter)

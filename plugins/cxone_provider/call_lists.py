@@ -243,7 +243,7 @@ class CallListClient(BaseClient):
                              trusted_hosts=trusted)
         super().__init__(auth, new_session(pool_connections=2, pool_maxsize=8), timeout=timeout, verify=verify,
                          retry_policy=retry_policy, rate_limiter=rate_limiter,
-                         what=f"CXone calling-list API {auth_base_url}")
+                         api_name=f"CXone calling-list API {auth_base_url}")
 
     def __repr__(self) -> str:
         return f"CallListClient(auth_base_url={self.auth.auth_base_url!r}, access_key_id={self.auth.access_key_id!r})"

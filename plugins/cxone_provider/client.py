@@ -120,7 +120,7 @@ class CXoneClient(BaseClient):
             verify=verify,
             retry_policy=retry_policy,
             rate_limiter=rate_limiter,
-            what=f"CXone API {self.base_url}",
+            api_name=f"CXone API {self.base_url}",
             owns_session=session is None,
         )
 
