@@ -276,3 +276,69 @@ def test_unset_variable_falls_back_but_a_failing_one_fails(monkeypatch):
     monkeypatch.setattr(Variable, "get", staticmethod(broken_backend))
     with pytest.raises(RuntimeError, match="secrets backend unreachable"):
         airflow_tasks.storage_base()
+
+
+# -- the events of a run's updates and removals (include/cxone_import/webhook.py) --------------------------------
+
+
+def sync_outcomes(rows: list[tuple[str, str, str, str]]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["action", "contact_id", "reason", "outcome"])
+
+
+SYNC_ROWS = [("update", "C-100", "", "updated"), ("update", "C-101", "", "imported"),
+             ("remove", "C-200", "consent_withdrawn", "removed"), ("remove", "C-201", "consent_withdrawn", "not_on_list"),
+             ("remove", "C-202", "consent_expired", "removed"), ("remove", "C-203", "mirror_absent", "removal_held")]
+
+
+def test_a_groups_updates_and_removals_are_one_event_with_counts_per_outcome_and_reason():
+    from include.cxone_import.webhook import SYNC_GROUP_EVENT, sync_group_event
+
+    event = sync_group_event("run-1", 3, sync_outcomes(SYNC_ROWS), {"groups": 4})
+    assert (event["eventId"], event["event"]) == ("run-1:sync:group:00003", SYNC_GROUP_EVENT)
+    metrics = event["metrics"]
+    assert metrics["scope"] == {"kind": "group", "groupIndex": 3, "groups": 4}
+    assert metrics["updates"] == {"updated": 1, "imported": 1}
+    assert metrics["removals"] == {"removed": 2, "not_on_list": 1, "removal_held": 1}
+    assert metrics["removalsByReason"] == {"consent_withdrawn": {"removed": 1, "not_on_list": 1},
+                                           "consent_expired": {"removed": 1}, "mirror_absent": {"removal_held": 1}}
+    assert metrics["samples"]["consent_withdrawn"] == ["C**** (5 chars)"] * 2
+    assert not any(c in json.dumps(event) for _, c, _, _ in SYNC_ROWS), "a contactId in the clear"
+
+
+def test_a_groups_sync_event_is_the_same_event_whichever_try_sends_it(webhook_sink):
+    """Its id (the Idempotency-Key) and audit id name the run and group only: a retry's delivery is a redelivery."""
+    from include.cxone_import.webhook import sync_group_event
+
+    first = sync_group_event("run-1", 0, sync_outcomes(SYNC_ROWS), {})
+    again = sync_group_event("run-1", 0, sync_outcomes(SYNC_ROWS[::-1]), {})
+    assert (first["eventId"], first["auditTrailer"]) == (again["eventId"], again["auditTrailer"])
+    assert first["metrics"]["removalsByReason"] == again["metrics"]["removalsByReason"]
+    sender, _ = sender_for(webhook_sink.url)
+    sender.send(first), sender.send(again)
+    keys = [e["headers"]["Idempotency-Key"] for e in webhook_sink.events()]
+    assert keys == ["run-1:sync:group:00000"] * 2
+
+
+def test_sync_requests_are_left_out_of_the_batch_events():
+    from include.cxone_import.webhook import is_sync_request
+
+    assert [is_sync_request(m) for m in ({"batch_id": "b"}, {"kind": "update"}, {"kind": "remove"},
+                                         {"kind": "recreate"})] == [False, True, True, True]
+
+
+def test_the_run_summary_carries_what_the_sync_did():
+    from include.cxone_import.webhook import summary_event
+
+    numbers = {"input": 100, "imported": 50, "duplicates": 0, "unchanged": 20, "updated": 10, "stale": 2, "failed": 0,
+               "rejected": 18, "success_rate_percent": 80.0, "average_batch_latency_ms": 1.0,
+               "p95_batch_latency_ms": 2.0, "removed": 12, "not_on_list": 3, "removal_held": 4, "removal_failed": 0,
+               "removals_by_reason": {"consent_withdrawn": {"removed": 12, "not_on_list": 3}}}
+    metrics = summary_event("run-1", numbers, {"run_id": "run-1"})["metrics"]
+    assert {k: metrics[k] for k in ("updatedCount", "staleCount", "removedCount", "notOnListCount", "removalHeldCount",
+                                    "removalFailedCount")} == {"updatedCount": 10, "staleCount": 2, "removedCount": 12,
+                                                               "notOnListCount": 3, "removalHeldCount": 4,
+                                                               "removalFailedCount": 0}
+    assert metrics["removalsByReason"] == numbers["removals_by_reason"]
+    assert metrics["successCount"] == 50 + 20 + 10

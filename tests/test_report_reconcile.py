@@ -125,3 +125,66 @@ def test_outcome_counts_are_what_load_outcomes_counts(layout):
     assert counts == {"imported": 3, "failed": 1, "duplicate": 3, "unchanged": 2}  # row 9: duplicate before, not sent
     assert counts == report.load_outcomes(layout)["outcome"].value_counts().to_dict()
     assert report.totals(validated, counts, []) == report.totals(validated, report.load_outcomes(layout), [])
+
+
+PLAN = {"mode": "mirror", "creates": 0, "updates": 3, "removals": {"consent_withdrawn": 4, "consent_expired": 2,
+                                                                   "mirror_absent": 3},
+        "stale": {"updates": 0, "removals": 0}, "rejected_on_list": 5}
+
+
+def test_every_input_row_is_in_one_outcome_and_rejected_counts_the_rest():
+    counts = {"imported": 50, "duplicate": 4, "unchanged": 30, "updated": 3, "stale": 2, "failed": 1}
+    rows = report.row_accounting(100, 10, counts)
+    assert rows["ok"] and rows["accounted"] == 100
+    assert rows["outcomes"] == {"imported": 50, "duplicates": 4, "unchanged": 30, "updated": 3, "stale": 2,
+                                "failed": 1, "not_sent": 0}
+
+
+@pytest.mark.parametrize(
+    ("counts", "unknown"),
+    [pytest.param({"imported": 89, "gone": 1}, {"gone": 1}, id="an-outcome-no-total-counts"),
+     pytest.param({"imported": 89}, {}, id="a-row-without-outcome"),
+     pytest.param({"imported": 91}, {}, id="one-row-too-many")],
+)
+def test_outcomes_that_do_not_add_up_are_caught(counts, unknown):
+    rows = report.row_accounting(100, 10, counts)
+    assert not rows["ok"] and rows["unknown_outcomes"] == unknown
+
+
+def test_each_planned_removal_ends_in_one_outcome_per_reason():
+    by_reason = {"consent_withdrawn:removed": 3, "consent_withdrawn:not_on_list": 1, "consent_expired:removed": 2,
+                 "mirror_absent:removal_held": 3}
+    removals = report.removal_accounting(PLAN, by_reason, sent=True)
+    assert removals["ok"]
+    assert removals["outcomes"]["consent_withdrawn"] == {"removed": 3, "not_on_list": 1}
+    assert removals["by_outcome"] == {"removed": 5, "not_on_list": 1, "removal_held": 3}
+    # removals are contacts, not input rows: consent removals' rows are rejected ones, mirror removals have none
+    assert (removals["rows_rejected"], removals["without_input_row"], removals["rejected_left_on_list"]) == (6, 3, 5)
+
+
+@pytest.mark.parametrize(
+    ("by_reason", "sent"),
+    [pytest.param({"consent_withdrawn:removed": 4, "consent_expired:removed": 1, "mirror_absent:removed": 3}, True,
+                  id="one-removal-without-outcome"),
+     pytest.param({"consent_withdrawn:removed": 3, "consent_expired:removed": 3, "mirror_absent:removed": 3}, True,
+                  id="outcomes-under-the-wrong-reason"),
+     pytest.param({"consent_withdrawn:gone": 4, "consent_expired:removed": 2, "mirror_absent:removed": 3}, True,
+                  id="an-outcome-a-removal-cannot-have"),
+     pytest.param({"consent_withdrawn:removed": 1}, False, id="an-outcome-of-a-run-that-sent-nothing")],
+)
+def test_removals_that_do_not_add_up_are_caught(by_reason, sent):
+    assert not report.removal_accounting(PLAN, by_reason, sent=sent)["ok"]
+
+
+def test_a_dry_run_accounts_for_no_removal():
+    assert report.removal_accounting(PLAN, {}, sent=False)["ok"]
+
+
+def test_the_arithmetic_line_names_every_count():
+    accounting = {"rows": report.row_accounting(20, 2, {"imported": 15, "updated": 3}),
+                  "removals": report.removal_accounting(PLAN, {"consent_withdrawn:removed": 4,
+                                                               "consent_expired:not_on_list": 2,
+                                                               "mirror_absent:removal_held": 3}, sent=True)}
+    assert report.describe_accounting(accounting) == (
+        "input 20 = rejected 2 + imported 15 + updated 3; removals planned 9 = removed 4 + not_on_list 2 + "
+        "removal_held 3")

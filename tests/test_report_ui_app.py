@@ -317,6 +317,51 @@ def test_the_tab_says_which_list_state_the_run_compared_against(client: Any, tok
     assert "60 records were not sent again" in shown["notices"]
 
 
+def with_sync(report: dict[str, Any], *, updated: int = 60, removed: int = 30, not_on_list: int = 2, held: int = 12,
+              stale: int = 4) -> dict[str, Any]:
+    """A report of a mirror run: its updates and removals (consent withdrawn 20 + 2 not on the list, expired 10,
+    mirror 12 held)."""
+    report["totals"].update(updated=updated, stale=stale, removed=removed, not_on_list=not_on_list,
+                            removal_held=held, removal_failed=0)
+    report["sync"] = {
+        "mode": "mirror", "dry_run": False,
+        "plan": {"mode": "mirror", "creates": 900, "updates": updated, "stale": {"updates": stale, "removals": 0},
+                 "removals": {"consent_withdrawn": 22, "consent_expired": 10, "mirror_absent": held},
+                 "rejected_on_list": 7, "state_records": 3000, "mirror_share": 0.004, "samples": {}},
+        "removals": {"removed": removed, "not_on_list": not_on_list, "removal_held": held},
+        "removals_by_reason": {"consent_withdrawn:removed": 20, "consent_withdrawn:not_on_list": 2,
+                               "consent_expired:removed": 10, "mirror_absent:removal_held": held},
+    }
+    return report
+
+
+def test_the_tab_shows_what_the_sync_did(client: Any, tokens: dict, catalog: FakeCatalog, base: Path) -> None:
+    report = with_sync(make_report(RUN_ID, failed=0))
+    catalog.add(DAG_ID, RUN_ID)
+    write_run(base, DAG_ID, RUN_ID, report)
+    response = client.get(f"/cxone/dags/{DAG_ID}/report", params={"run_id": RUN_ID}, headers=as_user(tokens, "viewer"))
+    shown = metrics(response.text)
+    assert shown["sync_mode"] == "mirror"
+    assert {k: shown_int(shown[k]) for k in ("updated", "stale", "removed", "not_on_list", "removal_held",
+                                             "removal_failed", "rejected_on_list")} == {
+        "updated": 60, "stale": 4, "removed": 30, "not_on_list": 2, "removal_held": 12, "removal_failed": 0,
+        "rejected_on_list": 7}
+    table = re.search(r'<table data-table="removals">.*?</table>', response.text, flags=re.S).group(0)
+    cells = {(reason, col): shown_int(value) for reason, row in re.findall(r'<tr data-reason="([^"]+)">(.*?)</tr>', table)
+             for col, value in re.findall(r'data-col="([^"]+)">([^<]+)<', row)}
+    assert cells[("consent_withdrawn", "planned")] == 22
+    assert (cells[("consent_withdrawn", "removed")], cells[("consent_withdrawn", "not_on_list")]) == (20, 2)
+    assert cells[("consent_expired", "removed")] == 10 and cells[("mirror_absent", "removal_held")] == 12
+    assert cells[("mirror_absent", "removed")] == 0
+    assert 'data-name="Updated" data-value="60"' in response.text  # an input row's outcome, in the outcome chart
+    assert 'data-name="Stale (newer day on the list)" data-value="4"' in response.text
+
+
+def test_a_run_without_sync_has_no_sync_section(client: Any, tokens: dict, finished_run: dict) -> None:
+    response = client.get(f"/cxone/dags/{DAG_ID}/report", params={"run_id": RUN_ID}, headers=as_user(tokens, "viewer"))
+    assert 'data-section="sync"' not in response.text and 'data-name="Updated"' not in response.text
+
+
 @pytest.mark.parametrize("state, text", [("running", "still going"), ("failed", "ended before its report task")],
                          ids=["running", "failed-early"])
 def test_run_without_a_report(client: Any, tokens: dict, catalog: FakeCatalog, base: Path, state: str, text: str) -> None:
@@ -415,6 +460,28 @@ def test_history_row_numbers_come_from_the_report(client: Any, tokens: dict, nig
         cell = re.search(rf'data-col="{column}">([^<]+)<', row).group(1)
         assert shown_int(cell) == report["totals"][column]
     assert f'{report["totals"]["success_rate_percent"]:.2f}%' in row
+
+
+def test_history_charts_what_each_run_created_updated_and_removed(client: Any, tokens: dict, catalog: FakeCatalog,
+                                                                   base: Path) -> None:
+    runs = {f"scheduled__2026-11-{day:02d}": day for day in (1, 2, 3)}
+    for run_id, day in runs.items():
+        catalog.add(DAG_ID, run_id, date=T0 + timedelta(days=day))
+        report = make_report(run_id, failed=0)
+        write_run(base, DAG_ID, run_id, with_sync(report, updated=10 * day, removed=day) if day > 1 else report)
+    response = client.get("/cxone/imports", headers=as_user(tokens, "viewer"))
+    chart = re.search(r'<svg[^>]*data-chart="list-changes".*?</svg>', response.text, flags=re.S).group(0)
+    bars = {(run_id, series): int(value) for run_id, group in re.findall(r'<g data-run-id="([^"]+)">(.*?)</g>', chart)
+            for series, value in re.findall(r'data-series="([^"]+)" data-value="(\d+)"', group)}
+    imported = make_report("x", failed=0)["totals"]["imported"]
+    assert bars == {(run_id, series): {"imported": imported, "updated": 10 * day if day > 1 else 0,
+                                       "removed": day if day > 1 else 0}[series]
+                    for run_id, day in runs.items() for series in ("imported", "updated", "removed")}
+    row = re.search(r'<tr data-run-id="scheduled__2026-11-03".*?</tr>', response.text, flags=re.S).group(0)
+    assert (re.search(r'data-col="updated">([^<]+)<', row).group(1), re.search(r'data-col="removed">([^<]+)<', row)
+            .group(1)) == ("30", "3")
+    row = re.search(r'<tr data-run-id="scheduled__2026-11-01".*?</tr>', response.text, flags=re.S).group(0)
+    assert re.search(r'data-col="removed">([^<]+)<', row).group(1) == "–"  # a run without sync
 
 
 def test_history_lists_only_the_dags_whose_runs_the_user_may_read(

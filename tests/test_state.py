@@ -223,3 +223,143 @@ def test_a_format_1_state_is_adopted_once_its_duplicates_kept_apart(base, state)
 
     other_tenant = ContactListState(base, "dag", list_key("list-1", base_url="https://other.test", client_id="x"))
     assert other_tenant.is_empty(), "adopted once: another tenant's list with the same id starts empty"
+
+
+# -- a killed task's updates and removals; ids/ compacted --------------------------------------------------------
+
+
+def _snapshot_of(state, ids: list[str]) -> dict[str, tuple[int, int]]:
+    """(acknowledged, origin) of each contact as the state holds it."""
+    snapshot = state.snapshot()
+    position = {int(k): i for i, k in enumerate(snapshot["key"])}
+    return {cid: (int(snapshot["acknowledged"][position[int(k)]]), int(snapshot["origin"][position[int(k)]]))
+            for cid, k in zip(ids, contact_keys(ids), strict=True)}
+
+
+def test_a_killed_tasks_updates_and_removals_reach_the_state_from_their_checkpoints(state, base):
+    """An import task killed while sending its group's updates and removals, never retried: the next fold reads
+    their checkpoints, so the state holds the updated content and knows the removed contacts are gone; what was in
+    flight or held tells it nothing."""
+    from include.cxone_import.engine import CheckpointStore
+    from include.cxone_import.state import REMOVED
+    from include.cxone_import.sync import OPS_SCHEMA, ops_file
+
+    ids = ["u-1", "r-1", "r-2", "r-3", "h-1", "u-2"]
+    before = [f'{{"contactId":"{c}","v":1}}' for c in ids]
+    state.write_delta("night-1", 0, Acknowledgements.of(ids, before, ["imported"] * len(ids)))
+    state.compare(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.uint64), fold=True)
+    layout = RunLayout.for_run(base, "dag", "night-2")
+    state.register_run("night-2", [0], logical_date=2)
+    new_u1 = '{"contactId":"u-1","v":2}'
+    ops = pa.table({"op_id": [f"op-{c}" for c in ids], "action": ["update", "remove", "remove", "remove", "remove", "update"],
+                    "row_number": list(range(1, 7)), "contact_id": ids,
+                    "record_json": [new_u1, "", "", "", "", '{"contactId":"u-2","v":2}'],
+                    "reason": ["", "consent_withdrawn", "consent_expired", "mirror_absent", "mirror_absent", ""]},
+                   schema=OPS_SCHEMA)
+    ops_file(layout, 0).parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(ops_file(layout, 0), ops)
+    store = CheckpointStore(layout, [f"op-{c}" for c in ids])
+    for op, outcome in (("op-u-1", "updated"), ("op-r-1", "removed"), ("op-r-2", "not_on_list"),
+                        ("op-h-1", "removal_held")):
+        store.save(op, {"outcome": outcome, "detail": "", "at": "2026-12-01T00:00:00+00:00", "attempts": 1})
+    store.mark_inflight("op-r-3")  # sent, killed before the answer was read
+    store.mark_inflight("op-u-2")
+
+    found = state.compare(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.uint64), fold=True,
+                          skip_run_id="night-3")
+
+    assert found.recovered_groups == 1
+    held = _snapshot_of(state, ids)
+    assert held["u-1"] == (int(fingerprints([new_u1])[0]), 1), "the update's content, not the old one"
+    assert held["r-1"][0] == held["r-2"][0] == REMOVED, "removed (or found gone): never claimed on the list"
+    for unknown in ("r-3", "u-2", "h-1"):  # in flight or held: as before (the next run sends them again)
+        assert held[unknown] == (int(fingerprints([before[ids.index(unknown)]])[0]), 1)
+    assert not list_files_of(state, "runs"), "the run is recovered once"
+
+
+def list_files_of(state, folder: str) -> list[str]:
+    root = UPath(str(state.root)) / folder
+    return sorted(p.name for p in root.glob("*")) if root.exists() else []
+
+
+def _night(state, night: int, ids: list[str], outcomes: list[str]) -> None:
+    state.write_delta(f"night-{night}", 0, Acknowledgements.of(ids, [f'{{"contactId":"{c}","n":{night}}}' for c in ids],
+                                                               outcomes))
+    state.compare(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.uint64), fold=True)
+
+
+def test_ids_files_are_compacted_to_the_contacts_on_the_list(state):
+    """Night after night ids/ stays one file of the contacts this project has on the list."""
+    for night in range(1, 8):  # 100 new contacts a night, 10 of the night before's removed
+        new = [f"c-{night}-{n}" for n in range(100)]
+        gone = [f"c-{night - 1}-{n}" for n in range(10)] if night > 1 else []
+        _night(state, night, new + gone, ["imported"] * 100 + ["removed"] * len(gone))
+        assert len(list_files_of(state, "ids")) == 1
+    on_list = [f"c-{night}-{n}" for night in range(1, 8) for n in range(10 if night == 7 else 10, 100)] + \
+        [f"c-7-{n}" for n in range(10)]
+    found = state.contact_ids_of(contact_keys(on_list + ["c-1-0", "c-3-5"]))
+    assert sorted(found.values()) == sorted(on_list), "every contact on the list, none removed"
+    table = pq.read_table(str(UPath(str(state.root)) / "ids" / list_files_of(state, "ids")[0]))
+    assert table.num_rows == len(on_list)
+
+
+def test_ids_of_a_delta_not_folded_yet_are_left_alone(state):
+    _night(state, 1, ["a", "b"], ["imported", "imported"])
+    state.write_delta("night-2", 0, Acknowledgements.of(["c"], ['{"contactId":"c"}'], ["imported"]))  # not folded
+    assert state.compact_ids(contact_keys(["a", "b"])) == 2
+    assert sorted(state.contact_ids_of(contact_keys(["a", "b", "c"])).values()) == ["a", "b", "c"]
+    assert len(list_files_of(state, "ids")) == 2
+
+
+COMPACTION_KILLED = """
+import json, os, signal, sys
+import numpy as np
+from upath import UPath
+from include.cxone_import import state as state_module
+from include.cxone_import.state import ContactListState, ListKey, contact_keys
+
+real_remove = state_module._remove
+def remove_then_die(path):
+    if "/ids/" in str(path):
+        real_remove(path)
+        os.kill(os.getpid(), signal.SIGKILL)  # the compacted file is written, one old file removed, the rest left
+    real_remove(path)
+
+state_module._remove = remove_then_die
+state = ContactListState(UPath(sys.argv[1]), "dag", ListKey.from_dict(json.loads(sys.argv[2])), buckets=4)
+state.compact_ids(contact_keys(json.loads(sys.argv[3])))
+"""
+
+
+def test_a_kill_in_the_middle_of_compacting_ids_loses_no_contact_id(state, base, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    on_list = []
+    for night in range(1, 4):
+        ids = [f"k-{night}-{n}" for n in range(20)]
+        on_list += ids
+        state.write_delta(f"night-{night}", 0, Acknowledgements.of(ids, ids, ["imported"] * 20))
+    state.compare(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.uint64), fold=True)  # compacts
+    for night in range(4, 6):  # two more nights folded without compaction, then a compaction killed half-way
+        ids = [f"k-{night}-{n}" for n in range(20)]
+        on_list += ids
+        state.write_delta(f"night-{night}", 0, Acknowledgements.of(ids, ids, ["imported"] * 20))
+    ours = on_list[5:]  # k-1-0 .. k-1-4 removed since
+    from unittest import mock
+    with mock.patch.object(ContactListState, "compact_ids"):
+        state.compare(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.uint64), fold=True)
+    assert len(list_files_of(state, "ids")) == 3
+    child = subprocess.run([sys.executable, "-c", COMPACTION_KILLED, str(base), json.dumps(KEY.to_dict()),
+                            json.dumps(ours)], cwd=ROOT, capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+
+    left = list_files_of(state, "ids")
+    assert len(left) == 3 and sum(name.startswith("compact-") for name in left) == 2, left  # new whole, one old gone
+    assert sorted(state.contact_ids_of(contact_keys(on_list)).values()) == sorted(on_list), "no contactId lost"
+    assert state.compact_ids(contact_keys(ours)) == len(ours)  # the next compaction finishes the job
+    assert len(list_files_of(state, "ids")) == 1
+    assert sorted(state.contact_ids_of(contact_keys(on_list)).values()) == sorted(ours)

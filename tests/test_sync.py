@@ -4,6 +4,7 @@ sandbox holds."""
 from __future__ import annotations
 
 import csv
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def stored(sandbox, key: str = "contactId") -> dict[str, dict]:
     return {r[key]: r for r in records}
 
 
+def crm_events(webhook_sink, run_id: str) -> list[dict]:
+    """The events of a run the CRM accepted."""
+    return [e["body"] for e in webhook_sink.events()
+            if e.get("status", 200) == 200 and str((e.get("body") or {}).get("eventId", "")).startswith(f"{run_id}:")]
+
+
+def groups_with_sync_ops(run) -> int:
+    import pandas as pd
+
+    return sum(1 for path in run.file("sync").glob("ops-*.parquet") if len(pd.read_parquet(path)))
+
+
 @pytest.mark.parametrize("mode", ["upsert", "mirror"])
 def test_night_two_updates_changes_removes_withdrawn_expired_and_mirror_absentees(run_import, cxone_sandbox, export,
                                                                                    tmp_path, mode, webhook_sink):
@@ -112,6 +125,15 @@ def test_night_two_updates_changes_removes_withdrawn_expired_and_mirror_absentee
     summary = [e["body"] for e in webhook_sink.events()
                if (e.get("body") or {}).get("eventId") == f"{second.dag_run.run_id}:summary"][-1]
     assert summary["metrics"]["updatedCount"] == len(changed) and summary["metrics"]["removedCount"] == totals["removed"]
+    assert second.report["accounting"]["rows"]["ok"] and second.report["accounting"]["removals"]["ok"]
+    # the CRM hears of the updates and removals once per import group, never once per request
+    events = crm_events(webhook_sink, second.dag_run.run_id)
+    group_events = [e for e in events if e["event"] == "cxone_contact_list_sync_group_complete"]
+    assert len({e["eventId"] for e in group_events}) == len(group_events) == groups_with_sync_ops(second)
+    assert sum(e["metrics"]["updates"].get("updated", 0) for e in group_events) == len(changed)
+    assert sum(e["metrics"]["removals"].get("removed", 0) for e in group_events) == totals["removed"]
+    batches = [e for e in events if e["event"] == "cxone_contact_import_batch_complete"]
+    assert len(batches) == sum(1 for line in second.jsonl("batch_results.jsonl") if not line.get("kind"))
     third = nightly(run_import, path, 2, sync_mode=mode)  # the same export again: nothing left to do
     assert third.report["totals"]["requests"] == 0, third.report["totals"]
     assert stored(cxone_sandbox) == after
@@ -145,29 +167,34 @@ def test_faults_on_put_and_delete_lose_no_update_and_remove_nothing_twice(run_im
     assert 503 in statuses, "the fault knobs answered no 503"
 
 
-def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twice(
-        run_import, cxone_sandbox, webhook_sink, export, tmp_path, storage_base):
+def run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path: Path, day: datetime) -> None:
+    """Run the import of ``path`` in another process, SIGKILLed once its updates and removals are under way."""
     import os
     import time
 
     from tools.localrun import connection_env
 
-    nightly(run_import, export.path, 30, sync_mode="mirror")
-    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
-    day = DAY + timedelta(days=31)
     cxone_sandbox.configure(latency_ms=150)
-    removed_before, updated_before = cxone_sandbox.stats()["records_removed"], cxone_sandbox.stats()["records_updated"]
     env = {**os.environ, **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
            "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}"}
     conf = {"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, "max_reject_share": 0.5, "sync_mode": "mirror"}
     run_killed(conf, day, env, tmp_path / "killed.log",
-               lambda: len([p for p in storage_base.glob("runs/*/*/checkpoints/*.json") if "2026-10-02" in str(p)]) >= 8)
+               lambda: len([p for p in storage_base.glob("runs/*/*/checkpoints/*.json") if f"{day:%Y-%m-%d}" in str(p)]) >= 8)
     time.sleep(1)  # requests in flight at the kill still land on the server
+    cxone_sandbox.configure(latency_ms=0)
+
+
+def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twice(
+        run_import, cxone_sandbox, webhook_sink, export, tmp_path, storage_base):
+    nightly(run_import, export.path, 30, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
+    day = DAY + timedelta(days=31)
+    removed_before, updated_before = cxone_sandbox.stats()["records_removed"], cxone_sandbox.stats()["records_updated"]
+    run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path, day)
     gone = withdrawn | expired | absent
     done_at_kill = (cxone_sandbox.stats()["records_removed"] - removed_before
                     + cxone_sandbox.stats()["records_updated"] - updated_before)
     assert 0 < done_at_kill < len(changed) + len(gone), "killed in the middle of the group's updates and removals"
-    cxone_sandbox.configure(latency_ms=0)
     again = run_import({"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, "max_reject_share": 0.5,
                         "sync_mode": "mirror"}, logical_date=day)
     assert again.state == "success", again.report["problems"]
@@ -210,6 +237,47 @@ def run_killed(conf: dict, day: datetime, env: dict[str, str], log_path: Path, r
         finally:
             if child.poll() is None:
                 child.kill()
+
+
+def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists_state(
+        run_import, cxone_sandbox, webhook_sink, export, tmp_path, storage_base):
+    """The next night's run reads the killed run's checkpoints into the list's state: it sends again exactly the
+    updates and removals the killed run had no answer for, and nothing CXone had answered."""
+    import pandas as pd
+    from upath import UPath
+
+    from cxone_provider.hooks.cxone import CXoneHook
+    from include.cxone_import import airflow_tasks
+    from include.cxone_import.engine import CheckpointStore
+    from include.cxone_import.sync import ops_file
+
+    nightly(run_import, export.path, 80, sync_mode="mirror")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
+    day = DAY + timedelta(days=81)
+    run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path, day)
+    killed = f"manual__{day.isoformat()}"  # tools.localrun's run id
+    layout = airflow_tasks.RunLayout.for_run(UPath(f"file://{storage_base}"), "cxone_contact_import", killed)
+    answered = 0
+    for group in range(8):
+        if ops_file(layout, group).exists():
+            op_ids = pd.read_parquet(str(ops_file(layout, group).path))["op_id"].tolist()
+            store = CheckpointStore(layout, op_ids)
+            answered += sum(store.load(op) is not None for op in op_ids)
+    assert 0 < answered < len(changed) + len(withdrawn | expired | absent)
+    key = airflow_tasks.run_list_key(layout)
+    owner = f"cxone_contact_import/{killed}"  # the killed run's lease: released, not waited for
+    assert CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).release_list_lease(key.lease_name, owner)
+    log_before = len(cxone_sandbox.request_log())
+    night3 = nightly(run_import, path, 82, sync_mode="mirror")  # the same export, the next night
+    assert night3.state == "success", night3.report["problems"]
+    assert night3.report["changes"]["groups_recovered"] >= 1
+    sent = [r for r in cxone_sandbox.request_log()[log_before:] if r.get("method") in ("PUT", "DELETE")]
+    totals = night3.report["totals"]
+    assert len(sent) == totals["updated"] + totals["removed"] + totals["not_on_list"]
+    assert len(sent) == len(changed) + len(withdrawn | expired | absent) - answered, "an answered request sent again"
+    after = stored(cxone_sandbox)
+    assert all(after[c]["customFields"]["tier"].startswith("changed-") for c in changed)
+    assert not (withdrawn | expired | absent) & set(after)
 
 
 def test_a_backfill_of_older_days_leaves_the_newer_content_in_place(run_import, cxone_sandbox, export, tmp_path):
@@ -278,3 +346,61 @@ def test_a_dry_run_reports_the_creates_updates_and_removals_it_would_make(run_im
                                                                   "mirror_absent": len(absent)})
     assert any(n.startswith("dry run (mirror): would create") for n in dry.report["notices"])
     assert dry.report["reconciliation"]["ok"], dry.report["reconciliation"]["detail"]
+
+
+def test_a_contact_removed_on_the_cxone_side_ends_not_on_list(run_import, cxone_sandbox, webhook_sink, export,
+                                                              tmp_path, storage_base):
+    """A DELETE answered 404 (someone removed the record in CXone between nights) is ``not_on_list``: counted so in
+    report.json, the CRM's group and summary events, the audit log, and the list's state knows the contact is gone."""
+    import numpy as np
+    from upath import UPath
+
+    from cxone_provider.hooks.cxone import CXoneHook
+    from include.cxone_import import airflow_tasks
+    from include.cxone_import.state import REMOVED, ContactListState, contact_keys
+
+    nightly(run_import, export.path, 70, sync_mode="upsert")
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=0, withdraw=8, expire=0, absent=0)
+    removed_there = sorted(withdrawn)[:3]
+    with CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).get_client() as client:
+        assert all(client.delete_record(CONTACT_LIST_ID, c).found for c in removed_there)
+    second = nightly(run_import, path, 71, sync_mode="upsert")
+    assert second.state == "success", second.report["problems"]
+    assert not withdrawn & set(stored(cxone_sandbox))
+    totals = second.report["totals"]
+    assert (totals["removed"], totals["not_on_list"], totals["removal_failed"]) == (len(withdrawn) - 3, 3, 0)
+    removals = second.report["accounting"]["removals"]
+    assert removals["ok"] and removals["outcomes"]["consent_withdrawn"] == {"removed": len(withdrawn) - 3,
+                                                                            "not_on_list": 3}
+    assert second.report["accounting"]["rows"]["ok"]
+    # the CRM: the groups' events and the summary say the same, with masked samples only
+    events = crm_events(webhook_sink, second.dag_run.run_id)
+    groups = [e for e in events if e["event"] == "cxone_contact_list_sync_group_complete"]
+    assert sum(e["metrics"]["removalsByReason"].get("consent_withdrawn", {}).get("not_on_list", 0) for e in groups) == 3
+    assert not any(c in json.dumps(groups) for c in withdrawn), "a contactId unmasked in a CRM event"
+    summary = next(e for e in events if e["eventId"] == f"{second.dag_run.run_id}:summary")
+    assert (summary["metrics"]["notOnListCount"], summary["metrics"]["removedCount"]) == (3, len(withdrawn) - 3)
+    assert summary["metrics"]["removalsByReason"]["consent_withdrawn"]["not_on_list"] == 3
+    # the audit log: each removal with its contactId, reason, outcome and time
+    audit = {e["contactId"]: e for e in second.jsonl("audit.jsonl") if e.get("kind") == "removal"}
+    assert set(audit) == withdrawn
+    assert {c for c, e in audit.items() if e["status"] == "not_on_list"} == set(removed_there)
+    for entry in audit.values():
+        assert entry["details"]["reason"] == "consent_withdrawn"
+        assert datetime.fromisoformat(entry["timestamp"]).tzinfo is not None
+    # the list's state: every withdrawn contact is removed, those gone before included
+    key = airflow_tasks.run_list_key(airflow_tasks.RunLayout.for_run(UPath(f"file://{storage_base}"),
+                                                                    "cxone_contact_import", second.dag_run.run_id))
+    snapshot = ContactListState(UPath(f"file://{storage_base}"), "cxone_contact_import", key).snapshot()
+    at = np.searchsorted(np.sort(snapshot["key"]), contact_keys(sorted(withdrawn)))
+    acknowledged = snapshot["acknowledged"][np.argsort(snapshot["key"])][at]
+    assert (acknowledged == REMOVED).all()
+    # notify_webhook again (a retry of that task): nothing the CRM already has is sent twice
+    received = len(webhook_sink.events())
+    context = {"run_id": second.dag_run.run_id, "logical_date": DAY + timedelta(days=71),
+               "ti": type("TI", (), {"dag_id": "cxone_contact_import", "try_number": 2, "map_index": -1})()}
+    again = airflow_tasks.notify({"input_rows": second.report["totals"]["input"],
+                                  "rejected_rows": totals["rejected"], "valid_rows": totals["valid"]},
+                                 {"contact_list_id": CONTACT_LIST_ID, "sync_mode": "upsert"}, context)
+    assert len(webhook_sink.events()) == received
+    assert again["failed"] == 0 and again["delivered"] == again["events"]

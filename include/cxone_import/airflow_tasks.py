@@ -29,6 +29,7 @@ from include.cxone_import.report import (
     format_report,
     group_summaries,
     outcome_counts,
+    removal_accounting,
     sync_counts,
     totals,
 )
@@ -53,6 +54,7 @@ from include.cxone_import.state import (
     DECISION_ANSWER_LOST,
     DECISION_LISTED,
     LEFT_OUT,
+    SYNC_DELTA_OFFSET,
     Acknowledgements,
     ContactListState,
     ListKey,
@@ -61,7 +63,15 @@ from include.cxone_import.state import (
     list_key,
     read_decided_rows,
 )
-from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, write_json, write_jsonl
+from include.cxone_import.storage import (
+    RunLayout,
+    iter_jsonl,
+    list_files,
+    read_json,
+    read_parquet,
+    write_json,
+    write_jsonl,
+)
 from include.cxone_import.webhook import (
     LiveBatchEvents,
     batch_event_id,
@@ -69,8 +79,11 @@ from include.cxone_import.webhook import (
     delivered_event_ids,
     delivery_audit,
     delivery_summary,
+    is_sync_request,
     run_failed_event,
     summary_event,
+    sync_group_event,
+    sync_group_event_id,
 )
 
 log = logging.getLogger(__name__)
@@ -584,6 +597,9 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
                 sync_summary, sync_results = send_sync_ops(client, importer, key, group, params, layout,
                                                            concurrency=hook.max_concurrency)
                 summary = {**summary, "sync": sync_summary}
+                if live is not None and sync_results and not sync_summary["transient"]:  # final: its one event
+                    live.sync_finished(int(group["group_index"]),
+                                       read_parquet(sync.outcomes_file(layout, int(group["group_index"]))))
     finally:
         if live is not None:
             _record_live_deliveries(layout, group, context, live.close())
@@ -608,9 +624,6 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
         )
     # XCom keeps the per-batch metrics compact; the full ones (request ids, timestamps) are in storage.
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
-
-
-SYNC_DELTA_OFFSET = 50_000  # the group number of a group's sync delta (its own file name, never a group's)
 
 
 def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: dict[str, Any], params: dict[str, Any],
@@ -850,21 +863,28 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     if validated is None:
         log.info("no validated input (an earlier task failed): no batch or summary events")
         return {"events": 0, "delivered": 0, "failed": 0, "skipped": "the run failed before validation"}
-    run = run_info(params, context)
+    run, key = run_info(params, context), event_key(context)
     summaries = group_summaries(layout)
-    metrics = [m for s in summaries for m in s["batch_metrics"]]
-    live = [e for part in list_files(layout.root / "audit", f"{LIVE_DELIVERIES}*.jsonl") for e in iter_jsonl(part)]
-    delivered = delivered_event_ids(live)
-    pending = [m for m in metrics if batch_event_id(event_key(context), m["batch_id"]) not in delivered]
-    events = batch_events(pending, _audit_by_batch(layout) if pending else {}, event_key(context),
+    metrics = [m for s in summaries for m in s["batch_metrics"] if not is_sync_request(m)]  # sync: one event a group
+    live = _deliveries(layout, f"{LIVE_DELIVERIES}*.jsonl")
+    earlier = _deliveries(layout, f"{NOTIFY_DELIVERIES}*.jsonl")  # an earlier try of this task
+    delivered = delivered_event_ids(live + earlier)
+    pending = [m for m in metrics if batch_event_id(key, m["batch_id"]) not in delivered]
+    events = batch_events(pending, _audit_by_batch(layout) if pending else {}, key,
                           {"kind": "redelivery" if live else "run"})
     numbers = totals(validated, outcome_counts(layout), summaries)  # counts, not every row's outcome
-    if sync.read_plan(layout) is not None:  # what the run's removals came to (the CRM is told of held ones too)
-        removals = sync_counts(layout)["removals"]
+    plan = sync.read_plan(layout)
+    if plan is not None:  # what the run's removals came to (the CRM is told of held ones too)
+        counts = sync_counts(layout)
+        removals = counts["removals"]
         numbers.update({name: int(removals.get(name, 0)) for name in (sync.REMOVED_OUTCOME, sync.NOT_ON_LIST,
                                                                        sync.REMOVAL_HELD)},
-                       removal_failed=int(removals.get("failed", 0)))
-    events.append(summary_event(event_key(context), numbers, run))
+                       removal_failed=int(removals.get("failed", 0)),
+                       removals_by_reason=removal_accounting(plan, counts["removals_by_reason"],
+                                                             sent=True)["outcomes"])
+        events += _sync_group_events(layout, key, delivered)
+    events.append(summary_event(key, numbers, run))
+    events = [e for e in events if e["eventId"] not in delivered]  # a retry of this task sends no event twice
     target = webhook_target()
     if target is None:
         return {"events": len(events), "delivered": 0, "failed": len(events), "errors": ["no crm_webhook connection"]}
@@ -873,11 +893,31 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
         entries = delivery_audit(sender.send_all(events))
     finally:
         sender.close()
-    write_jsonl(layout.audit_part("webhook"), entries)
-    summary = {**delivery_summary(live + entries), "delivered_while_importing": len(delivered)}
+    try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
+    write_jsonl(layout.audit_part(f"{NOTIFY_DELIVERIES}{try_number:02d}"), entries)
+    summary = {**delivery_summary(live + earlier + entries),
+               "delivered_while_importing": len(delivered_event_ids(live))}
     log.info("webhook: %d of %d events delivered (%d while importing, %d sent now)", summary["delivered"],
-             summary["events"], len(delivered), len(events))
+             summary["events"], summary["delivered_while_importing"], len(events))
     return summary
+
+
+NOTIFY_DELIVERIES = "webhook-notify-try-"  # audit parts of the events notify_webhook delivered, one per try
+
+
+def _deliveries(layout: RunLayout, pattern: str) -> list[dict[str, Any]]:
+    return [e for part in list_files(layout.root / "audit", pattern) for e in iter_jsonl(part)]
+
+
+def _sync_group_events(layout: RunLayout, key: str, delivered: set[str]) -> list[dict[str, Any]]:
+    """The sync event of each group no import task delivered (its outcomes as the run left them)."""
+    files = list_files(sync.sync_dir(layout), "outcomes-*.parquet")
+    events = []
+    for path in files:
+        group_index, outcomes = int(path.stem.split("-")[1]), read_parquet(path)
+        if len(outcomes) and sync_group_event_id(key, group_index) not in delivered:
+            events.append(sync_group_event(key, group_index, outcomes, {"groups": len(files)}))
+    return events
 
 
 def _audit_by_batch(layout: RunLayout) -> dict[str, dict[str, Any]]:

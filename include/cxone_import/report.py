@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
 from include.cxone_import.pipeline import reject_gate_tripped
-from include.cxone_import.report_pages import NOT_SENT_REASONS
+from include.cxone_import.report_pages import NOT_SENT_REASONS, describe_accounting
 from include.cxone_import import sync
 from include.cxone_import.state import (
     DECISION_LISTED,
@@ -83,13 +83,76 @@ def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
 
 
 def sync_counts(layout: RunLayout) -> dict[str, dict[str, int]]:
-    """How the run's updates and removals ended: ``updates`` and ``removals`` by outcome, removals also by reason."""
+    """How the run's updates and removals ended: ``updates`` and ``removals`` by outcome, removals also by reason
+    (``"{reason}:{outcome}"``)."""
     outcomes = sync.read_outcomes(layout)
     updates = outcomes[outcomes["action"] == sync.UPDATE]["outcome"].value_counts()
     removals = outcomes[outcomes["action"] == sync.REMOVE]
     return {"updates": {str(k): int(v) for k, v in updates.items()},
             "removals": {str(k): int(v) for k, v in removals["outcome"].value_counts().items()},
             "removals_by_reason": {f"{r}:{o}": int(n) for (r, o), n in removals.groupby(["reason", "outcome"]).size().items()}}
+
+
+# The outcomes of valid input rows, each counted by one total (``rejected`` counts the rest of the input).
+ROW_OUTCOMES = {IMPORTED: "imported", DUPLICATE: "duplicates", UNCHANGED: "unchanged", sync.UPDATED: "updated",
+                sync.STALE: "stale", FAILED: "failed", NOT_SENT: "not_sent"}
+# What a removal request can end as (``removal_failed`` in the totals: the contact may still be on the list).
+REMOVAL_OUTCOMES = (sync.REMOVED_OUTCOME, sync.NOT_ON_LIST, sync.REMOVAL_HELD, FAILED)
+
+
+class RowAccounting(TypedDict):
+    """``input = rejected + the outcomes of the valid rows``, as counts (the reconciliation checks the row sets)."""
+
+    input: int
+    rejected: int
+    outcomes: dict[str, int]  # totals key -> rows (imported, duplicates, unchanged, updated, stale, failed, not_sent)
+    accounted: int  # rejected + every outcome
+    unknown_outcomes: dict[str, int]  # outcomes no total counts (a bug when not empty)
+    ok: bool
+
+
+class RemovalAccounting(TypedDict):
+    """Removals are contacts, not input rows: each planned removal ends in exactly one of ``REMOVAL_OUTCOMES``. A
+    consent removal's row is counted ``rejected`` among the input rows; a mirror removal has no input row."""
+
+    planned: dict[str, int]  # reason -> removals planned
+    outcomes: dict[str, dict[str, int]]  # reason -> outcome -> removals
+    by_outcome: dict[str, int]  # outcome -> removals (all reasons)
+    sent: bool  # False on a dry run or a held run: nothing was asked of CXone, nothing to account for
+    ok: bool  # sent: every reason's outcomes add up to what was planned; not sent: no outcome
+    rows_rejected: int  # consent removals: their input rows are among ``rejected``
+    without_input_row: int  # mirror removals: the export no longer holds the contact
+    rejected_left_on_list: int  # contacts on the list rejected tonight for another reason: no request, left as they are
+
+
+def row_accounting(input_rows: int, rejected: int, counts: Mapping[str, int]) -> RowAccounting:
+    """The run's row arithmetic from every valid row's outcome (``counts``: outcome -> rows)."""
+    outcomes = {total: int(counts.get(outcome, 0)) for outcome, total in ROW_OUTCOMES.items()}
+    unknown = {str(name): int(n) for name, n in counts.items() if name not in ROW_OUTCOMES and n}
+    accounted = int(rejected) + sum(outcomes.values()) + sum(unknown.values())
+    return {"input": int(input_rows), "rejected": int(rejected), "outcomes": outcomes, "accounted": accounted,
+            "unknown_outcomes": unknown, "ok": accounted == int(input_rows) and not unknown}
+
+
+def removal_accounting(plan: sync.SyncPlan, removals_by_reason: Mapping[str, int], *, sent: bool) -> RemovalAccounting:
+    """The run's removal arithmetic: what was planned per reason against what each removal came to."""
+    planned = {reason: int(plan["removals"].get(reason, 0)) for reason in sync.REMOVAL_REASONS}
+    outcomes: dict[str, dict[str, int]] = {reason: {} for reason in planned}
+    for name, count in removals_by_reason.items():
+        reason, _, outcome = name.partition(":")
+        outcomes.setdefault(reason, {})[outcome] = outcomes.get(reason, {}).get(outcome, 0) + int(count)
+    by_outcome: dict[str, int] = {}
+    for per_reason in outcomes.values():
+        for outcome, count in per_reason.items():
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + count
+    ended = {reason: sum(per_reason.values()) for reason, per_reason in outcomes.items()}
+    known = set(by_outcome) <= set(REMOVAL_OUTCOMES)
+    ok = known and (all(ended.get(r, 0) == planned.get(r, 0) for r in outcomes.keys() | planned.keys()) if sent
+                    else not any(ended.values()))
+    return {"planned": planned, "outcomes": outcomes, "by_outcome": by_outcome, "sent": sent, "ok": ok,
+            "rows_rejected": sum(planned[r] for r in sync.CONSENT_REASONS),
+            "without_input_row": planned[sync.MIRROR_ABSENT],
+            "rejected_left_on_list": int(plan.get("rejected_on_list", 0))}
 
 
 STOP_RULES = ("cxone_configuration", "list_lease_lost")  # failures that stop a run's sending without retries
@@ -275,13 +338,14 @@ class _RowTally:
         return grown
 
 
+def _counts_of(outcomes: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in outcomes["outcome"].value_counts().items() if v} if len(outcomes) else {}
+
+
 def totals(validated: dict[str, Any], outcomes: pd.DataFrame | Mapping[str, int], summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts and latency over the whole run; success rate is over ALL input records, rejected included.
     ``outcomes``: every row's outcome (:func:`load_outcomes`) or how many rows ended in each (:func:`outcome_counts`)."""
-    if isinstance(outcomes, Mapping):
-        counts: Any = outcomes
-    else:
-        counts = outcomes["outcome"].value_counts() if len(outcomes) else pd.Series(dtype="int64")
+    counts = outcomes if isinstance(outcomes, Mapping) else _counts_of(outcomes)
     # A resumed batch carries the metrics of the attempt that acknowledged it, so sums cover the whole run.
     all_metrics = [m for s in summaries for m in s["batch_metrics"]]
     latencies = np.array([m["latency_ms"] for m in all_metrics if m["latency_ms"] > 0], dtype=float)
@@ -437,6 +501,7 @@ def build_report(
     summaries = group_summaries(layout)
     reconciliation = reconcile(layout, extract_parts=int(extracted["parts"]), outcomes=outcomes)
     numbers = totals(validated, outcomes, summaries)
+    rows = row_accounting(numbers["input"], numbers["rejected"], _counts_of(outcomes))
     dead_letters = write_dead_letter(layout, groups or [])
     webhook = webhook or {"events": 0, "delivered": 0, "failed": 0}
     audit_entries = assemble_audit_log(layout)
@@ -444,6 +509,9 @@ def build_report(
     problems: list[str] = []
     if not reconciliation.ok:
         problems.append("reconciliation failed: " + reconciliation.describe())
+    if not rows["ok"]:
+        problems.append(f"the outcomes do not add up: {rows['accounted']} counted for {rows['input']} input rows"
+                        + (f" (outcomes no total counts: {rows['unknown_outcomes']})" if rows["unknown_outcomes"] else ""))
     if numbers["failed"]:
         problems.append(
             f"{numbers['failed']} records failed to import; they are in {layout.dead_letter} with their last error "
@@ -490,6 +558,7 @@ def build_report(
         "sync": sync_section,
         "notices": notices,
         "reconciliation": {"ok": reconciliation.ok, "detail": reconciliation.describe()},
+        "accounting": {"rows": rows, "removals": sync_section["accounting"] if sync_section else None},
         "webhook": webhook,
         "throughput": throughput(summaries, budget_per_minute),
         "timings_seconds": {"validation": validated.get("validation_seconds"), "schema": validated.get("schema_seconds")},
@@ -529,15 +598,17 @@ def sync_report(layout: RunLayout, *, dry_run: bool) -> dict[str, Any] | None:
     outcomes = sync.read_outcomes(layout)
     removed_ids = outcomes.loc[outcomes["action"] == sync.REMOVE, "contact_id"]
     sent = not dry_run and any(True for _ in list_files(sync.sync_dir(layout), "ops-*.parquet"))
-    reconciled = not sent or (len(removed_ids) == planned and removed_ids.is_unique)
-    detail = (f"{planned} removals planned, {len(removed_ids)} outcomes ({int(removed_ids.duplicated().sum())} "
-              "contacts with more than one)") if sent else "nothing sent"
+    accounting = removal_accounting(plan, counts["removals_by_reason"], sent=sent)
+    reconciled = accounting["ok"] and (not sent or (len(removed_ids) == planned and removed_ids.is_unique))
+    detail = (f"{planned} removals planned {accounting['planned']}, {len(removed_ids)} outcomes "
+              f"{accounting['by_outcome']} ({int(removed_ids.duplicated().sum())} contacts with more than one)"
+              if sent else "nothing sent")
     dnc: dict[str, int] = {}  # the call_lists profile's DNC entries for withdrawn consent (dnc_group_id)
     for path in list_files(sync.sync_dir(layout), "outcomes-*.json"):
         for name, count in (read_json(path).get("dnc") or {}).items():
             dnc[name] = dnc.get(name, 0) + int(count)
     return {"mode": plan["mode"], "plan": plan, "dry_run": dry_run, **counts, "removals_reconciled": reconciled,
-            "removals_detail": detail, **({"dnc": dnc} if dnc else {})}
+            "removals_detail": detail, "accounting": accounting, **({"dnc": dnc} if dnc else {})}
 
 
 def sync_notices(section: Mapping[str, Any]) -> list[str]:
@@ -678,6 +749,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"  batch latency     avg {t['average_batch_latency_ms']} ms, p95 {t['p95_batch_latency_ms']} ms",
         f"  normalised        {report.get('normalised') or 'nothing'}",
         f"  reconciliation    {report['reconciliation']['detail']}",
+        *([f"  arithmetic        {describe_accounting(report['accounting'])}"] if report.get("accounting") else []),
         f"  webhook           {report['webhook'].get('delivered', 0)} of {report['webhook'].get('events', 0)} events delivered",
     ]
     lines += [f"  {name:<17} {path}" for name, path in report["files"].items()]

@@ -5,7 +5,7 @@ Plain functions over the report dicts; the Airflow plugin (``plugins/cxone_repor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -17,8 +17,10 @@ from cxone_provider.redaction import mask_uri
 # (totals key, label, colour); ``unchanged`` appears once change detection reports it.
 OUTCOMES = (
     ("imported", "Imported", "#2e7d32"),
+    ("updated", "Updated", "#00838f"),
     ("duplicates", "Duplicate", "#0277bd"),
     ("unchanged", "Unchanged", "#6d4c41"),
+    ("stale", "Stale (newer day on the list)", "#8d6e63"),
     ("failed", "Failed", "#c62828"),
     ("rejected", "Rejected", "#ef6c00"),
     ("not_sent", "Not sent", "#757575"),
@@ -33,6 +35,13 @@ def not_sent_label(report: dict[str, Any]) -> str:
     if reason is None and report.get("held_by_reject_gate"):  # a report written before the reason was recorded
         reason = "reject_gate"
     return f"Not sent ({NOT_SENT_REASONS.get(reason, reason or 'not sent')})"
+# What a run did to the list (history chart): records created, updated and removed.
+LIST_CHANGES = (("imported", "Created", "#2e7d32"), ("updated", "Updated", "#00838f"), ("removed", "Removed", "#6a1b9a"))
+# How the run's removals ended (report.json ``totals``), and why they were made (``sync.REMOVAL_REASONS``)
+REMOVAL_TILES = (("removed", "Removed"), ("not_on_list", "Not on list (404)"), ("removal_held", "Removals held"),
+                 ("removal_failed", "Removals failed"))
+REMOVAL_REASON_LABELS = {"consent_withdrawn": "Consent withdrawn", "consent_expired": "Consent expired",
+                         "mirror_absent": "Absent from the export (mirror)"}
 REJECT_COLOUR = "#ef6c00"
 LATENCY_COLOUR = "#5c6bc0"
 RATE_COLOUR = "#00897b"
@@ -221,39 +230,44 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
 
 
+def _chart_section(title: str, chart: str, note: str) -> str:
+    """A section of the tab: its title, a chart (or none) and a note under it (``note`` is HTML)."""
+    return f'<section><h2>{escape(title)}</h2>{chart}<p class="note">{note}</p></section>'
+
+
+def _titles(form: str, ticks: Sequence[str], counts: Sequence[int]) -> list[str]:
+    """A bar's hover text per (tick, count), ``form`` formatted with both."""
+    return [form.format(tick, count) for tick, count in zip(ticks, counts, strict=True)]
+
+
 def _latency_section(throughput: dict[str, Any]) -> str:
     latency = throughput.get("batch_latency")
     if not latency or not latency.get("batches"):
-        return '<section><h2>Batch latency</h2><p class="note">No batch was sent.</p></section>'
+        return _chart_section("Batch latency", "", "No batch was sent.")
     bounds = latency["upper_bounds_ms"]
     names = [f"≤{b:g}" for b in bounds] + [f">{bounds[-1]:g}"]
-    chart = column_chart(
-        latency["counts"], label="Batches by latency (ms)", testid="batch-latency", colour=LATENCY_COLOUR,
-        tick_labels=names, y_label="batches",
-        titles=[f"{n} ms: {c:,} batches" for n, c in zip(names, latency["counts"], strict=True)],
-    )
-    return (
-        f"<section><h2>Batch latency</h2>{chart}"
-        f'<p class="note">{_number(latency["batches"])} batches · p50 <b data-metric="latency_p50">{latency["p50_ms"]:g}</b> ms'
+    chart = column_chart(latency["counts"], label="Batches by latency (ms)", testid="batch-latency",
+                         colour=LATENCY_COLOUR, tick_labels=names, y_label="batches",
+                         titles=_titles("{} ms: {:,} batches", names, latency["counts"]))
+    return _chart_section("Batch latency", chart, (
+        f'{_number(latency["batches"])} batches · p50 <b data-metric="latency_p50">{latency["p50_ms"]:g}</b> ms'
         f' · p95 <b data-metric="latency_p95">{latency["p95_ms"]:g}</b> ms · p99 {latency["p99_ms"]:g} ms'
-        f' · max {latency["max_ms"]:g} ms</p></section>'
-    )
+        f' · max {latency["max_ms"]:g} ms'))
 
 
 def _rate_section(throughput: dict[str, Any]) -> str:
     rate = throughput.get("request_rate")
     if not rate or not rate.get("attempts"):
-        return '<section><h2>Request rate</h2><p class="note">No request was sent.</p></section>'
+        return _chart_section("Request rate", "", "No request was sent.")
     bucket = int(rate["bucket_seconds"])
     per_minute = [c * 60 / bucket for c in rate["attempts"]]
     budget = rate.get("budget_requests_per_minute")
     ticks = [f"{i * bucket // 60}:{i * bucket % 60:02d}" for i in range(len(per_minute))]
-    chart = column_chart(
-        per_minute, label="Requests per minute over the run, against the budget", testid="request-rate",
-        colour=RATE_COLOUR, tick_labels=ticks, y_label="requests/min",
-        reference=(float(budget), f"budget {budget:,.0f}/min") if budget else None,
-        titles=[f"+{t} (m:ss): {c:,} requests in {bucket} s" for t, c in zip(ticks, rate["attempts"], strict=True)],
-    )
+    reference = (float(budget), f"budget {budget:,.0f}/min") if budget else None
+    chart = column_chart(per_minute, label="Requests per minute over the run, against the budget",
+                         testid="request-rate", colour=RATE_COLOUR, tick_labels=ticks, y_label="requests/min",
+                         reference=reference, titles=_titles("+{} (m:ss): {:,} requests in " + f"{bucket} s", ticks,
+                                                             rate["attempts"]))
     peak = rate.get("peak_requests_per_minute", 0)
     verdict = (
         f' · <span class="{"ok" if peak <= budget else "bad"}">{"within" if peak <= budget else "over"} budget</span>'
@@ -265,12 +279,10 @@ def _rate_section(throughput: dict[str, Any]) -> str:
         f"limiter's start-up burst, above its steady {steady:g}/s (no 60 s window exceeds the budget for it)."
         if first and steady and first > steady else ""
     )
-    return (
-        f"<section><h2>Request rate</h2>{chart}"
-        f'<p class="note">HTTP requests (retries included) per {bucket} s, shown per minute; busiest 60 s '
+    return _chart_section("Request rate", chart, (
+        f"HTTP requests (retries included) per {bucket} s, shown per minute; busiest 60 s "
         f'(counted over a sliding 60 s window): <b data-metric="peak_requests_per_minute">{_number(peak)}</b> '
-        f'requests{f" of a budget of {budget:,.0f}/min" if budget else ""}{verdict}.{burst}</p></section>'
-    )
+        f'requests{f" of a budget of {budget:,.0f}/min" if budget else ""}{verdict}.{burst}'))
 
 
 def _state_section(report: dict[str, Any]) -> str:
@@ -295,6 +307,58 @@ def _state_section(report: dict[str, Any]) -> str:
         compared = f"<p>No list state compared (mode {mode}).</p>"
     listed = f'<ul data-metric="notices">{notices}</ul>' if notices else ""
     return f"<section><h2>List state</h2>{compared}{listed}</section>"
+
+
+def _sync_section(report: dict[str, Any]) -> str:
+    """What the run did to keep the list in sync (``sync_mode`` upsert or mirror): updates, removals by reason and
+    outcome, and the contacts left on the list although rejected tonight."""
+    section = report.get("sync")
+    if not section:
+        return ""
+    totals, plan = report["totals"], section["plan"]
+    by_reason = section.get("removals_by_reason") or {}
+    tiles = _tiles([
+        ("updated", "Updated", _number(totals.get("updated", 0))),
+        ("stale", "Stale (newer day on the list)", _number(totals.get("stale", 0))),
+        *((key, label, _number(totals.get(key, 0))) for key, label in REMOVAL_TILES),
+        ("rejected_on_list", "Rejected, left on the list", _number(plan.get("rejected_on_list", 0))),
+    ])
+    outcomes = [key if key != "removal_failed" else "failed" for key, _ in REMOVAL_TILES]
+    head = "".join(f'<th class="num">{escape(label)}</th>' for _, label in REMOVAL_TILES)
+    rows = "".join(
+        f'<tr data-reason="{escape(reason)}"><td>{escape(label)}</td>'
+        f'<td class="num" data-col="planned">{_number(plan["removals"].get(reason, 0))}</td>'
+        + "".join(f'<td class="num" data-col="{escape(o)}">{_number(by_reason.get(f"{reason}:{o}", 0))}</td>'
+                  for o in outcomes) + "</tr>"
+        for reason, label in REMOVAL_REASON_LABELS.items()
+    )
+    dry = " (dry run: planned, nothing sent)" if section.get("dry_run") else ""
+    return (
+        f'<section data-section="sync"><h2>List sync: <span data-metric="sync_mode">{escape(str(section["mode"]))}'
+        f"</span>{dry}</h2>{tiles}"
+        f'<table data-table="removals"><thead><tr><th>Removal reason</th><th class="num">Planned</th>{head}</tr>'
+        f"</thead><tbody>{rows}</tbody></table>"
+        f'<p class="note">Planned {_number(plan.get("creates", 0))} creates and {_number(plan.get("updates", 0))} '
+        "updates. A removal is a contact, not an input row: a consent removal's row counts as rejected, a mirror "
+        "removal's contact is no longer in the export. Each removal's contactId, reason and time are in the audit "
+        "log.</p></section>"
+    )
+
+
+def describe_accounting(accounting: Mapping[str, Any]) -> str:
+    """The run's arithmetic in a line: input rows = rejected + each outcome; removals planned = their outcomes."""
+    rows = accounting["rows"]
+    line = (f"input {rows['input']} = rejected {rows['rejected']} + "
+            + " + ".join(f"{name} {n}" for name, n in rows["outcomes"].items() if n)
+            + "".join(f" + {name} {n} (unknown)" for name, n in rows["unknown_outcomes"].items())
+            + ("" if rows["ok"] else f" -> {rows['accounted']}: DOES NOT ADD UP"))
+    removals = accounting.get("removals")
+    if removals and (removals["sent"] or sum(removals["planned"].values())):
+        line += (f"; removals planned {sum(removals['planned'].values())} = "
+                 + (" + ".join(f"{name} {n}" for name, n in removals["by_outcome"].items()) or "0")
+                 + ("" if removals["ok"] else ": DOES NOT ADD UP")
+                 + ("" if removals["sent"] else " (not sent)"))
+    return line
 
 
 def render_run_report(
@@ -348,16 +412,19 @@ source {escape(mask_uri(str(report.get("source_uri") or "–")))} · report writ
 <div class="grid">
 <section><h2>Outcome of every input row</h2>
 {hbar_chart(outcome_items, label="Input rows by outcome", testid="outcomes", total=int(totals["input"]))}
-<p class="note">Success rate = (imported + duplicates + unchanged) / all input rows.</p></section>
+<p class="note">Success rate = (imported + updated + duplicates + unchanged) / all input rows.</p></section>
 <section><h2>Rejected rows by rule</h2>
 {hbar_chart([(rule, int(count), REJECT_COLOUR) for rule, count in rules], label="Reject reasons by rule", testid="rejects-by-rule")}
 <p class="note">A row that breaks several rules counts under each. Every reason, row and column: rejects.csv.</p></section>
+{_sync_section(report)}
 {_state_section(report)}
 {_latency_section(throughput)}
 {_rate_section(throughput)}
 <section><h2>Reconciliation</h2>
 <p><span class="{"ok" if reconciliation.get("ok") else "bad"}" data-metric="reconciliation">{"OK" if reconciliation.get("ok") else "FAILED"}</span>:
-{escape(str(reconciliation.get("detail", "not checked")))}</p></section>
+{escape(str(reconciliation.get("detail", "not checked")))}</p>
+{f'<p class="note" data-metric="arithmetic">{escape(describe_accounting(report["accounting"]))}</p>'
+ if report.get("accounting") else ""}</section>
 <section><h2>CRM webhook</h2>
 <p><b data-metric="webhook_delivered">{_number(webhook.get("delivered", 0))}</b> of
 <b data-metric="webhook_events">{_number(webhook.get("events", 0))}</b> events delivered ·
@@ -396,8 +463,8 @@ def render_error(status_code: int, message: str) -> str:
 
 
 @dataclass(frozen=True)
-class HistoryRow:
-    """One run in the history: Airflow's view of it (DB) plus its report's numbers (None without a report)."""
+class RunRecord:
+    """A DAG run as the metadata DB knows it."""
 
     dag_id: str
     run_id: str
@@ -406,7 +473,17 @@ class HistoryRow:
     date: datetime | None
     started: datetime | None
     ended: datetime | None
-    report: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class HistoryRow(RunRecord):
+    """One run in the history: Airflow's view of it (DB) plus its report's numbers (None without a report)."""
+
+    report: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, run: RunRecord, report: dict[str, Any] | None) -> HistoryRow:
+        return cls(**vars(run), report=report)
 
     @property
     def contact_list_id(self) -> str | None:
@@ -425,42 +502,115 @@ def _report_href(prefix: str, row: HistoryRow) -> str:
     return f"{prefix}/dags/{quote(row.dag_id, safe='')}/report?{urlencode({'run_id': row.run_id})}"
 
 
-def _trend(rows: Sequence[HistoryRow]) -> str:
-    """Outcomes and success rate of the last nightly (scheduled or backfilled) runs with a report, oldest first."""
+@dataclass(frozen=True)
+class _RunAxes:
+    """The frame of a chart with a slot per run (``runs`` of them, oldest first) and a vertical scale to ``peak``."""
+
+    runs: int
+    height: int
+    right: int  # room right of the plot (the trend's second axis)
+    peak: int
+    width: int = 1100
+    left: int = 56
+    bottom: int = 40
+    top: int = 14
+
+    @property
+    def plot_w(self) -> int:
+        return self.width - self.left - self.right
+
+    @property
+    def plot_h(self) -> int:
+        return self.height - self.bottom - self.top
+
+    @property
+    def base(self) -> int:
+        return self.top + self.plot_h
+
+    @property
+    def step(self) -> float:
+        return min(self.plot_w / self.runs, 60)
+
+    def x(self, i: int) -> float:
+        return self.left + i * self.step
+
+    def height_of(self, value: int) -> float:
+        return self.plot_h * value / (self.peak or 1)
+
+    def frame(self) -> list[str]:
+        return [f'<line class="axis" x1="{self.left}" y1="{self.base}" x2="{self.left + self.plot_w}" y2="{self.base}"/>',
+                f'<text class="muted" x="{self.left - 4}" y="{self.top + 4}" text-anchor="end">{_number(self.peak or 1)}</text>',
+                f'<text class="muted" x="{self.left - 4}" y="{self.base}" text-anchor="end">0</text>']
+
+    def tick(self, i: int, label: str, run_id: str) -> str:
+        """The run's label under its slot (about ten along the axis)."""
+        if i % max(1, self.runs // 10) or not label:
+            return ""
+        return (f'<text class="muted" x="{self.x(i) + self.step / 2:.1f}" y="{self.height - self.bottom + 14}" '
+                f'text-anchor="middle" data-run-label="{escape(run_id)}">{escape(label)}</text>')
+
+
+def _trend_runs(rows: Sequence[HistoryRow]) -> tuple[list[HistoryRow], str]:
+    """The last nightly (scheduled or backfilled) runs with a report, oldest first (any runs with one when there is
+    no nightly run yet), and how to name them."""
     with_report = [r for r in rows if r.report]
     nightly = [r for r in with_report if r.run_type in NIGHTLY_RUN_TYPES]
     picked = (nightly or with_report)[:TREND_RUNS][::-1]
+    runs = f"{len(picked)} runs" if len(picked) > 1 else "run"
+    return picked, (f"last {runs}, nightly (scheduled and backfilled)" if nightly
+                    else f"last {runs}, manual ones included (no scheduled run yet)")
+
+
+def _list_changes(rows: Sequence[HistoryRow]) -> str:
+    """Records created, updated and removed per run (the trend's runs): three bars a run."""
+    picked, caption = _trend_runs(rows)
     if not picked:
         return '<p class="note">No run with a report yet.</p>'
-    runs = f"{len(picked)} runs" if len(picked) > 1 else "run"
-    caption = (f"last {runs}, nightly (scheduled and backfilled)" if nightly
-               else f"last {runs}, manual ones included (no scheduled run yet)")
-    width, height, left, bottom, top = 1100, 220, 56, 40, 14
-    plot_w, plot_h = width - left - 50, height - bottom - top
-    peak = max(int(r.total("input") or 0) for r in picked) or 1
-    step = min(plot_w / len(picked), 60)
-    parts = [f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>',
-             f'<text class="muted" x="{left - 4}" y="{top + 4}" text-anchor="end">{_number(peak)}</text>',
-             f'<text class="muted" x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>',
-             f'<text class="muted" x="{left + plot_w + 4}" y="{top + 4}">100%</text>',
+    axes = _RunAxes(len(picked), 180, 10, max(int(r.total(k) or 0) for r in picked for k, _, _ in LIST_CHANGES))
+    bar = axes.step * 0.8 / len(LIST_CHANGES)
+    labels = trend_labels([row.date for row in picked])
+    parts = axes.frame()
+    for i, row in enumerate(picked):
+        x = axes.x(i) + axes.step * 0.1
+        group = []
+        for n, (key, name, colour) in enumerate(LIST_CHANGES):
+            value = int(row.total(key) or 0)
+            h = axes.height_of(value)
+            group.append(f'<rect x="{x + n * bar:.1f}" y="{axes.base - h:.1f}" width="{bar * 0.9:.1f}" '
+                         f'height="{h:.1f}" fill="{colour}" data-series="{key}" data-value="{value}">'
+                         f"<title>{escape(labels[i])} · {escape(row.run_id)}: {name} {value:,}</title></rect>")
+        parts.append(f'<g data-run-id="{escape(row.run_id)}">{"".join(group)}</g>')
+        parts.append(axes.tick(i, labels[i], row.run_id))
+    legend = " ".join(f'<span style="color:{c}">■</span> {n}' for _, n, c in LIST_CHANGES)
+    return (_svg(axes.width, axes.height, f"Records created, updated and removed, {caption}", "".join(parts),
+                 "list-changes")
+            + f'<p class="note">What each run did to its list, {escape(caption)}. {legend}</p>')
+
+
+def _trend(rows: Sequence[HistoryRow]) -> str:
+    """Outcomes and success rate of the trend's runs, oldest first."""
+    picked, caption = _trend_runs(rows)
+    if not picked:
+        return '<p class="note">No run with a report yet.</p>'
+    axes = _RunAxes(len(picked), 220, 50, max(int(r.total("input") or 0) for r in picked))
+    left, top, plot_w, plot_h, step = axes.left, axes.top, axes.plot_w, axes.plot_h, axes.step
+    parts = [*axes.frame(), f'<text class="muted" x="{left + plot_w + 4}" y="{top + 4}">100%</text>',
              f'<text class="muted" x="{left + plot_w + 4}" y="{top + plot_h}">0%</text>']
     points = []
     labels = trend_labels([row.date for row in picked])
     for i, row in enumerate(picked):
-        x, y = left + i * step + step * 0.15, top + plot_h
+        x, y = axes.x(i) + step * 0.15, axes.base
         for key, name, colour in OUTCOMES:
             value = int(row.total(key) or 0)
             if not value:
                 continue
-            h = plot_h * value / peak
+            h = axes.height_of(value)
             y -= h
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{step * 0.7:.1f}" height="{h:.1f}" fill="{colour}">'
                          f"<title>{escape(labels[i])} · {escape(row.run_id)}: {name} {value:,}</title></rect>")
         rate = float(row.total("success_rate_percent") or 0)
-        points.append((left + i * step + step / 2, top + plot_h - plot_h * rate / 100, rate, row))
-        if i % max(1, len(picked) // 10) == 0 and labels[i]:
-            parts.append(f'<text class="muted" x="{left + i * step + step / 2:.1f}" y="{height - bottom + 14}" '
-                         f'text-anchor="middle" data-run-label="{escape(row.run_id)}">{escape(labels[i])}</text>')
+        points.append((axes.x(i) + step / 2, top + plot_h - plot_h * rate / 100, rate, row))
+        parts.append(axes.tick(i, labels[i], row.run_id))
     parts.append('<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="'
                  + " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points) + '"/>')
     parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" style="fill:var(--fg);stroke:var(--bg)" data-run-id="{escape(row.run_id)}" '
@@ -468,10 +618,13 @@ def _trend(rows: Sequence[HistoryRow]) -> str:
               for (x, y, rate, row), label in zip(points, labels, strict=True)]
     legend = " ".join(f'<span style="color:{c}">■</span> {n}' for key, n, c in OUTCOMES
                       if any(r.total(key) for r in picked)) + " · ● success rate (right axis)"
-    return (_svg(width, height, f"Outcomes and success rate of the {caption}", "".join(parts), "trend")
+    return (_svg(axes.width, axes.height, f"Outcomes and success rate of the {caption}", "".join(parts), "trend")
             + f'<p class="note">Records per run by outcome, {escape(caption)}. {legend}</p>')
 
 
+# the history table's counts per run (report.json ``totals``); a report of a run without sync has no updated/removed
+HISTORY_COUNTS = {"input": "Input", "imported": "Imported", "updated": "Updated", "removed": "Removed",
+                  "rejected": "Rejected"}
 TREND_LABEL_FORMATS = ("%m-%d", "%m-%d %H:%M", "%m-%d %H:%M:%S")
 
 
@@ -514,14 +667,14 @@ def render_history(
             f'<td>{escape(f"{row.date:%Y-%m-%d %H:%M}" if row.date else "–")}</td><td class="wrap">{link}</td>'
             f'<td class="wrap">{escape(row.dag_id)}</td><td data-col="list">'
             f"{escape(row.contact_list_id or '–')}</td>"
-            + "".join(f'<td class="num" data-col="{k}">{_number(row.total(k))}</td>' for k in ("input", "imported", "rejected"))
+            + "".join(f'<td class="num" data-col="{k}">{_number(row.total(k))}</td>' for k in HISTORY_COUNTS)
             + f'<td class="num" data-col="success_rate">{_percent(rate)}</td>'
             f'<td class="num" data-col="duration">{_duration(row.started, row.ended)}</td>'
             f'<td data-col="status"><span class="badge {escape(state)}">{escape(state)}</span></td></tr>'
         )
     table = (
         '<table data-table="runs"><thead><tr><th>Date</th><th>Run</th><th>DAG</th><th>Contact list</th>'
-        '<th class="num">Input</th><th class="num">Imported</th><th class="num">Rejected</th>'
+        + "".join(f'<th class="num">{escape(label)}</th>' for label in HISTORY_COUNTS.values()) +
         '<th class="num">Success rate</th><th class="num">Duration</th><th>Status</th></tr></thead>'
         f'<tbody>{"".join(table_rows)}</tbody></table>'
         if rows else '<p class="note" data-metric="no-runs">No import runs yet.</p>'
@@ -534,5 +687,6 @@ A run's numbers come from its report.json; open a run for its CXone report tab.<
 <select id="list" name="list" onchange="this.form.submit()">{options}</select>
 <noscript><button type="submit">Filter</button></noscript></form>
 <section><h2>Trend</h2>{_trend(rows)}</section><br>
+<section><h2>Created, updated, removed</h2>{_list_changes(rows)}</section><br>
 <section><h2>Runs</h2>{table}</section>"""
     return _page("CXone imports", body, scripts=(NAVIGATE_JS,))

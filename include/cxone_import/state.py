@@ -6,7 +6,9 @@ A list's state is keyed by its tenant and its resolved list id (:func:`list_key`
     LIST.json                                      which tenant and list this is (for people)
     CURRENT.json                                   which generation is current, bucket count, format
     base/{generation}/bucket-{b:03d}.parquet       folded state, one row per contact, sorted by key
-    deltas/{t_ns:020d}-{run}-g{group:05d}-{tag}.parquet   what one import task was told (one file each)
+    deltas/{t_ns:020d}-{run}-g{group:05d}-{tag}.parquet   what one import task was told (one file each; its
+                                                   updates and removals: group ``SYNC_DELTA_OFFSET + group``)
+    ids/{delta name}, ids/compact-{t_ns}-{tag}.parquet   contactIds of the contacts this project put on the list
     runs/{run}.json                                runs that may still hold answers without a delta
     unreadable/                                    state files that could not be read, moved aside for a person
 
@@ -27,7 +29,14 @@ it is not sent and ends ``duplicate`` again, said so in the report; any other co
 - **Written only from CXone's answers.** An import task writes one delta file of its group's ``imported``
   (acknowledged) and ``duplicate`` (present, content not confirmed) records when it ends (also when it fails
   transiently). No two tasks write the same file. A task killed before it could write its delta leaves its run
-  registered under ``runs/``; the next fold reads that run's checkpoints instead.
+  registered under ``runs/``; the next fold reads that run's checkpoints instead: its batches' and its updates' and
+  removals' (``sync/ops-{g}.parquet`` and their checkpoints), so the state never claims a contact a killed task
+  removed is on the list, nor an updated one holds its old content. A request in flight at the kill (sent, answer
+  never read) tells the state nothing: the next run sends it again (a PUT is idempotent, a second DELETE is
+  answered 404: ``not_on_list``).
+- **ids/ stays the size of the list.** Each delta has its ids file; a fold that switches the state compacts the ids
+  files of what it folded into one file of the contacts still on the list and this project's (written whole, then
+  the files it replaces removed: a kill in between leaves both, which read the same).
 - **Folded and compared bucket by bucket.** The chunk task of the next run folds the deltas (in the order they
   were written) into a new generation of the base, one bucket of ``key % buckets`` at a time, and in the same pass
   compares the run's records with that bucket. A later acknowledgement replaces the content; a ``duplicate``
@@ -88,6 +97,8 @@ ACKNOWLEDGES = {"imported": True, "duplicate": False, "updated": True, "removed"
 # tombstone (``acknowledged`` = REMOVED) with the logical date, so an older backfill never puts it back.
 REMOVES = ("removed", "not_on_list")
 REMOVED = np.uint64(1)  # the "fingerprint" of a removed contact (a real one is 1 with odds of 2^-64)
+SYNC_DELTA_OFFSET = 50_000  # the group number of a group's sync delta (its own file name, never a group's)
+COMPACT_IDS = "compact-"  # the name of a compacted ids file starts so (a delta's never does)
 
 
 def contact_keys(contact_ids: Any) -> np.ndarray:
@@ -369,6 +380,42 @@ class ContactListState:
                 found.update(zip(file_keys[hit].tolist(), table["contact_id"].filter(pa.array(hit)).to_pylist(), strict=True))
         return found
 
+    def compact_ids(self, ours: np.ndarray) -> int:
+        """Rewrite the ids files of folded deltas (and earlier compactions) as one file holding only ``ours`` (the
+        keys of the contacts on the list this project put there, from the state just folded); the ids of deltas not
+        folded yet stay as they are. Returns the ids kept. The new file is written whole before the old ones are
+        removed: a kill in between leaves ids files that overlap, which read the same (a key names one contactId)."""
+        pending = {p.name for p in self.deltas()}
+        inputs = [p for p in list_files(self.root / "ids", "*.parquet") if p.name not in pending]
+        if not inputs:
+            return 0
+        tables = []
+        for path in inputs:
+            try:
+                tables.append(read_parquet_table(path))
+            except Exception as exc:  # noqa: BLE001 - kept for a person; its contacts cannot be removed by mirror
+                self._note_unreadable(path, exc)
+                self._set_aside(path)
+        inputs = [p for p in inputs if p.exists()]
+        table = pa.concat_tables(tables) if tables else pa.table({"key": pa.array([], pa.uint64()),
+                                                                  "contact_id": pa.array([], pa.string())})
+        keys = table["key"].to_numpy().astype(np.uint64)
+        _, first = np.unique(keys, return_index=True)
+        keep = np.zeros(len(keys), bool)
+        keep[first] = True
+        keep &= np.isin(keys, ours)
+        kept = table.filter(pa.array(keep))
+        if len(inputs) == 1 and len(kept) == len(table):
+            return len(kept)  # nothing to gain
+        name = f"{COMPACT_IDS}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        with atomic_open(self.root / "ids" / name, "wb") as handle:
+            pq.write_table(kept.select(["key", "contact_id"]), handle)
+        for path in inputs:
+            _remove(path)
+        log.info("state %s: %d ids files compacted into %s (%d contactIds kept, %d dropped)", self.key.describe(),
+                 len(inputs), name, len(kept), len(table) - len(kept))
+        return len(kept)
+
     def snapshot(self) -> _Columns:
         """The state as it stands: the current generation with the deltas not folded yet folded in memory (a dry run
         folds nothing on storage), written nowhere."""
@@ -437,6 +484,7 @@ class ContactListState:
         order = np.argsort(bucket_of, kind="stable")
         starts = np.searchsorted(bucket_of[order], np.arange(buckets + 1))
         found: dict[str, list[np.ndarray]] = {"unchanged": [], "unconfirmed": [], "listed": []}
+        ours: list[np.ndarray] = []  # keys of the contacts on the list this project put there (what ids/ keeps)
         contacts = 0
         for bucket in range(buckets):
             state = self._read_bucket(current, bucket)
@@ -444,6 +492,7 @@ class ContactListState:
                 state = _fold([state] + [d.bucket(bucket) for d in usable])
             if rewrite:
                 _write_state(self._bucket_file(generation, bucket), state)
+                ours.append(state["key"][_ours(state)])
             contacts += len(state["key"])
             mine = order[starts[bucket] : starts[bucket + 1]]
             if not len(mine) or not len(state["key"]):
@@ -466,6 +515,7 @@ class ContactListState:
             if current_broken:
                 self._set_aside(self._current_file)
             self._switch(current, generation, buckets, contacts, [d.path for d in usable])
+            self.compact_ids(np.concatenate(ours) if ours else np.empty(0, np.uint64))
         rows = {name: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
                 for name, parts in found.items()}
         known = np.isin(row_numbers, np.concatenate(list(rows.values())))
@@ -516,19 +566,25 @@ class ContactListState:
             if run_id == skip_run_id:
                 continue
             segment = safe_segment(run_id)
+            layout = RunLayout.for_run(self._base, self._dag_id, run_id)
+            logical_date, written_ns = int(info.get("logical_date") or 0), int(info["registered_ns"])
             for group_index in groups:
-                tag = f"-{segment}-g{group_index:05d}-"
-                if any(tag in name for name in deltas):
-                    continue
-                layout = RunLayout.for_run(self._base, self._dag_id, run_id)
-                answers, lost = checkpointed_answers(layout, group_index)
-                if len(answers):
-                    self.write_delta(run_id, group_index, answers, logical_date=int(info.get("logical_date") or 0),
-                                     written_ns=int(info["registered_ns"]))
-                unanswered.append(lost)
-                recovered += 1
-                log.info("state: run %s group %d had no delta; %d answers recovered from its checkpoints, %d records "
-                         "sent without an answer", run_id, group_index, len(answers), len(lost))
+                if not any(f"-{segment}-g{group_index:05d}-" in name for name in deltas):
+                    answers, lost = checkpointed_answers(layout, group_index)
+                    if len(answers):
+                        self.write_delta(run_id, group_index, answers, logical_date=logical_date, written_ns=written_ns)
+                    unanswered.append(lost)
+                    recovered += 1
+                    log.info("state: run %s group %d had no delta; %d answers recovered from its checkpoints, %d "
+                             "records sent without an answer", run_id, group_index, len(answers), len(lost))
+                sync_group = SYNC_DELTA_OFFSET + group_index
+                if not any(f"-{segment}-g{sync_group:05d}-" in name for name in deltas):
+                    answers = checkpointed_sync_answers(layout, group_index)
+                    if len(answers):  # after the group's creates: an update or removal is the later answer
+                        self.write_delta(run_id, sync_group, answers, logical_date=logical_date,
+                                         written_ns=written_ns + 1)
+                        log.info("state: run %s group %d had no delta of its updates and removals; %d answers "
+                                 "recovered from their checkpoints", run_id, group_index, len(answers))
             _remove(registration)
         return recovered, Acknowledgements.concat(unanswered)
 
@@ -665,6 +721,29 @@ def checkpointed_answers(layout: RunLayout, group_index: int) -> tuple[Acknowled
     lost_rows = batches.loc[batches["batch_id"].isin(in_flight), "row_number"].astype("int64")
     lost = _answers_of_rows(layout, group_index, dict.fromkeys(lost_rows.tolist(), "duplicate"))
     return _answers_of_rows(layout, group_index, outcome_of), lost
+
+
+def checkpointed_sync_answers(layout: RunLayout, group_index: int) -> Acknowledgements:
+    """What CXone said about a group's updates and removals, from their checkpoints (``SyncSender``'s, by request
+    id), for a group whose task never wrote the delta of them. A PUT answered 404 (``gone``) says nothing here: the
+    record's creation after it is a batch of its own."""
+    from include.cxone_import.engine import CheckpointStore
+    from include.cxone_import.sync import ops_file
+
+    path = ops_file(layout, group_index)
+    if not path.exists():
+        return Acknowledgements.empty()
+    ops = read_parquet(path, columns=["op_id", "contact_id", "record_json"])
+    if not len(ops):
+        return Acknowledgements.empty()
+    store = CheckpointStore(layout, ops["op_id"].tolist())
+    outcomes = [(store.load(op) or {}).get("outcome", "") for op in ops["op_id"]]
+    return Acknowledgements.of(ops["contact_id"].to_numpy(object), ops["record_json"].to_numpy(object), outcomes)
+
+
+def _ours(state: _Columns) -> np.ndarray:
+    """The contacts on the list this project put there (a removed one's contactId is no longer needed)."""
+    return (state["origin"] == ORIGIN_OURS) & (state["acknowledged"] != 0) & (state["acknowledged"] != REMOVED)
 
 
 def _pair(keys: np.ndarray, fps: np.ndarray) -> np.ndarray:

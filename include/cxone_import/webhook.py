@@ -1,4 +1,6 @@
-"""CRM webhook events: one per batch in the specification's shape, a run summary, and a run failure.
+"""CRM webhook events: one per batch in the specification's shape, one per import group for its updates and removals
+(counts per outcome and reason, masked samples: never one per request), a run summary, and a run failure. Every event
+id names the run and what it tells of, never a try: a retry's delivery is a redelivery (the ``Idempotency-Key``).
 
 Plain functions building the events and summarising their deliveries; the provider delivers them
 (:mod:`cxone_provider.crm_webhook`: signed, keyed, retried). A failed delivery is recorded, never raised: the
@@ -7,22 +9,70 @@ import does not depend on the CRM being up.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+import pandas as pd
+
 from cxone_provider.crm_webhook import Delivery, WebhookSender
+from include.cxone_import.masking import mask_text
 
 BATCH_EVENT = "cxone_contact_import_batch_complete"
+SYNC_GROUP_EVENT = "cxone_contact_list_sync_group_complete"
 SUMMARY_EVENT = "cxone_contact_import_run_complete"
 FAILURE_EVENT = "cxone_contact_import_run_failed"
+SYNC_KINDS = ("update", "remove", "recreate", "dnc")  # request metrics of the sync ops: told per group, not per request
+SYNC_SAMPLES = 5
 
 
 def batch_event_id(run_key: str, batch_id: str) -> str:
     """A batch event's id, also its ``Idempotency-Key``: the same for every delivery of it."""
     return f"{run_key}:batch:{batch_id}"
+
+
+def sync_group_event_id(run_key: str, group_index: int) -> str:
+    """A group's sync event id, also its ``Idempotency-Key``: one per group and run, whichever try sends it."""
+    return f"{run_key}:sync:group:{int(group_index):05d}"
+
+
+def is_sync_request(metrics: dict[str, Any]) -> bool:
+    """Whether a request metric is one of the sync ops' (an update, a removal, the creation of a gone record)."""
+    return metrics.get("kind") in SYNC_KINDS
+
+
+def sync_group_event(run_key: str, group_index: int, outcomes: pd.DataFrame, scope: dict[str, Any]) -> dict[str, Any]:
+    """The event of one import group's updates and removals (``outcomes``: its final sync outcomes, columns action,
+    contact_id, reason, outcome): counts per outcome and per removal reason, masked samples of the removed contacts,
+    never a record. One per group, sent once its outcomes are final."""
+    updates = outcomes[outcomes["action"] == "update"]
+    removals = outcomes[outcomes["action"] == "remove"]
+    by_reason: dict[str, dict[str, int]] = {}
+    for (reason, outcome), count in removals.groupby(["reason", "outcome"]).size().items():
+        by_reason.setdefault(str(reason), {})[str(outcome)] = int(count)
+    samples = {str(reason): [mask_text(str(c)) for c in ids.head(SYNC_SAMPLES)]
+               for reason, ids in removals.groupby("reason")["contact_id"]}
+    event_id = sync_group_event_id(run_key, group_index)
+    return {
+        "eventId": event_id,
+        "event": SYNC_GROUP_EVENT,
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "metrics": {
+            "scope": {"kind": "group", "groupIndex": int(group_index), **scope},
+            "updates": _counts(updates["outcome"]),
+            "removals": _counts(removals["outcome"]),
+            "removalsByReason": by_reason,
+            "samples": samples,  # masked contactIds per removal reason
+        },
+        "auditTrailer": {"auditId": hashlib.sha256(event_id.encode()).hexdigest()[:32], "status": "sync_group_complete"},
+    }
+
+
+def _counts(values: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in values.value_counts().items()}
 
 
 class RunningTotals:
@@ -99,6 +149,13 @@ class LiveBatchEvents:
             event = batch_event(metrics.as_dict(), self._totals, audit, self._run_key, self._scope)
             self._pending.append(self._pool.submit(self._sender.send, event))
 
+    def sync_finished(self, group_index: int, outcomes: pd.DataFrame) -> None:
+        """Queue the event of the group's updates and removals (their outcomes final)."""
+        scope = {k: v for k, v in self._scope.items() if k not in ("kind", "groupIndex")}
+        with self._lock:
+            event = sync_group_event(self._run_key, group_index, outcomes, scope)
+            self._pending.append(self._pool.submit(self._sender.send, event))
+
     def close(self) -> list[Delivery]:
         """Wait for every queued delivery; their outcomes in the order the batches were acknowledged."""
         self._pool.shutdown(wait=True)
@@ -131,6 +188,7 @@ def summary_event(run_key: str, numbers: dict[str, Any], run: dict[str, Any]) ->
             "p95LatencyMs": numbers["p95_batch_latency_ms"],
             # sync (issue 22): present when the run planned updates or removals
             **{name: numbers[key] for name, key in SYNC_METRICS.items() if key in numbers},
+            **({"removalsByReason": numbers["removals_by_reason"]} if numbers.get("removals_by_reason") else {}),
         },
         "auditTrailer": {"auditId": str(uuid.uuid4()), "timestamp": datetime.now(timezone.utc).isoformat(), "status": "run_complete"},
     }

@@ -17,7 +17,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -35,6 +34,7 @@ from airflow.models.dagrun import DagRun
 from include.cxone_import.report_pages import (
     HistoryRow,
     RunLinks,
+    RunRecord,
     render_error,
     render_history,
     render_no_report,
@@ -66,19 +66,6 @@ SECURITY_HEADERS = {
 
 
 # -- where the runs and their reports are ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """A DAG run as the metadata DB knows it."""
-
-    dag_id: str
-    run_id: str
-    run_type: str
-    state: str
-    date: datetime | None
-    started: datetime | None
-    ended: datetime | None
 
 
 class RunCatalog:
@@ -316,7 +303,7 @@ def imports_page(
     runs = catalog.recent(readable_dag_ids(user, import_dag_ids(base)), limit)
     with ThreadPoolExecutor(READ_THREADS) as pool:
         loaded = list(pool.map(lambda run: reports.get(base, run), runs))
-    rows = [HistoryRow(**vars(run), report=report) for run, report in zip(runs, loaded, strict=True)]
+    rows = [HistoryRow.of(run, report) for run, report in zip(runs, loaded, strict=True)]
     lists = sorted({row.contact_list_id for row in rows if row.contact_list_id})
     if contact_list:
         rows = [row for row in rows if row.contact_list_id == contact_list]
