@@ -217,9 +217,10 @@ def normalise(frame: pd.DataFrame, default_phone_region: str | None = None) -> d
                 changed[punctuated[differs]] = True
                 cleaned = pc.replace_with_mask(raw, pa.array(changed), after.filter(pa.array(differs)))
                 punctuated_rows |= changed
-        national = pc.fill_null(pc.invert(pc.starts_with(cleaned, "+")), False).to_numpy(zero_copy_only=False)
-        if default_phone_region and national.any():
-            # each distinct number without + parsed once; a valid one replaced by its E.164 form
+        national = (pc.fill_null(pc.invert(pc.starts_with(cleaned, "+")), False).to_numpy(zero_copy_only=False)
+                    if default_phone_region else np.zeros(0, dtype=bool))
+        if national.any():
+            # each distinct number without + parsed once (for the region); a valid one replaced by its E.164 form
             at = np.flatnonzero(national)
             given = cleaned.take(at).to_numpy(zero_copy_only=False)
             e164 = {value: _e164(value, default_phone_region) for value in pd.unique(given)}
@@ -365,20 +366,21 @@ class ChunkValidator:
         prepared.columns[CONTACT_ID_REPEAT] = self.seen.repeats(prepared.id_hashes, prepared.id_present)
         failing = self.schema.failing(prepared.columns)
         flagged = np.logical_or.reduce([*failing.values(), np.zeros(len(frame), dtype=bool)])
-        keep = ~flagged
+        if flagged.any():
+            self._flagged.append(_model_frame(frame, prepared, np.flatnonzero(flagged)))
+            self._pending += int(flagged.sum())
+        sent, normalised = prepared.consent_sent, prepared.normalised
+        del prepared  # the chunk's Arrow columns are not held while its valid records are written
         columns = [c for c in frame.columns if c not in _DERIVED and c != SOURCE_ERROR]
         valid = pa.Table.from_pandas(frame[columns], preserve_index=False)
         if flagged.any():
-            valid = valid.filter(pa.array(keep))
-            self._flagged.append(_model_frame(frame, prepared, np.flatnonzero(flagged)))
-            self._pending += int(flagged.sum())
+            keep = pa.array(~flagged)
+            valid, sent = valid.filter(keep), sent.filter(keep)
         # sent as UTC with millisecond precision: 2024-11-01T09:15:00.000Z whatever offset or precision came in
         at = valid.schema.get_field_index("consent_timestamp")
-        sent = prepared.consent_sent.filter(pa.array(keep)) if flagged.any() else prepared.consent_sent
         valid = valid.set_column(at, "consent_timestamp", sent.cast(valid.schema.field(at).type))
         rejects = self._model() if self._pending >= self._model_rows else _no_rejects()
-        return ChunkValidation(valid=valid, rejects=rejects, rejected_rows=int(flagged.sum()),
-                               normalised=prepared.normalised)
+        return ChunkValidation(valid=valid, rejects=rejects, rejected_rows=int(flagged.sum()), normalised=normalised)
 
     def finish(self) -> pd.DataFrame:
         """The rejections not yet returned."""
