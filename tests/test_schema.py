@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from include.cxone_import.masking import mask_phone, neutralise_formulas
+from include.cxone_import.rules import RULES
 from include.cxone_import.schema import ChunkValidator, ContactRecordSchema
 from include.cxone_import.sources import iter_canonical_chunks
 
@@ -118,3 +119,15 @@ def test_formula_cells_are_neutralised():
     assert list(neutralise_formulas(frame)["value_masked"]) == [
         "'=HYPERLINK(\"x\")", "'+cmd", "'@SUM(1)", "'-2+3", "plain"
     ]
+
+
+def test_design_lists_every_rule_of_the_table_with_its_message():
+    """docs/DESIGN.md's rule table is the rule table: every rule, no other, each with the message a reject carries."""
+    design = (Path(__file__).parents[1] / "docs" / "DESIGN.md").read_text()
+    section = design.split("## Validation rules", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            documented[cells[0].strip("`")] = (cells[2].startswith("reader"), cells[3])
+    assert documented == {rule.name: (rule.from_source, rule.message) for rule in RULES}
