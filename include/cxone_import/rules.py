@@ -114,6 +114,7 @@ def _missing(values: pa.Array, limits: RunLimits) -> np.ndarray:
 
 
 def _flagged(values: np.ndarray, limits: RunLimits) -> np.ndarray:
+    """A derived column that is the failure itself (a repeat, an unparsed or zoneless consent)."""
     return values
 
 
@@ -170,12 +171,13 @@ RULES: tuple[Rule, ...] = (
     # decided by the reader: a record that could not be read carries only that reason
     _source_rule(JSON_PARSEABLE, "the line is not a valid JSON record"),
     _source_rule(CSV_FIELD_COUNT, "the record has a different number of fields than the header"),
-    _source_rule(LINE_TOO_LONG, f"the record is longer than {MAX_RECORD_BYTES} bytes (CSV: characters) and was not read"),
+    _source_rule(LINE_TOO_LONG,
+                 f"the record is longer than {MAX_RECORD_BYTES} bytes (CSV: characters) and was not read"),
     _source_rule(JSON_DEPTH, f"the JSON record nests deeper than {MAX_JSON_DEPTH} levels"),
-    _source_rule(CUSTOM_FIELD_COUNT, f"the record has more than {MAX_CUSTOM_FIELDS} custom fields (JSON Lines: or custom "
-                 f"field names beyond the file's first {MAX_CUSTOM_FIELDS})"),
-    _source_rule(PHONE_NUMBER_COUNT, f"the record has more than {MAX_PHONE_NUMBERS} phone numbers (JSON Lines: or phone "
-                 f"columns beyond the file's first {MAX_PHONE_COLUMNS})"),
+    _source_rule(CUSTOM_FIELD_COUNT, f"the record has more than {MAX_CUSTOM_FIELDS} custom fields (JSON Lines: or "
+                 f"custom field names beyond the file's first {MAX_CUSTOM_FIELDS})"),
+    _source_rule(PHONE_NUMBER_COUNT, f"the record has more than {MAX_PHONE_NUMBERS} phone numbers (JSON Lines: or "
+                 f"phone columns beyond the file's first {MAX_PHONE_COLUMNS})"),
     Rule(CONTACT_ID_PRESENT, "contact_id", "contactId is missing", _missing),
     Rule(CONTACT_ID_UNIQUE, CONTACT_ID_REPEAT, "contactId appears earlier in the input", _flagged, "contact_id"),
     Rule(PHONE_PRESENT, PHONE_COUNT, "the record has no phone number", _no_phone, "phoneNumbers"),

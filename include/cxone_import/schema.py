@@ -49,6 +49,7 @@ from include.cxone_import.rules import (
     RULE_BY_NAME,
     RULES,
     SOURCE_RULES,
+    Rule,
     RunLimits,
 )
 from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, ROW_NUMBER, SOURCE_ERROR, display_column
@@ -118,7 +119,7 @@ class ContactRecordSchema(RunLimits):
                    for name, spec in _CHECKED_COLUMNS.items()}
         return pandera.DataFrameSchema(columns, strict=False, coerce=False)  # prepare() builds the right types
 
-    def _check(self, rule: Any) -> pandera.Check:
+    def _check(self, rule: Rule) -> pandera.Check:
         def passes(column: pd.Series) -> pd.Series:
             return pd.Series(~rule.fails(_predicate_input(column), self), index=column.index)
 
@@ -396,7 +397,9 @@ class ChunkValidator:
         rejects = model_reasons(self.schema, flagged)
         confirmed = np.unique(rejects["index"].to_numpy())
         if len(confirmed) != len(flagged):
-            raise SchemaContractError(f"the pre-pass flagged {len(flagged)} rows, the schema rejects {len(confirmed)} of them")
+            raise SchemaContractError(
+                f"the pre-pass flagged {len(flagged)} rows, the schema rejects {len(confirmed)} of them"
+            )
         return rejects.drop(columns=["index"])
 
 
