@@ -227,8 +227,7 @@ def test_each_rule_flags_exactly_the_rows_the_model_rejects_for_it(tmp_path, see
     for chunk in iter_canonical_chunks(path, chunk_rows=250):
         whole = validate_whole(chunk.copy(), schema, SeenContactIds())
         frame = chunk.reset_index(drop=True).copy()
-        prepared = prepare(frame, schema)
-        prepared.columns[rules.CONTACT_ID_REPEAT] = SeenContactIds().repeats(prepared.id_hashes, prepared.id_present)
+        prepared = prepare(frame, schema, SeenContactIds())
         failing = schema.failing(prepared.columns)
         unreadable = set(whole.rejects.loc[whole.rejects["rule"].isin(SOURCE_RULES), "row_number"])
         for rule in (r.name for r in RULES if r.name != rules.RECORD_TOO_LONG):
@@ -261,8 +260,7 @@ def test_the_model_and_the_pre_pass_both_decide_every_rule_of_the_table(rule):
     assert sum(names.count(rule.name) for names in checks.values()) == 1
     assert {name for names in checks.values() for name in names} == {r.name for r in RULES}
     frame = every_column_chunk()
-    prepared = prepare(frame, schema)
-    prepared.columns[rules.CONTACT_ID_REPEAT] = SeenContactIds().repeats(prepared.id_hashes, prepared.id_present)
+    prepared = prepare(frame, schema, SeenContactIds())
     failing = schema.failing(prepared.columns)
     assert set(failing) == {r.name for r in RULES}
     assert failing[rule.name].shape == (len(frame),)

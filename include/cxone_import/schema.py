@@ -286,20 +286,19 @@ def _e164(number: str, region: str) -> str | None:
 @dataclass
 class Prepared:
     """One normalised chunk as the rules read it: ``columns`` (the user's as Arrow strings, the derived as numpy),
-    the consent as sent (UTC, milliseconds) and what the uniqueness rule needs of the contactIds."""
+    and its consent parsed and as sent (UTC, milliseconds)."""
 
     normalised: dict[str, int]
     columns: dict[str, Any]
     consent_micros: np.ndarray  # UTC microseconds (0 where consent did not parse)
     consent_parsed: np.ndarray
     consent_sent: pa.Array
-    id_hashes: np.ndarray
-    id_present: np.ndarray
 
 
-def prepare(frame: pd.DataFrame, schema: ContactRecordSchema) -> Prepared:
+def prepare(frame: pd.DataFrame, schema: ContactRecordSchema, seen: SeenContactIds) -> Prepared:
     """Normalise the chunk (in place), then derive the columns the rules read about several columns (phones given,
-    the consent parsed, each row's longest field and, with a record limit, its length as a CSV line)."""
+    the consent parsed, each row's longest field and, with a record limit, its length as a CSV line, and whether its
+    contactId came before: recorded in ``seen``)."""
     normalised = normalise(frame, schema.default_phone_region)
     rows = len(frame)
     columns: dict[str, Any] = {c: arrow_strings(frame[c]) for c in frame.columns if c != ROW_NUMBER}
@@ -313,11 +312,7 @@ def prepare(frame: pd.DataFrame, schema: ContactRecordSchema) -> Prepared:
     # written for every row, the flagged ones too: a consent outside the years 0000-9999 (in UTC) is in the future
     # or older than any consent window, so its row is never sent and its value may be clipped to be written
     sent = format_utc_milliseconds(micros.clip(_FIRST_WRITABLE, _LAST_WRITABLE))
-    prepared = Prepared(
-        normalised=normalised, columns=columns, consent_micros=micros, consent_parsed=parsed,
-        consent_sent=sent, id_hashes=string_hashes(ids),
-        id_present=pc.is_valid(ids).to_numpy(zero_copy_only=False),
-    )
+    hashes = string_hashes(ids)
     if schema.max_record_chars:
         user_columns = [c for c in frame.columns if c not in (ROW_NUMBER, SOURCE_ERROR)]
         record_chars = np.full(rows, len(user_columns) - 1, dtype=np.int64)  # the commas
@@ -342,8 +337,10 @@ def prepare(frame: pd.DataFrame, schema: ContactRecordSchema) -> Prepared:
         PHONE_COUNT: phones_given, CONSENT_UNPARSED: given & ~parsed, CONSENT_ZONELESS: parsed & ~zoned,
         CONSENT_AT: np.where(parsed, micros, np.iinfo(np.int64).min).view("datetime64[us]"),  # NaT: not parsed
         LONGEST_FIELD: longest, LONGEST_FIELD_COLUMN: longest_column,
+        CONTACT_ID_REPEAT: seen.repeats(hashes, pc.is_valid(ids).to_numpy(zero_copy_only=False)),
     })
-    return prepared
+    return Prepared(normalised=normalised, columns=columns, consent_micros=micros, consent_parsed=parsed,
+                    consent_sent=sent)
 
 
 class ChunkValidator:
@@ -363,8 +360,7 @@ class ChunkValidator:
 
     def chunk(self, frame: pd.DataFrame) -> ChunkValidation:
         frame = frame.reset_index(drop=True)
-        prepared = prepare(frame, self.schema)
-        prepared.columns[CONTACT_ID_REPEAT] = self.seen.repeats(prepared.id_hashes, prepared.id_present)
+        prepared = prepare(frame, self.schema, self.seen)
         failing = self.schema.failing(prepared.columns)
         flagged = np.logical_or.reduce([*failing.values(), np.zeros(len(frame), dtype=bool)])
         if flagged.any():
