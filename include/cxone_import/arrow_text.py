@@ -19,11 +19,13 @@ _ZERO = ord("0")
 
 
 def arrow_strings(series: pd.Series) -> pa.Array:
-    """A string column as one pyarrow large_string array (no copy for pandas' arrow-backed strings)."""
+    """A string column as one pyarrow large_string array (no copy for pandas' arrow-backed strings of one chunk)."""
     if not len(series):
         return pa.array([], pa.large_string())
-    array = pa.array(series.array, type=pa.large_string(), from_pandas=True)
-    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    array = pa.array(series.array, from_pandas=True)  # asking for the type here would copy an arrow-backed column
+    if isinstance(array, pa.ChunkedArray):
+        array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+    return array if array.type == pa.large_string() else array.cast(pa.large_string())
 
 
 def pandas_strings(values: pa.Array, index: pd.Index) -> pd.Series:

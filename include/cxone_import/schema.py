@@ -370,12 +370,11 @@ class ChunkValidator:
         del prepared  # the chunk's Arrow columns are not held while its valid records are written
         columns = [c for c in frame.columns if c not in _DERIVED and c != SOURCE_ERROR]
         valid = pa.Table.from_pandas(frame[columns], preserve_index=False)
-        if flagged.any():
-            keep = pa.array(~flagged)
-            valid, sent = valid.filter(keep), sent.filter(keep)
         # sent as UTC with millisecond precision: 2024-11-01T09:15:00.000Z whatever offset or precision came in
         at = valid.schema.get_field_index("consent_timestamp")
         valid = valid.set_column(at, "consent_timestamp", sent.cast(valid.schema.field(at).type))
+        if flagged.any():
+            valid = valid.filter(pa.array(~flagged))
         rejects = self._model() if self._pending >= self._model_rows else _no_rejects()
         return ChunkValidation(valid=valid, rejects=rejects, rejected_rows=int(flagged.sum()), normalised=normalised)
 
