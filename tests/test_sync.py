@@ -404,3 +404,31 @@ def test_a_contact_removed_on_the_cxone_side_ends_not_on_list(run_import, cxone_
                                  {"contact_list_id": CONTACT_LIST_ID, "sync_mode": "upsert"}, context)
     assert len(webhook_sink.events()) == received
     assert again["failed"] == 0 and again["delivered"] == again["events"]
+
+
+def test_a_full_resync_under_upsert_updates_only_what_changed_and_re_creates_what_cxone_lost(
+        run_import, cxone_sandbox, export, tmp_path):
+    """``full_resync`` sends every record, but a record the list holds exactly so goes as a create (batched, answered
+    duplicate), never as an update: only the changed ones are PUT, and a record deleted in CXone is created again."""
+    from cxone_provider.hooks.cxone import CXoneHook
+    from include.cxone_import import airflow_tasks
+
+    first = nightly(run_import, export.path, 90, sync_mode="upsert")
+    assert first.state == "success"
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=7, withdraw=0, expire=0, absent=0)
+    lost = sorted(set(export.valid_contact_ids) - set(changed))[:4]
+    with CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).get_client() as client:
+        assert all(client.delete_record(CONTACT_LIST_ID, c).found for c in lost)
+    log_before = len(cxone_sandbox.request_log())
+    resync = nightly(run_import, path, 91, sync_mode="upsert", full_resync=True)
+    assert resync.state == "success", resync.report["problems"]
+    sent = cxone_sandbox.request_log()[log_before:]
+    puts = [r for r in sent if r.get("method") == "PUT"]
+    assert len(puts) == len(changed), "only the changed records are updates"
+    totals = resync.report["totals"]
+    valid = len(export.valid_contact_ids)
+    assert (totals["updated"], totals["imported"], totals["unchanged"]) == (len(changed), len(lost), 0)
+    assert totals["duplicates"] == valid - len(changed) - len(lost)
+    assert resync.report["changes"]["resent"] == valid - len(changed)
+    after = stored(cxone_sandbox)
+    assert set(lost) <= set(after) and all(after[c]["customFields"]["tier"].startswith("changed-") for c in changed)

@@ -53,6 +53,7 @@ from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import (
     DECISION_ANSWER_LOST,
     DECISION_LISTED,
+    DECISION_RESENT,
     LEFT_OUT,
     SYNC_DELTA_OFFSET,
     Acknowledgements,
@@ -460,7 +461,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         parallelism=min(conf.getint("core", "parallelism", fallback=32), parallel_groups()),
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
         left_out_rows=read_decided_rows(layout, *LEFT_OUT) if left_out or plan else None,
-        listed_rows=read_decided_rows(layout, DECISION_LISTED) if changes["listed"] else None,
+        listed_rows=read_decided_rows(layout, DECISION_LISTED, DECISION_RESENT)
+        if changes["listed"] or changes.get("resent") else None,
         answer_lost_rows=read_decided_rows(layout, DECISION_ANSWER_LOST) if changes.get("answer_lost") else None,
     )
     groups = _with_sync_ops(layout, groups, plan, key, validated)
