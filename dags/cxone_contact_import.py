@@ -21,17 +21,17 @@ from airflow.sdk import AssetAlias, Param, dag, task
 from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
 from include.cxone_import import settings
-from include.cxone_import.operators import ImportGroupOperator, RemovalApprovalOperator
+from include.cxone_import.operators import ContactImportOperator, RemovalApprovalOperator
 
-# Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported when a task runs.
+# Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported inside the tasks, when they run.
 RETRY_DELAY = settings.retry_delay()
 
 
-def _steps():
-    """The task bodies, imported when a task runs."""
-    from include.cxone_import import airflow_tasks
+def _failure_event(context):
+    """The event of a failed run (built when a run fails, not when the file is parsed)."""
+    from include.cxone_import.run_bookkeeping import failure_event
 
-    return airflow_tasks
+    return failure_event(context)
 
 
 @dag(
@@ -42,7 +42,7 @@ def _steps():
     # runs for different contact lists go on at the same time: one tenant budget is shared by all of them, and
     # each list is held by one run at a time (a lease taken by the import tasks; see README, "Throughput")
     doc_md=__doc__,
-    on_failure_callback=CrmRunFailedNotifier(build_event=settings.failure_event, http_conn_id=settings.WEBHOOK_CONN_ID),
+    on_failure_callback=CrmRunFailedNotifier(build_event=_failure_event, http_conn_id=settings.WEBHOOK_CONN_ID),
     tags=["cxone", "outbound", "contacts"],
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={
@@ -120,45 +120,50 @@ def _steps():
 def cxone_contact_import():
     @task
     def extract(params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "extract"):
-            return steps.extract(params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "extract"):
+            return tasks.extract(params, context)
 
     @task
     def validate(extracted: dict, params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "validate"):
-            return steps.validate(extracted, params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "validate"):
+            return tasks.validate(extracted, params, context)
 
     @task
     def chunk(validated: dict, params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "chunk"):
-            return steps.chunk(validated, params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "chunk"):
+            return tasks.chunk(validated, params, context)
 
     @task(trigger_rule="all_done", retries=0)
     def notify_webhook(validated: dict, params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "notify_webhook"):
-            return steps.notify(validated, params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "notify_webhook"):
+            return tasks.notify(validated, params, context)
 
     # The list's asset event comes from here, once per run and only when it reconciled: a downstream DAG never sees
     # a half-imported list, and parallel import tasks never race to create the alias's asset row (PostgreSQL).
     @task(trigger_rule="all_done", retries=0, outlets=[AssetAlias(settings.CONTACT_LIST_ASSET_ALIAS)])
     def report(extracted: dict, validated: dict, groups: list, webhook: dict | None, params=None, **context):
-        steps = _steps()
+        from include.cxone_import import list_lease, run_bookkeeping, tasks
+
         try:
-            with steps.measured(context, "report"):
-                return steps.report(extracted, validated, groups, webhook, params, context)
+            with run_bookkeeping.measured(context, "report"):
+                return tasks.report(extracted, validated, groups, webhook, params, context)
         finally:
-            steps.release_contact_list(params, context)
+            list_lease.release_contact_list(params, context)
 
     extracted = extract()
     validated = validate(extracted)
     groups = chunk(validated)
     # one task per group with the connection's api_profile: records batches, or calling-list uploads whose jobs it
     # waits for deferred on the triggerer, holding no worker or pool slot meanwhile
-    imported = ImportGroupOperator.partial(
+    imported = ContactImportOperator.partial(
         task_id="import_batches",
         pool="cxone_api",  # bounds the worker slots import tasks hold; the request budget does not depend on it
         retries=3,

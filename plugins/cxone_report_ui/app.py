@@ -110,7 +110,7 @@ def _db_variable(key: str, default: Any) -> Any:
 
 def storage_base() -> Any:
     """The import's storage base, resolved as the tasks resolve it (Variables read from the metadata DB here)."""
-    from include.cxone_import.airflow_tasks import storage_base as task_storage_base
+    from include.cxone_import.task_config import storage_base as task_storage_base
 
     return task_storage_base(variable=_db_variable)
 

@@ -1,53 +1,33 @@
-"""The DAG's import step for both API profiles: what the deferrable ``operators.ImportGroupOperator`` runs.
-
-The connection's ``api_profile`` decides what a mapped task does:
-
-- ``records``: the records engine sends the group's batches (``airflow_tasks.import_group``) and the task ends.
-- ``call_lists``: the task uploads the group's CSV files (job ids checkpointed), then *defers*: it hands a
-  :class:`~cxone_provider.triggers.call_lists.CallListJobsTrigger` to Airflow's triggerer and leaves its worker
-  slot (and its ``cxone_api`` pool slot). When every job is complete or cancelled, or the wait timed out, the
-  triggerer's event resumes the task in ``execute_complete``, which reads the list back and writes the outcomes.
-  A retried or cleared task finds the checkpointed jobs and waits for them again; it never uploads a file twice.
+"""The ``call_lists`` API profile's import step (NICE's calling-list API): the task sends the group's removals,
+uploads its CSV files (job ids checkpointed) and returns a :class:`~cxone_provider.triggers.call_lists.JobWait`,
+on which the provider's ``ImportGroupOperator`` *defers*: the triggerer waits for the jobs and the task leaves its
+worker slot (and its ``cxone_api`` pool slot). When every job is complete or cancelled, or the wait timed out, the
+task resumes in :func:`finish_group`, which reads the list back and writes the outcomes. A retried or cleared task
+finds the checkpointed jobs and waits for them again; it never uploads a file twice. Also what ``chunk`` needs of
+the profile: the calling list found or created (:func:`prepare_call_list`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneConfigurationError
+from cxone_provider.triggers.call_lists import TRIGGER_TIMEOUT_MARGIN_S, JobsSettled, JobWait
 
-from include.cxone_import import airflow_tasks as steps
 from include.cxone_import import sync
 from include.cxone_import.call_list_sync import CallListSyncer, dnc_audit_entries, dnc_counts
 from include.cxone_import.engine import TransientImportError
+from include.cxone_import.list_lease import contact_list_lease, hold_contact_list, sending_list_key
+from include.cxone_import.run_bookkeeping import record_answers, record_sync_answers, xcom_summary
 from include.cxone_import.storage import RunLayout, read_json, write_json
+from include.cxone_import.task_config import contact_list_id, cxone_hook, run_layout
 from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions, call_list_file
 
 log = logging.getLogger(__name__)
-
-CALL_LISTS = "call_lists"
-TRIGGER_TIMEOUT_MARGIN_S = 300  # the triggerer's own limit, beyond the trigger's timeout (a stuck trigger)
-
-
-def _hook() -> Any:
-    from cxone_provider.hooks.cxone import CXoneHook
-
-    return CXoneHook(cxone_conn_id=steps.CXONE_CONN_ID)
-
-
-def api_profile() -> str:
-    """The connection's API profile; ``records`` when there is no CXone connection (a dry run may have none)."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        return _hook().api_profile
-    except AirflowNotFoundException:
-        return "records"
 
 
 def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool) -> tuple[CallListLayout | None, str]:
@@ -56,8 +36,8 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
     per other column); remember it and its CSV columns in ``call_list.json`` (a retried chunk reuses it). Returns
     the list (None: missing, to be created once records are sent) and the tenant id its token names."""
     path = call_list_file(layout)
-    hook = _hook()
-    name = steps.contact_list_id(params)
+    hook = cxone_hook()
+    name = contact_list_id(params)
     external_id_column = hook.call_list_options["external_id_column"]
     with layout.valid_part(0).open("rb") as handle:
         columns = pq.read_schema(handle).names
@@ -93,23 +73,6 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
     return call_list, tenant_id
 
 
-@dataclass(frozen=True)
-class JobWait:
-    """What the task defers on: the arguments of ``CallListJobsTrigger`` (``asdict`` gives them)."""
-
-    cxone_conn_id: str
-    list_id: str
-    job_ids: list[str]
-    wait_for_list: bool
-    submitted_at: float
-    timeout_s: float
-    poll_first_s: float
-    poll_max_s: float
-
-    def trigger_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any]) -> tuple[GroupUploader, dict[str, Any]]:
     options = hook.call_list_options
     call_list = CallListLayout.from_dict(read_json(call_list_file(layout)))
@@ -134,9 +97,9 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, cont
     if not state.jobs() and not state.uncertain():
         return None
     # while deferred nothing renews the lease: hold the list for the whole wait (the report task releases it)
-    steps.hold_contact_list(hook, key, context, options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
+    hold_contact_list(hook, key, context, options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
     return JobWait(
-        cxone_conn_id=steps.CXONE_CONN_ID,
+        cxone_conn_id=hook.cxone_conn_id,
         list_id=uploader.list_id,
         job_ids=[j for j in state.jobs() if j not in state.settled_jobs()],
         wait_for_list=state.uncertain(),
@@ -158,14 +121,21 @@ def _mirror_allowed(layout: RunLayout, params: dict[str, Any]) -> bool:
     return bool(sync.mirror_removals_allowed(layout, plan, float(params.get("max_removal_share", 0.05))))
 
 
+def start_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | JobWait:
+    """The import step: remove and upload (:func:`submit_group`), then what to wait for, or, when nothing is to be
+    waited for, the group's summary at once."""
+    wait = submit_group(hook, group, params, context)
+    return wait if wait is not None else finish_group(hook, group, params, context, None)
+
+
 def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> JobWait | None:
     """Send the group's removals (sync: removals, the old versions of changed records, DNC entries), then upload
     the group's files (those never sent) while the run holds the list; what the task waits for, or None when there
     is nothing to wait for."""
-    layout = steps.run_layout(context)
-    key = steps.sending_list_key(layout)
+    layout = run_layout(context)
+    key = sending_list_key(layout)
     group_index = int(group["group_index"])
-    with steps.contact_list_lease(hook, key, context) as lease, \
+    with contact_list_lease(hook, key, context) as lease, \
             hook.get_call_list_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client:
         # removals first: a changed record's new version is uploaded only once its old one is seen gone
         _syncer(hook, client, layout).remove(group_index, mirror_allowed=_mirror_allowed(layout, params))
@@ -174,24 +144,22 @@ def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
 
 
 def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any],
-                 event: dict[str, Any] | None) -> dict[str, Any] | JobWait:
+                 settled: JobsSettled | None) -> dict[str, Any] | JobWait:
     """Reconcile the group from the list (after its jobs settled or timed out), update the list's state, and raise
     when a file is still to be sent (the task's retry sends it). When the read-back plans a recovery round (rows
     of a cancelled job or a lost reply that the list does not hold), upload its files and return what to wait for
-    instead."""
-    if event and event.get("status") == "error":
-        raise RuntimeError(f"waiting for the upload jobs failed: {event.get('message')}")
-    layout = steps.run_layout(context)
+    instead. ``settled``: the trigger's event (None: nothing was waited for)."""
+    layout = run_layout(context)
     group_index = int(group["group_index"])
-    key = steps.sending_list_key(layout)
-    with steps.contact_list_lease(hook, key, context) as lease, \
+    key = sending_list_key(layout)
+    with contact_list_lease(hook, key, context) as lease, \
             hook.get_call_list_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client:
         uploader, options = _uploader(hook, client, layout, params)
         state = uploader.load_state(group_index)
-        if state.reconciled and not state.not_sent() and event is None:
+        if state.reconciled and not state.not_sent() and settled is None:
             summary = read_json(layout.outcome_file(group_index).with_suffix(".json"))
         else:
-            summary = uploader.reconcile(group_index, dict((event or {}).get("jobs") or {}),
+            summary = uploader.reconcile(group_index, dict(settled.jobs) if settled else {},
                                          timeout_s=options["job_timeout_s"])
             if summary is None:  # a recovery round: its files go now, the task waits for their jobs again
                 wait = _submit(hook, uploader, group_index, key, context, options, submitted_at=time.time())
@@ -201,7 +169,7 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
                 summary = uploader.reconcile(group_index, {}, timeout_s=options["job_timeout_s"], recover=False)
             state = uploader.load_state(group_index)
         sync_summary = _account_sync(_syncer(hook, client, layout), layout, key, group_index, params, context)
-    steps.record_answers(layout, key, group_index, context)
+    record_answers(layout, key, group_index, context)
     if sync_summary is not None:
         summary = {**summary, "sync": sync_summary}
     if state.not_sent():
@@ -209,7 +177,7 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
             f"group {group_index}: {len(state.not_sent())} files could not be uploaded; the task retry sends only "
             "those, the others keep their jobs"
         )
-    return {**summary, "batch_metrics": [{k: m[k] for k in steps.XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+    return xcom_summary(summary)
 
 
 def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_index: int, params: dict[str, Any],
@@ -224,5 +192,5 @@ def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_ind
     group_id = str(syncer.dnc_group_id or "")
     counts = sync.record_group(layout, group_index, summary, results, mirror_allowed=allowed,
                                audit=dnc_audit_entries(group_id, dnc), extra={"dnc": dnc_counts(dnc)} if dnc else None)
-    steps.record_sync_answers(layout, key, group_index, context, results)
+    record_sync_answers(layout, key, group_index, context, results)
     return counts
