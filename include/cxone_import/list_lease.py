@@ -9,12 +9,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.cxone_import.settings import list_handover, list_wait
 from include.cxone_import.state import ListKey
 from include.cxone_import.storage import RunLayout, read_json, write_json
 from include.cxone_import.task_config import cxone_hook, dag_id_of, run_layout
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,12 @@ def sending_list_key(layout: RunLayout) -> ListKey:
     return key
 
 
-def lease_owner(context: dict[str, Any]) -> str:
+def lease_owner(context: Context) -> str:
     return f"{dag_id_of(context)}/{context['run_id']}"
 
 
 @contextmanager
-def contact_list_lease(hook: Any, key: ListKey, context: dict[str, Any], *, first: bool = False) -> Iterator[Any]:
+def contact_list_lease(hook: Any, key: ListKey, context: Context, *, first: bool = False) -> Iterator[Any]:
     """
     Hold the contact list for this run while the task sends (one run per list at a time; runs for other lists go
     on). The lease is the list's key (its tenant and resolved id), lives in the tenant's budget store, is shared by
@@ -91,14 +94,14 @@ def _continue_tenure(layout: RunLayout, lease: Any, *, first: bool) -> None:
         write_json(path, {"token": lease.token, "owner": lease.owner})
 
 
-def hold_contact_list(hook: Any, key: ListKey, context: dict[str, Any], seconds: float) -> None:
+def hold_contact_list(hook: Any, key: ListKey, context: Context, seconds: float) -> None:
     """Keep the run's lease on the list for ``seconds`` more while nothing renews it (a task deferred on upload jobs
     holds no thread): another run of the list must not start while this one's jobs may still apply."""
     if hook.acquire_list_lease(key.lease_name, lease_owner(context), max(LIST_LEASE_TTL_S, seconds)) != lease_owner(context):
         log.warning("lost the lease on %s before waiting on its upload jobs", key.describe())
 
 
-def release_contact_list(params: dict[str, Any], context: dict[str, Any]) -> None:
+def release_contact_list(params: dict[str, Any], context: Context) -> None:
     """Give the run's contact list back (the report task does, whatever the run's outcome)."""
     try:
         key = run_list_key(run_layout(context))

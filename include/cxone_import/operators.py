@@ -19,10 +19,12 @@ from include.cxone_import.settings import CXONE_CONN_ID
 if TYPE_CHECKING:
     from cxone_provider.hooks.cxone import CXoneHook
 
+    from include.cxone_import.handoffs import ImportGroup
+
 log = logging.getLogger(__name__)
 
 
-def group_label(group: dict[str, Any]) -> str:
+def group_label(group: ImportGroup) -> str:
     """How a mapped import task is named in the UI."""
     return f"group {group['group_index']}: {group.get('batches', '?')} batches, {group['records']} records"
 
@@ -36,7 +38,7 @@ class ContactImportOperator(ImportGroupOperator):
     :param group: the group as ``chunk`` planned it (index, path, counts).
     """
 
-    def __init__(self, *, group: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, *, group: ImportGroup, **kwargs: Any) -> None:
         super().__init__(group=group, cxone_conn_id=CXONE_CONN_ID, **kwargs)
 
     def get_hook(self) -> CXoneHook:

@@ -13,13 +13,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cxone_provider.crm_webhook import WebhookSender
 from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
 from include.cxone_import import sync
+from include.cxone_import.handoffs import GroupSummary, ImportGroup
 from include.cxone_import.settings import CONTACT_LIST_ASSET_ALIAS
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import SYNC_DELTA_OFFSET, Acknowledgements, ListKey, acknowledged_from_outcomes
@@ -36,6 +37,9 @@ from include.cxone_import.task_config import (
 )
 from include.cxone_import.webhook import LiveBatchEvents, delivery_audit, run_failed_event
 
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
 log = logging.getLogger(__name__)
 
 XCOM_BATCH_FIELDS = ("batch_id", "batch_index", "records", "imported", "duplicates", "failed", "status", "latency_ms", "attempts")
@@ -43,7 +47,7 @@ LIVE_DELIVERIES = "webhook-group-"  # audit parts of the batch events import tas
 
 
 @contextmanager
-def measured(context: dict[str, Any], name: str) -> Iterator[None]:
+def measured(context: Context, name: str) -> Iterator[None]:
     """Record the task's wall time and its process's peak RSS under ``metrics/`` (read by ``make bench``) and,
     when the task fails, why (``failures/``, read by the report and the failure event).
 
@@ -84,7 +88,7 @@ def measured(context: dict[str, Any], name: str) -> Iterator[None]:
             log.warning("could not write task metrics for %s", key)
 
 
-def _record_failure(context: dict[str, Any], key: str, task: str, exc: BaseException) -> None:
+def _record_failure(context: Context, key: str, task: str, exc: BaseException) -> None:
     """``failures/{task}.json``: the task, the rule and column when the error names them, and the message (our
     errors name rows and rules, never record content)."""
     try:
@@ -112,7 +116,7 @@ def recorded_failures(layout: RunLayout) -> list[dict[str, Any]]:
     return sorted(found, key=lambda f: (order.get(f.get("task"), 9), f.get("at") or ""))
 
 
-def failure_event(context: dict[str, Any]) -> dict[str, Any]:
+def failure_event(context: Context) -> dict[str, Any]:
     """The event of a failed run (the DAG's ``on_failure_callback``), with the problems its report lists."""
     run_id = str(context.get("run_id") or getattr(context.get("dag_run"), "run_id", ""))
     ti = context.get("ti") or context.get("task_instance")
@@ -140,14 +144,14 @@ def failure_event(context: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def record_answers(layout: RunLayout, key: ListKey, group_index: int, context: dict[str, Any]) -> None:
+def record_answers(layout: RunLayout, key: ListKey, group_index: int, context: Context) -> None:
     """Write what CXone said about the group's records into the list's state (one delta file)."""
     answers = acknowledged_from_outcomes(layout, group_index)
     if len(answers):
         list_state(key, context).write_delta(context["run_id"], group_index, answers, logical_date=logical_seconds(context))
 
 
-def record_sync_answers(layout: RunLayout, key: ListKey, group_index: int, context: dict[str, Any],
+def record_sync_answers(layout: RunLayout, key: ListKey, group_index: int, context: Context,
                         results: list[sync.OpResult]) -> None:
     """Write what CXone said about the group's updates and removals into the list's state (its own delta file)."""
     contact_ids, records, outcomes = sync.answers_of(results)
@@ -157,7 +161,7 @@ def record_sync_answers(layout: RunLayout, key: ListKey, group_index: int, conte
                                              logical_date=logical_seconds(context))
 
 
-def xcom_summary(summary: dict[str, Any]) -> dict[str, Any]:
+def xcom_summary(summary: GroupSummary) -> GroupSummary:
     """The group summary as XCom carries it: the per-batch metrics kept compact (the full ones, with request ids and
     timestamps, are in storage)."""
     return {**summary, "batch_metrics": [{k: m[k] for k in XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
@@ -176,7 +180,7 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def live_batch_events(group: dict[str, Any], context: dict[str, Any]) -> LiveBatchEvents | None:
+def live_batch_events(group: ImportGroup, context: Context) -> LiveBatchEvents | None:
     """The CRM events of this group's batches, sent as the batches are acknowledged; None without a webhook (or when
     it cannot be read now: ``notify_webhook`` then sends every batch event after the import)."""
     try:
@@ -190,7 +194,7 @@ def live_batch_events(group: dict[str, Any], context: dict[str, Any]) -> LiveBat
     return LiveBatchEvents(WebhookSender(target), event_key(context), scope)
 
 
-def record_live_deliveries(layout: RunLayout, group: dict[str, Any], context: dict[str, Any], deliveries: list[Any]) -> None:
+def record_live_deliveries(layout: RunLayout, group: ImportGroup, context: Context, deliveries: list[Any]) -> None:
     """Keep what became of the events this try sent (one audit part per group and try: a retry never overwrites
     what an earlier try delivered, and ``notify_webhook`` sends again only what no try delivered)."""
     try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
@@ -200,7 +204,7 @@ def record_live_deliveries(layout: RunLayout, group: dict[str, Any], context: di
              sum(1 for d in deliveries if d.ok), len(deliveries))
 
 
-def emit_contact_list_asset(context: dict[str, Any], list_id: str, totals: dict[str, Any]) -> None:
+def emit_contact_list_asset(context: Context, list_id: str, totals: dict[str, Any]) -> None:
     """The run's Asset event for the contact list it imported into (``cxone://<host>/contactlists/<id>``), with the
     run's counts. One per run, from the report task: import tasks finishing together would race to create the
     alias's asset row on a first import (a unique-key violation on PostgreSQL fails the task)."""

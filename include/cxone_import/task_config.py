@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from cxone_provider.crm_webhook import WebhookTarget
 from cxone_provider.errors import CXoneConfigurationError
 
+from include.cxone_import.handoffs import RunInfo
 from include.cxone_import.settings import CXONE_CONN_ID, DAG_ID, WEBHOOK_CONN_ID
 from include.cxone_import.source_policy import (
     ALLOWED_PREFIXES_VARIABLE,
@@ -27,6 +28,7 @@ from include.cxone_import.state import ContactListState, ListKey
 from include.cxone_import.storage import RunLayout
 
 if TYPE_CHECKING:
+    from airflow.sdk import Context
     from cxone_provider.hooks.cxone import CXoneHook
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ def storage_base(variable: Callable[[str, Any], Any] | None = None) -> Any:
     return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
 
 
-def dag_id_of(context: dict[str, Any]) -> str:
+def dag_id_of(context: Context) -> str:
     """The id of the DAG the task runs in: folders, the list's state, the lease owner and events are the running
     DAG's, so a second DAG built from this file never shares them. The constant only for callers without a DAG
     (tools, tests that pass a bare ``run_id``)."""
@@ -74,7 +76,7 @@ def dag_id_of(context: dict[str, Any]) -> str:
     return DAG_ID
 
 
-def event_key(context: dict[str, Any], run_id: str | None = None) -> str:
+def event_key(context: Context, run_id: str | None = None) -> str:
     """What a run's CRM events are keyed by (``eventId``, ``Idempotency-Key``): the run id for this project's DAG,
     as receivers have always seen it; ``{dag_id}/{run_id}`` for another DAG, whose scheduled runs carry the same
     run ids."""
@@ -86,7 +88,7 @@ def layout_for(dag_id: str, run_id: str) -> RunLayout:
     return RunLayout.for_run(storage_base(), dag_id, run_id)
 
 
-def run_layout(context: dict[str, Any]) -> RunLayout:
+def run_layout(context: Context) -> RunLayout:
     """The files of the running DAG run."""
     return layout_for(dag_id_of(context), str(context["run_id"]))
 
@@ -105,7 +107,7 @@ def _as_path(uri: str) -> Any:
     return ObjectStoragePath(uri)
 
 
-def _logical_date(context: dict[str, Any]) -> datetime:
+def _logical_date(context: Context) -> datetime:
     """The run's logical date; a run without one (triggered by hand) is dated when it was due to run."""
     logical = context.get("logical_date")
     if logical is None:
@@ -114,11 +116,11 @@ def _logical_date(context: dict[str, Any]) -> datetime:
     return logical
 
 
-def _run_day(context: dict[str, Any]) -> str:
+def _run_day(context: Context) -> str:
     return _logical_date(context).strftime("%Y-%m-%d")
 
 
-def logical_seconds(context: dict[str, Any]) -> int:
+def logical_seconds(context: Context) -> int:
     """The run's logical date as Unix seconds: what the list's state records with each acknowledged version."""
     return int(_logical_date(context).timestamp())
 
@@ -140,7 +142,7 @@ def allowed_source_prefixes() -> list[str]:
         raise SourceNotAllowedError("(any source)", str(exc)) from None
 
 
-def resolve_source(params: dict[str, Any], context: dict[str, Any]) -> Any:
+def resolve_source(params: dict[str, Any], context: Context) -> Any:
     """The source to read: a redrive's dead letters, the ``source_uri`` param, or the run day's dated file; a
     source outside the allowed prefixes is refused here, before anything is read."""
     if params.get("redrive_run_id"):
@@ -162,7 +164,7 @@ def contact_list_id(params: dict[str, Any]) -> str:
     return str(value)
 
 
-def run_info(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def run_info(params: dict[str, Any], context: Context) -> RunInfo:
     return {
         "dag_id": dag_id_of(context),
         "run_id": context["run_id"],
@@ -211,7 +213,7 @@ def parallel_groups() -> int:
     return groups
 
 
-def list_state(key: ListKey, context: dict[str, Any]) -> ContactListState:
+def list_state(key: ListKey, context: Context) -> ContactListState:
     """The change-detection state of a contact list of a tenant (``state.ContactListState``), under the running
     DAG's id."""
     return ContactListState(storage_base(), dag_id_of(context), key)

@@ -6,11 +6,12 @@ per-batch metrics. The import step itself is the API profile's (``profiles.recor
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxone_provider.crm_webhook import WebhookSender
 
 from include.cxone_import import pipeline, sync
+from include.cxone_import.handoffs import AuditEntry, ExtractedRun, GroupSummary, ImportGroup, RunInfo, ValidateResult
 from include.cxone_import.list_lease import LIST_KEY_FILE, contact_list_lease
 from include.cxone_import.profiles.call_lists import prepare_call_list
 from include.cxone_import.report import (
@@ -69,12 +70,15 @@ from include.cxone_import.webhook import (
     sync_group_event_id,
 )
 
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
 log = logging.getLogger(__name__)
 
 NOTIFY_DELIVERIES = "webhook-notify-try-"  # audit parts of the events notify_webhook delivered, one per try
 
 
-def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def extract(params: dict[str, Any], context: Context) -> ExtractedRun:
     run = run_info(params, context)
     source = resolve_source(params, context)
     if not source.exists():
@@ -86,7 +90,7 @@ def extract(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     return {**result, "run": run, "run_root": str(layout.root)}
 
 
-def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def validate(extracted: ExtractedRun, params: dict[str, Any], context: Context) -> ValidateResult:
     layout = run_layout(context)
     result = pipeline.validate(
         layout, parts=extracted["parts"], max_consent_age_days=int(params["max_consent_age_days"]),
@@ -99,7 +103,7 @@ def validate(extracted: dict[str, Any], params: dict[str, Any], context: dict[st
     return result
 
 
-def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: dict[str, Any], *,
+def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: Context, *,
                      create: bool) -> tuple[ListKey | None, bool]:
     """The key of the run's list (its tenant and resolved id: one state and one lease per list, whether the run
     names it by id or by name) and whether this run created it; remembered in the run's ``list_key.json``, so
@@ -134,7 +138,7 @@ def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: dict[st
     return key, created
 
 
-def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> list[dict[str, Any]]:
+def chunk(validated: ValidateResult, params: dict[str, Any], context: Context) -> list[ImportGroup]:
     """Leave out what the list already holds, plan the mapped import: [] on a dry run (import is then skipped)."""
     from airflow.configuration import conf
 
@@ -197,8 +201,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
     return [{**g, "groups_total": len(groups)} for g in groups]
 
 
-def _plan_sync(layout: RunLayout, key: ListKey | None, validated: dict[str, Any], params: dict[str, Any],
-               context: dict[str, Any]) -> sync.SyncPlan | None:
+def _plan_sync(layout: RunLayout, key: ListKey | None, validated: ValidateResult, params: dict[str, Any],
+               context: Context) -> sync.SyncPlan | None:
     """The run's updates and removals (``sync.plan_sync``), for both API profiles; None in ``append`` mode. A list
     this run created has nothing to update or remove."""
     mode = sync_mode(params)
@@ -213,8 +217,8 @@ def _plan_sync(layout: RunLayout, key: ListKey | None, validated: dict[str, Any]
     )
 
 
-def _with_sync_ops(layout: RunLayout, groups: list[dict[str, Any]], plan: sync.SyncPlan | None, key: ListKey | None,
-                   validated: dict[str, Any]) -> list[dict[str, Any]]:
+def _with_sync_ops(layout: RunLayout, groups: list[ImportGroup], plan: sync.SyncPlan | None, key: ListKey | None,
+                   validated: ValidateResult) -> list[ImportGroup]:
     """Spread the plan's updates and removals over the import groups (groups of no creates when there are none)."""
     if plan is None or key is None or not (plan["updates"] or sum(plan["removals"].values())):
         return groups
@@ -228,7 +232,7 @@ def _with_sync_ops(layout: RunLayout, groups: list[dict[str, Any]], plan: sync.S
     return [{**g, **c} for g, c in zip(groups, counts, strict=True)]
 
 
-def _resend_gone(layout: RunLayout, key: ListKey, validated: dict[str, Any]) -> None:
+def _resend_gone(layout: RunLayout, key: ListKey, validated: ValidateResult) -> None:
     """A calling list's records expire: what the state holds as on the list but the list no longer does is sent
     again (read once, while the run holds the list)."""
     from include.cxone_import.call_list_sync import resend_gone
@@ -242,7 +246,7 @@ def _call_lists() -> bool:
     return api_profile() == CALL_LISTS
 
 
-def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def notify(validated: ValidateResult | None, params: dict[str, Any], context: Context) -> dict[str, Any]:
     """The run summary, and the batch events no import task delivered (all of them on the call_lists profile, or
     when the CRM was down while importing); failures are recorded, never raised. When the run failed before
     validation there is nothing to tell but the failure, which the DAG's failure event carries."""
@@ -304,7 +308,7 @@ def _sync_group_events(layout: RunLayout, key: str, delivered: set[str]) -> list
     return events
 
 
-def _audit_by_batch(layout: RunLayout) -> dict[str, dict[str, Any]]:
+def _audit_by_batch(layout: RunLayout) -> dict[str, AuditEntry]:
     """The batches' audit entries (each batch event's ``auditTrailer``)."""
     return {
         entry["batchId"]: entry
@@ -313,7 +317,7 @@ def _audit_by_batch(layout: RunLayout) -> dict[str, dict[str, Any]]:
     }
 
 
-def _run_or_partial(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def _run_or_partial(params: dict[str, Any], context: Context) -> RunInfo:
     """The run's description even when its contact list cannot be resolved (the reason the run failed)."""
     try:
         return run_info(params, context)
@@ -322,12 +326,12 @@ def _run_or_partial(params: dict[str, Any], context: dict[str, Any]) -> dict[str
 
 
 def report(
-    extracted: dict[str, Any],
-    validated: dict[str, Any],
-    groups: list[dict[str, Any]],
+    extracted: ExtractedRun | None,
+    validated: ValidateResult | None,
+    groups: list[GroupSummary],
     webhook: dict[str, Any] | None,
     params: dict[str, Any],
-    context: dict[str, Any],
+    context: Context,
 ) -> dict[str, Any]:
     layout = run_layout(context)
     failures = recorded_failures(layout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
@@ -21,16 +21,20 @@ from cxone_provider.triggers.call_lists import TRIGGER_TIMEOUT_MARGIN_S, JobsSet
 from include.cxone_import import sync
 from include.cxone_import.call_list_sync import CallListSyncer, dnc_audit_entries, dnc_counts
 from include.cxone_import.engine import TransientImportError
+from include.cxone_import.handoffs import GroupSummary, ImportGroup
 from include.cxone_import.list_lease import contact_list_lease, hold_contact_list, sending_list_key
 from include.cxone_import.run_bookkeeping import record_answers, record_sync_answers, xcom_summary
 from include.cxone_import.storage import RunLayout, read_json, write_json
 from include.cxone_import.task_config import contact_list_id, cxone_hook, run_layout
-from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions, call_list_file
+from include.cxone_import.uploads import CallListColumns, GroupUploader, UploadOptions, call_list_file
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
 
 
-def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool) -> tuple[CallListLayout | None, str]:
+def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool) -> tuple[CallListColumns | None, str]:
     """Find the run's calling list by id or name, or, when ``create`` and the param ``create_list_if_missing`` say
     so, create it (with the external id column, a destination mapping per phone column and a custom-field mapping
     per other column); remember it and its CSV columns in ``call_list.json`` (a retried chunk reuses it). Returns
@@ -44,23 +48,23 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
     with hook.get_call_list_client() as client:
         tenant_id = client.tenant_id
         if path.exists():
-            return CallListLayout.from_dict(read_json(path)), tenant_id
+            return CallListColumns.from_dict(read_json(path)), tenant_id
         found = client.find_list(name)
         if found is not None:
-            call_list = CallListLayout.for_columns(str(found["listId"]), str(found.get("listName") or name),
+            call_list = CallListColumns.for_columns(str(found["listId"]), str(found.get("listName") or name),
                                                    external_id_column, columns)
             log.info("calling list %s found: id %s", name, call_list.list_id)
         elif params.get("create_list_if_missing") and not create:
             return None, tenant_id  # created by the run that sends (never on a dry run or a held run)
         elif params.get("create_list_if_missing"):
-            planned = CallListLayout.for_columns("", name, external_id_column, columns, created=True)
+            planned = CallListColumns.for_columns("", name, external_id_column, columns, created=True)
             list_id = client.create_list(
                 name,
                 external_id_column=external_id_column,
                 destination_mappings=planned.destination_mappings(),
                 custom_field_mappings=planned.custom_field_mappings(),
             )
-            call_list = CallListLayout.for_columns(list_id, name, external_id_column, columns, created=True)
+            call_list = CallListColumns.for_columns(list_id, name, external_id_column, columns, created=True)
         elif not create:
             return None, tenant_id  # a dry run or a held run: the report says nothing was sent
         else:
@@ -75,7 +79,7 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
 
 def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any]) -> tuple[GroupUploader, dict[str, Any]]:
     options = hook.call_list_options
-    call_list = CallListLayout.from_dict(read_json(call_list_file(layout)))
+    call_list = CallListColumns.from_dict(read_json(call_list_file(layout)))
     upload_options = UploadOptions(
         expiration_days=int(params.get("list_expiration_days") or options["list_expiration_days"]),
         skill_id=options["skill_id"],
@@ -88,7 +92,7 @@ def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any])
     return uploader, options
 
 
-def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, context: dict[str, Any],
+def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, context: Context,
             options: dict[str, Any], *, submitted_at: float | None = None) -> JobWait | None:
     """Upload the group's files never sent (the caller holds the list); what to wait for, or None."""
     state = uploader.submit(group_index)
@@ -111,7 +115,7 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, cont
 
 
 def _syncer(hook: Any, client: Any, layout: RunLayout) -> CallListSyncer:
-    call_list = CallListLayout.from_dict(read_json(call_list_file(layout)))
+    call_list = CallListColumns.from_dict(read_json(call_list_file(layout)))
     return CallListSyncer(client, call_list.list_id, call_list.list_name, layout,
                           dnc_group_id=hook.call_list_options.get("dnc_group_id"))
 
@@ -121,14 +125,14 @@ def _mirror_allowed(layout: RunLayout, params: dict[str, Any]) -> bool:
     return bool(sync.mirror_removals_allowed(layout, plan, float(params.get("max_removal_share", 0.05))))
 
 
-def start_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | JobWait:
+def start_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context) -> GroupSummary | JobWait:
     """The import step: remove and upload (:func:`submit_group`), then what to wait for, or, when nothing is to be
     waited for, the group's summary at once."""
     wait = submit_group(hook, group, params, context)
     return wait if wait is not None else finish_group(hook, group, params, context, None)
 
 
-def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> JobWait | None:
+def submit_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context) -> JobWait | None:
     """Send the group's removals (sync: removals, the old versions of changed records, DNC entries), then upload
     the group's files (those never sent) while the run holds the list; what the task waits for, or None when there
     is nothing to wait for."""
@@ -143,8 +147,8 @@ def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
         return _submit(hook, uploader, group_index, key, context, options)
 
 
-def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any],
-                 settled: JobsSettled | None) -> dict[str, Any] | JobWait:
+def finish_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context,
+                 settled: JobsSettled | None) -> GroupSummary | JobWait:
     """Reconcile the group from the list (after its jobs settled or timed out), update the list's state, and raise
     when a file is still to be sent (the task's retry sends it). When the read-back plans a recovery round (rows
     of a cancelled job or a lost reply that the list does not hold), upload its files and return what to wait for
@@ -181,7 +185,7 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
 
 
 def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_index: int, params: dict[str, Any],
-                  context: dict[str, Any]) -> dict[str, Any] | None:
+                  context: Context) -> dict[str, Any] | None:
     """The group's updates, removals and DNC entries into the run's accounting (the records profile's functions:
     outcome file, audit, counts, the list's state); None when the group has none."""
     if syncer.ops(group_index) is None:

@@ -6,12 +6,13 @@ holds the contact list, and writes what CXone answered into the list's state.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
 from include.cxone_import import pipeline, sync
 from include.cxone_import.engine import GroupImporter, TransientImportError
+from include.cxone_import.handoffs import GroupSummary, ImportGroup
 from include.cxone_import.list_lease import contact_list_lease, sending_list_key
 from include.cxone_import.run_bookkeeping import (
     record_live_deliveries,
@@ -25,10 +26,13 @@ from include.cxone_import.state import ListKey
 from include.cxone_import.storage import RunLayout, read_parquet
 from include.cxone_import.task_config import run_layout
 
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
 log = logging.getLogger(__name__)
 
 
-def import_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def import_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context) -> GroupSummary:
     """The import step: send one group under the tenant's shared rate budget while this run holds the contact list;
     raise (after writing outcomes) on transient failures, and without retries on a lost list or a configuration
     error (the records not sent end ``not_sent``)."""
@@ -77,7 +81,7 @@ def import_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
     return xcom_summary(summary)
 
 
-def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: dict[str, Any], params: dict[str, Any],
+def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: ImportGroup, params: dict[str, Any],
                   layout: RunLayout, *, concurrency: int) -> tuple[dict[str, Any], list[sync.OpResult]]:
     """Send the group's updates and removals; create the records of updates the list no longer held (batched POST);
     write the group's sync outcomes and audit entries. Returns the counts and the final results."""
