@@ -383,13 +383,13 @@ def test_a_full_resync_under_upsert_updates_only_what_changed_and_re_creates_wha
     """``full_resync`` sends every record, but a record the list holds exactly so goes as a create (batched, answered
     duplicate), never as an update: only the changed ones are PUT, and a record deleted in CXone is created again."""
     from cxone_provider.hooks.cxone import CXoneHook
-    from include.cxone_import import airflow_tasks
+    from include.cxone_import.settings import CXONE_CONN_ID
 
     first = nightly(run_import, export.path, 90, sync_mode="upsert")
     assert first.state == "success"
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=7, withdraw=0, expire=0, absent=0)
     lost = sorted(set(export.valid_contact_ids) - set(changed))[:4]
-    with CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).get_client() as client:
+    with CXoneHook(cxone_conn_id=CXONE_CONN_ID).get_client() as client:
         assert all(client.delete_record(CONTACT_LIST_ID, c).found for c in lost)
     log_before = len(cxone_sandbox.request_log())
     resync = nightly(run_import, path, 91, sync_mode="upsert", full_resync=True)
