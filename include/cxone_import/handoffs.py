@@ -1,5 +1,6 @@
-"""What one task hands the next, named once: the XCom payloads of ``extract``, ``validate``, ``chunk`` and
-``import_batches``, the group summary each import step writes beside its outcomes, and a batch's audit entry.
+"""What one task hands the next, named once: the run's params, the XCom payloads of ``extract``, ``validate``, ``chunk`` and
+``import_batches``, the group summary each import step writes beside its outcomes, a task's failure record and a batch's audit
+entry.
 Plain ``TypedDict``s: XCom, JSON files and the report read them as the dicts they are at run time; the builders
 are ``engine.group_summary`` and ``engine.audit_entry``.
 """
@@ -7,6 +8,25 @@ are ``engine.group_summary`` and ``engine.audit_entry``.
 from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
+
+
+class RunParams(TypedDict, total=False):
+    """The run's params as the DAG's trigger form declares them (``dags/cxone_contact_import.py``)."""
+
+    source_uri: str | None
+    contact_list_id: str | None
+    dry_run: bool
+    max_consent_age_days: int
+    sync_mode: str | None
+    max_removal_share: float
+    approval_timeout_hours: float
+    batch_size: int
+    max_reject_share: float
+    redrive_run_id: str | None
+    full_resync: bool
+    create_list_if_missing: bool
+    list_expiration_days: int | None
+    default_phone_region: str | None
 
 
 class RunInfo(TypedDict):
@@ -90,6 +110,20 @@ class GroupSummary(TypedDict):
     jobs: NotRequired[dict[str, str]]
     recovery_rounds: NotRequired[int]
     sync: NotRequired[dict[str, Any]]
+
+
+class FailureRecord(TypedDict):
+    """Why a task of the run failed (``failures/{task}.json``): read by the report and the failed run's CRM event.
+    The rule and column when the error names them; the message names rows and rules, never record content."""
+
+    task: str
+    try_number: int | None
+    error: str
+    rule: str | None
+    column: str | None
+    source: str | None
+    message: str
+    at: str
 
 
 class AuditEntry(TypedDict):

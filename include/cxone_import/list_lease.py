@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from include.cxone_import.handoffs import RunParams
 from include.cxone_import.settings import list_handover, list_wait
 from include.cxone_import.state import ListKey
 from include.cxone_import.storage import RunLayout, read_json, write_json
@@ -101,7 +102,7 @@ def hold_contact_list(hook: Any, key: ListKey, context: Context, seconds: float)
         log.warning("lost the lease on %s before waiting on its upload jobs", key.describe())
 
 
-def release_contact_list(params: dict[str, Any], context: Context) -> None:
+def release_contact_list(params: RunParams, context: Context) -> None:
     """Give the run's contact list back (the report task does, whatever the run's outcome)."""
     try:
         key = run_list_key(run_layout(context))

@@ -20,7 +20,7 @@ from cxone_provider.crm_webhook import WebhookSender
 from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
 from include.cxone_import import sync
-from include.cxone_import.handoffs import GroupSummary, ImportGroup
+from include.cxone_import.handoffs import FailureRecord, GroupSummary, ImportGroup
 from include.cxone_import.settings import CONTACT_LIST_ASSET_ALIAS
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import SYNC_DELTA_OFFSET, Acknowledgements, ListKey, acknowledged_from_outcomes
@@ -91,25 +91,23 @@ def measured(context: Context, name: str) -> Iterator[None]:
 def _record_failure(context: Context, key: str, task: str, exc: BaseException) -> None:
     """``failures/{task}.json``: the task, the rule and column when the error names them, and the message (our
     errors name rows and rules, never record content)."""
+    record: FailureRecord = {
+        "task": task,
+        "try_number": getattr(context.get("ti"), "try_number", None),
+        "error": type(exc).__name__,
+        "rule": getattr(exc, "rule", None),
+        "column": getattr(exc, "column", None),
+        "source": getattr(exc, "source", None),
+        "message": str(exc)[:2000],
+        "at": datetime.now(timezone.utc).isoformat(),
+    }
     try:
-        write_json(
-            run_layout(context).root / "failures" / f"{key}.json",
-            {
-                "task": task,
-                "try_number": getattr(context.get("ti"), "try_number", None),
-                "error": type(exc).__name__,
-                "rule": getattr(exc, "rule", None),
-                "column": getattr(exc, "column", None),
-                "source": getattr(exc, "source", None),
-                "message": str(exc)[:2000],
-                "at": datetime.now(timezone.utc).isoformat(),
-            },
-        )
+        write_json(run_layout(context).root / "failures" / f"{key}.json", record)
     except Exception:  # noqa: BLE001 - recording must not hide the task's own error
         log.warning("could not record the failure of %s", key)
 
 
-def recorded_failures(layout: RunLayout) -> list[dict[str, Any]]:
+def recorded_failures(layout: RunLayout) -> list[FailureRecord]:
     """The failures tasks of the run recorded, first task first."""
     order = {"extract": 0, "validate": 1, "chunk": 2, "import_batches": 3}
     found = [read_json(p) for p in list_files(layout.root / "failures", "*.json")]

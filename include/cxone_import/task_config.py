@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from cxone_provider.crm_webhook import WebhookTarget
 from cxone_provider.errors import CXoneConfigurationError
 
-from include.cxone_import.handoffs import RunInfo
+from include.cxone_import.handoffs import RunInfo, RunParams
 from include.cxone_import.settings import CXONE_CONN_ID, DAG_ID, WEBHOOK_CONN_ID
 from include.cxone_import.source_policy import (
     ALLOWED_PREFIXES_VARIABLE,
@@ -142,7 +142,7 @@ def allowed_source_prefixes() -> list[str]:
         raise SourceNotAllowedError("(any source)", str(exc)) from None
 
 
-def resolve_source(params: dict[str, Any], context: Context) -> Any:
+def resolve_source(params: RunParams, context: Context) -> Any:
     """The source to read: a redrive's dead letters, the ``source_uri`` param, or the run day's dated file; a
     source outside the allowed prefixes is refused here, before anything is read."""
     if params.get("redrive_run_id"):
@@ -155,7 +155,7 @@ def resolve_source(params: dict[str, Any], context: Context) -> Any:
     return _as_path(uri)
 
 
-def contact_list_id(params: dict[str, Any]) -> str:
+def contact_list_id(params: RunParams) -> str:
     value = params.get("contact_list_id") or _variable(CONTACT_LIST_VARIABLE, None)
     if not value:
         raise ValueError(
@@ -164,7 +164,7 @@ def contact_list_id(params: dict[str, Any]) -> str:
     return str(value)
 
 
-def run_info(params: dict[str, Any], context: Context) -> RunInfo:
+def run_info(params: RunParams, context: Context) -> RunInfo:
     return {
         "dag_id": dag_id_of(context),
         "run_id": context["run_id"],
@@ -177,7 +177,7 @@ def run_info(params: dict[str, Any], context: Context) -> RunInfo:
     }
 
 
-def sync_mode(params: dict[str, Any]) -> str:
+def sync_mode(params: RunParams) -> str:
     """The run's ``sync_mode``: the param, else the Variable ``cxone_sync_mode``, else ``upsert``; a redrive sends its
     dead letters as they are (``append``)."""
     from include.cxone_import.sync import DEFAULT_SYNC_MODE, SYNC_MODE_VARIABLE, SYNC_MODES
@@ -190,7 +190,7 @@ def sync_mode(params: dict[str, Any]) -> str:
     return str(mode)
 
 
-def change_mode(params: dict[str, Any]) -> str:
+def change_mode(params: RunParams) -> str:
     """How a run uses the list's state: a redrive and ``full_resync`` send everything, a dry run only reads it."""
     if params.get("redrive_run_id"):
         return "redrive"

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 from cxone_provider.crm_webhook import WebhookSender
 
 from include.cxone_import import pipeline, sync
-from include.cxone_import.handoffs import AuditEntry, ExtractedRun, GroupSummary, ImportGroup, RunInfo, ValidateResult
+from include.cxone_import.handoffs import (
+    AuditEntry,
+    ExtractedRun,
+    GroupSummary,
+    ImportGroup,
+    RunInfo,
+    RunParams,
+    ValidateResult,
+)
 from include.cxone_import.list_lease import LIST_KEY_FILE, contact_list_lease
 from include.cxone_import.profiles.call_lists import prepare_call_list
 from include.cxone_import.report import (
@@ -78,7 +86,7 @@ log = logging.getLogger(__name__)
 NOTIFY_DELIVERIES = "webhook-notify-try-"  # audit parts of the events notify_webhook delivered, one per try
 
 
-def extract(params: dict[str, Any], context: Context) -> ExtractedRun:
+def extract(params: RunParams, context: Context) -> ExtractedRun:
     run = run_info(params, context)
     source = resolve_source(params, context)
     if not source.exists():
@@ -90,7 +98,7 @@ def extract(params: dict[str, Any], context: Context) -> ExtractedRun:
     return {**result, "run": run, "run_root": str(layout.root)}
 
 
-def validate(extracted: ExtractedRun, params: dict[str, Any], context: Context) -> ValidateResult:
+def validate(extracted: ExtractedRun, params: RunParams, context: Context) -> ValidateResult:
     layout = run_layout(context)
     result = pipeline.validate(
         layout, parts=extracted["parts"], max_consent_age_days=int(params["max_consent_age_days"]),
@@ -103,7 +111,7 @@ def validate(extracted: ExtractedRun, params: dict[str, Any], context: Context) 
     return result
 
 
-def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: Context, *,
+def resolve_list_key(params: RunParams, layout: RunLayout, context: Context, *,
                      create: bool) -> tuple[ListKey | None, bool]:
     """The key of the run's list (its tenant and resolved id: one state and one lease per list, whether the run
     names it by id or by name) and whether this run created it; remembered in the run's ``list_key.json``, so
@@ -138,7 +146,7 @@ def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: Context
     return key, created
 
 
-def chunk(validated: ValidateResult, params: dict[str, Any], context: Context) -> list[ImportGroup]:
+def chunk(validated: ValidateResult, params: RunParams, context: Context) -> list[ImportGroup]:
     """Leave out what the list already holds, plan the mapped import: [] on a dry run (import is then skipped)."""
     from airflow.configuration import conf
 
@@ -201,7 +209,7 @@ def chunk(validated: ValidateResult, params: dict[str, Any], context: Context) -
     return [{**g, "groups_total": len(groups)} for g in groups]
 
 
-def _plan_sync(layout: RunLayout, key: ListKey | None, validated: ValidateResult, params: dict[str, Any],
+def _plan_sync(layout: RunLayout, key: ListKey | None, validated: ValidateResult, params: RunParams,
                context: Context) -> sync.SyncPlan | None:
     """The run's updates and removals (``sync.plan_sync``), for both API profiles; None in ``append`` mode. A list
     this run created has nothing to update or remove."""
@@ -246,7 +254,7 @@ def _call_lists() -> bool:
     return api_profile() == CALL_LISTS
 
 
-def notify(validated: ValidateResult | None, params: dict[str, Any], context: Context) -> dict[str, Any]:
+def notify(validated: ValidateResult | None, params: RunParams, context: Context) -> dict[str, Any]:
     """The run summary, and the batch events no import task delivered (all of them on the call_lists profile, or
     when the CRM was down while importing); failures are recorded, never raised. When the run failed before
     validation there is nothing to tell but the failure, which the DAG's failure event carries."""
@@ -317,7 +325,7 @@ def _audit_by_batch(layout: RunLayout) -> dict[str, AuditEntry]:
     }
 
 
-def _run_or_partial(params: dict[str, Any], context: Context) -> RunInfo:
+def _run_or_partial(params: RunParams, context: Context) -> RunInfo:
     """The run's description even when its contact list cannot be resolved (the reason the run failed)."""
     try:
         return run_info(params, context)
@@ -330,7 +338,7 @@ def report(
     validated: ValidateResult | None,
     groups: list[GroupSummary],
     webhook: dict[str, Any] | None,
-    params: dict[str, Any],
+    params: RunParams,
     context: Context,
 ) -> dict[str, Any]:
     layout = run_layout(context)

@@ -21,7 +21,7 @@ from cxone_provider.triggers.call_lists import TRIGGER_TIMEOUT_MARGIN_S, JobsSet
 from include.cxone_import import sync
 from include.cxone_import.call_list_sync import CallListSyncer, dnc_audit_entries, dnc_counts
 from include.cxone_import.engine import TransientImportError
-from include.cxone_import.handoffs import GroupSummary, ImportGroup
+from include.cxone_import.handoffs import GroupSummary, ImportGroup, RunParams
 from include.cxone_import.list_lease import contact_list_lease, hold_contact_list, sending_list_key
 from include.cxone_import.run_bookkeeping import record_answers, record_sync_answers, xcom_summary
 from include.cxone_import.storage import RunLayout, read_json, write_json
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool) -> tuple[CallListColumns | None, str]:
+def prepare_call_list(params: RunParams, layout: RunLayout, *, create: bool) -> tuple[CallListColumns | None, str]:
     """Find the run's calling list by id or name, or, when ``create`` and the param ``create_list_if_missing`` say
     so, create it (with the external id column, a destination mapping per phone column and a custom-field mapping
     per other column); remember it and its CSV columns in ``call_list.json`` (a retried chunk reuses it). Returns
@@ -77,7 +77,7 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
     return call_list, tenant_id
 
 
-def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any]) -> tuple[GroupUploader, dict[str, Any]]:
+def _uploader(hook: Any, client: Any, layout: RunLayout, params: RunParams) -> tuple[GroupUploader, dict[str, Any]]:
     options = hook.call_list_options
     call_list = CallListColumns.from_dict(read_json(call_list_file(layout)))
     upload_options = UploadOptions(
@@ -120,19 +120,19 @@ def _syncer(hook: Any, client: Any, layout: RunLayout) -> CallListSyncer:
                           dnc_group_id=hook.call_list_options.get("dnc_group_id"))
 
 
-def _mirror_allowed(layout: RunLayout, params: dict[str, Any]) -> bool:
+def _mirror_allowed(layout: RunLayout, params: RunParams) -> bool:
     plan = sync.read_plan(layout)
     return bool(sync.mirror_removals_allowed(layout, plan, float(params.get("max_removal_share", 0.05))))
 
 
-def start_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context) -> GroupSummary | JobWait:
+def start_group(hook: Any, group: ImportGroup, params: RunParams, context: Context) -> GroupSummary | JobWait:
     """The import step: remove and upload (:func:`submit_group`), then what to wait for, or, when nothing is to be
     waited for, the group's summary at once."""
     wait = submit_group(hook, group, params, context)
     return wait if wait is not None else finish_group(hook, group, params, context, None)
 
 
-def submit_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context) -> JobWait | None:
+def submit_group(hook: Any, group: ImportGroup, params: RunParams, context: Context) -> JobWait | None:
     """Send the group's removals (sync: removals, the old versions of changed records, DNC entries), then upload
     the group's files (those never sent) while the run holds the list; what the task waits for, or None when there
     is nothing to wait for."""
@@ -147,7 +147,7 @@ def submit_group(hook: Any, group: ImportGroup, params: dict[str, Any], context:
         return _submit(hook, uploader, group_index, key, context, options)
 
 
-def finish_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context,
+def finish_group(hook: Any, group: ImportGroup, params: RunParams, context: Context,
                  settled: JobsSettled | None) -> GroupSummary | JobWait:
     """Reconcile the group from the list (after its jobs settled or timed out), update the list's state, and raise
     when a file is still to be sent (the task's retry sends it). When the read-back plans a recovery round (rows
@@ -184,7 +184,7 @@ def finish_group(hook: Any, group: ImportGroup, params: dict[str, Any], context:
     return xcom_summary(summary)
 
 
-def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_index: int, params: dict[str, Any],
+def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_index: int, params: RunParams,
                   context: Context) -> dict[str, Any] | None:
     """The group's updates, removals and DNC entries into the run's accounting (the records profile's functions:
     outcome file, audit, counts, the list's state); None when the group has none."""

@@ -12,7 +12,7 @@ from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
 from include.cxone_import import pipeline, sync
 from include.cxone_import.engine import GroupImporter, TransientImportError
-from include.cxone_import.handoffs import GroupSummary, ImportGroup
+from include.cxone_import.handoffs import GroupSummary, ImportGroup, RunParams
 from include.cxone_import.list_lease import contact_list_lease, sending_list_key
 from include.cxone_import.run_bookkeeping import (
     record_live_deliveries,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def import_group(hook: Any, group: ImportGroup, params: dict[str, Any], context: Context) -> GroupSummary:
+def import_group(hook: Any, group: ImportGroup, params: RunParams, context: Context) -> GroupSummary:
     """The import step: send one group under the tenant's shared rate budget while this run holds the contact list;
     raise (after writing outcomes) on transient failures, and without retries on a lost list or a configuration
     error (the records not sent end ``not_sent``)."""
@@ -81,7 +81,7 @@ def import_group(hook: Any, group: ImportGroup, params: dict[str, Any], context:
     return xcom_summary(summary)
 
 
-def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: ImportGroup, params: dict[str, Any],
+def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: ImportGroup, params: RunParams,
                   layout: RunLayout, *, concurrency: int) -> tuple[dict[str, Any], list[sync.OpResult]]:
     """Send the group's updates and removals; create the records of updates the list no longer held (batched POST);
     write the group's sync outcomes and audit entries. Returns the counts and the final results."""
