@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from include.cxone_import.segments import MAX_SEGMENT_CHARS, name_of, path_segment
-from include.cxone_import.storage import RunLayout, safe_segment
+from cxone_runs.layout import RunLayout, dag_ids_with_runs, safe_segment
+from cxone_runs.report import read_report
+from cxone_runs.segments import MAX_SEGMENT_CHARS, name_of, path_segment
 from tests.conftest import CONTACT_LIST_ID
 
 GENERATED = {
@@ -71,7 +72,6 @@ def test_a_second_import_dag_writes_under_its_own_dag_id(storage_base, cxone_san
     """The same DAG file under another DAG id: its run's files, the list's state and its CRM events are its own."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from cxone_report_ui.app import import_dag_ids, read_report
     from tools.localrun import connection_env, ensure_pool
     from tools.sample_data import generate_crm_export
 
@@ -99,10 +99,9 @@ def test_a_second_import_dag_writes_under_its_own_dag_id(storage_base, cxone_san
     assert str(getattr(dag_run.state, "value", dag_run.state)) == "success"
     assert [p.name for p in (storage_base / "runs").iterdir()] == [OTHER_DAG_ID]
     assert [p.name for p in (storage_base / "state").iterdir()] == [OTHER_DAG_ID]
-    report = read_report(storage_base, OTHER_DAG_ID, dag_run.run_id)  # what the UI reads for /dags/<id>/report
+    report = read_report(RunLayout.for_run(storage_base, OTHER_DAG_ID, dag_run.run_id))  # the UI's /dags/<id>/report
     assert report is not None and report["run"]["dag_id"] == OTHER_DAG_ID
-    assert import_dag_ids(storage_base) == {OTHER_DAG_ID}
-    assert RunLayout.for_run(storage_base, OTHER_DAG_ID, dag_run.run_id).report.exists()
+    assert dag_ids_with_runs(storage_base) == {OTHER_DAG_ID}
     events = [e["body"] for e in webhook_sink.events()]
     assert events and all(e["eventId"].startswith(f"{OTHER_DAG_ID}/{dag_run.run_id}:") for e in events)
     summary = next(e for e in events if e["event"] == "cxone_contact_import_run_complete")

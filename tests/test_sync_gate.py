@@ -22,9 +22,7 @@ def layout(tmp_path):
 def write_plan(layout, **changes):
     from include.cxone_import.storage import write_json
 
-    from include.cxone_import.sync import PLAN_FILE, sync_dir
-
-    write_json(sync_dir(layout) / PLAN_FILE, {**PLAN, **changes})
+    write_json(layout.sync_plan, {**PLAN, **changes})
     return sync_gate.read_plan(layout)
 
 

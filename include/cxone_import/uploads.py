@@ -139,10 +139,6 @@ class CallListLayout:
         return cls(**value)
 
 
-def call_list_file(layout: RunLayout) -> Any:
-    return layout.root / "call_list.json"
-
-
 @dataclass(frozen=True)
 class UploadFile:
     """One CSV file of a group: its deterministic id (list + the file's lines as uploaded), rows and bytes."""
@@ -239,15 +235,12 @@ class GroupUploader:
 
     # -- files under the run ----------------------------------------------------------------------------------
 
-    def _dir(self, group_index: int) -> Any:
-        return self._layout.root / "uploads" / f"group-{group_index:05d}"
-
     def load_state(self, group_index: int) -> GroupState:
-        path = self._dir(group_index) / "state.json"
+        path = self._layout.upload_state(group_index)
         return GroupState(**read_json(path)) if path.exists() else GroupState(group_index)
 
     def _save(self, state: GroupState) -> None:
-        write_json(self._dir(state.group_index) / "state.json", asdict(state))
+        write_json(self._layout.upload_state(state.group_index), asdict(state))
 
     def _group_rows(self, group_index: int) -> list[tuple[int, str, str]]:
         with self._layout.group_file(group_index).open("rb") as handle:
@@ -261,10 +254,10 @@ class GroupUploader:
                 if external_id in group_ids}
 
     def _before(self, group_index: int) -> set[str]:
-        return set(read_parquet(self._dir(group_index) / "before.parquet")["contact_id"])
+        return set(read_parquet(self._layout.upload_before(group_index))["contact_id"])
 
     def _round_file(self, group_index: int, recovery_round: int) -> Any:
-        return self._dir(group_index) / f"round-{recovery_round:02d}.parquet"
+        return self._layout.upload_round(group_index, recovery_round)
 
     def _files(self, group_index: int, state: GroupState) -> tuple[list[tuple[int, str, str]], list[UploadFile]]:
         """The group's rows and every file of the group: those of the first upload (the rows the list did not hold
@@ -291,7 +284,7 @@ class GroupUploader:
         if not state.before_taken:
             rows = self._group_rows(group_index)
             present = self._present({r[1] for r in rows})
-            write_parquet(self._dir(group_index) / "before.parquet",
+            write_parquet(self._layout.upload_before(group_index),
                           pd.DataFrame({"contact_id": pd.Series(sorted(present), dtype="str")}))
             state.before_taken = True
             self._save(state)
