@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from cxone_provider.call_lists import CallListClient
-from cxone_provider.triggers.call_lists import CallListJobsTrigger, poll_wait_s
+from cxone_provider.retry import backoff_s
+from cxone_provider.triggers.call_lists import CallListJobsTrigger
 from include.cxone_sandbox.call_lists_api import CallListSandbox, CallListSandboxConfig
 from tools.localrun import call_list_connection_env
 
@@ -104,7 +105,7 @@ def test_an_auth_failure_ends_the_wait_with_an_error(sandbox, client, monkeypatc
 
 @pytest.mark.parametrize(("poll", "wait"), [(1, 0.5), (2, 1.0), (3, 2.0), (10, 30.0)], ids=str)
 def test_backoff_doubles_up_to_the_cap(poll, wait):
-    assert poll_wait_s(poll, first_s=0.5, max_s=30.0) == wait
+    assert backoff_s(poll, 0.5, 30.0) == wait
 
 
 def _group(layout, index: int, contact_ids: list[str]) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from include.cxone_import.schema import ContactRecordSchema, SeenContactIds, validate_chunk
+from include.cxone_import.schema import ChunkValidator, ContactRecordSchema
 from include.cxone_import.sources import iter_canonical_chunks
 from tests.conftest import CONTACT_LIST_ID
 
@@ -20,11 +20,10 @@ CONSENT = "2026-06-01T09:15:00Z"
 def validate_rows(tmp_path, rows: list[str], region: str | None):
     path = tmp_path / "in.csv"
     path.write_text("\n".join([HEADER, *rows]) + "\n")
-    schema = ContactRecordSchema.policy(1825, AS_OF, default_phone_region=region)
-    seen = SeenContactIds()
-    results = [validate_chunk(f, schema, seen) for f in iter_canonical_chunks(path)]
+    validator = ChunkValidator(ContactRecordSchema.policy(1825, AS_OF, default_phone_region=region))
+    results = [validator.chunk(f) for f in iter_canonical_chunks(path)]
     valid = pd.concat([r.valid.to_pandas() for r in results], ignore_index=True)
-    rejects = pd.concat([r.rejects for r in results], ignore_index=True)
+    rejects = pd.concat([r.rejects for r in results] + [validator.finish()], ignore_index=True)
     normalised = {k: v for r in results for k, v in r.normalised.items()}
     return valid, rejects, normalised
 

@@ -1,6 +1,7 @@
-"""The vectorised pre-pass agrees with the pandera model: same rejections (every reason), same valid records, same
-normalisation, on the bad-input corpus, generated exports and randomised rows; its ISO-8601 parser agrees with
-pandas' on a randomised grammar."""
+"""The vectorised pre-pass agrees with the pandera model, both generated from the rule table: every rule is decided
+by both; same rejections (every reason), same valid records, same normalisation as the model run on every row of
+columns derived with pandas (the reference below), on the bad-input corpus, generated exports and randomised rows;
+the ISO-8601 parser agrees with pandas' on a randomised grammar."""
 
 from __future__ import annotations
 
@@ -14,18 +15,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from include.cxone_import import prepass
-from include.cxone_import.arrow_text import format_utc_milliseconds, parse_iso8601
+from include.cxone_import import rules
+from include.cxone_import.arrow_text import (
+    ISO_8601,
+    arrow_strings,
+    format_utc_milliseconds,
+    parse_iso8601,
+    string_hashes,
+)
+from include.cxone_import.rules import RULES, SOURCE_RULES
 from include.cxone_import.schema import (
-    _ISO_8601,
-    SOURCE_RULES,
+    CONSENT_SENT_CHARS,
+    ChunkValidation,
+    ChunkValidator,
     ContactRecordSchema,
     SeenContactIds,
+    model_reasons,
     normalise,
-    validate_chunk,
-    validate_chunk_whole,
+    prepare,
 )
-from include.cxone_import.sources import SourceFormatError, iter_canonical_chunks
+from include.cxone_import.sources import (
+    PHONE_PREFIX,
+    ROW_NUMBER,
+    SOURCE_ERROR,
+    SourceFormatError,
+    display_column,
+    iter_canonical_chunks,
+)
 from tools.sample_data import generate_crm_export
 
 AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -38,15 +54,78 @@ CONSENT_EDGES = [
     "2026-11-27T12:04:59Z", "2026-11-27T12:05:01Z", "yesterday", "",
 ]
 HEADER = ["contact_id", "notes", "mobile_phone", "work_phone", "consent_timestamp", "opt_in_status"]
+_HAS_ZONE = r"(?:Z|z|[+-]\d{2}:?\d{2})$"
+_REFERENCE_DERIVED = (rules.PHONE_COUNT, rules.CONTACT_ID_REPEAT, rules.CONSENT_AT, rules.CONSENT_UNPARSED,
+                      rules.CONSENT_ZONELESS, rules.LONGEST_FIELD, rules.LONGEST_FIELD_COLUMN, rules.RECORD_CHARS)
 
 
-def both_ways(chunks: list[pd.DataFrame], schema: type[ContactRecordSchema]):
-    """Each chunk through the pre-pass and through the model whole; results side by side."""
-    fast_seen, whole_seen = SeenContactIds(), SeenContactIds()
-    return [
-        (validate_chunk(chunk.copy(), schema, fast_seen), validate_chunk_whole(chunk.copy(), schema, whole_seen))
-        for chunk in chunks
-    ]
+def reference_derive(frame: pd.DataFrame, schema: ContactRecordSchema, seen: SeenContactIds) -> pd.DataFrame:
+    """The derived columns the model checks, computed with pandas (the schema's path before the pre-pass): the
+    reference the pre-pass's Arrow kernels are held against."""
+    phone_columns = [c for c in frame.columns if c.startswith(PHONE_PREFIX)]
+    frame[rules.PHONE_COUNT] = frame[phone_columns].notna().sum(axis=1).astype("int64") if phone_columns else 0
+    ids = arrow_strings(frame["contact_id"])
+    frame[rules.CONTACT_ID_REPEAT] = seen.repeats(string_hashes(ids), pc.is_valid(ids).to_numpy(zero_copy_only=False))
+    consent = arrow_strings(frame["consent_timestamp"])
+    iso = pc.fill_null(pc.match_substring_regex(consent, ISO_8601), False)
+    to_parse = pc.replace_substring_regex(consent, r"(\.\d{6})\d+", r"\1")
+    parsed = pd.to_datetime(
+        pd.Series(pc.if_else(iso, to_parse, pa.scalar(None, pa.large_string())).to_pandas(), dtype=object),
+        utc=True, format="ISO8601", errors="coerce",
+    )
+    frame[rules.CONSENT_AT] = parsed.astype("datetime64[us, UTC]").array
+    given = pc.is_valid(consent).to_numpy(zero_copy_only=False)
+    frame[rules.CONSENT_UNPARSED] = given & parsed.isna().to_numpy()
+    has_zone = pc.fill_null(pc.match_substring_regex(consent, _HAS_ZONE), False).to_numpy(zero_copy_only=False)
+    frame[rules.CONSENT_ZONELESS] = parsed.notna().to_numpy() & ~has_zone
+    user_columns = [c for c in frame.columns if c not in _REFERENCE_DERIVED and c != ROW_NUMBER]
+    lengths = np.zeros(len(frame), dtype=np.int64)
+    longest_column = np.full(len(frame), "", dtype=object)
+    for column in user_columns:
+        length = frame[column].str.len().fillna(0).to_numpy(dtype=np.int64)
+        longer = (length > lengths) & (length > rules.MAX_FIELD_LENGTH)
+        longest_column[longer] = display_column(column)
+        lengths = np.maximum(lengths, length)
+    frame[rules.LONGEST_FIELD] = lengths
+    frame[rules.LONGEST_FIELD_COLUMN] = longest_column
+    if schema.max_record_chars:
+        written = [c for c in user_columns if c != SOURCE_ERROR]
+        total = np.full(len(frame), len(written) - 1, dtype=np.int64)
+        for column in written:
+            if column == "consent_timestamp":
+                total += CONSENT_SENT_CHARS
+                continue
+            text = frame[column].fillna("")
+            quoted = text.str.contains(r'[,"\r\n]', regex=True).to_numpy()
+            total += text.str.len().to_numpy(dtype=np.int64) + np.where(quoted, 2 + text.str.count('"').to_numpy(), 0)
+        frame[rules.RECORD_CHARS] = total
+    return frame
+
+
+def validate_whole(chunk: pd.DataFrame, schema: ContactRecordSchema, seen: SeenContactIds) -> ChunkValidation:
+    """The reference: normalise, derive with pandas, validate every row with the model (lazy) and split."""
+    frame = chunk.reset_index(drop=True)
+    normalised = normalise(frame, schema.default_phone_region)
+    reference_derive(frame, schema, seen)
+    rejects = model_reasons(schema, frame)
+    keep = np.ones(len(frame), dtype=bool)
+    keep[rejects["index"].to_numpy()] = False
+    columns = [c for c in frame.columns if c not in _REFERENCE_DERIVED and c != SOURCE_ERROR]
+    valid = pa.Table.from_pandas(frame[columns], preserve_index=False).filter(pa.array(keep))
+    consent_utc = pa.array(frame[rules.CONSENT_AT].to_numpy()[keep]).cast(pa.timestamp("ms", tz="UTC"), safe=False)
+    valid = valid.set_column(
+        valid.schema.get_field_index("consent_timestamp"), "consent_timestamp",
+        pc.strftime(consent_utc, format="%Y-%m-%dT%H:%M:%SZ").cast(valid.schema.field("consent_timestamp").type),
+    )
+    return ChunkValidation(valid=valid, rejects=rejects.drop(columns=["index"]), rejected_rows=int((~keep).sum()),
+                           normalised=normalised)
+
+
+def both_ways(chunks: list[pd.DataFrame], schema: ContactRecordSchema):
+    """Each chunk through the validator (the model writing each chunk's reasons) and through the reference; results
+    side by side."""
+    validator, whole_seen = ChunkValidator(schema, model_rows=1), SeenContactIds()
+    return [(validator.chunk(chunk.copy()), validate_whole(chunk.copy(), schema, whole_seen)) for chunk in chunks]
 
 
 def assert_same(pairs) -> None:
@@ -61,7 +140,7 @@ def assert_same(pairs) -> None:
         assert fast.valid.equals(whole.valid), "valid records differ"
 
 
-def schema_for(region: str | None = None, max_record_chars: int | None = None) -> type[ContactRecordSchema]:
+def schema_for(region: str | None = None, max_record_chars: int | None = None) -> ContactRecordSchema:
     return ContactRecordSchema.policy(1825, AS_OF, default_phone_region=region, max_record_chars=max_record_chars)
 
 
@@ -146,22 +225,45 @@ def test_each_rule_flags_exactly_the_rows_the_model_rejects_for_it(tmp_path, see
     schema = schema_for()
     exercised: set[str] = set()
     for chunk in iter_canonical_chunks(path, chunk_rows=250):
-        whole = validate_chunk_whole(chunk.copy(), schema, SeenContactIds())
+        whole = validate_whole(chunk.copy(), schema, SeenContactIds())
         frame = chunk.reset_index(drop=True).copy()
-        normalise(frame)
-        decided = prepass.decide(frame, schema, SeenContactIds())
+        prepared = prepare(frame, schema, SeenContactIds())
+        failing = schema.failing(prepared.columns)
         unreadable = set(whole.rejects.loc[whole.rejects["rule"].isin(SOURCE_RULES), "row_number"])
-        for rule in prepass.schema_rules(schema) - {"record_too_long"}:
-            flagged = set(frame["row_number"].to_numpy()[decided.failing.get(rule, np.zeros(len(frame), bool))])
+        for rule in (r.name for r in RULES if r.name != rules.RECORD_TOO_LONG):
+            flagged = set(frame["row_number"].to_numpy()[failing.get(rule, np.zeros(len(frame), bool))])
             rejected = set(whole.rejects.loc[whole.rejects["rule"] == rule, "row_number"])
             assert flagged - unreadable == rejected, rule
             exercised |= {rule} if rejected else set()
-    not_in_csv = {*SOURCE_RULES, "phone_invalid_for_region", "record_too_long"}  # the reader's rules: not random CSV
-    assert exercised == prepass.schema_rules(schema) - not_in_csv
+    # the reader's rules and the ones of a region or a record limit: not in random CSV read without them
+    not_in_csv = {*SOURCE_RULES, rules.PHONE_INVALID_FOR_REGION, rules.RECORD_TOO_LONG}
+    assert exercised == {r.name for r in RULES} - not_in_csv
 
 
-def test_every_rule_the_model_declares_has_a_pre_pass():
-    assert prepass.schema_rules(schema_for(max_record_chars=512)) <= prepass.PREPASS_RULES
+def every_column_chunk() -> pd.DataFrame:
+    """A chunk with every column a rule reads: a refused record (source_error) beside a good one."""
+    return pd.DataFrame({
+        ROW_NUMBER: np.array([1, 2], dtype=np.int64), "contact_id": ["c-1", None],
+        "phone_mobile": ["+14155550100", None],
+        "consent_timestamp": ["2026-06-01T09:15:00Z", None], "opt_in_status": ["confirmed", None],
+        "cf_notes": ["vip", None], SOURCE_ERROR: [None, "json_depth: nested deeper than 16 levels"],
+    })
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[r.name for r in RULES])
+def test_the_model_and_the_pre_pass_both_decide_every_rule_of_the_table(rule):
+    """Generated from the table: a rule is one check of the model, on the column it reads, and one mask of the
+    pre-pass; neither side has a rule the table lacks."""
+    schema = schema_for("US", max_record_chars=80)
+    checks = {name: [check.name for check in column.checks] for name, column in schema.model.columns.items()}
+    assert checks[rule.reads].count(rule.name) == 1
+    assert sum(names.count(rule.name) for names in checks.values()) == 1
+    assert {name for names in checks.values() for name in names} == {r.name for r in RULES}
+    frame = every_column_chunk()
+    prepared = prepare(frame, schema, SeenContactIds())
+    failing = schema.failing(prepared.columns)
+    assert set(failing) == {r.name for r in RULES}
+    assert failing[rule.name].shape == (len(frame),)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -173,7 +275,7 @@ def test_iso_8601_parser_agrees_with_pandas(seed):
     micros, parsed, zoned = parse_iso8601(array)
 
     # the schema's former path: the grammar, fractions cut to microseconds, pandas' ISO-8601 parser in UTC
-    grammar = pc.fill_null(pc.match_substring_regex(array, _ISO_8601), False)
+    grammar = pc.fill_null(pc.match_substring_regex(array, ISO_8601), False)
     cut = pc.replace_substring_regex(array, r"(\.\d{6})\d+", r"\1")
     reference = pd.to_datetime(
         pd.Series(pc.if_else(grammar, cut, pa.scalar(None, pa.large_string())).to_pandas(), dtype=object),
@@ -199,8 +301,6 @@ def test_consent_is_written_in_utc_milliseconds():
 
 def test_random_ids_hash_apart():
     """The hash behind contact_id_unique: distinct ids of every length give distinct hashes."""
-    from include.cxone_import.arrow_text import string_hashes
-
     rng = np.random.default_rng(0)
     alphabet = list(string.ascii_letters + string.digits + " -_\u200b")
     ids = sorted({"".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(20_000)})
@@ -213,8 +313,6 @@ def test_random_ids_hash_apart():
 def test_the_validator_writes_the_same_rejections_however_it_batches_the_model(tmp_path, model_rows):
     """``ChunkValidator`` (the validate task) hands the model the flagged rows of several chunks at once; the
     rejections, valid records and counts are those of the model run on every chunk whole."""
-    from include.cxone_import.schema import ChunkValidator
-
     export = generate_crm_export(tmp_path / "contacts.csv", 400, bad_share=0.4, seed=5, now=AS_OF)
     chunks = list(iter_canonical_chunks(export.path, chunk_rows=37))
     schema = schema_for()
@@ -222,7 +320,7 @@ def test_the_validator_writes_the_same_rejections_however_it_batches_the_model(t
     results = [validator.chunk(chunk.copy()) for chunk in chunks]
     rejects = pd.concat([r.rejects for r in results] + [validator.finish()], ignore_index=True)
     whole_seen = SeenContactIds()
-    reference = [validate_chunk_whole(chunk.copy(), schema, whole_seen) for chunk in chunks]
+    reference = [validate_whole(chunk.copy(), schema, whole_seen) for chunk in chunks]
 
     order = ["row_number", "rule", "column"]
     expected = pd.concat([r.rejects for r in reference], ignore_index=True)
@@ -231,20 +329,3 @@ def test_the_validator_writes_the_same_rejections_however_it_batches_the_model(t
     assert [r.rejected_rows for r in results] == [r.rejected_rows for r in reference]
     assert all(r.valid.equals(w.valid) for r, w in zip(results, reference, strict=True))
     assert validator.finish().empty, "nothing is left once finished"
-
-
-def test_a_rule_without_a_pre_pass_makes_the_validator_validate_whole(tmp_path, monkeypatch, caplog):
-    """A schema rule the pre-pass does not know: every chunk goes through the model whole, said once."""
-    from include.cxone_import.schema import ChunkValidator
-
-    monkeypatch.setattr(prepass, "PREPASS_RULES", prepass.PREPASS_RULES - {"phone_e164"})
-    export = generate_crm_export(tmp_path / "contacts.csv", 120, bad_share=0.4, seed=6, now=AS_OF)
-    chunks = list(iter_canonical_chunks(export.path, chunk_rows=50))
-    schema = schema_for()
-    with caplog.at_level("WARNING"):
-        validator = ChunkValidator(schema, model_rows=10**9)
-        results = [validator.chunk(chunk.copy()) for chunk in chunks]
-    whole_seen = SeenContactIds()
-    assert_same(zip(results, [validate_chunk_whole(c.copy(), schema, whole_seen) for c in chunks], strict=True))
-    assert validator.finish().empty, "the model ran on each chunk whole"
-    assert sum("have no pre-pass" in r.getMessage() for r in caplog.records) == 1

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from include.cxone_import.masking import mask_phone, neutralise_formulas
-from include.cxone_import.schema import ContactRecordSchema, SeenContactIds, validate_chunk
+from include.cxone_import.rules import RULES
+from include.cxone_import.schema import ChunkValidator, ContactRecordSchema
 from include.cxone_import.sources import iter_canonical_chunks
 
 AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -20,11 +21,10 @@ GOOD = "c-1,Ann,+14155550100,,2026-06-01T09:15:00.000Z,confirmed"
 def validate_csv(tmp_path: Path, *rows: str, max_age: int = 1825, chunk_rows: int = 10_000):
     path = tmp_path / "in.csv"
     path.write_text("\n".join([HEADER, *rows]) + "\n")
-    schema = ContactRecordSchema.policy(max_age, AS_OF)
-    seen = SeenContactIds()
-    results = [validate_chunk(f, schema, seen) for f in iter_canonical_chunks(path, chunk_rows=chunk_rows)]
+    validator = ChunkValidator(ContactRecordSchema.policy(max_age, AS_OF))
+    results = [validator.chunk(f) for f in iter_canonical_chunks(path, chunk_rows=chunk_rows)]
     valid = pd.concat([r.valid.to_pandas() for r in results], ignore_index=True)
-    rejects = pd.concat([r.rejects for r in results], ignore_index=True)
+    rejects = pd.concat([r.rejects for r in results] + [validator.finish()], ignore_index=True)
     normalised: dict[str, int] = {}
     for r in results:
         for k, v in r.normalised.items():
@@ -119,3 +119,15 @@ def test_formula_cells_are_neutralised():
     assert list(neutralise_formulas(frame)["value_masked"]) == [
         "'=HYPERLINK(\"x\")", "'+cmd", "'@SUM(1)", "'-2+3", "plain"
     ]
+
+
+def test_design_lists_every_rule_of_the_table_with_its_message():
+    """docs/DESIGN.md's rule table is the rule table: every rule, no other, each with the message a reject carries."""
+    design = (Path(__file__).parents[1] / "docs" / "DESIGN.md").read_text()
+    section = design.split("## Validation rules", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            documented[cells[0].strip("`")] = (cells[2].startswith("reader"), cells[3])
+    assert documented == {rule.name: (rule.from_source, rule.message) for rule in RULES}

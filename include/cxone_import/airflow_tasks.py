@@ -336,10 +336,10 @@ def parallel_groups() -> int:
 
 
 def record_limit() -> int | None:
-    """The call_lists profile takes at most 512 characters a record (``record_too_long``); the records API has no
+    """The call_lists profile takes at most 512 characters a record (a longer one is rejected); the records API has no
     such limit."""
     from include.cxone_import.import_operator import CALL_LISTS, api_profile
-    from include.cxone_import.schema import CALL_LIST_MAX_RECORD_CHARS
+    from include.cxone_import.rules import CALL_LIST_MAX_RECORD_CHARS
 
     return CALL_LIST_MAX_RECORD_CHARS if api_profile() == CALL_LISTS else None
 

@@ -1,20 +1,45 @@
-"""Byte-level kernels over Arrow string arrays, in numpy: ISO-8601 timestamps, UTC formatting, string hashes and
-cheap "could this row need a regex?" tests. No Python loop runs per row; each function reads the array's offsets
-and data buffers once.
+"""The Arrow string helpers: pandas string columns to Arrow and back, and byte-level kernels over Arrow string arrays
+in numpy (ISO-8601 timestamps, UTC formatting, string hashes, CSV field lengths and cheap "could this row need a
+regex?" tests). No Python loop runs per row; each kernel reads the array's offsets and data buffers once.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# The grammar the schema accepts (``schema._ISO_8601``): a date, T or a space, hh:mm, optional :ss and fraction,
-# optional zone (Z or an offset +hh:mm / +hhmm). Matched by Arrow (RE2) before any byte is read by position.
+# The grammar of a consent timestamp: a date, T or a space, hh:mm, optional :ss and fraction, optional zone (Z or
+# an offset +hh:mm / +hhmm). Matched by Arrow (RE2) before any byte is read by position.
 ISO_8601 = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}:?\d{2})?$"
 _MICROS_PER_MINUTE = 60_000_000
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 _ZERO = ord("0")
+
+
+def arrow_strings(series: pd.Series) -> pa.Array:
+    """A string column as one pyarrow large_string array (no copy for pandas' arrow-backed strings of one chunk)."""
+    if not len(series):
+        return pa.array([], pa.large_string())
+    array = pa.array(series.array, from_pandas=True)  # asking for the type here would copy an arrow-backed column
+    if isinstance(array, pa.ChunkedArray):
+        array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+    return array if array.type == pa.large_string() else array.cast(pa.large_string())
+
+
+def pandas_strings(values: pa.Array, index: pd.Index) -> pd.Series:
+    """An Arrow string array as a pandas string column on ``index`` (the inverse of :func:`arrow_strings`)."""
+    return pd.Series(values.to_pandas(types_mapper=pd.ArrowDtype).astype("str"), index=index)
+
+
+def csv_field_chars(values: pa.Array) -> np.ndarray:
+    """Per row: the value's length as a CSV field, in characters (quoted when it holds a comma, quote or line
+    break, its quotes doubled; a null is an empty field)."""
+    length = pc.fill_null(pc.utf8_length(values), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    quoted = pc.fill_null(pc.match_substring_regex(values, r'[,"\r\n]'), False).to_numpy(zero_copy_only=False)
+    quotes = pc.fill_null(pc.count_substring(values, '"'), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return length + np.where(quoted, 2 + quotes, 0)
 
 
 def string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +154,7 @@ def parse_iso8601(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     Returns ``(micros, parsed, zoned)`` per row: microseconds since the epoch (0 where not parsed), whether the
     value is a real date-time of the grammar, and whether it names its zone. The semantics are pandas'
     ``to_datetime(format="ISO8601", utc=True)`` on the same grammar, as the schema had them: a value without a
-    zone is read as UTC (and reported by ``consent_timezone``), fractions beyond microseconds are cut off, an offset
+    zone is read as UTC (``zoned`` says so), fractions beyond microseconds are cut off, an offset
     is at most 23:59, ``Z`` only in upper case, a year is any of 0000-9999 (far-future years stay dates), and
     impossible dates or times (February 30, 24:00, :60) are not parsed.
     """

@@ -13,7 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.cxone_import.sources import CUSTOM_PREFIX, arrow_strings, PHONE_PREFIX, phone_type_of
+from include.cxone_import.arrow_text import arrow_strings
+from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, phone_type_of
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _RARE_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"

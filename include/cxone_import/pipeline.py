@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 
 from cxone_provider.redaction import mask_uri
 
+from include.cxone_import.arrow_text import arrow_strings
 from include.cxone_import.masking import neutralise_formulas
 from include.cxone_import.payloads import record_json
 from include.cxone_import.schema import REJECT_COLUMNS, ChunkValidator, ContactRecordSchema
-from include.cxone_import.sources import ROW_NUMBER, arrow_strings, iter_canonical_chunks
+from include.cxone_import.sources import ROW_NUMBER, iter_canonical_chunks
 from include.cxone_import.storage import (
     SPOOL_PARQUET,
     RunLayout,

@@ -35,8 +35,10 @@ _TYPE_SAFE = re.compile(r"[^a-z0-9]+")
 _PHONE_COLUMN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*_phone$")
 CSV_FIELD_COUNT = "csv_field_count"
 _FALLBACK_READ_BYTES = 1 << 20
-# What one hostile record may cost: the reader refuses it as a row (a rule of SOURCE_RULES in schema.py) instead of
-# holding it, failing on it or adding a column per name it brings.
+# Rules the reader decides: a record it cannot read, or one that would cost too much, becomes a row whose
+# ``source_error`` starts with the rule's name (rules.py holds their messages), instead of failing the file, being held
+# whole or adding a column per name it brings.
+JSON_PARSEABLE = "json_parseable"
 LINE_TOO_LONG = "line_too_long"
 JSON_DEPTH = "json_depth"
 CUSTOM_FIELD_COUNT = "custom_field_count"
@@ -98,14 +100,6 @@ def iter_canonical_chunks(
         yield from _iter_jsonl(path, chunk_rows)
     else:
         raise SourceFormatError(str(path), None, "file_format", f"unsupported format {fmt!r}")
-
-
-def arrow_strings(series: pd.Series) -> pa.Array:
-    """A string column as one pyarrow large_string array (no copy for pandas' arrow-backed strings)."""
-    if not len(series):
-        return pa.array([], pa.large_string())
-    array = pa.array(series.array, type=pa.large_string(), from_pandas=True)
-    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def phone_type_of(column: str) -> str:
@@ -493,13 +487,13 @@ def _flatten_json_record(text: str, line_number: int, width: _FileWidth) -> dict
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        flat[SOURCE_ERROR] = f"json_parseable: {exc.msg} at column {exc.colno}"
+        flat[SOURCE_ERROR] = f"{JSON_PARSEABLE}: {exc.msg} at column {exc.colno}"
         return flat
     except RecursionError:  # not reached past the nesting check; kept so that no line can fail the reader
         flat[SOURCE_ERROR] = f"{JSON_DEPTH}: nested deeper than {MAX_JSON_DEPTH} levels"
         return flat
     if not isinstance(record, dict):
-        flat[SOURCE_ERROR] = "json_parseable: the line is not a JSON object"
+        flat[SOURCE_ERROR] = f"{JSON_PARSEABLE}: the line is not a JSON object"
         return flat
     phones = _json_phones(record.get("phoneNumbers"))
     custom = _json_custom_fields(record.get("customFields"))

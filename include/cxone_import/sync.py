@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidationError
 
 from include.cxone_import.masking import mask_text
+from include.cxone_import.rules import CONSENT_MAX_AGE as EXPIRED_RULE  # its reject means "consent too old"
 from include.cxone_import.schema import consent_withdrawn
 from include.cxone_import.state import (
     DECISION_LISTED,
@@ -67,7 +68,6 @@ UPDATE, REMOVE = "update", "remove"
 UPDATED, REMOVED_OUTCOME, NOT_ON_LIST, REMOVAL_HELD, STALE = "updated", "removed", "not_on_list", "removal_held", "stale"
 SYNC_OUTCOMES = (UPDATED, REMOVED_OUTCOME, NOT_ON_LIST, REMOVAL_HELD, STALE)
 GONE = "gone"  # a PUT answered 404: not final, the record is created with the batched POST
-EXPIRED_RULE = "consent_max_age"  # the validation rule whose reject means "consent too old"
 
 SAMPLES = 5
 OPS_SCHEMA = pa.schema([("op_id", pa.string()), ("action", pa.string()), ("row_number", pa.int64()),

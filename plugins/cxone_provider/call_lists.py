@@ -1,10 +1,11 @@
 """HTTP client for NICE CXone's documented calling-list API (the ``call_lists`` profile; docs/api-call-lists.md).
 
 Plain Python, no Airflow imports. Sign-in is an access key (password grant) with the application's OIDC client
-as HTTP Basic, both endpoints found by discovery; :class:`AccessKeyAuth` owns the token and the tenant it names.
-Every call goes through the one retry mechanism (:meth:`~cxone_provider.retry.RetryPolicy.retrying`) and the
-tenant's shared rate limiter. Calls that create something (a list, an upload job) are retried only when the
-request provably never arrived or was refused with 429: an upload is never sent twice.
+as HTTP Basic, both endpoints found by discovery; :class:`AccessKeyAuth` owns the token and the tenant it names, and
+the session carries it. Every call goes through the request loop both clients share
+(:class:`~cxone_provider.base_client.BaseClient`: the tenant's shared rate limiter, typed errors, the retry policy,
+a new token after a 401). Calls that create something (a list, an upload job) are retried only when the request
+provably never arrived or was refused with 429: an upload is never sent twice.
 """
 
 from __future__ import annotations
@@ -22,19 +23,12 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import HTTPBasicAuth
 
-from cxone_provider.client import ClientCredentialsAuth, _connection_reason, _parse_body, _request_may_have_been_sent
-from cxone_provider.errors import (
-    CXoneAuthError,
-    CXoneConnectionError,
-    CXoneError,
-    CXoneStatusError,
-    CXoneTimeoutError,
-    CXoneUntrustedHostError,
-    status_error,
-)
+from cxone_provider.auth import ClientCredentialsAuth
+from cxone_provider.base_client import BaseClient, Call
+from cxone_provider.errors import CXoneAuthError, CXoneError, CXoneStatusError, CXoneUntrustedHostError
 from cxone_provider.ratelimit import RateLimiter
-from cxone_provider.retry import RetryPolicy, is_rate_limited, is_retryable, retry_after_s
-from cxone_provider.sessions import new_session, warn_if_unverified
+from cxone_provider.retry import RetryPolicy
+from cxone_provider.sessions import answer_error, new_session, no_answer_error, parse_body
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -91,12 +85,6 @@ def expiration_timestamp(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _not_sent_or_rate_limited(error: BaseException) -> bool:
-    """Retry a call that creates something only when it cannot have been processed: a 429, or a connection that
-    was never established."""
-    return is_rate_limited(error) or (isinstance(error, CXoneConnectionError) and not error.outcome_uncertain)
-
-
 def jwt_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT, read without verifying its signature (the token came straight from the token endpoint
     over TLS; only the tenant is taken from it)."""
@@ -116,16 +104,8 @@ class AccessKeyAuth(ClientCredentialsAuth):
     are :class:`ClientCredentialsAuth`'s.
     """
 
-    def __init__(
-        self,
-        auth_base_url: str,
-        access_key_id: str,
-        access_key_secret: str,
-        *,
-        client_id: str,
-        client_secret: str,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, auth_base_url: str, access_key_id: str, access_key_secret: str, *, client_id: str,
+                 client_secret: str, **kwargs: Any) -> None:
         trusted_hosts = kwargs.pop("trusted_hosts", ())
         super().__init__("", client_id, client_secret, **kwargs)
         self.auth_base_url = auth_base_url.rstrip("/")
@@ -159,20 +139,36 @@ class AccessKeyAuth(ClientCredentialsAuth):
             raise CXoneAuthError(f"CXone OIDC discovery: {url} names no token_endpoint", status_code=200)
         return trusted_endpoint(endpoint, what="OIDC discovery's token_endpoint", configured=self.trusted_hosts)
 
+    def tenant(self) -> str:
+        """The tenant named by the id_token (fetches a token when there is none yet)."""
+        if self.tenant_id is None:
+            self.get_token()
+        if not self.tenant_id:
+            raise CXoneAuthError("CXone token answer carried no id_token with a tenantId", status_code=200)
+        return self.tenant_id
+
+    def discover_api_endpoint(self) -> str:
+        """API discovery: the tenant's ``api_endpoint`` (``{auth_base_url}/.well-known/cxone-configuration``), asked
+        without the token like OIDC discovery."""
+        url = f"{self.auth_base_url}/.well-known/cxone-configuration"
+        document = _get_document(self._session, url, params={"tenantId": self.tenant()}, timeout=self.timeout,
+                                 verify=self.verify, what="API discovery")
+        endpoint = document.get("api_endpoint")
+        if not isinstance(endpoint, str) or not endpoint:
+            raise CXoneStatusError("CXone API discovery named no api_endpoint", status_code=200)
+        return trusted_endpoint(endpoint, what="API discovery's api_endpoint", configured=self.trusted_hosts)
+
 
 def _get_document(session: requests.Session, url: str, *, timeout: float, verify: Any, what: str,
                   params: dict[str, str] | None = None) -> dict[str, Any]:
     """GET a discovery document (no auth); typed errors like every other call."""
     try:
         response = session.get(url, params=params, timeout=timeout, verify=verify, headers={"Accept": "application/json"})
-    except requests.Timeout as exc:
-        raise CXoneTimeoutError(f"CXone {what} timed out after {timeout:g}s") from exc
     except requests.RequestException as exc:
-        raise CXoneConnectionError(f"CXone {what} got no answer: {_connection_reason(exc)}") from exc
-    body = _parse_body(response)
+        raise no_answer_error(exc, what, timeout) from exc
+    body = parse_body(response)
     if not 200 <= response.status_code < 300 or not isinstance(body, dict):
-        raise status_error(response.status_code, operation=what, request_id=response.headers.get("X-Request-Id"),
-                           body=body, retry_after=retry_after_s(response.headers.get("Retry-After")))
+        raise answer_error(response, what)
     return body
 
 
@@ -199,7 +195,7 @@ class UploadJob:
         return self.is_complete or self.is_cancelled
 
 
-class CallListClient:
+class CallListClient(BaseClient):
     """
     Client for one tenant's calling lists; safe to share between threads.
 
@@ -217,6 +213,8 @@ class CallListClient:
     :param on_token: called with every new token (log masking).
     :param allowed_hosts: base URLs besides NICE's domains that discovery may name (a proxy; the local sandbox).
     """
+
+    auth: AccessKeyAuth
 
     def __init__(
         self,
@@ -237,63 +235,32 @@ class CallListClient:
     ) -> None:
         if not (access_key_id and access_key_secret and client_id and client_secret):
             raise ValueError("an access key (id and secret) and the OIDC client (id and secret) are all required")
-        self.timeout = timeout
-        self.rate_limiter = rate_limiter
         self.api_version = api_version
         self._api_base_url = api_base_url.rstrip("/") if api_base_url else None
-        self._retrying = retry_policy.retrying(is_retryable, shared_pause=rate_limiter)
-        self._retrying_creation = retry_policy.retrying(_not_sent_or_rate_limited, shared_pause=rate_limiter)
-        session = new_session(pool_connections=2, pool_maxsize=8)
-        session.headers.update({"Accept": "application/json"})
-        session.verify = verify
-        warn_if_unverified(verify, f"CXone calling-list API {auth_base_url}")
         trusted = [*(allowed_hosts or []), *([api_base_url] if api_base_url else [])]
-        self.auth = AccessKeyAuth(auth_base_url, access_key_id, access_key_secret, client_id=client_id,
-                                  client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token,
-                                  trusted_hosts=trusted)
-        self._session = session
+        auth = AccessKeyAuth(auth_base_url, access_key_id, access_key_secret, client_id=client_id,
+                             client_secret=client_secret, timeout=timeout, verify=verify, on_token=on_token,
+                             trusted_hosts=trusted)
+        super().__init__(auth, new_session(pool_connections=2, pool_maxsize=8), timeout=timeout, verify=verify,
+                         retry_policy=retry_policy, rate_limiter=rate_limiter,
+                         api_name=f"CXone calling-list API {auth_base_url}")
 
     def __repr__(self) -> str:
         return f"CallListClient(auth_base_url={self.auth.auth_base_url!r}, access_key_id={self.auth.access_key_id!r})"
-
-    def __enter__(self) -> CallListClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.auth.close()
-        self._session.close()
 
     # -- discovery ---------------------------------------------------------------------------------------------
 
     @property
     def tenant_id(self) -> str:
         """The tenant named by the id_token (fetches a token when there is none yet)."""
-        if self.auth.tenant_id is None:
-            self.auth.get_token()
-        if not self.auth.tenant_id:
-            raise CXoneAuthError("CXone token answer carried no id_token with a tenantId", status_code=200)
-        return self.auth.tenant_id
+        return self.auth.tenant()
 
     @property
     def base_url(self) -> str:
         """``{api_endpoint}/inContactAPI/services/{api_version}``; the endpoint from API discovery unless given."""
         if self._api_base_url is None:
-            url = f"{self.auth.auth_base_url}/.well-known/cxone-configuration"
-            document = _get_document(self._session, url, params={"tenantId": self.tenant_id}, timeout=self.timeout,
-                                     verify=self._session.verify, what="API discovery")
-            endpoint = document.get("api_endpoint")
-            if not isinstance(endpoint, str) or not endpoint:
-                raise CXoneStatusError("CXone API discovery named no api_endpoint", status_code=200)
-            trusted_endpoint(endpoint, what="API discovery's api_endpoint", configured=self.auth.trusted_hosts)
-            self._api_base_url = endpoint.rstrip("/")
+            self._api_base_url = self.auth.discover_api_endpoint().rstrip("/")
         return f"{self._api_base_url}/inContactAPI/services/{self.api_version}"
-
-    def fetch_token(self) -> str:
-        """A new token now (a check that the access key and the OIDC client work)."""
-        return self.auth.fetch_token()
 
     # -- calling lists -----------------------------------------------------------------------------------------
 
@@ -449,53 +416,12 @@ class CallListClient:
               json_body: Any = None, creates: bool = False) -> Any:
         url = f"{self.base_url}/{path}"
         data = json.dumps(json_body).encode() if json_body is not None else None
-        state = {"attempts": 0, "uncertain": False, "refreshed": False}
-        retrying = self._retrying_creation if creates else self._retrying
         try:
-            return retrying(self._attempt, method, url, params, data, operation, state)
+            response, _ = self._request(Call(operation), method, url, data=data, params=params, creates=creates)
         except CXoneError as error:
-            error.attempts = state["attempts"]
-            error.outcome_uncertain = error.outcome_uncertain or state["uncertain"]
             log.warning("%s: %s", operation, error)
             raise
-
-    def _attempt(self, method: str, url: str, params: dict[str, str] | None, data: bytes | None, operation: str,
-                 state: dict[str, Any]) -> Any:
-        while True:
-            state["attempts"] += 1
-            if self.rate_limiter is not None:
-                self.rate_limiter.acquire()
-            headers = {"Authorization": f"Bearer {self.auth.get_token()}"}
-            if data is not None:
-                headers["Content-Type"] = "application/json"
-            try:
-                response = self._session.request(method, url, params=params, data=data, headers=headers,
-                                                 timeout=self.timeout)
-            except requests.Timeout as exc:
-                sent = _request_may_have_been_sent(exc)
-                state["uncertain"] |= sent
-                raise CXoneTimeoutError(f"CXone {operation} timed out after {self.timeout:g}s",
-                                        outcome_uncertain=sent) from exc
-            except requests.RequestException as exc:
-                sent = _request_may_have_been_sent(exc)
-                state["uncertain"] |= sent
-                raise CXoneConnectionError(f"CXone {operation} got no answer: {_connection_reason(exc)}",
-                                           outcome_uncertain=sent) from exc
-            if 200 <= response.status_code < 300:
-                return _parse_body(response)
-            error = status_error(response.status_code, operation=operation,
-                                 request_id=response.headers.get("X-Request-Id"), body=_parse_body(response),
-                                 retry_after=retry_after_s(response.headers.get("Retry-After")))
-            if response.status_code >= 500:
-                state["uncertain"] = True
-                error.outcome_uncertain = True
-            if response.status_code == 401 and not state["refreshed"]:
-                state["refreshed"] = True
-                self.auth.invalidate(headers["Authorization"][len("Bearer "):])
-                log.warning("%s: 401 (request id %s); once more with a new token", operation, error.request_id)
-                continue
-            raise error
-
+        return parse_body(response)
 
 def _upload_job(entry: Mapping[str, Any]) -> UploadJob:
     return UploadJob(

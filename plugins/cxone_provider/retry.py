@@ -1,8 +1,9 @@
-"""Retry policy for the provider's HTTP calls: data (how often, how long to wait) plus one pure predicate
-(what to retry), turned once into a tenacity ``Retrying`` by :meth:`RetryPolicy.retrying`.
+"""Retry policy for the provider's HTTP calls: data (how often, how long to wait, read from a connection's extras by
+:meth:`RetryPolicy.from_extras`) plus pure predicates (what to retry), turned once into a tenacity ``Retrying`` by
+:meth:`RetryPolicy.retrying`.
 
-The CXone client and the CRM webhook sender both retry through it, so this module is the one place that
-says how a call is retried.
+Both CXone clients (their one request loop), the CRM webhook sender and the upload-job trigger's polling (the same
+:func:`backoff_s`) wait through it, so this module is the one place that says how a call is retried.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import tenacity
 
@@ -64,6 +65,23 @@ def is_rate_limited(error: BaseException | None) -> bool:
     return getattr(error, "status_code", None) == TOO_MANY_REQUESTS
 
 
+def not_sent_or_rate_limited(error: BaseException) -> bool:
+    """Whether a call that creates something may be made again: only when it cannot have been processed (a 429, or a
+    connection that was never established)."""
+    return is_rate_limited(error) or (isinstance(error, CXoneConnectionError) and not error.outcome_uncertain)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """The exponential backoff after failed attempt number ``attempt`` (1-based): ``base_s * 2 ** (attempt - 1)``,
+    capped at ``max_s``."""
+    return min(max_s, base_s * 2 ** min(max(attempt - 1, 0), 32))
+
+
+_EXTRAS: dict[str, Callable[[Any], Any]] = {
+    "max_attempts": int, "backoff_base_s": float, "backoff_max_s": float, "retry_after_cap_s": float,
+}
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How many attempts a call gets and how long to wait between them."""
@@ -80,6 +98,17 @@ class RetryPolicy:
         if min(self.backoff_base_s, self.backoff_max_s, self.retry_after_cap_s) < 0:
             raise ValueError("backoff and cap values must not be negative")
 
+    @classmethod
+    def from_extras(cls, extra: Callable[[str, Any], Any], defaults: RetryPolicy | None = None) -> RetryPolicy:
+        """
+        The policy a connection's extras ask for: ``max_attempts``, ``backoff_base_s``, ``backoff_max_s`` and
+        ``retry_after_cap_s``, each one not set taken from ``defaults`` (default: :class:`RetryPolicy`'s own).
+
+        :param extra: reads one extra, ``extra(name, default)`` (``dict.get`` of the extras, or a hook's reader).
+        """
+        defaults = defaults or cls()
+        return replace(defaults, **{name: kind(extra(name, getattr(defaults, name))) for name, kind in _EXTRAS.items()})
+
     def delay_for(self, attempt: int, error: BaseException | None = None) -> float:
         """
         Seconds to wait after failed attempt number ``attempt`` (1-based).
@@ -91,7 +120,7 @@ class RetryPolicy:
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.retry_after_cap_s)
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(max(attempt - 1, 0), 32))
+        ceiling = backoff_s(attempt, self.backoff_base_s, self.backoff_max_s)
         return random.uniform(0.0, ceiling) if self.jitter else ceiling
 
     def retrying(

@@ -1,5 +1,5 @@
-"""The provider's HTTP sessions: how a request leaves, the same for the CXone APIs, their discovery, the token
-endpoints and the CRM webhook.
+"""The provider's HTTP sessions: how a request leaves and how its answer is read, the same for the CXone APIs, their
+discovery, the token endpoints and the CRM webhook.
 
 No redirect is ever followed. ``requests`` re-sends a POST body on 307/308 (and the form with the client secret,
 a contact record, a signed event) to wherever the answer points; a 3xx here is a
@@ -9,17 +9,38 @@ a contact record, a signed event) to wherever the answer points; a 3xx here is a
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from cxone_provider.errors import CXoneRedirectError
+from cxone_provider import __version__
+from cxone_provider.errors import (
+    CXoneConnectionError,
+    CXoneRedirectError,
+    CXoneStatusError,
+    CXoneTimeoutError,
+    status_error,
+)
 from cxone_provider.redaction import mask_uri
+from cxone_provider.retry import retry_after_s
 
-__all__ = ["new_session", "refuse_redirects", "warn_if_unverified"]
+__all__ = [
+    "USER_AGENT",
+    "answer_error",
+    "new_session",
+    "no_answer_error",
+    "parse_body",
+    "refuse_redirects",
+    "request_may_have_been_sent",
+    "warn_if_unverified",
+]
 
 log = logging.getLogger(__name__)
+
+USER_AGENT = f"cxone-airflow-provider/{__version__} python-requests/{requests.__version__}"
+_OBJECT_REPR = re.compile(r"<[^<>]+ at 0x[0-9a-f]+>:?\s*")
 
 
 def new_session(*, pool_connections: int = 4, pool_maxsize: int = 16) -> requests.Session:
@@ -67,3 +88,69 @@ def _raise_on_redirect(response: requests.Response, *args: Any, **kwargs: Any) -
         request_id=response.headers.get("X-Request-Id"),
         location=shown,
     )
+
+
+def parse_body(response: requests.Response) -> Any:
+    """The answer's JSON, or its text when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def answer_error(response: requests.Response, operation: str, *, token_endpoint: bool = False) -> CXoneStatusError:
+    """The typed error of a non-2xx answer (:func:`~cxone_provider.errors.status_error`), with its request id, body
+    and Retry-After."""
+    return status_error(
+        response.status_code,
+        operation=operation,
+        request_id=response.headers.get("X-Request-Id"),
+        body=parse_body(response),
+        retry_after=retry_after_s(response.headers.get("Retry-After")),
+        token_endpoint=token_endpoint,
+    )
+
+
+def no_answer_error(exc: requests.RequestException, operation: str, timeout: float, *,
+                    outcome_uncertain: bool = False) -> CXoneConnectionError:
+    """The typed error of a request that got no answer: a timeout, or a connection that failed or was dropped."""
+    if isinstance(exc, requests.Timeout):
+        return CXoneTimeoutError(f"CXone {operation} timed out after {timeout:g}s", outcome_uncertain=outcome_uncertain)
+    return CXoneConnectionError(f"CXone {operation} got no answer: {_connection_reason(exc)}",
+                                outcome_uncertain=outcome_uncertain)
+
+
+def request_may_have_been_sent(exc: requests.RequestException) -> bool:
+    """False only when the connection was never established (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    from urllib3.exceptions import NewConnectionError  # also covers NameResolutionError
+
+    return not any(isinstance(link, NewConnectionError) for link in _exception_chain(exc))
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps (requests -> urllib3 -> socket), outermost first."""
+    chain = [exc]
+    while len(chain) < 8:
+        current = chain[-1]
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in reversed(current.args) if isinstance(arg, BaseException)), None)
+        if inner is None:
+            inner = current.__cause__ or current.__context__
+        if inner is None or inner in chain:
+            break
+        chain.append(inner)
+    return chain
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, short and free of object reprs."""
+    text = ""
+    for link in reversed(_exception_chain(exc)):
+        text = _OBJECT_REPR.sub("", str(link)).strip()
+        if text:
+            break
+    text = text or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -49,19 +49,13 @@ class CrmWebhookHook(BaseHook):
             return None
         extra = copy.deepcopy(conn.extra_dejson)
         name = f"connection {self.http_conn_id}"
-        defaults = WEBHOOK_RETRY_POLICY
         return WebhookTarget(
             url=connection_url(conn.host, conn.schema, conn.port, extra.get("endpoint")),
             secret=conn.password or None,
             timeout_s=float(extra.get("timeout", 5)),
             verify=parse_bool(extra.get("verify_ssl", True), name=f"{name}: verify_ssl"),
             give_up_after=int(extra.get("give_up_after", DEFAULT_GIVE_UP_AFTER)),
-            retry_policy=RetryPolicy(
-                max_attempts=int(extra.get("max_attempts", defaults.max_attempts)),
-                backoff_base_s=float(extra.get("backoff_base_s", defaults.backoff_base_s)),
-                backoff_max_s=float(extra.get("backoff_max_s", defaults.backoff_max_s)),
-                retry_after_cap_s=float(extra.get("retry_after_cap_s", defaults.retry_after_cap_s)),
-            ),
+            retry_policy=RetryPolicy.from_extras(extra.get, WEBHOOK_RETRY_POLICY),
         )
 
     def get_conn(self) -> WebhookSender | None:

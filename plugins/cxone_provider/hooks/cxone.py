@@ -83,15 +83,7 @@ class CXoneHook(BaseHook):
     def retry_policy(self) -> RetryPolicy:
         """The policy given to the hook, else one from the extras ``max_attempts``, ``backoff_base_s``,
         ``backoff_max_s`` and ``retry_after_cap_s`` (each defaulting to :class:`RetryPolicy`'s)."""
-        if self._retry_policy is not None:
-            return self._retry_policy
-        defaults = RetryPolicy()
-        return RetryPolicy(
-            max_attempts=int(self._extra("max_attempts", defaults.max_attempts)),
-            backoff_base_s=float(self._extra("backoff_base_s", defaults.backoff_base_s)),
-            backoff_max_s=float(self._extra("backoff_max_s", defaults.backoff_max_s)),
-            retry_after_cap_s=float(self._extra("retry_after_cap_s", defaults.retry_after_cap_s)),
-        )
+        return self._retry_policy if self._retry_policy is not None else RetryPolicy.from_extras(self._extra)
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:

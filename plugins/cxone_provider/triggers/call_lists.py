@@ -17,15 +17,11 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from cxone_provider.errors import CXoneAuthError, CXoneError, CXoneUntrustedHostError
+from cxone_provider.retry import backoff_s
 
 log = logging.getLogger(__name__)
 
 COMPLETE, CANCELLED, PENDING = "complete", "cancelled", "pending"
-
-
-def poll_wait_s(poll: int, *, first_s: float, max_s: float) -> float:
-    """How long to wait after poll number ``poll`` (1-based): doubling from ``first_s``, capped at ``max_s``."""
-    return min(max_s, first_s * 2 ** min(max(poll - 1, 0), 32))
 
 
 class CallListJobsTrigger(BaseTrigger):
@@ -42,7 +38,8 @@ class CallListJobsTrigger(BaseTrigger):
     :param submitted_at: Unix time of the first upload; the timeout counts from it, so a retried task that defers
         again does not wait longer in total.
     :param timeout_s: give up this long after ``submitted_at``.
-    :param poll_first_s: the first wait between polls (doubling up to ``poll_max_s``).
+    :param poll_first_s: the first wait between polls (doubling up to ``poll_max_s``: the retry policy's
+        :func:`~cxone_provider.retry.backoff_s`).
     """
 
     def __init__(
@@ -136,7 +133,7 @@ class CallListJobsTrigger(BaseTrigger):
                                      self.timeout_s, states)
                     yield TriggerEvent({"status": "timeout", "jobs": states})
                     return
-                await asyncio.sleep(min(remaining, poll_wait_s(poll, first_s=self.poll_first_s, max_s=self.poll_max_s)))
+                await asyncio.sleep(min(remaining, backoff_s(poll, self.poll_first_s, self.poll_max_s)))
         finally:
             if self._executor is not None:
                 # the client is closed on its own thread, after a poll still running there (a cancelled trigger)
