@@ -12,7 +12,8 @@ from upath import UPath
 
 from include.cxone_import import report
 from include.cxone_import.state import DECISION_UNCHANGED, DECISION_UNCONFIRMED
-from include.cxone_import.storage import RunLayout, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import write_parquet
 
 
 @pytest.fixture

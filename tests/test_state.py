@@ -13,7 +13,8 @@ import pytest
 from upath import UPath
 
 from include.cxone_import.state import Acknowledgements, ContactListState, contact_keys, fingerprints, list_key
-from include.cxone_import.storage import RunLayout, read_parquet, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_parquet, write_parquet
 from tests.conftest import fold_killed_while_writing_current
 
 ROWS = np.arange(1, 5, dtype=np.int64)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from include.cxone_import import sync_gate
-from include.cxone_import.storage import RunLayout
+from cxone_runs.layout import RunLayout
 
 PLAN = {"mode": "mirror", "creates": 12, "updates": 3, "state_records": 1000,
         "removals": {"mirror_absent": 80, "consent_withdrawn": 4}, "mirror_share": 0.08, "stale": {},

@@ -21,7 +21,7 @@ from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
 from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
 from cxone_runs.layout import RunLayout, group_index_of
-from cxone_runs.location import STORAGE_BASE_VARIABLE, STORAGE_CONN_VARIABLE, storage_base  # noqa: F401
+from cxone_runs.location import STORAGE_CONN_VARIABLE, storage_base
 from cxone_runs.location import task_variable as _variable
 from include.cxone_import import pipeline, sync
 from include.cxone_import.engine import GroupImporter, TransientImportError

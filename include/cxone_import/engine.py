@@ -48,7 +48,8 @@ from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidatio
 from cxone_provider.models import RecordIssue, parse_record_issues
 from cxone_provider.retry import is_configuration_error
 
-from include.cxone_import.storage import RunLayout, ensure_parent, fs_path, put_bytes, write_json, write_jsonl
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import ensure_parent, fs_path, put_bytes, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from cxone_provider.errors import CXoneConfigurationError
 
 from include.cxone_import import airflow_tasks as steps
 from include.cxone_import.engine import TransientImportError
-from include.cxone_import.storage import RunLayout, read_json, write_json
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_json, write_json
 from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions
 
 log = logging.getLogger(__name__)

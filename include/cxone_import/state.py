@@ -64,17 +64,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from include.cxone_import.storage import (
-    RunLayout,
-    atomic_open,
-    fs_path,
-    iter_rows_of,
-    list_files,
-    read_json,
-    read_parquet,
-    safe_segment,
-    write_json,
-)
+from cxone_runs.layout import RunLayout, list_files, safe_segment
+from include.cxone_import.storage import atomic_open, fs_path, iter_rows_of, read_json, read_parquet, write_json
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cxone_runs.layout import RunLayout, list_files, safe_segment  # noqa: F401 - their home; re-exported for the tasks
-
 
 def ensure_parent(path: Any) -> None:
     parent = path.parent

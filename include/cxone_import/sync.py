@@ -50,7 +50,8 @@ from include.cxone_import.state import (
     ContactListState,
     contact_keys,
 )
-from include.cxone_import.storage import RunLayout, atomic_open, read_json, read_parquet, write_json
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import atomic_open, read_json, read_parquet, write_json
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from include.cxone_import.storage import RunLayout, read_json, write_json
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_json, write_json
 from include.cxone_import.sync import (
     CONSENT_EXPIRED,
     CONSENT_WITHDRAWN,

@@ -37,7 +37,8 @@ from cxone_provider.errors import CXoneError
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED, OUTCOMES, BatchMetrics, Outcome
 from include.cxone_import.pipeline import batch_id
 from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, phone_type_of
-from include.cxone_import.storage import RunLayout, read_json, read_parquet, write_json, write_jsonl, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_json, read_parquet, write_json, write_jsonl, write_parquet
 
 log = logging.getLogger(__name__)
 
