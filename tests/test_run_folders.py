@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cxone_runs.layout import RunLayout, dag_ids_with_runs, safe_segment
+from cxone_runs.layout import RunLayout, dag_ids_with_runs, group_index_of, safe_segment
 from cxone_runs.report import read_report
 from cxone_runs.segments import MAX_SEGMENT_CHARS, name_of, path_segment
 from tests.conftest import CONTACT_LIST_ID
@@ -61,6 +61,71 @@ def test_the_encoding_is_injective_on_random_names():
     assert len(folders) == len(names)
     for name in names - set(GENERATED):
         assert name_of(path_segment(name)) == name
+
+
+# every file of a run folder as RunLayout names it: runs already on storage, and the tools and people reading them,
+# rely on these names
+RUN_FILES = {
+    "extract_part(3)": (lambda layout: layout.extract_part(3), "extract/part-00003.parquet"),
+    "valid_part(3)": (lambda layout: layout.valid_part(3), "valid/part-00003.parquet"),
+    "group_file(3)": (lambda layout: layout.group_file(3), "groups/group-00003.parquet"),
+    "list_key": (lambda layout: layout.list_key, "list_key.json"),
+    "list_lease": (lambda layout: layout.list_lease, "list_lease.json"),
+    "call_list": (lambda layout: layout.call_list, "call_list.json"),
+    "changes_decision": (lambda layout: layout.changes_decision, "changes.parquet"),
+    "changes_summary": (lambda layout: layout.changes_summary, "changes.json"),
+    "checkpoints_dir": (lambda layout: layout.checkpoints_dir, "checkpoints"),
+    "inflight_dir": (lambda layout: layout.inflight_dir, "inflight"),
+    "upload_state(3)": (lambda layout: layout.upload_state(3), "uploads/group-00003/state.json"),
+    "upload_before(3)": (lambda layout: layout.upload_before(3), "uploads/group-00003/before.parquet"),
+    "upload_round(3, 2)": (lambda layout: layout.upload_round(3, 2), "uploads/group-00003/round-02.parquet"),
+    "outcomes_dir": (lambda layout: layout.outcomes_dir, "outcomes"),
+    "outcome_file(3)": (lambda layout: layout.outcome_file(3), "outcomes/group-00003.parquet"),
+    "group_summary(3)": (lambda layout: layout.group_summary(3), "outcomes/group-00003.json"),
+    "sync_plan": (lambda layout: layout.sync_plan, "sync/plan.json"),
+    "sync_removals": (lambda layout: layout.sync_removals, "sync/removals.parquet"),
+    "removal_decision": (lambda layout: layout.removal_decision, "sync/removal_decision.json"),
+    "sync_ops(3)": (lambda layout: layout.sync_ops(3), "sync/ops-00003.parquet"),
+    "sync_outcomes(3)": (lambda layout: layout.sync_outcomes(3), "sync/outcomes-00003.parquet"),
+    "sync_summary(3)": (lambda layout: layout.sync_summary(3), "sync/outcomes-00003.json"),
+    "metrics_file": (lambda layout: layout.metrics_file("import_batches-3"), "metrics/import_batches-3.json"),
+    "failure_file": (lambda layout: layout.failure_file("validate"), "failures/validate.json"),
+    "audit_part": (lambda layout: layout.audit_part("import-group-00003"), "audit/import-group-00003.jsonl"),
+    "rejects_csv": (lambda layout: layout.rejects_csv, "rejects.csv"),
+    "rejects_parquet": (lambda layout: layout.rejects_parquet, "rejects.parquet"),
+    "batch_manifest": (lambda layout: layout.batch_manifest, "batch_manifest.parquet"),
+    "batch_results": (lambda layout: layout.batch_results, "batch_results.jsonl"),
+    "audit_log": (lambda layout: layout.audit_log, "audit.jsonl"),
+    "dead_letter": (lambda layout: layout.dead_letter, "dead_letter.jsonl"),
+    "report": (lambda layout: layout.report, "report.json"),
+}
+
+
+@pytest.mark.parametrize(("path_of", "relative"), RUN_FILES.values(), ids=list(RUN_FILES))
+def test_a_run_folder_keeps_its_file_names(tmp_path, path_of, relative):
+    layout = RunLayout.for_run(tmp_path, "cxone_contact_import", "manual__2026-11-27T06:31:23+00:00")
+    assert layout.root == tmp_path / "runs" / "cxone_contact_import" / "manual__2026-11-27T06_31_23_00_00"
+    assert path_of(layout) == layout.root / relative
+
+
+def test_the_listings_find_the_files_the_layout_names(tmp_path):
+    layout = RunLayout.for_run(tmp_path, "cxone_contact_import", "run-1")
+    named = [layout.group_file(0), layout.outcome_file(0), layout.group_summary(0), layout.sync_ops(1),
+             layout.sync_outcomes(1), layout.sync_summary(1), layout.failure_file("extract"),
+             layout.audit_part("webhook-group-00001-try-01"), layout.audit_part("import-group-00001")]
+    for path in named:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    assert layout.group_files() == [layout.group_file(0)]
+    assert layout.outcome_files() == [layout.outcome_file(0)] and layout.group_summaries() == [layout.group_summary(0)]
+    assert layout.sync_ops_files() == [layout.sync_ops(1)] and layout.sync_outcome_files() == [layout.sync_outcomes(1)]
+    assert layout.sync_summaries() == [layout.sync_summary(1)]
+    assert layout.failure_files() == [layout.failure_file("extract")]
+    assert layout.audit_parts("import-group-") == [layout.audit_part("import-group-00001")]
+    assert len(layout.audit_parts()) == 2
+    assert [group_index_of(p) for p in (layout.group_file(7), layout.sync_summary(12))] == [7, 12]
+    assert RunLayout.runs_of(tmp_path, "cxone_contact_import") == [layout]
+    assert dag_ids_with_runs(tmp_path) == {"cxone_contact_import"}
 
 
 OTHER_DAG_ID = "cxone_contact_import_eu"
