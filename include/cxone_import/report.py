@@ -14,8 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from cxone_runs.layout import RunLayout, group_index_of
-from cxone_runs.pages import NOT_SENT_REASONS, describe_accounting
-from cxone_runs.report import RunReport
+from cxone_runs.report import NOT_SENT_REASONS, RunReport, describe_accounting
 from include.cxone_import import sync
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
 from include.cxone_import.pipeline import reject_gate_tripped

@@ -6,7 +6,7 @@ serves them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from cxone_provider.redaction import mask_uri
-from cxone_runs.report import RunReport
+from cxone_runs.report import NOT_SENT_REASONS, RunReport, describe_accounting
 
 # (totals key, label, colour); ``unchanged`` appears once change detection reports it.
 OUTCOMES = (
@@ -27,9 +27,6 @@ OUTCOMES = (
     ("rejected", "Rejected", "#ef6c00"),
     ("not_sent", "Not sent", "#757575"),
 )
-# why a run's valid rows were not sent (report.json ``not_sent_reason``)
-NOT_SENT_REASONS = {"dry_run": "dry run", "reject_gate": "held: too many rejects",
-                    "cxone_configuration": "stopped: configuration error", "list_lease_lost": "stopped: lost the list"}
 
 
 def not_sent_label(report: RunReport) -> str:
@@ -345,22 +342,6 @@ def _sync_section(report: RunReport) -> str:
         "removal's contact is no longer in the export. Each removal's contactId, reason and time are in the audit "
         "log.</p></section>"
     )
-
-
-def describe_accounting(accounting: Mapping[str, Any]) -> str:
-    """The run's arithmetic in a line: input rows = rejected + each outcome; removals planned = their outcomes."""
-    rows = accounting["rows"]
-    line = (f"input {rows['input']} = rejected {rows['rejected']} + "
-            + " + ".join(f"{name} {n}" for name, n in rows["outcomes"].items() if n)
-            + "".join(f" + {name} {n} (unknown)" for name, n in rows["unknown_outcomes"].items())
-            + ("" if rows["ok"] else f" -> {rows['accounted']}: DOES NOT ADD UP"))
-    removals = accounting.get("removals")
-    if removals and (removals["sent"] or sum(removals["planned"].values())):
-        line += (f"; removals planned {sum(removals['planned'].values())} = "
-                 + (" + ".join(f"{name} {n}" for name, n in removals["by_outcome"].items()) or "0")
-                 + ("" if removals["ok"] else ": DOES NOT ADD UP")
-                 + ("" if removals["sent"] else " (not sent)"))
-    return line
 
 
 def render_run_report(

@@ -1,12 +1,18 @@
 """``report.json``: what the report task writes for a run (``include/cxone_import/report.py`` builds it) and the
-report pages, the failure event and the tools read, named once."""
+report pages, the failure event and the tools read, named once; and the words both the report pages and the report
+in the task log use for it (why rows were not sent, the run's arithmetic in a line)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict
 
 from cxone_runs.layout import RunLayout
+
+# why a run's valid rows were not sent (``not_sent_reason``)
+NOT_SENT_REASONS = {"dry_run": "dry run", "reject_gate": "held: too many rejects",
+                    "cxone_configuration": "stopped: configuration error", "list_lease_lost": "stopped: lost the list"}
 
 
 class RunReport(TypedDict):
@@ -45,3 +51,19 @@ def read_report(layout: RunLayout) -> RunReport | None:
         return json.loads(layout.report.read_text())
     except FileNotFoundError:
         return None
+
+
+def describe_accounting(accounting: Mapping[str, Any]) -> str:
+    """The run's arithmetic in a line: input rows = rejected + each outcome; removals planned = their outcomes."""
+    rows = accounting["rows"]
+    line = (f"input {rows['input']} = rejected {rows['rejected']} + "
+            + " + ".join(f"{name} {n}" for name, n in rows["outcomes"].items() if n)
+            + "".join(f" + {name} {n} (unknown)" for name, n in rows["unknown_outcomes"].items())
+            + ("" if rows["ok"] else f" -> {rows['accounted']}: DOES NOT ADD UP"))
+    removals = accounting.get("removals")
+    if removals and (removals["sent"] or sum(removals["planned"].values())):
+        line += (f"; removals planned {sum(removals['planned'].values())} = "
+                 + (" + ".join(f"{name} {n}" for name, n in removals["by_outcome"].items()) or "0")
+                 + ("" if removals["ok"] else ": DOES NOT ADD UP")
+                 + ("" if removals["sent"] else " (not sent)"))
+    return line
