@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -65,47 +66,48 @@ def test_the_encoding_is_injective_on_random_names():
 
 # every file of a run folder as RunLayout names it: runs already on storage, and the tools and people reading them,
 # rely on these names
-RUN_FILES = {
-    "extract_part(3)": (lambda layout: layout.extract_part(3), "extract/part-00003.parquet"),
-    "valid_part(3)": (lambda layout: layout.valid_part(3), "valid/part-00003.parquet"),
-    "group_file(3)": (lambda layout: layout.group_file(3), "groups/group-00003.parquet"),
-    "list_key": (lambda layout: layout.list_key, "list_key.json"),
-    "list_lease": (lambda layout: layout.list_lease, "list_lease.json"),
-    "call_list": (lambda layout: layout.call_list, "call_list.json"),
-    "changes_decision": (lambda layout: layout.changes_decision, "changes.parquet"),
-    "changes_summary": (lambda layout: layout.changes_summary, "changes.json"),
-    "checkpoints_dir": (lambda layout: layout.checkpoints_dir, "checkpoints"),
-    "inflight_dir": (lambda layout: layout.inflight_dir, "inflight"),
-    "upload_state(3)": (lambda layout: layout.upload_state(3), "uploads/group-00003/state.json"),
-    "upload_before(3)": (lambda layout: layout.upload_before(3), "uploads/group-00003/before.parquet"),
-    "upload_round(3, 2)": (lambda layout: layout.upload_round(3, 2), "uploads/group-00003/round-02.parquet"),
-    "outcomes_dir": (lambda layout: layout.outcomes_dir, "outcomes"),
-    "outcome_file(3)": (lambda layout: layout.outcome_file(3), "outcomes/group-00003.parquet"),
-    "group_summary(3)": (lambda layout: layout.group_summary(3), "outcomes/group-00003.json"),
-    "sync_plan": (lambda layout: layout.sync_plan, "sync/plan.json"),
-    "sync_removals": (lambda layout: layout.sync_removals, "sync/removals.parquet"),
-    "removal_decision": (lambda layout: layout.removal_decision, "sync/removal_decision.json"),
-    "sync_ops(3)": (lambda layout: layout.sync_ops(3), "sync/ops-00003.parquet"),
-    "sync_outcomes(3)": (lambda layout: layout.sync_outcomes(3), "sync/outcomes-00003.parquet"),
-    "sync_summary(3)": (lambda layout: layout.sync_summary(3), "sync/outcomes-00003.json"),
-    "metrics_file": (lambda layout: layout.metrics_file("import_batches-3"), "metrics/import_batches-3.json"),
-    "failure_file": (lambda layout: layout.failure_file("validate"), "failures/validate.json"),
-    "audit_part": (lambda layout: layout.audit_part("import-group-00003"), "audit/import-group-00003.jsonl"),
-    "rejects_csv": (lambda layout: layout.rejects_csv, "rejects.csv"),
-    "rejects_parquet": (lambda layout: layout.rejects_parquet, "rejects.parquet"),
-    "batch_manifest": (lambda layout: layout.batch_manifest, "batch_manifest.parquet"),
-    "batch_results": (lambda layout: layout.batch_results, "batch_results.jsonl"),
-    "audit_log": (lambda layout: layout.audit_log, "audit.jsonl"),
-    "dead_letter": (lambda layout: layout.dead_letter, "dead_letter.jsonl"),
-    "report": (lambda layout: layout.report, "report.json"),
-}
+RUN_FILES = [  # (name, arguments of the method or None for a property, path under the run folder)
+    ("extract_part", (3,), "extract/part-00003.parquet"),
+    ("valid_part", (3,), "valid/part-00003.parquet"),
+    ("group_file", (3,), "groups/group-00003.parquet"),
+    ("list_key", None, "list_key.json"),
+    ("list_lease", None, "list_lease.json"),
+    ("call_list", None, "call_list.json"),
+    ("changes_decision", None, "changes.parquet"),
+    ("changes_summary", None, "changes.json"),
+    ("checkpoints_dir", None, "checkpoints"),
+    ("inflight_dir", None, "inflight"),
+    ("upload_state", (3,), "uploads/group-00003/state.json"),
+    ("upload_before", (3,), "uploads/group-00003/before.parquet"),
+    ("upload_round", (3, 2), "uploads/group-00003/round-02.parquet"),
+    ("outcomes_dir", None, "outcomes"),
+    ("outcome_file", (3,), "outcomes/group-00003.parquet"),
+    ("group_summary", (3,), "outcomes/group-00003.json"),
+    ("sync_plan", None, "sync/plan.json"),
+    ("sync_removals", None, "sync/removals.parquet"),
+    ("removal_decision", None, "sync/removal_decision.json"),
+    ("sync_ops", (3,), "sync/ops-00003.parquet"),
+    ("sync_outcomes", (3,), "sync/outcomes-00003.parquet"),
+    ("sync_summary", (3,), "sync/outcomes-00003.json"),
+    ("metrics_file", ("import_batches-3",), "metrics/import_batches-3.json"),
+    ("failure_file", ("validate",), "failures/validate.json"),
+    ("audit_part", ("import-group-00003",), "audit/import-group-00003.jsonl"),
+    ("rejects_csv", None, "rejects.csv"),
+    ("rejects_parquet", None, "rejects.parquet"),
+    ("batch_manifest", None, "batch_manifest.parquet"),
+    ("batch_results", None, "batch_results.jsonl"),
+    ("audit_log", None, "audit.jsonl"),
+    ("dead_letter", None, "dead_letter.jsonl"),
+    ("report", None, "report.json"),
+]
 
 
-@pytest.mark.parametrize(("path_of", "relative"), RUN_FILES.values(), ids=list(RUN_FILES))
-def test_a_run_folder_keeps_its_file_names(tmp_path, path_of, relative):
+@pytest.mark.parametrize(("name", "arguments", "relative"), RUN_FILES, ids=[name for name, _, _ in RUN_FILES])
+def test_a_run_folder_keeps_its_file_names(tmp_path, name, arguments, relative):
     layout = RunLayout.for_run(tmp_path, "cxone_contact_import", "manual__2026-11-27T06:31:23+00:00")
     assert layout.root == tmp_path / "runs" / "cxone_contact_import" / "manual__2026-11-27T06_31_23_00_00"
-    assert path_of(layout) == layout.root / relative
+    named = getattr(layout, name)
+    assert (named if arguments is None else named(*arguments)) == layout.root / relative
 
 
 def test_the_listings_find_the_files_the_layout_names(tmp_path):
@@ -126,6 +128,16 @@ def test_the_listings_find_the_files_the_layout_names(tmp_path):
     assert [group_index_of(p) for p in (layout.group_file(7), layout.sync_summary(12))] == [7, 12]
     assert RunLayout.runs_of(tmp_path, "cxone_contact_import") == [layout]
     assert dag_ids_with_runs(tmp_path) == {"cxone_contact_import"}
+
+
+def test_only_the_layout_builds_paths_in_a_run_folder():
+    """No product module joins names onto a run folder's root: every path of it is a RunLayout method or property."""
+    root = Path(__file__).parents[1]
+    joins = re.compile(r"layout(?:\([^)]*\))?\.root\s*/")
+    found = [f"{path.relative_to(root)}:{n}" for folder in ("dags", "include", "plugins", "tools")
+             for path in sorted((root / folder).rglob("*.py")) if path.name != "layout.py"
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if joins.search(line)]
+    assert found == []
 
 
 OTHER_DAG_ID = "cxone_contact_import_eu"
