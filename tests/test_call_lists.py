@@ -79,7 +79,10 @@ def test_rerun_creates_nothing(run_import, export, call_list_sandbox):
     first = run_import({"source_uri": f"file://{export.path}", **CREATE}, profile="call_lists", extra=PER_FILE)
     uploads = call_list_sandbox.stats()["uploads"]
     again = run_import({"source_uri": f"file://{export.path}"}, profile="call_lists", extra=PER_FILE)
-    resync = run_import({"source_uri": f"file://{export.path}", "full_resync": True}, profile="call_lists", extra=PER_FILE)
+    removals = call_list_sandbox.stats().get("removal_requests", 0)
+    # under the default upsert: a record the list holds exactly so is no update (no removal, no upload)
+    resync = run_import({"source_uri": f"file://{export.path}", "full_resync": True},
+                        profile="call_lists", extra=PER_FILE)
 
     valid = len(export.valid_contact_ids)
     assert first.state == again.state == resync.state == "success"
@@ -89,6 +92,7 @@ def test_rerun_creates_nothing(run_import, export, call_list_sandbox):
     assert outcomes(again)["unchanged"] == valid and outcomes(again)["imported"] == 0
     # a full resync sends everything: the list already holds every record, so each is a duplicate, none uploaded
     assert outcomes(resync)["duplicates"] == valid and outcomes(resync)["imported"] == 0
+    assert call_list_sandbox.stats().get("removal_requests", 0) == removals, "a full resync removed records"
     assert resync.report["reconciliation"]["ok"]
 
 

@@ -71,11 +71,12 @@ def nightly(run_import, path: Path, day: int, **params):
                       logical_date=DAY + timedelta(days=day))
 
 
-def stored(sandbox) -> dict[str, dict]:
+def stored(sandbox, key: str = "contactId") -> dict[str, dict]:
+    """The list's records by id (``key``: ``externalId`` on a calling list), each stored once."""
     records = sandbox.records(CONTACT_LIST_ID)
-    ids = [r["contactId"] for r in records]
+    ids = [r[key] for r in records]
     assert len(ids) == len(set(ids)), "a record was stored twice"
-    return {r["contactId"]: r for r in records}
+    return {r[key]: r for r in records}
 
 
 def crm_events(webhook_sink, run_id: str) -> list[dict]:
@@ -169,37 +170,16 @@ def test_faults_on_put_and_delete_lose_no_update_and_remove_nothing_twice(run_im
 def run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path: Path, day: datetime) -> None:
     """Run the import of ``path`` in another process, SIGKILLed once its updates and removals are under way."""
     import os
-    import signal
-    import subprocess
-    import sys
     import time
 
-    from tests.conftest import ROOT
     from tools.localrun import connection_env
 
     cxone_sandbox.configure(latency_ms=150)
     env = {**os.environ, **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
            "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}"}
-    code = ("from datetime import datetime\nfrom tools.localrun import run_dag\n"
-            f"run_dag({{'source_uri': 'file://{path}', 'batch_size': {BATCH_SIZE}, 'max_reject_share': 0.5, "
-            f"'sync_mode': 'mirror', 'contact_list_id': '{CONTACT_LIST_ID}'}}, "
-            f"logical_date=datetime.fromisoformat({day.isoformat()!r}))\n")
-    with (tmp_path / "killed.log").open("w") as log:
-        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if len([p for p in storage_base.glob("runs/*/*/checkpoints/*.json") if f"{day:%Y-%m-%d}" in str(p)]) >= 8:
-                    break
-                assert child.poll() is None, "the run ended before it could be killed"
-                time.sleep(0.05)
-            else:
-                pytest.fail("the sync never started")
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=30)
-        finally:
-            if child.poll() is None:
-                child.kill()
+    conf = {"source_uri": f"file://{path}", "batch_size": BATCH_SIZE, "max_reject_share": 0.5, "sync_mode": "mirror"}
+    run_killed(conf, day, env, tmp_path / "killed.log",
+               lambda: len([p for p in storage_base.glob("runs/*/*/checkpoints/*.json") if f"{day:%Y-%m-%d}" in str(p)]) >= 8)
     time.sleep(1)  # requests in flight at the kill still land on the server
     cxone_sandbox.configure(latency_ms=0)
 
@@ -225,6 +205,38 @@ def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twi
     totals = again.report["totals"]
     assert (totals["updated"], totals["removed"]) == (len(changed), len(gone))
     assert again.report["sync"]["removals_reconciled"] and again.report["reconciliation"]["ok"]
+
+
+def run_killed(conf: dict, day: datetime, env: dict[str, str], log_path: Path, ready, *, setup: str = "",
+               deadline_s: float = 240) -> None:
+    """Run the DAG in another process (``setup``: Python run first) and SIGKILL it the moment ``ready()`` is true."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    code = (f"from datetime import datetime\n{setup}\nfrom tools.localrun import run_dag\n"
+            f"run_dag({{**{conf!r}, 'contact_list_id': {CONTACT_LIST_ID!r}}}, "
+            f"logical_date=datetime.fromisoformat({day.isoformat()!r}))\n")
+    with log_path.open("w") as log:
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + deadline_s
+            while time.monotonic() < deadline:
+                if ready():
+                    break
+                assert child.poll() is None, "the run ended before it could be killed: " + log_path.read_text()[-3000:]
+                time.sleep(0.02)
+            else:
+                pytest.fail("the run never got to where it is to be killed")
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
 
 
 def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists_state(
@@ -391,3 +403,31 @@ def test_a_contact_removed_on_the_cxone_side_ends_not_on_list(run_import, cxone_
                                  {"contact_list_id": CONTACT_LIST_ID, "sync_mode": "upsert"}, context)
     assert len(webhook_sink.events()) == received
     assert again["failed"] == 0 and again["delivered"] == again["events"]
+
+
+def test_a_full_resync_under_upsert_updates_only_what_changed_and_re_creates_what_cxone_lost(
+        run_import, cxone_sandbox, export, tmp_path):
+    """``full_resync`` sends every record, but a record the list holds exactly so goes as a create (batched, answered
+    duplicate), never as an update: only the changed ones are PUT, and a record deleted in CXone is created again."""
+    from cxone_provider.hooks.cxone import CXoneHook
+    from include.cxone_import import airflow_tasks
+
+    first = nightly(run_import, export.path, 90, sync_mode="upsert")
+    assert first.state == "success"
+    path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=7, withdraw=0, expire=0, absent=0)
+    lost = sorted(set(export.valid_contact_ids) - set(changed))[:4]
+    with CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).get_client() as client:
+        assert all(client.delete_record(CONTACT_LIST_ID, c).found for c in lost)
+    log_before = len(cxone_sandbox.request_log())
+    resync = nightly(run_import, path, 91, sync_mode="upsert", full_resync=True)
+    assert resync.state == "success", resync.report["problems"]
+    sent = cxone_sandbox.request_log()[log_before:]
+    puts = [r for r in sent if r.get("method") == "PUT"]
+    assert len(puts) == len(changed), "only the changed records are updates"
+    totals = resync.report["totals"]
+    valid = len(export.valid_contact_ids)
+    assert (totals["updated"], totals["imported"], totals["unchanged"]) == (len(changed), len(lost), 0)
+    assert totals["duplicates"] == valid - len(changed) - len(lost)
+    assert resync.report["changes"]["resent"] == valid - len(changed)
+    after = stored(cxone_sandbox)
+    assert set(lost) <= set(after) and all(after[c]["customFields"]["tier"].startswith("changed-") for c in changed)

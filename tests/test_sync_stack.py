@@ -86,3 +86,47 @@ def test_a_mirror_night_above_the_bound_waits_for_a_human(airflow_stack: Airflow
     else:
         assert held == all_ids, "a rejected mirror removal was sent"
         assert totals["removal_held"] == DROPPED and totals.get("removed", 0) == 0
+
+
+def test_a_calling_list_mirror_night_waits_for_a_human_then_removes_and_updates(tmp_path):
+    """The call_lists profile under the real scheduler with a triggerer: night 2 (mirror) changes records and drops
+    25% of the list; approved through the REST API, the absentees leave the calling list and the changed records
+    hold their new phone (removal, then an upload the task waits for on the triggerer)."""
+    from include.cxone_sandbox.call_lists_api import CallListSandbox, CallListSandboxConfig
+    from tools.localrun import call_list_connection_env
+
+    list_name = "stack-sync-list"
+    night1, night2, all_ids, kept = _nights(tmp_path, list_name)
+    with night2.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    changed = {r["contact_id"] for r in rows[:5]}
+    for n, row in enumerate(rows[:5]):
+        row[next(c for c in row if c.endswith("_phone") and row[c])] = f"+6149158{n:04d}"
+    with night2.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with CallListSandbox(CallListSandboxConfig(job_delay_s=2.0)) as sandbox:
+        env = call_list_connection_env(sandbox.url, "http://127.0.0.1:9",
+                                       extra={"job_poll_first_s": 1, "job_poll_max_s": 2, "job_timeout_s": 300})
+        with AirflowStack(tmp_path / "stack", extra_env={"STACK_TRIGGERER": "1",
+                                                         "AIRFLOW_CONN_CXONE_DEFAULT": env["AIRFLOW_CONN_CXONE_DEFAULT"]}) as stack:
+            conf = {"contact_list_id": list_name, "create_list_if_missing": True}
+            first = stack.trigger(DAG_ID, conf={**conf, "source_uri": f"file://{night1}", "sync_mode": "upsert"})
+            assert stack.wait_for_run(DAG_ID, first["dag_run_id"], RUN_TIMEOUT_S)["state"] == "success"
+            second = stack.trigger(DAG_ID, conf={**conf, "source_uri": f"file://{night2}", "sync_mode": "mirror"})
+            run_id = second["dag_run_id"]
+            _wait_for_task_state(stack, run_id, "approve_removals", "awaiting_input")
+            time.sleep(5)  # see above: an answer racing the park fails the task
+            hitl = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_removals/-1/hitlDetails"
+            stack.api("PATCH", hitl, chosen_options=["Approve"], params_input={})
+            finished = stack.wait_for_run(DAG_ID, run_id, RUN_TIMEOUT_S)
+            assert finished["state"] == "success", stack.describe_run(DAG_ID, run_id)
+            report = stack.run_report(run_id)
+        records = {r["externalId"]: r for r in sandbox.records(list_name)}
+    assert set(records) == kept, "the approved mirror removals did not all go, or something else went"
+    assert all(any(d["formattedDestination"].startswith("+6149158") for d in records[c]["destinations"])
+               for c in changed), "a changed record does not hold its new phone"
+    totals = report["totals"]
+    assert (totals["removed"], totals["updated"], totals.get("removal_held", 0)) == (DROPPED, len(changed), 0)
+    assert report["reconciliation"]["ok"] and report["sync"]["removals_reconciled"]

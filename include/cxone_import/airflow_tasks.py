@@ -56,6 +56,7 @@ from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import (
     DECISION_ANSWER_LOST,
     DECISION_LISTED,
+    DECISION_RESENT,
     LEFT_OUT,
     SYNC_DELTA_OFFSET,
     Acknowledgements,
@@ -422,6 +423,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         # have its acknowledgements land after the comparison, and this run would send those contacts again
         with contact_list_lease(cxone_hook(), key, context, first=True):
             changes = decide_changes(layout, list_state(key, context), parts=validated["parts"], run_id=context["run_id"], mode=mode)
+            if _call_lists() and not changes.get("reused") and (changes["unchanged"] or changes["unconfirmed"]):
+                _resend_gone(layout, key, validated)
     plan = _plan_sync(layout, key if not created else None, validated, params, context)
     left_out = changes["unchanged"] + changes["unconfirmed"] + (plan["updates"] + sum(plan["stale"].values()) if plan else 0)
     groups = pipeline.chunk(
@@ -433,7 +436,8 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
         parallelism=min(conf.getint("core", "parallelism", fallback=32), parallel_groups()),
         max_map_length=conf.getint("core", "max_map_length", fallback=1024),
         left_out_rows=read_decided_rows(layout, *LEFT_OUT) if left_out or plan else None,
-        listed_rows=read_decided_rows(layout, DECISION_LISTED) if changes["listed"] else None,
+        listed_rows=read_decided_rows(layout, DECISION_LISTED, DECISION_RESENT)
+        if changes["listed"] or changes.get("resent") else None,
         answer_lost_rows=read_decided_rows(layout, DECISION_ANSWER_LOST) if changes.get("answer_lost") else None,
     )
     groups = _with_sync_ops(layout, groups, plan, key, validated)
@@ -464,13 +468,10 @@ def chunk(validated: dict[str, Any], params: dict[str, Any], context: dict[str, 
 
 def _plan_sync(layout: RunLayout, key: ListKey | None, validated: dict[str, Any], params: dict[str, Any],
                context: dict[str, Any]) -> sync.SyncPlan | None:
-    """The run's updates and removals (``sync.plan_sync``) for the records profile; None in ``append`` mode. A list
-    this run created has nothing to update or remove. The calling-list profile plans nothing here yet."""
+    """The run's updates and removals (``sync.plan_sync``), for both API profiles; None in ``append`` mode. A list
+    this run created has nothing to update or remove."""
     mode = sync_mode(params)
     if mode == "append" or key is None:
-        return None
-    if _call_lists():
-        log.warning("sync_mode %s: the calling-list profile sends creates only for now (removals not wired)", mode)
         return None
     state = list_state(key, context)
     valid_rows = int(validated["valid_rows"])
@@ -494,6 +495,16 @@ def _with_sync_ops(layout: RunLayout, groups: list[dict[str, Any]], plan: sync.S
         groups.append({"group_index": group_index, "path": str(layout.group_file(group_index)), "records": 0, "batches": 0})
     counts = sync.write_group_ops(layout, int(validated["parts"]), key.batch_scope, len(groups))
     return [{**g, **c} for g, c in zip(groups, counts, strict=True)]
+
+
+def _resend_gone(layout: RunLayout, key: ListKey, validated: dict[str, Any]) -> None:
+    """A calling list's records expire: what the state holds as on the list but the list no longer does is sent
+    again (read once, while the run holds the list)."""
+    from include.cxone_import.call_list_sync import resend_gone
+
+    hook = cxone_hook()
+    with hook.get_call_list_client(rate_limiter=hook.rate_limiter) as client:
+        resend_gone(layout, int(validated["parts"]), set(client.iter_external_ids(key.list_id)))
 
 
 def _call_lists() -> bool:
@@ -572,11 +583,7 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
     # the list's state learns what CXone said, before a transient failure is raised
     record_answers(layout, key, int(group["group_index"]), context)
     if sync_results:
-        contact_ids, records, outcomes = sync.answers_of(sync_results)
-        answers = Acknowledgements.of(contact_ids, records, outcomes)
-        if len(answers):
-            list_state(key, context).write_delta(context["run_id"], int(group["group_index"]) + SYNC_DELTA_OFFSET,
-                                                 answers, logical_date=logical_seconds(context))
+        record_sync_answers(layout, key, int(group["group_index"]), context, sync_results)
     stopped = importer.stopped_by
     if isinstance(stopped, ListLeaseLostError):
         raise stopped
@@ -624,15 +631,17 @@ def send_sync_ops(client: Any, importer: GroupImporter, key: ListKey, group: dic
         summary.counts = {}
         for result in results:
             summary.counts[result.outcome] = summary.counts.get(result.outcome, 0) + 1
-    sync.write_outcomes(layout, group_index, results)
-    write_jsonl(layout.audit_part(f"sync-group-{group_index:05d}"),
-                sync.update_audit_entries(results) + sync.removal_audit_entries(results))
-    counts = {"counts": summary.counts, "requests": summary.requests, "attempts": summary.attempts,
-              "rate_limited": summary.rate_limited, "transient": summary.transient, "metrics": summary.metrics,
-              "mirror_allowed": allowed}
-    write_json(layout.sync_summary(group_index), counts, compact=True)
-    log.info("group %d: sync %s, %d requests", group_index, summary.counts, summary.requests)
-    return {k: v for k, v in counts.items() if k != "metrics"}, results
+    return sync.record_group(layout, group_index, summary, results, mirror_allowed=allowed), results
+
+
+def record_sync_answers(layout: RunLayout, key: ListKey, group_index: int, context: dict[str, Any],
+                        results: list[sync.OpResult]) -> None:
+    """Write what CXone said about the group's updates and removals into the list's state (its own delta file)."""
+    contact_ids, records, outcomes = sync.answers_of(results)
+    answers = Acknowledgements.of(contact_ids, records, outcomes)
+    if len(answers):
+        list_state(key, context).write_delta(context["run_id"], group_index + SYNC_DELTA_OFFSET, answers,
+                                             logical_date=logical_seconds(context))
 
 
 def sending_list_key(layout: RunLayout) -> ListKey:

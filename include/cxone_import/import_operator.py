@@ -21,9 +21,11 @@ import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneConfigurationError
 
-from include.cxone_import import airflow_tasks as steps
-from include.cxone_import.engine import TransientImportError
 from cxone_runs.layout import RunLayout
+from include.cxone_import import airflow_tasks as steps
+from include.cxone_import import sync
+from include.cxone_import.call_list_sync import CallListSyncer, dnc_audit_entries, dnc_counts
+from include.cxone_import.engine import TransientImportError
 from include.cxone_import.storage import read_json, write_json
 from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions
 
@@ -146,15 +148,30 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, cont
     )
 
 
+def _syncer(hook: Any, client: Any, layout: RunLayout) -> CallListSyncer:
+    call_list = CallListLayout.from_dict(read_json(layout.call_list))
+    return CallListSyncer(client, call_list.list_id, call_list.list_name, layout,
+                          dnc_group_id=hook.call_list_options.get("dnc_group_id"))
+
+
+def _mirror_allowed(layout: RunLayout, params: dict[str, Any]) -> bool:
+    plan = sync.read_plan(layout)
+    return bool(sync.mirror_removals_allowed(layout, plan, float(params.get("max_removal_share", 0.05))))
+
+
 def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> JobWait | None:
-    """Upload the group's files (those never sent) while the run holds the list; what the task waits for, or None
-    when there is nothing to wait for."""
+    """Send the group's removals (sync: removals, the old versions of changed records, DNC entries), then upload
+    the group's files (those never sent) while the run holds the list; what the task waits for, or None when there
+    is nothing to wait for."""
     layout = steps.run_layout(context)
     key = steps.sending_list_key(layout)
+    group_index = int(group["group_index"])
     with steps.contact_list_lease(hook, key, context) as lease, \
             hook.get_call_list_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client:
+        # removals first: a changed record's new version is uploaded only once its old one is seen gone
+        _syncer(hook, client, layout).remove(group_index, mirror_allowed=_mirror_allowed(layout, params))
         uploader, options = _uploader(hook, client, layout, params)
-        return _submit(hook, uploader, int(group["group_index"]), key, context, options)
+        return _submit(hook, uploader, group_index, key, context, options)
 
 
 def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any],
@@ -184,10 +201,29 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
                 # none of the round's files reached a job: nothing of it can be recovered, settle the group now
                 summary = uploader.reconcile(group_index, {}, timeout_s=options["job_timeout_s"], recover=False)
             state = uploader.load_state(group_index)
+        sync_summary = _account_sync(_syncer(hook, client, layout), layout, key, group_index, params, context)
     steps.record_answers(layout, key, group_index, context)
+    if sync_summary is not None:
+        summary = {**summary, "sync": sync_summary}
     if state.not_sent():
         raise TransientImportError(
             f"group {group_index}: {len(state.not_sent())} files could not be uploaded; the task retry sends only "
             "those, the others keep their jobs"
         )
     return {**summary, "batch_metrics": [{k: m[k] for k in steps.XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+
+
+def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_index: int, params: dict[str, Any],
+                  context: dict[str, Any]) -> dict[str, Any] | None:
+    """The group's updates, removals and DNC entries into the run's accounting (the records profile's functions:
+    outcome file, audit, counts, the list's state); None when the group has none."""
+    if syncer.ops(group_index) is None:
+        return None
+    allowed = _mirror_allowed(layout, params)
+    summary, results = syncer.results(group_index, mirror_allowed=allowed)
+    dnc = syncer.dnc_results(group_index)
+    group_id = str(syncer.dnc_group_id or "")
+    counts = sync.record_group(layout, group_index, summary, results, mirror_allowed=allowed,
+                               audit=dnc_audit_entries(group_id, dnc), extra={"dnc": dnc_counts(dnc)} if dnc else None)
+    steps.record_sync_answers(layout, key, group_index, context, results)
+    return counts

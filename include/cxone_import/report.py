@@ -534,6 +534,9 @@ def build_report(
         notices += sync_notices(sync_section)
         if not sync_section["removals_reconciled"]:
             problems.append("removals not reconciled: " + sync_section["removals_detail"])
+        if sync_section.get("dnc", {}).get("dnc_failed"):
+            problems.append(f"{sync_section['dnc']['dnc_failed']} numbers of contacts who withdrew consent could not be "
+                            "put into the DNC group (dnc_group_id): see the audit log's dnc entries")
         if numbers["removal_failed"]:
             problems.append(f"{numbers['removal_failed']} removals failed: those contacts may still be on the list "
                             "(see the audit log's removal entries)")
@@ -599,8 +602,12 @@ def sync_report(layout: RunLayout, *, dry_run: bool) -> dict[str, Any] | None:
     detail = (f"{planned} removals planned {accounting['planned']}, {len(removed_ids)} outcomes "
               f"{accounting['by_outcome']} ({int(removed_ids.duplicated().sum())} contacts with more than one)"
               if sent else "nothing sent")
+    dnc: dict[str, int] = {}  # the call_lists profile's DNC entries for withdrawn consent (dnc_group_id)
+    for path in layout.sync_summaries():
+        for name, count in (read_json(path).get("dnc") or {}).items():
+            dnc[name] = dnc.get(name, 0) + int(count)
     return {"mode": plan["mode"], "plan": plan, "dry_run": dry_run, **counts, "removals_reconciled": reconciled,
-            "removals_detail": detail, "accounting": accounting}
+            "removals_detail": detail, "accounting": accounting, **({"dnc": dnc} if dnc else {})}
 
 
 def sync_notices(section: Mapping[str, Any]) -> list[str]:

@@ -851,6 +851,9 @@ def iter_valid_records(layout: RunLayout, parts: int) -> Iterator[tuple[np.ndarr
 DECISION_UNCHANGED, DECISION_UNCONFIRMED, DECISION_LISTED, DECISION_ANSWER_LOST = 1, 2, 3, 4
 # sync (include/cxone_import/sync.py): sent as an update (PUT), or not sent because the list holds a newer day's
 DECISION_UPDATE, DECISION_STALE = 5, 6
+# full_resync / redrive: acknowledged exactly so, sent again anyway as a create (never an update: the list holds this
+# very content, so a sync run re-creates what is gone and leaves the rest as it is)
+DECISION_RESENT = 7
 LEFT_OUT = (DECISION_UNCHANGED, DECISION_UNCONFIRMED, DECISION_UPDATE, DECISION_STALE)  # not in the batched POST
 DECISION_SCHEMA = pa.schema([("row_number", pa.int64()), ("fingerprint", pa.uint64()), ("decision", pa.int8())])
 # modes: compare (fold, leave out what the list holds), dry_run (compare without writing), full_resync and redrive
@@ -867,6 +870,7 @@ class ChangeDecision(TypedDict, total=False):
     unconfirmed: int  # left out: answered duplicate before for this very content (they end duplicate)
     listed: int  # sent; the state knew the contact with other content
     answer_lost: int  # sent; a killed run had sent them exactly so and never read the answer
+    resent: int  # sent again as creates (full_resync, redrive): acknowledged exactly so
     state_contacts: int
     deltas_folded: int
     groups_recovered: int
@@ -926,7 +930,7 @@ def decide_changes(
         decision = np.zeros(len(rows_all), np.int8)
         comparison = state.compare(rows_all, keys_all, fps_all, fold=mode != "dry_run", skip_run_id=run_id)
         send_all = mode in SEND_EVERYTHING
-        decision[np.isin(rows_all, comparison.unchanged_rows)] = DECISION_LISTED if send_all else DECISION_UNCHANGED
+        decision[np.isin(rows_all, comparison.unchanged_rows)] = DECISION_RESENT if send_all else DECISION_UNCHANGED
         decision[np.isin(rows_all, comparison.unconfirmed_rows)] = DECISION_LISTED if send_all else DECISION_UNCONFIRMED
         decision[np.isin(rows_all, comparison.listed_rows)] = DECISION_LISTED
         decision[np.isin(rows_all, comparison.answer_lost_rows)] = DECISION_ANSWER_LOST
@@ -945,7 +949,8 @@ def decide_changes(
 
 def _decision_counts(decision: np.ndarray) -> ChangeDecision:
     return {"unchanged": int((decision == DECISION_UNCHANGED).sum()), "unconfirmed": int((decision == DECISION_UNCONFIRMED).sum()),
-            "listed": int((decision == DECISION_LISTED).sum()), "answer_lost": int((decision == DECISION_ANSWER_LOST).sum())}
+            "listed": int((decision == DECISION_LISTED).sum()), "answer_lost": int((decision == DECISION_ANSWER_LOST).sum()),
+            "resent": int((decision == DECISION_RESENT).sum())}
 
 
 def _reuse_decision(layout: RunLayout, parts: int, decided: ChangeDecision) -> ChangeDecision:

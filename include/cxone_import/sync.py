@@ -51,7 +51,7 @@ from include.cxone_import.state import (
     contact_keys,
 )
 from cxone_runs.layout import RunLayout
-from include.cxone_import.storage import atomic_open, read_json, read_parquet, write_json
+from include.cxone_import.storage import atomic_open, read_json, read_parquet, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def _plan_updates(layout: RunLayout, parts: int, index: _StateIndex, logical_dat
     if not candidate.any():
         return 0, 0
     rows = decided["row_number"].to_numpy(np.int64)[candidate]
-    keys = _keys_of_rows(layout, parts, rows)
+    keys = keys_of_rows(layout, parts, rows)
     known, at = index.find(keys)
     acknowledged, dated = index.acknowledged[at], index.logical_date[at]
     removed = known & (acknowledged == REMOVED)
@@ -239,7 +239,7 @@ def _plan_updates(layout: RunLayout, parts: int, index: _StateIndex, logical_dat
     return int((decision == DECISION_UPDATE).sum()), int((decision == DECISION_STALE).sum())
 
 
-def _keys_of_rows(layout: RunLayout, parts: int, rows: np.ndarray) -> np.ndarray:
+def keys_of_rows(layout: RunLayout, parts: int, rows: np.ndarray) -> np.ndarray:
     """The contact keys of valid rows, in the order of ``rows``."""
     found_rows, found_ids = [], []
     for n in range(parts):
@@ -505,6 +505,23 @@ def write_outcomes(layout: RunLayout, group_index: int, results: list[OpResult])
                       for name in SYNC_OUTCOME_SCHEMA.names}, schema=SYNC_OUTCOME_SCHEMA)
     with atomic_open(layout.sync_outcomes(group_index), "wb") as handle:
         pq.write_table(table, handle)
+
+
+def record_group(layout: RunLayout, group_index: int, summary: SyncSummary, results: list[OpResult], *,
+                 mirror_allowed: bool | None, audit: list[dict[str, Any]] | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Account for a group's updates and removals, whatever the API profile: its sync outcome file, its audit
+    entries (each removal with contactId, reason and time; ``audit`` adds the profile's own) and its counts
+    (``sync/outcomes-{g}.json``, which the report reads). Returns the counts without the per-request metrics."""
+    write_outcomes(layout, group_index, results)
+    write_jsonl(layout.audit_part(f"sync-group-{group_index:05d}"),
+                update_audit_entries(results) + removal_audit_entries(results) + list(audit or []))
+    counts = {"counts": summary.counts, "requests": summary.requests, "attempts": summary.attempts,
+              "rate_limited": summary.rate_limited, "transient": summary.transient, "metrics": summary.metrics,
+              "mirror_allowed": mirror_allowed, **(extra or {})}
+    write_json(layout.sync_summary(group_index), counts, compact=True)
+    log.info("group %d: sync %s, %d requests", group_index, summary.counts, summary.requests)
+    return {k: v for k, v in counts.items() if k != "metrics"}
 
 
 def read_outcomes(layout: RunLayout) -> pd.DataFrame:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneError
 
+from include.cxone_import.call_list_sync import ids_on_list
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED, OUTCOMES, BatchMetrics, Outcome
 from include.cxone_import.pipeline import batch_id
 from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, phone_type_of
@@ -244,15 +245,27 @@ class GroupUploader:
         write_json(self._layout.upload_state(state.group_index), asdict(state))
 
     def _group_rows(self, group_index: int) -> list[tuple[int, str, str]]:
-        with self._layout.group_file(group_index).open("rb") as handle:
-            table = pq.read_table(handle, columns=["row_number", "contact_id", "record_json"])
-        return list(zip(table["row_number"].to_pylist(), table["contact_id"].to_pylist(),
-                        table["record_json"].to_pylist(), strict=True))
+        """The group's new records, then the changed records whose old version sync removed (``updates.parquet``,
+        written before the group's first upload: see ``call_list_sync``)."""
+        rows = []
+        for path in (self._layout.group_file(group_index), self._updates_file(group_index)):
+            if path.exists():
+                with path.open("rb") as handle:
+                    table = pq.read_table(handle, columns=["row_number", "contact_id", "record_json"])
+                rows += zip(table["row_number"].to_pylist(), table["contact_id"].to_pylist(),
+                            table["record_json"].to_pylist(), strict=True)
+        return rows
+
+    def _updates_file(self, group_index: int) -> Any:
+        return self._layout.upload_updates(group_index)
+
+    def _update_rows(self, group_index: int) -> set[int]:
+        path = self._updates_file(group_index)
+        return set(read_parquet(path, columns=["row_number"])["row_number"].tolist()) if path.exists() else set()
 
     def _present(self, group_ids: set[str]) -> set[str]:
-        """The group's contactIds the list holds now (the list is read whole, page by page)."""
-        return {external_id for external_id in self._client.iter_external_ids(self._call_list.list_id)
-                if external_id in group_ids}
+        """The group's contactIds the list holds now."""
+        return ids_on_list(self._client, self._call_list.list_id, group_ids)
 
     def _before(self, group_index: int) -> set[str]:
         return set(read_parquet(self._layout.upload_before(group_index))["contact_id"])
@@ -381,12 +394,17 @@ class GroupUploader:
             outcomes += file_outcomes
             metrics.append(_file_metrics(upload, entry, file_outcomes, len(upload.row_numbers) - len(owned)))
         frame = pd.DataFrame(outcomes, columns=list(Outcome._fields)).astype({"row_number": "int64"})
+        updates = frame["row_number"].isin(self._update_rows(group_index))
+        if updates.any():  # changed records: sync accounts for them (``call_list_sync``), not the group's outcomes
+            write_parquet(self._layout.upload_update_outcomes(group_index),
+                          frame[updates][["row_number", "outcome", "detail"]].assign(at=_now()))
+        frame = frame[~updates].reset_index(drop=True)
         write_parquet(self._layout.outcome_file(group_index), frame)
         write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), (_audit_entry(m, state) for m in metrics))
         counts = frame["outcome"].value_counts()
         summary = {
             "group_index": group_index,
-            "records": len(rows),
+            "records": len(frame),
             "batches": len(metrics),
             **{name: int(counts.get(name, 0)) for name in OUTCOMES},
             "transient_failed_batches": 0,

@@ -25,7 +25,7 @@ BATCH_EVENT = "cxone_contact_import_batch_complete"
 SYNC_GROUP_EVENT = "cxone_contact_list_sync_group_complete"
 SUMMARY_EVENT = "cxone_contact_import_run_complete"
 FAILURE_EVENT = "cxone_contact_import_run_failed"
-SYNC_KINDS = ("update", "remove", "recreate")  # request metrics of the sync ops: told per group, not per request
+SYNC_KINDS = ("update", "remove", "recreate", "dnc")  # request metrics of the sync ops: told per group, not per request
 SYNC_SAMPLES = 5
 
 

@@ -70,6 +70,8 @@ class CallListSandboxConfig:
     error_rate_5xx: float = 0.0  # an API request answered 503 before anything is done (an upload: no job)
     cancel_job_rate: float = 0.0  # an accepted upload's job ends cancelled
     upload_5xx_after_accept_rate: float = 0.0  # an upload accepted (its job runs) and answered 503
+    remove_error_rate_5xx: float = 0.0  # a removeProspects answered 503 before anything is removed
+    remove_5xx_after_apply_rate: float = 0.0  # a removeProspects applied, then answered 503 (the caller cannot tell)
     seed: int | None = None
     discovered_token_endpoint: str = ""  # OIDC discovery names this token_endpoint instead of its own
     discovered_api_endpoint: str = ""  # API discovery names this api_endpoint instead of its own
@@ -79,7 +81,8 @@ class CallListSandboxConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SandboxConfigError(f"{name} must be an integer >= 1")
-        for name in ("error_rate_5xx", "cancel_job_rate", "upload_5xx_after_accept_rate"):
+        for name in ("error_rate_5xx", "cancel_job_rate", "upload_5xx_after_accept_rate", "remove_error_rate_5xx",
+                     "remove_5xx_after_apply_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise SandboxConfigError(f"{name} must be a number from 0 to 1")
@@ -433,6 +436,8 @@ class CallListSandbox(IssuedTokens, ServerRunner):
             return 404, {"error": "ListNotFound", "errorDescription": "no such calling list"}
         ok, payload = parse_json_body(body)
         external_ids = removal_request(payload if ok else None)
+        if self._roll("DELETE", "removeProspects", self._config.remove_error_rate_5xx):
+            return 503, {"error": "ServiceUnavailable", "errorDescription": "try again"}
         done, failed = [], []
         for external_id in external_ids:
             if calling_list.records.pop(external_id, None) is not None:
@@ -440,6 +445,9 @@ class CallListSandbox(IssuedTokens, ServerRunner):
             else:
                 failed.append({"externalId": external_id, "resultCode": "NotFound"})
         self._stats["prospects_removed"] = self._stats.get("prospects_removed", 0) + len(done)
+        self._stats["removal_requests"] = self._stats.get("removal_requests", 0) + 1
+        if self._roll("DELETE", "removeProspects", self._config.remove_5xx_after_apply_rate):
+            return 503, {"error": "ServiceUnavailable", "errorDescription": "the gateway timed out"}
         return 200, {"successfulRecords": done, "failedRecords": failed}
 
     def _dnc_route(self, method: str, rest: list[str], body: bytes) -> tuple[int, Any]:

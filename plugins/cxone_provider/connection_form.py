@@ -126,6 +126,12 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIST_EXPIRATION_DAYS,
                    "default": DEFAULT_LIST_EXPIRATION_DAYS},
     },
+    "dnc_group_id": {
+        "label": "DNC group id (call_lists)",
+        "description": "Optional. With sync_mode upsert or mirror, every phone of a contact who withdrew consent is "
+        "added to this do-not-call group (the group must exist).",
+        "schema": {"type": ["string", "null"]},
+    },
     "start_skill": {
         "label": "Start the skill after each upload (call_lists)",
         "schema": {"type": ["boolean", "null"], "default": False},

@@ -44,6 +44,9 @@ class RunLayout:
     def extract_part(self, n: int) -> Any:
         return self.root / "extract" / f"part-{n:05d}.parquet"
 
+    def extract_parts(self) -> list[Any]:
+        return list_files(self.root / "extract", "part-*.parquet")
+
     def valid_part(self, n: int) -> Any:
         return self.root / "valid" / f"part-{n:05d}.parquet"
 
@@ -92,17 +95,36 @@ class RunLayout:
         """One marker per batch sent and not yet acknowledged (``{batch_id}.json``)."""
         return self.root / "inflight"
 
+    def _upload_dir(self, group_index: int) -> Any:
+        return self.root / "uploads" / f"group-{group_index:05d}"
+
     def upload_state(self, group_index: int) -> Any:
         """A calling-list group's upload state (jobs submitted, rounds, what is left)."""
-        return self.root / "uploads" / f"group-{group_index:05d}" / "state.json"
+        return self._upload_dir(group_index) / "state.json"
 
     def upload_before(self, group_index: int) -> Any:
         """The group's contacts the calling list held before its first upload."""
-        return self.root / "uploads" / f"group-{group_index:05d}" / "before.parquet"
+        return self._upload_dir(group_index) / "before.parquet"
 
     def upload_round(self, group_index: int, recovery_round: int) -> Any:
         """The records a group uploads in one round (0: the first, then recovery rounds)."""
-        return self.root / "uploads" / f"group-{group_index:05d}" / f"round-{recovery_round:02d}.parquet"
+        return self._upload_dir(group_index) / f"round-{recovery_round:02d}.parquet"
+
+    def upload_updates(self, group_index: int) -> Any:
+        """The changed records the group's upload sends (their old version removed first)."""
+        return self._upload_dir(group_index) / "updates.parquet"
+
+    def upload_update_outcomes(self, group_index: int) -> Any:
+        """What the upload's read-back said of the changed records."""
+        return self._upload_dir(group_index) / "update-outcomes.parquet"
+
+    def upload_sync_state(self, group_index: int) -> Any:
+        """A calling-list group's removals and DNC entries: what was sent, what settled."""
+        return self._upload_dir(group_index) / "sync.json"
+
+    def upload_sync_before(self, group_index: int, round_ids: str) -> Any:
+        """The group's contacts the calling list held before one round of removals."""
+        return self._upload_dir(group_index) / f"sync-before-{round_ids}.parquet"
 
     @property
     def outcomes_dir(self) -> Any:

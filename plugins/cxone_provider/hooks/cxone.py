@@ -56,7 +56,8 @@ class CXoneHook(BaseHook):
     API): login = access key id, password = access key secret; extras ``client_id``, ``client_secret`` (the
     application's OIDC client), ``auth_base_url``, ``api_base_url`` (skips API discovery), ``api_version``,
     ``skill_id``, ``default_time_zone``, ``external_id_column``, ``upload_records_per_file``,
-    ``list_expiration_days`` (default 30), ``start_skill`` and ``send_email`` (default false) and the job wait's
+    ``list_expiration_days`` (default 30), ``start_skill`` and ``send_email`` (default false), ``dnc_group_id``
+    (sync: withdrawn consent's phones go into this do-not-call group) and the job wait's
     ``job_poll_first_s``, ``job_poll_max_s``, ``job_timeout_s``.
 
     :param cxone_conn_id: the Airflow connection to use.
@@ -129,7 +130,7 @@ class CXoneHook(BaseHook):
                 name: StringField(label(name), widget=BS3TextFieldWidget())
                 for name in ("client_id", "auth_base_url", "api_base_url", "api_version", "skill_id",
                              "default_time_zone", "external_id_column", "upload_records_per_file",
-                             "list_expiration_days")
+                             "list_expiration_days", "dnc_group_id")
             },
             "client_secret": PasswordField(label("client_secret"), widget=BS3PasswordFieldWidget()),
         }
@@ -186,6 +187,7 @@ class CXoneHook(BaseHook):
         """call_lists: what an upload needs besides the file (no secrets; safe for XCom and logs)."""
         return {
             "skill_id": self._extra("skill_id"),
+            "dnc_group_id": self._extra("dnc_group_id"),  # sync: withdrawn consent's phones go into this DNC group
             "default_time_zone": self._extra("default_time_zone"),
             "external_id_column": str(self._extra("external_id_column", "contactId")),
             "upload_records_per_file": self.upload_records_per_file,
