@@ -80,6 +80,10 @@ RUN_FILES = [  # (name, arguments of the method or None for a property, path und
     ("upload_state", (3,), "uploads/group-00003/state.json"),
     ("upload_before", (3,), "uploads/group-00003/before.parquet"),
     ("upload_round", (3, 2), "uploads/group-00003/round-02.parquet"),
+    ("upload_updates", (3,), "uploads/group-00003/updates.parquet"),
+    ("upload_update_outcomes", (3,), "uploads/group-00003/update-outcomes.parquet"),
+    ("upload_sync_state", (3,), "uploads/group-00003/sync.json"),
+    ("upload_sync_before", (3, "ab12"), "uploads/group-00003/sync-before-ab12.parquet"),
     ("outcomes_dir", None, "outcomes"),
     ("outcome_file", (3,), "outcomes/group-00003.parquet"),
     ("group_summary", (3,), "outcomes/group-00003.json"),
@@ -112,13 +116,13 @@ def test_a_run_folder_keeps_its_file_names(tmp_path, name, arguments, relative):
 
 def test_the_listings_find_the_files_the_layout_names(tmp_path):
     layout = RunLayout.for_run(tmp_path, "cxone_contact_import", "run-1")
-    named = [layout.group_file(0), layout.outcome_file(0), layout.group_summary(0), layout.sync_ops(1),
+    named = [layout.extract_part(0), layout.group_file(0), layout.outcome_file(0), layout.group_summary(0), layout.sync_ops(1),
              layout.sync_outcomes(1), layout.sync_summary(1), layout.failure_file("extract"),
              layout.audit_part("webhook-group-00001-try-01"), layout.audit_part("import-group-00001")]
     for path in named:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
-    assert layout.group_files() == [layout.group_file(0)]
+    assert layout.extract_parts() == [layout.extract_part(0)] and layout.group_files() == [layout.group_file(0)]
     assert layout.outcome_files() == [layout.outcome_file(0)] and layout.group_summaries() == [layout.group_summary(0)]
     assert layout.sync_ops_files() == [layout.sync_ops(1)] and layout.sync_outcome_files() == [layout.sync_outcomes(1)]
     assert layout.sync_summaries() == [layout.sync_summary(1)]
