@@ -199,3 +199,33 @@ def answer_approval():
             responder.join(timeout=10)
 
     return answering
+
+
+def run_killed(conf: dict, day: Any, env: dict[str, str], log_path: Path, ready, *, setup: str = "",
+               deadline_s: float = 240) -> None:
+    """Run the DAG in another process (``setup``: Python run first) and SIGKILL it the moment ``ready()`` is true."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (f"from datetime import datetime\n{setup}\nfrom tools.localrun import run_dag\n"
+            f"run_dag({{**{conf!r}, 'contact_list_id': {CONTACT_LIST_ID!r}}}, "
+            f"logical_date=datetime.fromisoformat({day.isoformat()!r}))\n")
+    with log_path.open("w") as log:
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + deadline_s
+            while time.monotonic() < deadline:
+                if ready():
+                    break
+                assert child.poll() is None, "the run ended before it could be killed: " + log_path.read_text()[-3000:]
+                time.sleep(0.02)
+            else:
+                pytest.fail("the run never got to where it is to be killed")
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()

@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -16,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from include.cxone_import.state import list_key
-from tests.conftest import CONTACT_LIST_ID, ROOT, fold_killed_while_writing_current
+from tests.conftest import CONTACT_LIST_ID, fold_killed_while_writing_current, run_killed
 from tools.localrun import connection_env
 from tools.sample_data import generate_crm_export
 
@@ -183,29 +180,8 @@ def test_killed_mid_import_then_next_run_loses_nothing_and_resends_nothing(
         **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
         "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}",
     }
-    code = (
-        "from datetime import datetime, timezone\n"
-        "from tools.localrun import run_dag\n"
-        f"run_dag({{'source_uri': 'file://{export.path}', 'batch_size': 5, 'contact_list_id': '{CONTACT_LIST_ID}'}},"
-        f" logical_date=datetime.fromisoformat({KILLED_DAY.isoformat()!r}))\n"
-    )
-    log = (tmp_path / "killed-run.log").open("w")
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if len(list(storage_base.glob("runs/*/*/checkpoints/*.json"))) >= 10:
-                break
-            assert child.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.1)
-        else:
-            pytest.fail("the import never started")
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        log.close()
+    run_killed({"source_uri": f"file://{export.path}", "batch_size": 5}, KILLED_DAY, env, tmp_path / "killed-run.log",
+               lambda: len(list(Path(storage_base).glob("runs/*/*/checkpoints/*.json"))) >= 10, deadline_s=120)
     acknowledged = {
         o[1] for p in storage_base.glob("runs/*/*/checkpoints/*.json")
         for o in json.loads(p.read_text())["outcomes"] if o[2] in ("imported", "duplicate")

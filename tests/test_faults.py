@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +16,7 @@ import pytest
 
 from tools.localrun import connection_env
 from tools.sample_data import generate_crm_export
-from tests.conftest import CONTACT_LIST_ID, ROOT
+from tests.conftest import CONTACT_LIST_ID, run_killed
 from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -193,31 +189,8 @@ def test_import_killed_mid_run_then_run_again(run_import, export, cxone_sandbox,
         **connection_env(cxone_sandbox.url, webhook_sink.url, max_concurrency=2),
         "CXONE_IMPORT_STORAGE_BASE": f"file://{storage_base}",
     }
-    code = (
-        "from datetime import datetime, timezone\n"
-        "from tools.localrun import run_dag\n"
-        f"run_dag({{'source_uri': 'file://{export.path}', 'batch_size': 5, 'contact_list_id': '{CONTACT_LIST_ID}'}},"
-        " logical_date=datetime(2026, 11, 21, tzinfo=timezone.utc))\n"
-    )
-    log = (tmp_path / "killed-run.log").open("w")
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    checkpoints = Path(storage_base)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            done = list(checkpoints.glob("runs/*/*/checkpoints/*.json"))
-            if len(done) >= 10:
-                break
-            assert child.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.1)
-        else:
-            pytest.fail("the import never started")
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        log.close()
+    run_killed({"source_uri": f"file://{export.path}", "batch_size": 5}, day, env, tmp_path / "killed-run.log",
+               lambda: len(list(Path(storage_base).glob("runs/*/*/checkpoints/*.json"))) >= 10, deadline_s=120)
     created_before = len(cxone_sandbox.records(CONTACT_LIST_ID))
     assert 0 < created_before < len(export.valid_contact_ids), "killed mid-import"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONTACT_LIST_ID
+from tests.conftest import CONTACT_LIST_ID, run_killed
 from tools.sample_data import generate_crm_export
 
 pytestmark = pytest.mark.timeout(600)
@@ -205,38 +205,6 @@ def test_an_import_task_killed_mid_group_loses_no_update_and_removes_nothing_twi
     totals = again.report["totals"]
     assert (totals["updated"], totals["removed"]) == (len(changed), len(gone))
     assert again.report["sync"]["removals_reconciled"] and again.report["reconciliation"]["ok"]
-
-
-def run_killed(conf: dict, day: datetime, env: dict[str, str], log_path: Path, ready, *, setup: str = "",
-               deadline_s: float = 240) -> None:
-    """Run the DAG in another process (``setup``: Python run first) and SIGKILL it the moment ``ready()`` is true."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT
-
-    code = (f"from datetime import datetime\n{setup}\nfrom tools.localrun import run_dag\n"
-            f"run_dag({{**{conf!r}, 'contact_list_id': {CONTACT_LIST_ID!r}}}, "
-            f"logical_date=datetime.fromisoformat({day.isoformat()!r}))\n")
-    with log_path.open("w") as log:
-        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + deadline_s
-            while time.monotonic() < deadline:
-                if ready():
-                    break
-                assert child.poll() is None, "the run ended before it could be killed: " + log_path.read_text()[-3000:]
-                time.sleep(0.02)
-            else:
-                pytest.fail("the run never got to where it is to be killed")
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=30)
-        finally:
-            if child.poll() is None:
-                child.kill()
 
 
 def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists_state(
