@@ -371,6 +371,18 @@ def test_the_tab_shows_what_the_sync_did(client: Any, tokens: dict, catalog: Fak
     assert cells[("mirror_absent", "removed")] == 0
     assert 'data-name="Updated" data-value="60"' in response.text  # an input row's outcome, in the outcome chart
     assert 'data-name="Stale (newer day on the list)" data-value="4"' in response.text
+    assert "dnc_added" not in shown, "no DNC tiles without a DNC group"
+
+
+def test_the_tab_shows_the_dnc_entries_of_withdrawn_consent(client: Any, tokens: dict, catalog: FakeCatalog,
+                                                          base: Path) -> None:
+    report = with_sync(make_report(RUN_ID, failed=0))
+    report["sync"]["dnc"] = {"dnc_added": 14, "dnc_failed": 2}
+    catalog.add(DAG_ID, RUN_ID)
+    write_run(base, DAG_ID, RUN_ID, report)
+    response = client.get(f"/cxone/dags/{DAG_ID}/report", params={"run_id": RUN_ID}, headers=as_user(tokens, "viewer"))
+    shown = metrics(response.text)
+    assert (shown_int(shown["dnc_added"]), shown_int(shown["dnc_failed"])) == (14, 2)
 
 
 def test_a_run_without_sync_has_no_sync_section(client: Any, tokens: dict, finished_run: dict) -> None:

@@ -39,6 +39,8 @@ LIST_CHANGES = (("imported", "Created", "#2e7d32"), ("updated", "Updated", "#008
 # How the run's removals ended (report.json ``totals``), and why they were made (``sync.REMOVAL_REASONS``)
 REMOVAL_TILES = (("removed", "Removed"), ("not_on_list", "Not on list (404)"), ("removal_held", "Removals held"),
                  ("removal_failed", "Removals failed"))
+# The calling-list profile's DNC entries for withdrawn consent (connection extra ``dnc_group_id``): report.json ``sync.dnc``
+DNC_TILES = (("dnc_added", "Numbers put into the DNC group"), ("dnc_failed", "DNC numbers failed"))
 REMOVAL_REASON_LABELS = {"consent_withdrawn": "Consent withdrawn", "consent_expired": "Consent expired",
                          "mirror_absent": "Absent from the export (mirror)"}
 REJECT_COLOUR = "#ef6c00"
@@ -321,6 +323,7 @@ def _sync_section(report: RunReport) -> str:
         ("stale", "Stale (newer day on the list)", _number(totals.get("stale", 0))),
         *((key, label, _number(totals.get(key, 0))) for key, label in REMOVAL_TILES),
         ("rejected_on_list", "Rejected, left on the list", _number(plan.get("rejected_on_list", 0))),
+        *((key, label, _number(section["dnc"].get(key, 0))) for key, label in DNC_TILES if "dnc" in section),
     ])
     outcomes = [key if key != "removal_failed" else "failed" for key, _ in REMOVAL_TILES]
     head = "".join(f'<th class="num">{escape(label)}</th>' for _, label in REMOVAL_TILES)
