@@ -20,18 +20,12 @@ from airflow.sdk import AssetAlias, Param, dag, task
 
 from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
-from include.cxone_import import settings
-from include.cxone_import.operators import ContactImportOperator, RemovalApprovalOperator
+from include.cxone_dag import settings
+from include.cxone_dag.callbacks import failure_event
+from include.cxone_dag.operators import ContactImportOperator, RemovalApprovalOperator
 
 # Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported inside the tasks, when they run.
 RETRY_DELAY = settings.retry_delay()
-
-
-def _failure_event(context):
-    """The event of a failed run (built when a run fails, not when the file is parsed)."""
-    from include.cxone_import.run_bookkeeping import failure_event
-
-    return failure_event(context)
 
 
 @dag(
@@ -42,7 +36,7 @@ def _failure_event(context):
     # runs for different contact lists go on at the same time: one tenant budget is shared by all of them, and
     # each list is held by one run at a time (a lease taken by the import tasks; see README, "Throughput")
     doc_md=__doc__,
-    on_failure_callback=CrmRunFailedNotifier(build_event=_failure_event, http_conn_id=settings.WEBHOOK_CONN_ID),
+    on_failure_callback=CrmRunFailedNotifier(build_event=failure_event, http_conn_id=settings.WEBHOOK_CONN_ID),
     tags=["cxone", "outbound", "contacts"],
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={

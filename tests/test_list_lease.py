@@ -14,10 +14,10 @@ import pytest
 from airflow.sdk.exceptions import AirflowRescheduleException
 from cxone_provider.errors import ListLeaseLostError
 from cxone_provider.hooks.cxone import CXoneHook
+from include.cxone_dag.settings import CXONE_CONN_ID
 from include.cxone_import import list_lease
-from include.cxone_import.settings import CXONE_CONN_ID
-from include.cxone_import.task_config import run_layout
 from include.cxone_import.state import list_key
+from include.cxone_import.task_config import run_layout
 from include.cxone_import.storage import write_json
 
 
@@ -68,7 +68,7 @@ def test_a_calling_list_named_by_id_or_by_name_is_one_lease(hook) -> None:
 
 def test_the_report_task_frees_the_list(hook) -> None:
     run_layout(run("run-1")).root.mkdir(parents=True, exist_ok=True)
-    write_json(run_layout(run("run-1")).root / list_lease.LIST_KEY_FILE, LIST_A.to_dict())  # chunk resolved it
+    write_json(run_layout(run("run-1")).list_key, LIST_A.to_dict())  # chunk resolved it
     with list_lease.contact_list_lease(hook, LIST_A, run("run-1")):
         pass
     with pytest.raises(AirflowRescheduleException):

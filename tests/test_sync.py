@@ -216,10 +216,9 @@ def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists
 
     from cxone_provider.hooks.cxone import CXoneHook
     from include.cxone_import.engine import CheckpointStore
+    from cxone_runs.layout import RunLayout
+    from include.cxone_dag.settings import CXONE_CONN_ID
     from include.cxone_import.list_lease import run_list_key
-    from include.cxone_import.settings import CXONE_CONN_ID
-    from include.cxone_import.storage import RunLayout
-    from include.cxone_import.sync import ops_file
 
     nightly(run_import, export.path, 80, sync_mode="mirror")
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
@@ -229,8 +228,8 @@ def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists
     layout = RunLayout.for_run(UPath(f"file://{storage_base}"), "cxone_contact_import", killed)
     answered = 0
     for group in range(8):
-        if ops_file(layout, group).exists():
-            op_ids = pd.read_parquet(str(ops_file(layout, group).path))["op_id"].tolist()
+        if layout.sync_ops(group).exists():
+            op_ids = pd.read_parquet(str(layout.sync_ops(group).path))["op_id"].tolist()
             store = CheckpointStore(layout, op_ids)
             answered += sum(store.load(op) is not None for op in op_ids)
     assert 0 < answered < len(changed) + len(withdrawn | expired | absent)
@@ -326,11 +325,11 @@ def test_a_contact_removed_on_the_cxone_side_ends_not_on_list(run_import, cxone_
     from upath import UPath
 
     from cxone_provider.hooks.cxone import CXoneHook
+    from cxone_runs.layout import RunLayout
+    from include.cxone_dag.settings import CXONE_CONN_ID
     from include.cxone_import import tasks
     from include.cxone_import.list_lease import run_list_key
-    from include.cxone_import.settings import CXONE_CONN_ID
     from include.cxone_import.state import REMOVED, ContactListState, contact_keys
-    from include.cxone_import.storage import RunLayout
 
     nightly(run_import, export.path, 70, sync_mode="upsert")
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=0, withdraw=8, expire=0, absent=0)
@@ -383,7 +382,7 @@ def test_a_full_resync_under_upsert_updates_only_what_changed_and_re_creates_wha
     """``full_resync`` sends every record, but a record the list holds exactly so goes as a create (batched, answered
     duplicate), never as an update: only the changed ones are PUT, and a record deleted in CXone is created again."""
     from cxone_provider.hooks.cxone import CXoneHook
-    from include.cxone_import.settings import CXONE_CONN_ID
+    from include.cxone_dag.settings import CXONE_CONN_ID
 
     first = nightly(run_import, export.path, 90, sync_mode="upsert")
     assert first.state == "success"

@@ -134,7 +134,7 @@ def night(
 
 
 def _segment(run_id: str) -> str:
-    from include.cxone_import.storage import safe_segment
+    from cxone_runs.layout import safe_segment
 
     return safe_segment(run_id)
 

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from cxone_runs.layout import RunLayout
 from include.cxone_import.handoffs import RunParams
-from include.cxone_import.settings import list_handover, list_wait
+from include.cxone_dag.settings import list_handover, list_wait
 from include.cxone_import.state import ListKey
-from include.cxone_import.storage import RunLayout, read_json, write_json
+from include.cxone_import.storage import read_json, write_json
 from include.cxone_import.task_config import cxone_hook, dag_id_of, run_layout
 
 if TYPE_CHECKING:
@@ -24,20 +25,18 @@ log = logging.getLogger(__name__)
 
 LIST_LEASE_TTL_S = 1800  # a run that died without its report frees its contact list after this long
 LIST_LEASE_RENEW_S = 60
-LIST_KEY_FILE = "list_key.json"
-LIST_LEASE_FILE = "list_lease.json"
 
 
 def run_list_key(layout: RunLayout) -> ListKey | None:
     """The list this run imports into, as ``chunk`` resolved it (None before, or when it could not be named)."""
-    path = layout.root / LIST_KEY_FILE
+    path = layout.list_key
     return ListKey.from_dict(read_json(path)) if path.exists() else None
 
 
 def sending_list_key(layout: RunLayout) -> ListKey:
     key = run_list_key(layout)
     if key is None:
-        raise RuntimeError(f"{layout.root / LIST_KEY_FILE} is missing: the chunk task resolves the list before any import")
+        raise RuntimeError(f"{layout.list_key} is missing: the chunk task resolves the list before any import")
     return key
 
 
@@ -82,7 +81,7 @@ def contact_list_lease(hook: Any, key: ListKey, context: Context, *, first: bool
 
 def _continue_tenure(layout: RunLayout, lease: Any, *, first: bool) -> None:
     """Check the lease's token against the run's last one (``list_lease.json``) and remember it."""
-    path = layout.root / LIST_LEASE_FILE
+    path = layout.list_lease
     last = None if first or not path.exists() else int(read_json(path).get("token", 0))
     if last is not None and lease.token not in (last, last + 1):
         lease.lose(f"another run held the list since this run's chunk compared it (fencing token {last}, now "

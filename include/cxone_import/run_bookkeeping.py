@@ -19,12 +19,13 @@ from urllib.parse import urlsplit
 from cxone_provider.crm_webhook import WebhookSender
 from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
+from cxone_runs.layout import RunLayout
 from include.cxone_import import sync
 from include.cxone_import.handoffs import FailureRecord, GroupSummary, ImportGroup
-from include.cxone_import.settings import CONTACT_LIST_ASSET_ALIAS
+from include.cxone_dag.settings import CONTACT_LIST_ASSET_ALIAS
 from include.cxone_import.sources import SourceFormatError
 from include.cxone_import.state import SYNC_DELTA_OFFSET, Acknowledgements, ListKey, acknowledged_from_outcomes
-from include.cxone_import.storage import RunLayout, list_files, read_json, write_json, write_jsonl
+from include.cxone_import.storage import read_json, write_json, write_jsonl
 from include.cxone_import.task_config import (
     cxone_hook,
     dag_id_of,
@@ -75,7 +76,7 @@ def measured(context: Context, name: str) -> Iterator[None]:
     finally:
         try:
             write_json(
-                run_layout(context).root / "metrics" / f"{key}.json",
+                run_layout(context).metrics_file(key),
                 {
                     "task": name,
                     "map_index": map_index,
@@ -102,7 +103,7 @@ def _record_failure(context: Context, key: str, task: str, exc: BaseException) -
         "at": datetime.now(timezone.utc).isoformat(),
     }
     try:
-        write_json(run_layout(context).root / "failures" / f"{key}.json", record)
+        write_json(run_layout(context).failure_file(key), record)
     except Exception:  # noqa: BLE001 - recording must not hide the task's own error
         log.warning("could not record the failure of %s", key)
 
@@ -110,7 +111,7 @@ def _record_failure(context: Context, key: str, task: str, exc: BaseException) -
 def recorded_failures(layout: RunLayout) -> list[FailureRecord]:
     """The failures tasks of the run recorded, first task first."""
     order = {"extract": 0, "validate": 1, "chunk": 2, "import_batches": 3}
-    found = [read_json(p) for p in list_files(layout.root / "failures", "*.json")]
+    found = [read_json(p) for p in layout.failure_files()]
     return sorted(found, key=lambda f: (order.get(f.get("task"), 9), f.get("at") or ""))
 
 

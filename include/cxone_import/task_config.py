@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -15,8 +14,11 @@ from urllib.parse import urlsplit
 from cxone_provider.crm_webhook import WebhookTarget
 from cxone_provider.errors import CXoneConfigurationError
 
+from cxone_runs.layout import RunLayout
+from cxone_runs.location import STORAGE_CONN_VARIABLE, storage_base
+from cxone_runs.location import task_variable as _variable
 from include.cxone_import.handoffs import RunInfo, RunParams
-from include.cxone_import.settings import CXONE_CONN_ID, DAG_ID, WEBHOOK_CONN_ID
+from include.cxone_dag.settings import CXONE_CONN_ID, DAG_ID, WEBHOOK_CONN_ID
 from include.cxone_import.source_policy import (
     ALLOWED_PREFIXES_VARIABLE,
     SourceNotAllowedError,
@@ -25,7 +27,6 @@ from include.cxone_import.source_policy import (
     parse_allowed_prefixes,
 )
 from include.cxone_import.state import ContactListState, ListKey
-from include.cxone_import.storage import RunLayout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORAGE_BASE_VARIABLE = "cxone_storage_base"
-STORAGE_CONN_VARIABLE = "cxone_storage_conn_id"
 CONTACT_LIST_VARIABLE = "cxone_contact_list_id"
 SOURCE_BASE_VARIABLE = "cxone_source_base"
 SOURCE_TEMPLATE_VARIABLE = "cxone_source_template"
@@ -42,27 +41,6 @@ PARALLEL_GROUPS_VARIABLE = "cxone_import_parallel_groups"
 DEFAULT_PARALLEL_GROUPS = 4  # the cxone_api pool's slots in airflow_settings.yaml
 DEFAULT_SOURCE_TEMPLATE = "contacts_{ds}.csv"
 CALL_LISTS = "call_lists"  # the connection's api_profile for NICE's calling-list API (default: records)
-
-
-def _variable(key: str, default: Any = None) -> Any:
-    """The Variable, or ``default`` when it is not set; a failure to read it (secrets backend) fails the task."""
-    from airflow.sdk import Variable
-
-    return Variable.get(key, default=default)
-
-
-def storage_base(variable: Callable[[str, Any], Any] | None = None) -> Any:
-    """The storage base; ``variable(key, default)`` reads Variables (default: through the Task SDK, as tasks do;
-    the report pages in the api-server pass the metadata DB's)."""
-    from airflow.sdk import ObjectStoragePath
-
-    variable = variable or _variable
-    default = os.environ.get("CXONE_IMPORT_STORAGE_BASE") or "file://" + os.path.join(
-        os.environ.get("AIRFLOW_HOME", os.getcwd()), "cxone-data"
-    )
-    uri = variable(STORAGE_BASE_VARIABLE, default) or default
-    conn_id = variable(STORAGE_CONN_VARIABLE, None)
-    return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
 
 
 def dag_id_of(context: Context) -> str:

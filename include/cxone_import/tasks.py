@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxone_provider.crm_webhook import WebhookSender
 
+from cxone_runs.layout import RunLayout, group_index_of
 from include.cxone_import import pipeline, sync
 from include.cxone_import.handoffs import (
     AuditEntry,
@@ -20,7 +21,7 @@ from include.cxone_import.handoffs import (
     RunParams,
     ValidateResult,
 )
-from include.cxone_import.list_lease import LIST_KEY_FILE, contact_list_lease
+from include.cxone_import.list_lease import contact_list_lease
 from include.cxone_import.profiles.call_lists import prepare_call_list
 from include.cxone_import.report import (
     RunFailedError,
@@ -45,7 +46,7 @@ from include.cxone_import.state import (
     list_key,
     read_decided_rows,
 )
-from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_json, read_parquet, write_json, write_jsonl
+from include.cxone_import.storage import iter_jsonl, read_json, read_parquet, write_json, write_jsonl
 from include.cxone_import.task_config import (
     CALL_LISTS,
     api_profile,
@@ -118,7 +119,7 @@ def resolve_list_key(params: RunParams, layout: RunLayout, context: Context, *,
     every task and a re-run use the same. ``create``: a calling list that does not exist is created now (only when
     records will be sent). (None, False) when the list cannot be named yet: a calling list still to be created, or
     no CXone connection on a dry run."""
-    path = layout.root / LIST_KEY_FILE
+    path = layout.list_key
     if path.exists():
         saved = read_json(path)
         return ListKey.from_dict(saved), bool(saved.get("created"))
@@ -265,8 +266,8 @@ def notify(validated: ValidateResult | None, params: RunParams, context: Context
     run, key = run_info(params, context), event_key(context)
     summaries = group_summaries(layout)
     metrics = [m for s in summaries for m in s["batch_metrics"] if not is_sync_request(m)]  # sync: one event a group
-    live = _deliveries(layout, f"{LIVE_DELIVERIES}*.jsonl")
-    earlier = _deliveries(layout, f"{NOTIFY_DELIVERIES}*.jsonl")  # an earlier try of this task
+    live = _deliveries(layout, LIVE_DELIVERIES)
+    earlier = _deliveries(layout, NOTIFY_DELIVERIES)  # an earlier try of this task
     delivered = delivered_event_ids(live + earlier)
     pending = [m for m in metrics if batch_event_id(key, m["batch_id"]) not in delivered]
     events = batch_events(pending, _audit_by_batch(layout) if pending else {}, key,
@@ -301,16 +302,16 @@ def notify(validated: ValidateResult | None, params: RunParams, context: Context
     return summary
 
 
-def _deliveries(layout: RunLayout, pattern: str) -> list[dict[str, Any]]:
-    return [e for part in list_files(layout.root / "audit", pattern) for e in iter_jsonl(part)]
+def _deliveries(layout: RunLayout, prefix: str) -> list[dict[str, Any]]:
+    return [e for part in layout.audit_parts(prefix) for e in iter_jsonl(part)]
 
 
 def _sync_group_events(layout: RunLayout, key: str, delivered: set[str]) -> list[dict[str, Any]]:
     """The sync event of each group no import task delivered (its outcomes as the run left them)."""
-    files = list_files(sync.sync_dir(layout), "outcomes-*.parquet")
+    files = layout.sync_outcome_files()
     events = []
     for path in files:
-        group_index, outcomes = int(path.stem.split("-")[1]), read_parquet(path)
+        group_index, outcomes = group_index_of(path), read_parquet(path)
         if len(outcomes) and sync_group_event_id(key, group_index) not in delivered:
             events.append(sync_group_event(key, group_index, outcomes, {"groups": len(files)}))
     return events
@@ -320,7 +321,7 @@ def _audit_by_batch(layout: RunLayout) -> dict[str, AuditEntry]:
     """The batches' audit entries (each batch event's ``auditTrailer``)."""
     return {
         entry["batchId"]: entry
-        for part in list_files(layout.root / "audit", "import-group-*.jsonl")
+        for part in layout.audit_parts("import-group-")
         for entry in iter_jsonl(part)
     }
 

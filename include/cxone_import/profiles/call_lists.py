@@ -18,15 +18,16 @@ import pyarrow.parquet as pq
 from cxone_provider.errors import CXoneConfigurationError
 from cxone_provider.triggers.call_lists import TRIGGER_TIMEOUT_MARGIN_S, JobsSettled, JobWait
 
+from cxone_runs.layout import RunLayout
 from include.cxone_import import sync
 from include.cxone_import.call_list_sync import CallListSyncer, dnc_audit_entries, dnc_counts
 from include.cxone_import.engine import TransientImportError
 from include.cxone_import.handoffs import GroupSummary, ImportGroup, RunParams
 from include.cxone_import.list_lease import contact_list_lease, hold_contact_list, sending_list_key
 from include.cxone_import.run_bookkeeping import record_answers, record_sync_answers, xcom_summary
-from include.cxone_import.storage import RunLayout, read_json, write_json
+from include.cxone_import.storage import read_json, write_json
 from include.cxone_import.task_config import contact_list_id, cxone_hook, run_layout
-from include.cxone_import.uploads import CallListColumns, GroupUploader, UploadOptions, call_list_file
+from include.cxone_import.uploads import CallListColumns, GroupUploader, UploadOptions
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,7 +40,7 @@ def prepare_call_list(params: RunParams, layout: RunLayout, *, create: bool) -> 
     so, create it (with the external id column, a destination mapping per phone column and a custom-field mapping
     per other column); remember it and its CSV columns in ``call_list.json`` (a retried chunk reuses it). Returns
     the list (None: missing, to be created once records are sent) and the tenant id its token names."""
-    path = call_list_file(layout)
+    path = layout.call_list
     hook = cxone_hook()
     name = contact_list_id(params)
     external_id_column = hook.call_list_options["external_id_column"]
@@ -79,7 +80,7 @@ def prepare_call_list(params: RunParams, layout: RunLayout, *, create: bool) -> 
 
 def _uploader(hook: Any, client: Any, layout: RunLayout, params: RunParams) -> tuple[GroupUploader, dict[str, Any]]:
     options = hook.call_list_options
-    call_list = CallListColumns.from_dict(read_json(call_list_file(layout)))
+    call_list = CallListColumns.from_dict(read_json(layout.call_list))
     upload_options = UploadOptions(
         expiration_days=int(params.get("list_expiration_days") or options["list_expiration_days"]),
         skill_id=options["skill_id"],
@@ -115,7 +116,7 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, cont
 
 
 def _syncer(hook: Any, client: Any, layout: RunLayout) -> CallListSyncer:
-    call_list = CallListColumns.from_dict(read_json(call_list_file(layout)))
+    call_list = CallListColumns.from_dict(read_json(layout.call_list))
     return CallListSyncer(client, call_list.list_id, call_list.list_name, layout,
                           dnc_group_id=hook.call_list_options.get("dnc_group_id"))
 
@@ -161,7 +162,7 @@ def finish_group(hook: Any, group: ImportGroup, params: RunParams, context: Cont
         uploader, options = _uploader(hook, client, layout, params)
         state = uploader.load_state(group_index)
         if state.reconciled and not state.not_sent() and settled is None:
-            summary = read_json(layout.outcome_file(group_index).with_suffix(".json"))
+            summary = read_json(layout.group_summary(group_index))
         else:
             summary = uploader.reconcile(group_index, dict(settled.jobs) if settled else {},
                                          timeout_s=options["job_timeout_s"])

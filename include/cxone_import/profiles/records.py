@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
+from cxone_runs.layout import RunLayout
 from include.cxone_import import pipeline, sync
 from include.cxone_import.engine import GroupImporter, TransientImportError
 from include.cxone_import.handoffs import GroupSummary, ImportGroup, RunParams
@@ -23,7 +24,7 @@ from include.cxone_import.run_bookkeeping import (
     xcom_summary,
 )
 from include.cxone_import.state import ListKey
-from include.cxone_import.storage import RunLayout, read_parquet
+from include.cxone_import.storage import read_parquet
 from include.cxone_import.task_config import run_layout
 
 if TYPE_CHECKING:
@@ -49,13 +50,13 @@ def import_group(hook: Any, group: ImportGroup, params: RunParams, context: Cont
                 hook.get_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client, gc_frozen():
             importer = GroupImporter(client, key.list_id, layout, concurrency=hook.max_concurrency, fence=lease.check)
             summary = importer.run(int(group["group_index"]), on_batch=live.batch_acknowledged if live else None)
-            if importer.stopped_by is None and sync.ops_file(layout, int(group["group_index"])).exists():
+            if importer.stopped_by is None and layout.sync_ops(int(group["group_index"])).exists():
                 sync_summary, sync_results = send_sync_ops(client, importer, key, group, params, layout,
                                                            concurrency=hook.max_concurrency)
                 summary = {**summary, "sync": sync_summary}
                 if live is not None and sync_results and not sync_summary["transient"]:  # final: its one event
                     live.sync_finished(int(group["group_index"]),
-                                       read_parquet(sync.outcomes_file(layout, int(group["group_index"]))))
+                                       read_parquet(layout.sync_outcomes(int(group["group_index"]))))
     finally:
         if live is not None:
             record_live_deliveries(layout, group, context, live.close())

@@ -1,5 +1,5 @@
 """The DAG's operators: the import step as the provider's deferrable ``ImportGroupOperator`` with this project's
-profile steps (``profiles.records``, ``profiles.call_lists``), mapped over the import groups, and the human approval
+profile steps (``include.cxone_import.profiles``), mapped over the import groups, and the human approval
 of a mirror run's bulk removals (see ``sync_gate``). This module is imported when the DAG file is parsed, so it
 imports nothing heavy: the task's code is imported when the task runs."""
 
@@ -14,7 +14,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from cxone_provider.operators.import_group import ImportGroupOperator
 from cxone_provider.triggers.call_lists import JobsSettled
 
-from include.cxone_import.settings import CXONE_CONN_ID
+from include.cxone_dag.settings import CXONE_CONN_ID
 
 if TYPE_CHECKING:
     from cxone_provider.hooks.cxone import CXoneHook
