@@ -16,10 +16,10 @@ from include.cxone_import.engine import GroupImporter, TransientImportError
 from include.cxone_import.handoffs import GroupSummary, ImportGroup, RunParams
 from include.cxone_import.list_lease import contact_list_lease, sending_list_key
 from include.cxone_import.run_bookkeeping import (
-    record_live_deliveries,
     gc_frozen,
     live_batch_events,
     record_answers,
+    record_live_deliveries,
     record_sync_answers,
     xcom_summary,
 )
