@@ -15,6 +15,7 @@ USER astro
 # docker-compose.override.yml); a deployment points CXONE_IMPORT_STORAGE_BASE at object storage instead.
 RUN mkdir -p /usr/local/airflow/cxone
 
-# The DAG imports include.cxone_import, and the report plugin include.cxone_import and cxone_report_ui: the project
-# folder and plugins/ on the path for every component, as scripts/env.sh does locally.
+# The DAG imports include.cxone_dag (and its tasks include.cxone_import), the tasks and the report plugin's app
+# cxone_runs (plugins/, not part of the provider distribution): the project folder and plugins/ on the path for every
+# component, as scripts/env.sh does locally.
 ENV PYTHONPATH=/usr/local/airflow:/usr/local/airflow/plugins${PYTHONPATH:+:${PYTHONPATH}}

@@ -20,8 +20,9 @@ from airflow.sdk import AssetAlias, Param, dag, task
 
 from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
-from include.cxone_import import settings
-from include.cxone_import.operators import ImportGroupOperator, RemovalApprovalOperator
+from include.cxone_dag import settings
+from include.cxone_dag.callbacks import failure_event
+from include.cxone_dag.operators import ImportGroupOperator, RemovalApprovalOperator
 
 # Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported when a task runs.
 RETRY_DELAY = settings.retry_delay()
@@ -42,7 +43,7 @@ def _steps():
     # runs for different contact lists go on at the same time: one tenant budget is shared by all of them, and
     # each list is held by one run at a time (a lease taken by the import tasks; see README, "Throughput")
     doc_md=__doc__,
-    on_failure_callback=CrmRunFailedNotifier(build_event=settings.failure_event, http_conn_id=settings.WEBHOOK_CONN_ID),
+    on_failure_callback=CrmRunFailedNotifier(build_event=failure_event, http_conn_id=settings.WEBHOOK_CONN_ID),
     tags=["cxone", "outbound", "contacts"],
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={

@@ -81,7 +81,7 @@ def run_import(storage_base, cxone_sandbox, webhook_sink, monkeypatch, request):
     """Run the DAG against the sandbox: ``run_import(conf, profile="records", **connection_options) -> ImportRun``.
     ``profile="call_lists"`` runs it against the calling-list sandbox (fixture ``call_list_sandbox``)."""
     from tools.localrun import call_list_connection_env, connection_env, run_dag
-    from include.cxone_import.storage import safe_segment
+    from cxone_runs.layout import safe_segment
 
     def _run(conf: dict[str, Any], *, webhook_url: str | None = None, logical_date: Any = None,
              profile: str = "records", **conn: Any) -> ImportRun:

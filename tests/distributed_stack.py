@@ -118,7 +118,7 @@ class DistributedStack(AirflowStack):
     def run_report(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
-        from include.cxone_import.storage import safe_segment
+        from cxone_runs.layout import safe_segment
 
         bucket, _, prefix = self.storage_uri.removeprefix("s3://").partition("/")
         key = f"{prefix}/runs/{dag_id}/{safe_segment(run_id)}/report.json"

@@ -369,7 +369,7 @@ class AirflowStack:
         """The run's ``report.json`` under the storage base, or None."""
         import json
 
-        from include.cxone_import.storage import safe_segment
+        from cxone_runs.layout import safe_segment
 
         path = self.storage_base / "runs" / dag_id / safe_segment(run_id) / "report.json"
         return json.loads(path.read_text()) if path.exists() else None

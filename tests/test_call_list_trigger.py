@@ -131,7 +131,8 @@ def test_uploads_are_checkpointed_and_never_sent_twice(sandbox, client, tmp_path
 
     import pandas as pd
 
-    from include.cxone_import.storage import RunLayout, write_json, write_parquet
+    from cxone_runs.layout import RunLayout
+    from include.cxone_import.storage import write_json, write_parquet
     from include.cxone_import.uploads import UPLOADING, CallListLayout, GroupState, GroupUploader, UploadOptions, csv_files
 
     list_id = client.create_list("t", external_id_column="contactId", destination_mappings=[
@@ -186,7 +187,7 @@ def wait_for_jobs(sandbox, job_ids: list[str], timeout_s: float = 10.0) -> dict[
 def test_recovery_uploads_only_what_the_list_does_not_hold(sandbox, client, tmp_path):
     """A lost reply whose job ran: its rows are on the list and never sent again. A cancelled job: its rows go
     again, once, in a recovery round. A file cancelled every time: after the last round its rows end failed."""
-    from include.cxone_import.storage import RunLayout
+    from cxone_runs.layout import RunLayout
     from include.cxone_import.uploads import MAX_RECOVERY_ROUNDS, CallListLayout, GroupUploader, UploadOptions
 
     list_id = client.create_list("t", external_id_column="contactId", destination_mappings=PHONES,

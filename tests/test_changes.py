@@ -299,7 +299,7 @@ def load_outcomes(root: Path):
     from upath import UPath
 
     from include.cxone_import.report import load_outcomes as load
-    from include.cxone_import.storage import RunLayout
+    from cxone_runs.layout import RunLayout
 
     return load(RunLayout(UPath(f"file://{root}")))
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from include.cxone_import import pipeline
-from include.cxone_import.storage import RunLayout, read_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_parquet
 from tests.test_s3_storage import BUCKET, REGION, moto_endpoint  # noqa: F401 - the module-scoped moto fixture
 
 pytestmark = pytest.mark.timeout(240)

@@ -13,7 +13,8 @@ from cxone_provider.client import CXoneClient
 from cxone_provider.retry import RetryPolicy
 from include.cxone_import.engine import CheckpointStore, GroupImporter
 from include.cxone_import.pipeline import GROUP_SCHEMA, batch_id
-from include.cxone_import.storage import RunLayout, read_parquet, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_parquet, write_parquet
 
 LIST = "engine-list"
 

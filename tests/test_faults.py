@@ -208,7 +208,8 @@ def _as_jsonl(export, tmp_path):
     from upath import UPath
 
     from include.cxone_import import pipeline
-    from include.cxone_import.storage import RunLayout, read_parquet
+    from cxone_runs.layout import RunLayout
+    from include.cxone_import.storage import read_parquet
 
     layout = RunLayout.for_run(UPath(f"file://{tmp_path}/seed"), "seed", "seed")
     extracted = pipeline.extract(UPath(export.path), layout)

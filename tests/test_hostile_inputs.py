@@ -17,7 +17,7 @@ from upath import UPath
 
 from include.cxone_import import pipeline
 from include.cxone_import.sources import MAX_CUSTOM_FIELDS, MAX_RECORD_BYTES, iter_canonical_chunks
-from include.cxone_import.storage import RunLayout
+from cxone_runs.layout import RunLayout
 
 CONSENT = "2026-01-01T00:00:00Z"
 HEADER = "contact_id,consent_timestamp,opt_in_status,mobile_phone,notes\n"

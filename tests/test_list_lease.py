@@ -66,7 +66,7 @@ def test_a_calling_list_named_by_id_or_by_name_is_one_lease(hook) -> None:
 
 def test_the_report_task_frees_the_list(hook) -> None:
     steps.run_layout(run("run-1")).root.mkdir(parents=True, exist_ok=True)
-    write_json(steps.run_layout(run("run-1")).root / steps.LIST_KEY_FILE, LIST_A.to_dict())  # chunk resolved it
+    write_json(steps.run_layout(run("run-1")).list_key, LIST_A.to_dict())  # chunk resolved it
     with steps.contact_list_lease(hook, LIST_A, run("run-1")):
         pass
     with pytest.raises(AirflowRescheduleException):

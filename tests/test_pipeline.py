@@ -9,7 +9,8 @@ import pytest
 from upath import UPath
 
 from include.cxone_import import pipeline
-from include.cxone_import.storage import RunLayout, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import write_parquet
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,10 @@ from cxone_provider.ratelimit import RateLimiter, budget_store
 from cxone_provider.redaction import mask_uri, scrub_text
 from cxone_provider.retry import RetryPolicy
 from include.cxone_import.engine import GroupImporter
-from include.cxone_import.report_pages import RunLinks, render_run_report
+from cxone_runs.pages import RunLinks, render_run_report
 from include.cxone_import.sources import SourceFormatError
-from include.cxone_import.storage import RunLayout, iter_jsonl, list_files, read_parquet
+from cxone_runs.layout import RunLayout, list_files
+from include.cxone_import.storage import iter_jsonl, read_parquet
 from tests.test_engine import LIST, record, write_group
 from tests.test_redirects import TOKEN, LocalServer
 from tests.test_report_ui_app import make_report

@@ -11,8 +11,9 @@ import pytest
 from upath import UPath
 
 from include.cxone_import import report
-from include.cxone_import.state import DECISION_UNCHANGED, DECISION_UNCONFIRMED, decision_file
-from include.cxone_import.storage import RunLayout, write_parquet
+from include.cxone_import.state import DECISION_UNCHANGED, DECISION_UNCONFIRMED
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import write_parquet
 
 
 @pytest.fixture
@@ -29,16 +30,15 @@ def _outcomes(layout, index, rows, outcomes, details=None):
 
 def _decided(layout, decisions: dict[int, int]) -> None:
     """The chunk step's decision file: rows the list holds as they are (unchanged) or answered duplicate before."""
-    write_parquet(decision_file(layout), pd.DataFrame({
+    write_parquet(layout.changes_decision, pd.DataFrame({
         "row_number": np.array(list(decisions), dtype=np.int64), "fingerprint": np.arange(len(decisions), dtype=np.uint64),
         "decision": np.array(list(decisions.values()), dtype=np.int8)}))
 
 
 def _reference_outcomes(layout, dry_run=False):
     """load_outcomes as it was: pandas frames, concatenated, outcome as a category."""
-    folder, column = ("groups", None) if dry_run else ("outcomes", "outcome")
-    frames = [pd.read_parquet(p.path, columns=["row_number"] + ([column] if column else []))
-              for p in report.list_files(layout.root / folder, "group-*.parquet")]
+    files, column = (layout.group_files(), None) if dry_run else (layout.outcome_files(), "outcome")
+    frames = [pd.read_parquet(p.path, columns=["row_number"] + ([column] if column else [])) for p in files]
     frames = [f.assign(outcome=report.NOT_SENT) if dry_run else f for f in frames]
     for decision, outcome in ((DECISION_UNCHANGED, report.UNCHANGED), (DECISION_UNCONFIRMED, report.DUPLICATE)):
         rows = report.read_decided_rows(layout, decision)

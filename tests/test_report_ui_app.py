@@ -7,7 +7,10 @@ Also the report's chart aggregates (include/cxone_import/report.py ``throughput`
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from html import unescape
@@ -18,11 +21,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from include.cxone_import.report import LATENCY_BUCKET_BOUNDS_MS, throughput
 from cxone_report_plugin import CXoneReportPlugin
 from cxone_report_ui import app as report_app
-from include.cxone_import.storage import RunLayout
+from cxone_runs.layout import RunLayout
+from include.cxone_import.report import LATENCY_BUCKET_BOUNDS_MS, throughput
 
+ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "cxone_contact_import"
 OTHER_DAG_ID = "cxone_contact_import_eu"
 RUN_ID = "manual__2026-11-30T02:00:00+00:00"
@@ -184,6 +188,18 @@ def finished_run(catalog: FakeCatalog, base: Path) -> dict[str, Any]:
     report = make_report(RUN_ID)
     write_run(base, DAG_ID, RUN_ID, report)
     return report
+
+
+def test_the_app_imports_no_task_code(tmp_path: Path) -> None:
+    """The api-server's app needs nothing of include/: with only plugins/ on the path (as the plugin scan and the
+    image put it), importing it loads no module of include/."""
+    code = ("import sys, cxone_report_ui.app; "
+            "print(sorted(m for m in sys.modules if m == 'include' or m.startswith('include.')))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 # -- access ----------------------------------------------------------------------------------------------------------
@@ -355,6 +371,18 @@ def test_the_tab_shows_what_the_sync_did(client: Any, tokens: dict, catalog: Fak
     assert cells[("mirror_absent", "removed")] == 0
     assert 'data-name="Updated" data-value="60"' in response.text  # an input row's outcome, in the outcome chart
     assert 'data-name="Stale (newer day on the list)" data-value="4"' in response.text
+    assert "dnc_added" not in shown, "no DNC tiles without a DNC group"
+
+
+def test_the_tab_shows_the_dnc_entries_of_withdrawn_consent(client: Any, tokens: dict, catalog: FakeCatalog,
+                                                          base: Path) -> None:
+    report = with_sync(make_report(RUN_ID, failed=0))
+    report["sync"]["dnc"] = {"dnc_added": 14, "dnc_failed": 2}
+    catalog.add(DAG_ID, RUN_ID)
+    write_run(base, DAG_ID, RUN_ID, report)
+    response = client.get(f"/cxone/dags/{DAG_ID}/report", params={"run_id": RUN_ID}, headers=as_user(tokens, "viewer"))
+    shown = metrics(response.text)
+    assert (shown_int(shown["dnc_added"]), shown_int(shown["dnc_failed"])) == (14, 2)
 
 
 def test_a_run_without_sync_has_no_sync_section(client: Any, tokens: dict, finished_run: dict) -> None:
@@ -554,7 +582,7 @@ def test_the_busiest_60_s_of_a_short_run_holds_all_its_requests() -> None:
     assert rate["first_second_requests"] == 33 and rate["steady_requests_per_second"] == 16.67
     report = make_report(RUN_ID)
     report["throughput"]["request_rate"] = rate
-    from include.cxone_import.report_pages import RunLinks, render_run_report
+    from cxone_runs.pages import RunLinks, render_run_report
 
     page = render_run_report(report, dag_id=DAG_ID, run_id=RUN_ID, run_state="success",
                              links=RunLinks("r.json", "rejects.csv", None))
@@ -564,7 +592,7 @@ def test_the_busiest_60_s_of_a_short_run_holds_all_its_requests() -> None:
 
 
 def test_trend_points_tell_runs_of_one_day_apart() -> None:
-    from include.cxone_import.report_pages import trend_labels
+    from cxone_runs.pages import trend_labels
 
     nightly = [T0 + timedelta(days=d) for d in range(3)]
     same_day = [T0, T0 + timedelta(hours=3), T0 + timedelta(hours=3, seconds=20)]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
 
-from include.cxone_import.segments import MAX_SEGMENT_CHARS, name_of, path_segment
-from include.cxone_import.storage import RunLayout, safe_segment
+from cxone_runs.layout import RunLayout, dag_ids_with_runs, group_index_of, safe_segment
+from cxone_runs.report import read_report
+from cxone_runs.segments import MAX_SEGMENT_CHARS, name_of, path_segment
 from tests.conftest import CONTACT_LIST_ID
 
 GENERATED = {
@@ -62,6 +64,86 @@ def test_the_encoding_is_injective_on_random_names():
         assert name_of(path_segment(name)) == name
 
 
+# every file of a run folder as RunLayout names it: runs already on storage, and the tools and people reading them,
+# rely on these names
+RUN_FILES = [  # (name, arguments of the method or None for a property, path under the run folder)
+    ("extract_part", (3,), "extract/part-00003.parquet"),
+    ("valid_part", (3,), "valid/part-00003.parquet"),
+    ("group_file", (3,), "groups/group-00003.parquet"),
+    ("list_key", None, "list_key.json"),
+    ("list_lease", None, "list_lease.json"),
+    ("call_list", None, "call_list.json"),
+    ("changes_decision", None, "changes.parquet"),
+    ("changes_summary", None, "changes.json"),
+    ("checkpoints_dir", None, "checkpoints"),
+    ("inflight_dir", None, "inflight"),
+    ("upload_state", (3,), "uploads/group-00003/state.json"),
+    ("upload_before", (3,), "uploads/group-00003/before.parquet"),
+    ("upload_round", (3, 2), "uploads/group-00003/round-02.parquet"),
+    ("upload_updates", (3,), "uploads/group-00003/updates.parquet"),
+    ("upload_update_outcomes", (3,), "uploads/group-00003/update-outcomes.parquet"),
+    ("upload_sync_state", (3,), "uploads/group-00003/sync.json"),
+    ("upload_sync_before", (3, "ab12"), "uploads/group-00003/sync-before-ab12.parquet"),
+    ("outcomes_dir", None, "outcomes"),
+    ("outcome_file", (3,), "outcomes/group-00003.parquet"),
+    ("group_summary", (3,), "outcomes/group-00003.json"),
+    ("sync_plan", None, "sync/plan.json"),
+    ("sync_removals", None, "sync/removals.parquet"),
+    ("removal_decision", None, "sync/removal_decision.json"),
+    ("sync_ops", (3,), "sync/ops-00003.parquet"),
+    ("sync_outcomes", (3,), "sync/outcomes-00003.parquet"),
+    ("sync_summary", (3,), "sync/outcomes-00003.json"),
+    ("metrics_file", ("import_batches-3",), "metrics/import_batches-3.json"),
+    ("failure_file", ("validate",), "failures/validate.json"),
+    ("audit_part", ("import-group-00003",), "audit/import-group-00003.jsonl"),
+    ("rejects_csv", None, "rejects.csv"),
+    ("rejects_parquet", None, "rejects.parquet"),
+    ("batch_manifest", None, "batch_manifest.parquet"),
+    ("batch_results", None, "batch_results.jsonl"),
+    ("audit_log", None, "audit.jsonl"),
+    ("dead_letter", None, "dead_letter.jsonl"),
+    ("report", None, "report.json"),
+]
+
+
+@pytest.mark.parametrize(("name", "arguments", "relative"), RUN_FILES, ids=[name for name, _, _ in RUN_FILES])
+def test_a_run_folder_keeps_its_file_names(tmp_path, name, arguments, relative):
+    layout = RunLayout.for_run(tmp_path, "cxone_contact_import", "manual__2026-11-27T06:31:23+00:00")
+    assert layout.root == tmp_path / "runs" / "cxone_contact_import" / "manual__2026-11-27T06_31_23_00_00"
+    named = getattr(layout, name)
+    assert (named if arguments is None else named(*arguments)) == layout.root / relative
+
+
+def test_the_listings_find_the_files_the_layout_names(tmp_path):
+    layout = RunLayout.for_run(tmp_path, "cxone_contact_import", "run-1")
+    named = [layout.extract_part(0), layout.group_file(0), layout.outcome_file(0), layout.group_summary(0), layout.sync_ops(1),
+             layout.sync_outcomes(1), layout.sync_summary(1), layout.failure_file("extract"),
+             layout.audit_part("webhook-group-00001-try-01"), layout.audit_part("import-group-00001")]
+    for path in named:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    assert layout.extract_parts() == [layout.extract_part(0)] and layout.group_files() == [layout.group_file(0)]
+    assert layout.outcome_files() == [layout.outcome_file(0)] and layout.group_summaries() == [layout.group_summary(0)]
+    assert layout.sync_ops_files() == [layout.sync_ops(1)] and layout.sync_outcome_files() == [layout.sync_outcomes(1)]
+    assert layout.sync_summaries() == [layout.sync_summary(1)]
+    assert layout.failure_files() == [layout.failure_file("extract")]
+    assert layout.audit_parts("import-group-") == [layout.audit_part("import-group-00001")]
+    assert len(layout.audit_parts()) == 2
+    assert [group_index_of(p) for p in (layout.group_file(7), layout.sync_summary(12))] == [7, 12]
+    assert RunLayout.runs_of(tmp_path, "cxone_contact_import") == [layout]
+    assert dag_ids_with_runs(tmp_path) == {"cxone_contact_import"}
+
+
+def test_only_the_layout_builds_paths_in_a_run_folder():
+    """No product module joins names onto a run folder's root: every path of it is a RunLayout method or property."""
+    root = Path(__file__).parents[1]
+    joins = re.compile(r"layout(?:\([^)]*\))?\.root\s*/")
+    found = [f"{path.relative_to(root)}:{n}" for folder in ("dags", "include", "plugins", "tools")
+             for path in sorted((root / folder).rglob("*.py")) if path.name != "layout.py"
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if joins.search(line)]
+    assert found == []
+
+
 OTHER_DAG_ID = "cxone_contact_import_eu"
 
 
@@ -71,7 +153,6 @@ def test_a_second_import_dag_writes_under_its_own_dag_id(storage_base, cxone_san
     """The same DAG file under another DAG id: its run's files, the list's state and its CRM events are its own."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from cxone_report_ui.app import import_dag_ids, read_report
     from tools.localrun import connection_env, ensure_pool
     from tools.sample_data import generate_crm_export
 
@@ -99,10 +180,9 @@ def test_a_second_import_dag_writes_under_its_own_dag_id(storage_base, cxone_san
     assert str(getattr(dag_run.state, "value", dag_run.state)) == "success"
     assert [p.name for p in (storage_base / "runs").iterdir()] == [OTHER_DAG_ID]
     assert [p.name for p in (storage_base / "state").iterdir()] == [OTHER_DAG_ID]
-    report = read_report(storage_base, OTHER_DAG_ID, dag_run.run_id)  # what the UI reads for /dags/<id>/report
+    report = read_report(RunLayout.for_run(storage_base, OTHER_DAG_ID, dag_run.run_id))  # the UI's /dags/<id>/report
     assert report is not None and report["run"]["dag_id"] == OTHER_DAG_ID
-    assert import_dag_ids(storage_base) == {OTHER_DAG_ID}
-    assert RunLayout.for_run(storage_base, OTHER_DAG_ID, dag_run.run_id).report.exists()
+    assert dag_ids_with_runs(storage_base) == {OTHER_DAG_ID}
     events = [e["body"] for e in webhook_sink.events()]
     assert events and all(e["eventId"].startswith(f"{OTHER_DAG_ID}/{dag_run.run_id}:") for e in events)
     summary = next(e for e in events if e["event"] == "cxone_contact_import_run_complete")

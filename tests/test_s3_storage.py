@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tools.sample_data import generate_crm_export
-from include.cxone_import.storage import safe_segment
+from cxone_runs.layout import safe_segment
 from tests.conftest import CONTACT_LIST_ID
 from tests.ports import free_port
 

@@ -12,7 +12,8 @@ from upath import UPath
 
 from include.cxone_import import pipeline
 from include.cxone_import.sources import SourceFormatError
-from include.cxone_import.storage import RunLayout, read_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_parquet
 
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"
 EXPECTATIONS = json.loads((CORPUS / "expectations.json").read_text())

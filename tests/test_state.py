@@ -13,7 +13,8 @@ import pytest
 from upath import UPath
 
 from include.cxone_import.state import Acknowledgements, ContactListState, contact_keys, fingerprints, list_key
-from include.cxone_import.storage import RunLayout, read_parquet, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_parquet, write_parquet
 from tests.conftest import fold_killed_while_writing_current
 
 ROWS = np.arange(1, 5, dtype=np.int64)
@@ -242,7 +243,7 @@ def test_a_killed_tasks_updates_and_removals_reach_the_state_from_their_checkpoi
     flight or held tells it nothing."""
     from include.cxone_import.engine import CheckpointStore
     from include.cxone_import.state import REMOVED
-    from include.cxone_import.sync import OPS_SCHEMA, ops_file
+    from include.cxone_import.sync import OPS_SCHEMA
 
     ids = ["u-1", "r-1", "r-2", "r-3", "h-1", "u-2"]
     before = [f'{{"contactId":"{c}","v":1}}' for c in ids]
@@ -256,8 +257,8 @@ def test_a_killed_tasks_updates_and_removals_reach_the_state_from_their_checkpoi
                     "record_json": [new_u1, "", "", "", "", '{"contactId":"u-2","v":2}'],
                     "reason": ["", "consent_withdrawn", "consent_expired", "mirror_absent", "mirror_absent", ""]},
                    schema=OPS_SCHEMA)
-    ops_file(layout, 0).parent.mkdir(parents=True, exist_ok=True)
-    write_parquet(ops_file(layout, 0), ops)
+    layout.sync_ops(0).parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(layout.sync_ops(0), ops)
     store = CheckpointStore(layout, [f"op-{c}" for c in ids])
     for op, outcome in (("op-u-1", "updated"), ("op-r-1", "removed"), ("op-r-2", "not_on_list"),
                         ("op-h-1", "removal_held")):

@@ -217,7 +217,6 @@ def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists
     from cxone_provider.hooks.cxone import CXoneHook
     from include.cxone_import import airflow_tasks
     from include.cxone_import.engine import CheckpointStore
-    from include.cxone_import.sync import ops_file
 
     nightly(run_import, export.path, 80, sync_mode="mirror")
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
@@ -227,8 +226,8 @@ def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists
     layout = airflow_tasks.RunLayout.for_run(UPath(f"file://{storage_base}"), "cxone_contact_import", killed)
     answered = 0
     for group in range(8):
-        if ops_file(layout, group).exists():
-            op_ids = pd.read_parquet(str(ops_file(layout, group).path))["op_id"].tolist()
+        if layout.sync_ops(group).exists():
+            op_ids = pd.read_parquet(str(layout.sync_ops(group).path))["op_id"].tolist()
             store = CheckpointStore(layout, op_ids)
             answered += sum(store.load(op) is not None for op in op_ids)
     assert 0 < answered < len(changed) + len(withdrawn | expired | absent)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from include.cxone_import import sync_gate
-from include.cxone_import.storage import RunLayout
+from cxone_runs.layout import RunLayout
 
 PLAN = {"mode": "mirror", "creates": 12, "updates": 3, "state_records": 1000,
         "removals": {"mirror_absent": 80, "consent_withdrawn": 4}, "mirror_share": 0.08, "stale": {},
@@ -22,9 +22,7 @@ def layout(tmp_path):
 def write_plan(layout, **changes):
     from include.cxone_import.storage import write_json
 
-    from include.cxone_import.sync import PLAN_FILE, sync_dir
-
-    write_json(sync_dir(layout) / PLAN_FILE, {**PLAN, **changes})
+    write_json(layout.sync_plan, {**PLAN, **changes})
     return sync_gate.read_plan(layout)
 
 

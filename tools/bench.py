@@ -96,7 +96,7 @@ def task_windows(run_id: str) -> list[dict[str, Any]]:
 
 def task_metrics(storage: Path, run_id: str) -> list[dict[str, Any]]:
     """What each task wrote about itself (``measured()``): wall time, peak RSS of its own process, pid."""
-    from include.cxone_import.storage import safe_segment
+    from cxone_runs.layout import safe_segment
 
     folder = storage / "runs" / DAG_ID / safe_segment(run_id) / "metrics"
     return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]

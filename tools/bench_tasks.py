@@ -41,7 +41,7 @@ FAILED_EVERY = 500
 
 
 def _layout(workdir: Path) -> Any:
-    from include.cxone_import.storage import RunLayout
+    from cxone_runs.layout import RunLayout
 
     return RunLayout.for_run(UPath(f"file://{workdir}"), "bench", "tasks")
 

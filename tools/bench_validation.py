@@ -31,7 +31,7 @@ AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 def prepare(rows: int, bad_share: float, workdir: Path) -> None:
     """Generate the export and run the extract step into ``workdir`` (the validate step's input)."""
     from include.cxone_import import pipeline
-    from include.cxone_import.storage import RunLayout
+    from cxone_runs.layout import RunLayout
     from tools.sample_data import generate_crm_export
 
     source = workdir / "contacts.csv"
@@ -43,7 +43,7 @@ def prepare(rows: int, bad_share: float, workdir: Path) -> None:
 def measure(workdir: Path) -> dict[str, object]:
     """The validate task's body on the extracted parts, in this process (its peak RSS is the task's own)."""
     from include.cxone_import import pipeline
-    from include.cxone_import.storage import RunLayout
+    from cxone_runs.layout import RunLayout
 
     extracted = json.loads((workdir / "extracted.json").read_text())
     rows = extracted["input_rows"]

@@ -122,7 +122,7 @@ def run_dag(run_conf: dict[str, Any], *, logical_date: Any = None) -> Any:
 
 
 def run_report(storage_base: Path, run_id: str) -> dict[str, Any] | None:
-    from include.cxone_import.storage import safe_segment
+    from cxone_runs.layout import safe_segment
 
     path = storage_base / "runs" / "cxone_contact_import" / safe_segment(run_id) / "report.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -11,7 +11,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -20,6 +20,9 @@ from urllib.parse import urlsplit
 from cxone_provider.crm_webhook import WebhookSender, WebhookTarget
 from cxone_provider.errors import CXoneConfigurationError, ListLeaseLostError
 
+from cxone_runs.layout import RunLayout, group_index_of
+from cxone_runs.location import STORAGE_CONN_VARIABLE, storage_base
+from cxone_runs.location import task_variable as _variable
 from include.cxone_import import pipeline, sync
 from include.cxone_import.engine import GroupImporter, TransientImportError
 from include.cxone_import.report import (
@@ -33,7 +36,7 @@ from include.cxone_import.report import (
     sync_counts,
     totals,
 )
-from include.cxone_import.settings import (  # noqa: F401 - the DAG's names, re-exported for the task bodies
+from include.cxone_dag.settings import (  # noqa: F401 - the DAG's names, re-exported for the task bodies
     CONTACT_LIST_ASSET_ALIAS,
     CXONE_CONN_ID,
     DAG_ID,
@@ -65,9 +68,7 @@ from include.cxone_import.state import (
     read_decided_rows,
 )
 from include.cxone_import.storage import (
-    RunLayout,
     iter_jsonl,
-    list_files,
     read_json,
     read_parquet,
     write_json,
@@ -89,8 +90,6 @@ from include.cxone_import.webhook import (
 
 log = logging.getLogger(__name__)
 
-STORAGE_BASE_VARIABLE = "cxone_storage_base"
-STORAGE_CONN_VARIABLE = "cxone_storage_conn_id"
 CONTACT_LIST_VARIABLE = "cxone_contact_list_id"
 SOURCE_BASE_VARIABLE = "cxone_source_base"
 SOURCE_TEMPLATE_VARIABLE = "cxone_source_template"
@@ -103,27 +102,6 @@ XCOM_BATCH_FIELDS = ("batch_id", "batch_index", "records", "imported", "duplicat
 LIVE_DELIVERIES = "webhook-group-"  # audit parts of the batch events import tasks delivered
 LIST_LEASE_TTL_S = 1800  # a run that died without its report frees its contact list after this long
 LIST_LEASE_RENEW_S = 60
-
-
-def _variable(key: str, default: Any = None) -> Any:
-    """The Variable, or ``default`` when it is not set; a failure to read it (secrets backend) fails the task."""
-    from airflow.sdk import Variable
-
-    return Variable.get(key, default=default)
-
-
-def storage_base(variable: Callable[[str, Any], Any] | None = None) -> Any:
-    """The storage base; ``variable(key, default)`` reads Variables (default: through the Task SDK, as tasks do;
-    the report pages in the api-server pass the metadata DB's)."""
-    from airflow.sdk import ObjectStoragePath
-
-    variable = variable or _variable
-    default = os.environ.get("CXONE_IMPORT_STORAGE_BASE") or "file://" + os.path.join(
-        os.environ.get("AIRFLOW_HOME", os.getcwd()), "cxone-data"
-    )
-    uri = variable(STORAGE_BASE_VARIABLE, default) or default
-    conn_id = variable(STORAGE_CONN_VARIABLE, None)
-    return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
 
 
 def dag_id_of(context: dict[str, Any]) -> str:
@@ -275,7 +253,7 @@ def measured(context: dict[str, Any], name: str) -> Iterator[None]:
     finally:
         try:
             write_json(
-                run_layout(context).root / "metrics" / f"{key}.json",
+                run_layout(context).metrics_file(key),
                 {
                     "task": name,
                     "map_index": map_index,
@@ -293,7 +271,7 @@ def _record_failure(context: dict[str, Any], key: str, task: str, exc: BaseExcep
     errors name rows and rules, never record content)."""
     try:
         write_json(
-            run_layout(context).root / "failures" / f"{key}.json",
+            run_layout(context).failure_file(key),
             {
                 "task": task,
                 "try_number": getattr(context.get("ti"), "try_number", None),
@@ -312,7 +290,7 @@ def _record_failure(context: dict[str, Any], key: str, task: str, exc: BaseExcep
 def recorded_failures(layout: RunLayout) -> list[dict[str, Any]]:
     """The failures tasks of the run recorded, first task first."""
     order = {"extract": 0, "validate": 1, "chunk": 2, "import_batches": 3}
-    found = [read_json(p) for p in list_files(layout.root / "failures", "*.json")]
+    found = [read_json(p) for p in layout.failure_files()]
     return sorted(found, key=lambda f: (order.get(f.get("task"), 9), f.get("at") or ""))
 
 
@@ -373,12 +351,9 @@ def list_state(key: ListKey, context: dict[str, Any]) -> ContactListState:
     return ContactListState(storage_base(), dag_id_of(context), key)
 
 
-LIST_KEY_FILE = "list_key.json"
-
-
 def run_list_key(layout: RunLayout) -> ListKey | None:
     """The list this run imports into, as ``chunk`` resolved it (None before, or when it could not be named)."""
-    path = layout.root / LIST_KEY_FILE
+    path = layout.list_key
     return ListKey.from_dict(read_json(path)) if path.exists() else None
 
 
@@ -389,7 +364,7 @@ def resolve_list_key(params: dict[str, Any], layout: RunLayout, context: dict[st
     every task and a re-run use the same. ``create``: a calling list that does not exist is created now (only when
     records will be sent). (None, False) when the list cannot be named yet: a calling list still to be created, or
     no CXone connection on a dry run."""
-    path = layout.root / LIST_KEY_FILE
+    path = layout.list_key
     if path.exists():
         saved = read_json(path)
         return ListKey.from_dict(saved), bool(saved.get("created"))
@@ -595,13 +570,13 @@ def import_group(group: dict[str, Any], params: dict[str, Any], context: dict[st
                 hook.get_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client, gc_frozen():
             importer = GroupImporter(client, key.list_id, layout, concurrency=hook.max_concurrency, fence=lease.check)
             summary = importer.run(int(group["group_index"]), on_batch=live.batch_acknowledged if live else None)
-            if importer.stopped_by is None and sync.ops_file(layout, int(group["group_index"])).exists():
+            if importer.stopped_by is None and layout.sync_ops(int(group["group_index"])).exists():
                 sync_summary, sync_results = send_sync_ops(client, importer, key, group, params, layout,
                                                            concurrency=hook.max_concurrency)
                 summary = {**summary, "sync": sync_summary}
                 if live is not None and sync_results and not sync_summary["transient"]:  # final: its one event
                     live.sync_finished(int(group["group_index"]),
-                                       read_parquet(sync.outcomes_file(layout, int(group["group_index"]))))
+                                       read_parquet(layout.sync_outcomes(int(group["group_index"]))))
     finally:
         if live is not None:
             _record_live_deliveries(layout, group, context, live.close())
@@ -672,7 +647,7 @@ def record_sync_answers(layout: RunLayout, key: ListKey, group_index: int, conte
 def sending_list_key(layout: RunLayout) -> ListKey:
     key = run_list_key(layout)
     if key is None:
-        raise RuntimeError(f"{layout.root / LIST_KEY_FILE} is missing: the chunk task resolves the list before any import")
+        raise RuntimeError(f"{layout.list_key} is missing: the chunk task resolves the list before any import")
     return key
 
 
@@ -724,9 +699,6 @@ def _lease_owner(context: dict[str, Any]) -> str:
     return f"{dag_id_of(context)}/{context['run_id']}"
 
 
-LIST_LEASE_FILE = "list_lease.json"
-
-
 @contextmanager
 def contact_list_lease(hook: Any, key: ListKey, context: dict[str, Any], *, first: bool = False) -> Iterator[Any]:
     """
@@ -764,7 +736,7 @@ def contact_list_lease(hook: Any, key: ListKey, context: dict[str, Any], *, firs
 
 def _continue_tenure(layout: RunLayout, lease: Any, *, first: bool) -> None:
     """Check the lease's token against the run's last one (``list_lease.json``) and remember it."""
-    path = layout.root / LIST_LEASE_FILE
+    path = layout.list_lease
     last = None if first or not path.exists() else int(read_json(path).get("token", 0))
     if last is not None and lease.token not in (last, last + 1):
         lease.lose(f"another run held the list since this run's chunk compared it (fencing token {last}, now "
@@ -868,8 +840,8 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
     run, key = run_info(params, context), event_key(context)
     summaries = group_summaries(layout)
     metrics = [m for s in summaries for m in s["batch_metrics"] if not is_sync_request(m)]  # sync: one event a group
-    live = _deliveries(layout, f"{LIVE_DELIVERIES}*.jsonl")
-    earlier = _deliveries(layout, f"{NOTIFY_DELIVERIES}*.jsonl")  # an earlier try of this task
+    live = _deliveries(layout, LIVE_DELIVERIES)
+    earlier = _deliveries(layout, NOTIFY_DELIVERIES)  # an earlier try of this task
     delivered = delivered_event_ids(live + earlier)
     pending = [m for m in metrics if batch_event_id(key, m["batch_id"]) not in delivered]
     events = batch_events(pending, _audit_by_batch(layout) if pending else {}, key,
@@ -907,16 +879,16 @@ def notify(validated: dict[str, Any], params: dict[str, Any], context: dict[str,
 NOTIFY_DELIVERIES = "webhook-notify-try-"  # audit parts of the events notify_webhook delivered, one per try
 
 
-def _deliveries(layout: RunLayout, pattern: str) -> list[dict[str, Any]]:
-    return [e for part in list_files(layout.root / "audit", pattern) for e in iter_jsonl(part)]
+def _deliveries(layout: RunLayout, prefix: str) -> list[dict[str, Any]]:
+    return [e for part in layout.audit_parts(prefix) for e in iter_jsonl(part)]
 
 
 def _sync_group_events(layout: RunLayout, key: str, delivered: set[str]) -> list[dict[str, Any]]:
     """The sync event of each group no import task delivered (its outcomes as the run left them)."""
-    files = list_files(sync.sync_dir(layout), "outcomes-*.parquet")
+    files = layout.sync_outcome_files()
     events = []
     for path in files:
-        group_index, outcomes = int(path.stem.split("-")[1]), read_parquet(path)
+        group_index, outcomes = group_index_of(path), read_parquet(path)
         if len(outcomes) and sync_group_event_id(key, group_index) not in delivered:
             events.append(sync_group_event(key, group_index, outcomes, {"groups": len(files)}))
     return events
@@ -926,7 +898,7 @@ def _audit_by_batch(layout: RunLayout) -> dict[str, dict[str, Any]]:
     """The batches' audit entries (each batch event's ``auditTrailer``)."""
     return {
         entry["batchId"]: entry
-        for part in list_files(layout.root / "audit", "import-group-*.jsonl")
+        for part in layout.audit_parts("import-group-")
         for entry in iter_jsonl(part)
     }
 

@@ -44,12 +44,11 @@ from include.cxone_import import sync
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED, TransientImportError
 from include.cxone_import.masking import mask_phone
 from include.cxone_import.sources import PHONE_PREFIX
-from include.cxone_import.storage import RunLayout, atomic_open, list_files, read_json, read_parquet, write_json, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import atomic_open, read_json, read_parquet, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
-UPDATES_FILE = "updates.parquet"  # the changed records the group's upload sends (their old version is gone)
-UPDATE_OUTCOMES_FILE = "update-outcomes.parquet"  # what the upload's read-back said of them
 DNC_NUMBERS_PER_CALL = 1000  # GUESS: no batch size for dnc-groups/{groupId}/records is published
 SENDING, ANSWERED, REFUSED, UNANSWERED = "sending", "answered", "refused", "unanswered"
 DNC_ADDED, DNC_FAILED = "dnc_added", "dnc_failed"
@@ -96,11 +95,6 @@ def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000.0, 2)
 
 
-def group_dir(layout: RunLayout, group_index: int) -> Any:
-    """Where a group's upload and sync checkpoints live (``uploads/group-NNNNN/``)."""
-    return layout.root / "uploads" / f"group-{group_index:05d}"
-
-
 def ids_on_list(client: Any, list_id: str, ids: set[str]) -> set[str]:
     """Which of ``ids`` the list holds now (the list is read whole, page by page; nothing read for no ids)."""
     if not ids:
@@ -130,18 +124,15 @@ class CallListSyncer:
 
     # -- files -------------------------------------------------------------------------------------------------
 
-    def _dir(self, group_index: int) -> Any:
-        return group_dir(self._layout, group_index)
-
     def _load(self, group_index: int) -> SyncState:
-        path = self._dir(group_index) / "sync.json"
+        path = self._layout.upload_sync_state(group_index)
         return SyncState(**read_json(path)) if path.exists() else SyncState(group_index)
 
     def _save(self, state: SyncState) -> None:
-        write_json(self._dir(state.group_index) / "sync.json", asdict(state))
+        write_json(self._layout.upload_sync_state(state.group_index), asdict(state))
 
     def ops(self, group_index: int) -> pd.DataFrame | None:
-        path = sync.ops_file(self._layout, group_index)
+        path = self._layout.sync_ops(group_index)
         if not path.exists():
             return None
         ops = read_parquet(path)
@@ -172,7 +163,7 @@ class CallListSyncer:
     def _remove_round(self, state: SyncState, pending: list[str]) -> None:
         group_index = state.group_index
         round_ids = _digest(self._list_id, *pending)
-        before_path = self._dir(group_index) / f"sync-before-{round_ids}.parquet"
+        before_path = self._layout.upload_sync_before(group_index, round_ids)
         if state.round_ids != round_ids or not before_path.exists():
             present = self._present(set(pending))  # before anything of this round is sent
             write_parquet(before_path, pd.DataFrame({"contact_id": pd.Series(sorted(present), dtype="str")}))
@@ -247,7 +238,7 @@ class CallListSyncer:
         updates = ops[ops["action"] == sync.UPDATE]
         gone = updates["contact_id"].astype(str).map(
             lambda c: (state.outcomes.get(c) or [FAILED])[0] in (sync.REMOVED_OUTCOME, sync.NOT_ON_LIST))
-        write_parquet(self._dir(state.group_index) / UPDATES_FILE,
+        write_parquet(self._layout.upload_updates(state.group_index),
                       pd.DataFrame({"row_number": updates["row_number"][gone].astype("int64"),
                                     "contact_id": updates["contact_id"][gone].astype(str),
                                     "record_json": updates["record_json"][gone].astype(str)}))
@@ -298,7 +289,7 @@ class CallListSyncer:
         if not len(rows):
             return []
         phones: dict[int, list[str]] = {}
-        for part in list_files(self._layout.root / "extract", "part-*.parquet"):
+        for part in self._layout.extract_parts():
             frame = read_parquet(part)
             frame = frame[np.isin(frame["row_number"].to_numpy(np.int64), rows)]
             columns = [c for c in frame.columns if c.startswith(PHONE_PREFIX)]
@@ -369,7 +360,7 @@ class CallListSyncer:
                 for entry in state.dnc.values() for c, p, o, d in entry.get("results") or []]
 
     def _update_outcomes(self, group_index: int) -> dict[int, tuple[str, str, str]]:
-        path = self._dir(group_index) / UPDATE_OUTCOMES_FILE
+        path = self._layout.upload_update_outcomes(group_index)
         if not path.exists():
             return {}
         frame = read_parquet(path)
@@ -382,15 +373,13 @@ def resend_gone(layout: RunLayout, parts: int, held_ids: set[str]) -> int:
     record the calling list no longer holds (it expired, or someone removed it): taken out of the decision file, so
     the run uploads them as new records. ``changes.json`` counts them (``gone_from_list``). Returns how many."""
     from include.cxone_import.state import (
-        CHANGES_FILE,
         DECISION_SCHEMA,
         DECISION_UNCHANGED,
         DECISION_UNCONFIRMED,
         contact_keys,
-        decision_file,
     )
 
-    path = decision_file(layout)
+    path = layout.changes_decision
     if not path.exists():
         return 0
     decided = read_parquet(path)
@@ -404,11 +393,11 @@ def resend_gone(layout: RunLayout, parts: int, held_ids: set[str]) -> int:
         return 0
     with atomic_open(path, "wb") as handle:
         pq.write_table(pa.Table.from_pandas(decided[~gone], schema=DECISION_SCHEMA, preserve_index=False), handle)
-    changes = read_json(layout.root / CHANGES_FILE)
+    changes = read_json(layout.changes_summary)
     for name, code in (("unchanged", DECISION_UNCHANGED), ("unconfirmed", DECISION_UNCONFIRMED)):
         changes[name] = int(changes.get(name, 0)) - int((gone & (decided["decision"] == code).to_numpy()).sum())
     changes["gone_from_list"] = int(gone.sum())
-    write_json(layout.root / CHANGES_FILE, changes)
+    write_json(layout.changes_summary, changes)
     log.info("%d records the state holds as on the list are no longer on the calling list (expired?): sent again",
              int(gone.sum()))
     return int(gone.sum())

@@ -48,7 +48,8 @@ from cxone_provider.errors import CXoneConflictError, CXoneError, CXoneValidatio
 from cxone_provider.models import RecordIssue, parse_record_issues
 from cxone_provider.retry import is_configuration_error
 
-from include.cxone_import.storage import RunLayout, ensure_parent, fs_path, put_bytes, write_json, write_jsonl
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import ensure_parent, fs_path, put_bytes, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +141,10 @@ class CheckpointStore:
     """
 
     def __init__(self, layout: RunLayout, batch_ids: Iterable[str]) -> None:
-        root = layout.root
-        self._fs = root.fs
+        self._fs = layout.root.fs
         self._own = frozenset(batch_ids)
-        self._checkpoints = fs_path(root / "checkpoints")
-        self._inflight = fs_path(root / "inflight")
+        self._checkpoints = fs_path(layout.checkpoints_dir)
+        self._inflight = fs_path(layout.inflight_dir)
         for directory in (self._checkpoints, self._inflight):
             self._fs.makedirs(directory, exist_ok=True)
         self._acknowledged = self._names(self._checkpoints)
@@ -287,7 +287,7 @@ class GroupImporter:
             "seconds": round(elapsed, 3),
             "batch_metrics": [m.as_dict() for m in metrics],
         }
-        write_json(self._layout.outcome_file(group_index).with_suffix(".json"), summary, compact=True)
+        write_json(self._layout.group_summary(group_index), summary, compact=True)
         log.info(
             "group %d done in %.1fs: %d imported, %d duplicate, %d failed, %d requests, %d answered 429",
             group_index, elapsed, summary[IMPORTED], summary[DUPLICATE], summary[FAILED], summary["requests"],

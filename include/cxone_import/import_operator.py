@@ -21,12 +21,13 @@ import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneConfigurationError
 
+from cxone_runs.layout import RunLayout
 from include.cxone_import import airflow_tasks as steps
 from include.cxone_import import sync
 from include.cxone_import.call_list_sync import CallListSyncer, dnc_audit_entries, dnc_counts
 from include.cxone_import.engine import TransientImportError
-from include.cxone_import.storage import RunLayout, read_json, write_json
-from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions, call_list_file
+from include.cxone_import.storage import read_json, write_json
+from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
     so, create it (with the external id column, a destination mapping per phone column and a custom-field mapping
     per other column); remember it and its CSV columns in ``call_list.json`` (a retried chunk reuses it). Returns
     the list (None: missing, to be created once records are sent) and the tenant id its token names."""
-    path = call_list_file(layout)
+    path = layout.call_list
     hook = _hook()
     name = steps.contact_list_id(params)
     external_id_column = hook.call_list_options["external_id_column"]
@@ -112,7 +113,7 @@ class JobWait:
 
 def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any]) -> tuple[GroupUploader, dict[str, Any]]:
     options = hook.call_list_options
-    call_list = CallListLayout.from_dict(read_json(call_list_file(layout)))
+    call_list = CallListLayout.from_dict(read_json(layout.call_list))
     upload_options = UploadOptions(
         expiration_days=int(params.get("list_expiration_days") or options["list_expiration_days"]),
         skill_id=options["skill_id"],
@@ -148,7 +149,7 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, cont
 
 
 def _syncer(hook: Any, client: Any, layout: RunLayout) -> CallListSyncer:
-    call_list = CallListLayout.from_dict(read_json(call_list_file(layout)))
+    call_list = CallListLayout.from_dict(read_json(layout.call_list))
     return CallListSyncer(client, call_list.list_id, call_list.list_name, layout,
                           dnc_group_id=hook.call_list_options.get("dnc_group_id"))
 
@@ -189,7 +190,7 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
         uploader, options = _uploader(hook, client, layout, params)
         state = uploader.load_state(group_index)
         if state.reconciled and not state.not_sent() and event is None:
-            summary = read_json(layout.outcome_file(group_index).with_suffix(".json"))
+            summary = read_json(layout.group_summary(group_index))
         else:
             summary = uploader.reconcile(group_index, dict((event or {}).get("jobs") or {}),
                                          timeout_s=options["job_timeout_s"])

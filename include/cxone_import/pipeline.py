@@ -26,13 +26,8 @@ from include.cxone_import.masking import neutralise_formulas
 from include.cxone_import.payloads import record_json
 from include.cxone_import.schema import REJECT_COLUMNS, ChunkValidator, ContactRecordSchema
 from include.cxone_import.sources import ROW_NUMBER, iter_canonical_chunks
-from include.cxone_import.storage import (
-    SPOOL_PARQUET,
-    RunLayout,
-    ensure_parent,
-    read_parquet,
-    write_parquet,
-)
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import SPOOL_PARQUET, ensure_parent, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 

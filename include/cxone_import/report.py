@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from cxone_runs.layout import RunLayout, group_index_of
+from cxone_runs.report import NOT_SENT_REASONS, RunReport, describe_accounting
+from include.cxone_import import sync
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED
 from include.cxone_import.pipeline import reject_gate_tripped
-from include.cxone_import.report_pages import NOT_SENT_REASONS, describe_accounting
-from include.cxone_import import sync
 from include.cxone_import.state import (
     DECISION_LISTED,
     DECISION_STALE,
@@ -27,11 +28,9 @@ from include.cxone_import.state import (
     read_decided_rows,
 )
 from include.cxone_import.storage import (
-    RunLayout,
     ensure_parent,
     iter_jsonl,
     iter_rows_of,
-    list_files,
     read_json,
     read_parquet,
     write_json,
@@ -75,10 +74,10 @@ class Reconciliation:
 def group_summaries(layout: RunLayout) -> list[dict[str, Any]]:
     """Each import group's summary; a group's updates and removals (``sync/outcomes-{g}.json``) come as one more
     summary of their requests, so totals, latency and the rate chart count every request the run made."""
-    summaries = [read_json(p) for p in list_files(layout.root / "outcomes", "group-*.json")]
-    for path in list_files(sync.sync_dir(layout), "outcomes-*.json"):
+    summaries = [read_json(p) for p in layout.group_summaries()]
+    for path in layout.sync_summaries():
         counts = read_json(path)
-        summaries.append({"group_index": int(path.stem.split("-")[1]), "sync": True, "batch_metrics": counts.get("metrics", [])})
+        summaries.append({"group_index": group_index_of(path), "sync": True, "batch_metrics": counts.get("metrics", [])})
     return summaries
 
 
@@ -166,10 +165,10 @@ def stopping_failure(failures: list[dict[str, Any]] | None) -> dict[str, Any] | 
 def _unsent_rows(layout: RunLayout, valid_parts: int) -> list[tuple[np.ndarray, _Codes]]:
     """After a stop: the rows of groups no import task wrote outcomes for, or, when chunk planned no groups, every
     valid row the run did not leave out; all ``not_sent``."""
-    groups = list_files(layout.root / "groups", "group-*.parquet")
+    groups = layout.group_files()
     if groups:
-        paths = [p for p in groups if not (layout.root / "outcomes" / p.name).exists()]
-    elif not (layout.root / "outcomes").exists():
+        paths = [p for p in groups if not layout.outcome_file(group_index_of(p)).exists()]
+    elif not layout.outcomes_dir.exists():
         paths = [layout.valid_part(n) for n in range(valid_parts)]
     else:
         paths = []
@@ -188,13 +187,13 @@ def load_outcomes(layout: RunLayout, *, dry_run: bool = False, stopped_parts: in
     if dry_run:
         parts = [
             _same_outcome(read_parquet(p, columns=["row_number"])["row_number"].to_numpy(dtype=np.int64), NOT_SENT)
-            for p in list_files(layout.root / "groups", "group-*.parquet")
+            for p in layout.group_files()
         ]
         updates = read_decided_rows(layout, DECISION_UPDATE)
         if len(updates):
             parts.append(_same_outcome(updates, NOT_SENT))
     else:
-        parts = [_outcome_codes(p) for p in list_files(layout.root / "outcomes", "group-*.parquet")]
+        parts = [_outcome_codes(p) for p in layout.outcome_files()]
         parts += _update_outcomes(layout)
         if stopped_parts is not None:  # a stop: what no import task answered for was never sent
             parts.extend(_unsent_rows(layout, stopped_parts))
@@ -216,7 +215,7 @@ def outcome_counts(layout: RunLayout) -> dict[str, int]:
     """How many rows ended in each outcome, as :func:`load_outcomes` would count them, a group file at a time: what
     the run summary needs without holding every row's outcome (``notify_webhook``)."""
     counts: dict[str, int] = {}
-    for path in list_files(layout.root / "outcomes", "group-*.parquet"):
+    for path in layout.outcome_files():
         for name, count in _tally(_outcome_codes(path)[1]).items():
             counts[name] = counts.get(name, 0) + count
     for _, chunks in _update_outcomes(layout):
@@ -474,7 +473,7 @@ _RECORD_SLICE = 8192  # the dead letters' group slices: records are decoded only
 def assemble_audit_log(layout: RunLayout) -> int:
     """One JSON Lines audit log per run from the tasks' audit parts: rejected records, batches, webhook deliveries."""
     return write_jsonl(
-        layout.audit_log, (entry for part in list_files(layout.root / "audit", "*.jsonl") for entry in iter_jsonl(part))
+        layout.audit_log, (entry for part in layout.audit_parts() for entry in iter_jsonl(part))
     )
 
 
@@ -489,7 +488,7 @@ def build_report(
     max_reject_share: float | None = None,
     budget_per_minute: float | None = None,
     failures: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> RunReport:
     """Write report.json, the dead-letter file and the audit log; raise if the run's result needs a person.
 
     Over ``max_reject_share`` nothing was sent: the valid rows are ``not_sent``. ``failures`` are the task failures
@@ -541,7 +540,7 @@ def build_report(
         if numbers["removal_failed"]:
             problems.append(f"{numbers['removal_failed']} removals failed: those contacts may still be on the list "
                             "(see the audit log's removal entries)")
-    report = {
+    report: RunReport = {
         "run": run,
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "source_uri": extracted.get("source_uri"),
@@ -597,14 +596,14 @@ def sync_report(layout: RunLayout, *, dry_run: bool) -> dict[str, Any] | None:
     planned = sum(plan["removals"].values())
     outcomes = sync.read_outcomes(layout)
     removed_ids = outcomes.loc[outcomes["action"] == sync.REMOVE, "contact_id"]
-    sent = not dry_run and any(True for _ in list_files(sync.sync_dir(layout), "ops-*.parquet"))
+    sent = not dry_run and bool(layout.sync_ops_files())
     accounting = removal_accounting(plan, counts["removals_by_reason"], sent=sent)
     reconciled = accounting["ok"] and (not sent or (len(removed_ids) == planned and removed_ids.is_unique))
     detail = (f"{planned} removals planned {accounting['planned']}, {len(removed_ids)} outcomes "
               f"{accounting['by_outcome']} ({int(removed_ids.duplicated().sum())} contacts with more than one)"
               if sent else "nothing sent")
     dnc: dict[str, int] = {}  # the call_lists profile's DNC entries for withdrawn consent (dnc_group_id)
-    for path in list_files(sync.sync_dir(layout), "outcomes-*.json"):
+    for path in layout.sync_summaries():
         for name, count in (read_json(path).get("dnc") or {}).items():
             dnc[name] = dnc.get(name, 0) + int(count)
     return {"mode": plan["mode"], "plan": plan, "dry_run": dry_run, **counts, "removals_reconciled": reconciled,
@@ -680,7 +679,7 @@ def change_notices(changes: Mapping[str, Any] | None, *, duplicates_of_listed: i
     return notices
 
 
-def build_failed_report(layout: RunLayout, *, run: dict[str, Any], failures: list[dict[str, Any]]) -> dict[str, Any]:
+def build_failed_report(layout: RunLayout, *, run: dict[str, Any], failures: list[dict[str, Any]]) -> RunReport:
     """The report of a run that stopped before its records could be validated (a file-level error, storage):
     which task failed, on which file, column and rule, and that nothing was sent."""
     first = failures[0] if failures else {"task": None, "message": "an upstream task failed without recording why"}
@@ -691,7 +690,7 @@ def build_failed_report(layout: RunLayout, *, run: dict[str, Any], failures: lis
     problems.append("nothing was sent to CXone")
     empty = pd.DataFrame({"row_number": pd.Series(dtype="int64"), "outcome": pd.Series(dtype="str")})
     numbers = totals({"input_rows": 0, "rejected_rows": 0, "valid_rows": 0}, empty, [])
-    report = {
+    report: RunReport = {
         "run": run,
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "source_uri": first.get("source"),
@@ -724,7 +723,7 @@ def describe_changes(changes: Mapping[str, Any]) -> str:
             f"{changes.get('unconfirmed', 0)} not sent again (answered duplicate before)")
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_report(report: RunReport) -> str:
     """The report as a person reads it at the end of a run."""
     t = report["totals"]
     lines = [

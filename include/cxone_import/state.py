@@ -64,17 +64,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from include.cxone_import.storage import (
-    RunLayout,
-    atomic_open,
-    fs_path,
-    iter_rows_of,
-    list_files,
-    read_json,
-    read_parquet,
-    safe_segment,
-    write_json,
-)
+from cxone_runs.layout import RunLayout, list_files, safe_segment
+from include.cxone_import.storage import atomic_open, fs_path, iter_rows_of, read_json, read_parquet, write_json
 
 log = logging.getLogger(__name__)
 
@@ -660,17 +651,19 @@ def _legacy_outcomes(base: Any, dag_id: str, list_id: str) -> tuple[np.ndarray, 
     """Keys of the contacts the run folders still on storage ``imported`` / answered ``duplicate`` for a list."""
     imported: list[np.ndarray] = []
     duplicate: list[np.ndarray] = []
-    for report_file in list_files(base / "runs" / safe_segment(dag_id), "*/report.json"):
+    for layout in RunLayout.runs_of(base, dag_id):
         try:
-            run = read_json(report_file).get("run") or {}
+            if not layout.report.exists():
+                continue
+            run = read_json(layout.report).get("run") or {}
             if str(run.get("contact_list_id")) != list_id or run.get("dry_run"):
                 continue
-            for path in list_files(report_file.parent / "outcomes", "group-*.parquet"):
+            for path in layout.outcome_files():
                 frame = read_parquet(path, columns=["contact_id", "outcome"])
                 imported.append(contact_keys(frame.loc[frame["outcome"] == "imported", "contact_id"].to_numpy()))
                 duplicate.append(contact_keys(frame.loc[frame["outcome"] == "duplicate", "contact_id"].to_numpy()))
         except Exception:  # noqa: BLE001 - a run folder that cannot be read explains nothing
-            log.warning("state migration: run folder %s could not be read", report_file.parent.name)
+            log.warning("state migration: run folder %s could not be read", layout.root.name)
     join = lambda parts: np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)  # noqa: E731
     return join(imported), join(duplicate)
 
@@ -728,9 +721,8 @@ def checkpointed_sync_answers(layout: RunLayout, group_index: int) -> Acknowledg
     id), for a group whose task never wrote the delta of them. A PUT answered 404 (``gone``) says nothing here: the
     record's creation after it is a batch of its own."""
     from include.cxone_import.engine import CheckpointStore
-    from include.cxone_import.sync import ops_file
 
-    path = ops_file(layout, group_index)
+    path = layout.sync_ops(group_index)
     if not path.exists():
         return Acknowledgements.empty()
     ops = read_parquet(path, columns=["op_id", "contact_id", "record_json"])
@@ -854,8 +846,6 @@ def iter_valid_records(layout: RunLayout, parts: int) -> Iterator[tuple[np.ndarr
         yield frame["row_number"].to_numpy(dtype=np.int64), frame["contact_id"], record_json(frame)
 
 
-DECISION_FILE = "changes.parquet"
-CHANGES_FILE = "changes.json"
 # what the run decided for a record the list's state knows (records it does not know are sent, not listed), or
 # that a killed run sent without reading the answer (sent; a duplicate of it is that run's record)
 DECISION_UNCHANGED, DECISION_UNCONFIRMED, DECISION_LISTED, DECISION_ANSWER_LOST = 1, 2, 3, 4
@@ -890,20 +880,15 @@ class ChangeDecision(TypedDict, total=False):
     reused: bool
 
 
-def decision_file(layout: RunLayout) -> Any:
-    """Row number, fingerprint and decision of each valid record the list's state knows."""
-    return layout.root / DECISION_FILE
-
-
 def read_changes(layout: RunLayout) -> ChangeDecision | None:
     """How the run used the list's state (``changes.json``)."""
-    path = layout.root / CHANGES_FILE
+    path = layout.changes_summary
     return read_json(path) if path.exists() else None
 
 
 def read_decided_rows(layout: RunLayout, *decisions: int) -> np.ndarray:
     """Row numbers of the run's records with one of ``decisions`` (sorted)."""
-    path = decision_file(layout)
+    path = layout.changes_decision
     if not path.exists():
         return np.empty(0, dtype=np.int64)
     table = read_parquet(path, columns=["row_number", "decision"])
@@ -929,7 +914,7 @@ def decide_changes(
     attempt, so it plans the same batches and its checkpoints apply; a record whose content changed since is sent
     (and known to the state as before).
     """
-    summary_path = layout.root / CHANGES_FILE
+    summary_path = layout.changes_summary
     started = time.monotonic()
     if summary_path.exists():
         decided: ChangeDecision = read_json(summary_path)
@@ -969,7 +954,7 @@ def _decision_counts(decision: np.ndarray) -> ChangeDecision:
 
 
 def _reuse_decision(layout: RunLayout, parts: int, decided: ChangeDecision) -> ChangeDecision:
-    saved = read_parquet(decision_file(layout)) if decision_file(layout).exists() else None
+    saved = read_parquet(layout.changes_decision) if layout.changes_decision.exists() else None
     if saved is None or not len(saved):
         log.info("changes: reusing this run's decision (%s): nothing known to the state", decided["mode"])
         return {**decided, **_decision_counts(np.empty(0, np.int8)), "reused": True}  # type: ignore[typeddict-item]
@@ -991,7 +976,7 @@ def _reuse_decision(layout: RunLayout, parts: int, decided: ChangeDecision) -> C
 
 def _write_decision(layout: RunLayout, rows: np.ndarray, fps: np.ndarray, decision: np.ndarray) -> None:
     order = np.argsort(rows, kind="stable")
-    with atomic_open(decision_file(layout), "wb") as handle:
+    with atomic_open(layout.changes_decision, "wb") as handle:
         pq.write_table(pa.table({"row_number": rows[order].astype(np.int64), "fingerprint": fps[order].astype(np.uint64),
                                  "decision": decision[order].astype(np.int8)}, schema=DECISION_SCHEMA), handle)
 

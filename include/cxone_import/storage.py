@@ -1,4 +1,5 @@
-"""Where a run keeps its files under the storage base (any ObjectStoragePath / UPath: file://, s3://, ...)."""
+"""Reading and writing a run's files on any storage (ObjectStoragePath / UPath: file://, s3://, ...): whole-or-nothing
+writes, parquet, JSON and JSON lines. Which files a run has is ``cxone_runs.layout.RunLayout``'s."""
 
 from __future__ import annotations
 
@@ -8,75 +9,12 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from include.cxone_import.segments import path_segment
-
-
-def safe_segment(value: str) -> str:
-    """A DAG id, run id or contact list id as one portable path segment, injectively (``segments.path_segment``):
-    ``manual__2026-11-27T06:31:23+00:00`` -> ``manual__2026-11-27T06_31_23_00_00`` as before, ``a:b`` -> ``a~3Ab``."""
-    return path_segment(value)
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """The files of one DAG run: ``{base}/runs/{dag_id}/{run_id}/...``."""
-
-    root: Any  # ObjectStoragePath
-
-    @classmethod
-    def for_run(cls, base: Any, dag_id: str, run_id: str) -> RunLayout:
-        return cls(base / "runs" / safe_segment(dag_id) / safe_segment(run_id))
-
-    def extract_part(self, n: int) -> Any:
-        return self.root / "extract" / f"part-{n:05d}.parquet"
-
-    def valid_part(self, n: int) -> Any:
-        return self.root / "valid" / f"part-{n:05d}.parquet"
-
-    def group_file(self, n: int) -> Any:
-        return self.root / "groups" / f"group-{n:05d}.parquet"
-
-    def outcome_file(self, n: int) -> Any:
-        return self.root / "outcomes" / f"group-{n:05d}.parquet"
-
-    def audit_part(self, name: str) -> Any:
-        return self.root / "audit" / f"{name}.jsonl"
-
-    @property
-    def rejects_csv(self) -> Any:
-        return self.root / "rejects.csv"
-
-    @property
-    def rejects_parquet(self) -> Any:
-        return self.root / "rejects.parquet"
-
-    @property
-    def batch_manifest(self) -> Any:
-        return self.root / "batch_manifest.parquet"
-
-    @property
-    def batch_results(self) -> Any:
-        return self.root / "batch_results.jsonl"
-
-    @property
-    def audit_log(self) -> Any:
-        return self.root / "audit.jsonl"
-
-    @property
-    def dead_letter(self) -> Any:
-        return self.root / "dead_letter.jsonl"
-
-    @property
-    def report(self) -> Any:
-        return self.root / "report.json"
 
 
 def ensure_parent(path: Any) -> None:
@@ -208,9 +146,3 @@ def iter_jsonl(path: Any) -> Iterator[dict[str, Any]]:
             if line.strip():
                 yield json.loads(line)
 
-
-def list_files(directory: Any, pattern: str = "*") -> list[Any]:
-    try:
-        return sorted(directory.glob(pattern), key=lambda p: p.name)
-    except FileNotFoundError:
-        return []

@@ -49,17 +49,9 @@ from include.cxone_import.state import (
     REMOVED,
     ContactListState,
     contact_keys,
-    decision_file,
 )
-from include.cxone_import.storage import (
-    RunLayout,
-    atomic_open,
-    list_files,
-    read_json,
-    read_parquet,
-    write_json,
-    write_jsonl,
-)
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import atomic_open, read_json, read_parquet, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +70,6 @@ UPDATED, REMOVED_OUTCOME, NOT_ON_LIST, REMOVAL_HELD, STALE = "updated", "removed
 SYNC_OUTCOMES = (UPDATED, REMOVED_OUTCOME, NOT_ON_LIST, REMOVAL_HELD, STALE)
 GONE = "gone"  # a PUT answered 404: not final, the record is created with the batched POST
 
-SYNC_DIR = "sync"
-PLAN_FILE, REMOVALS_FILE, STALE_FILE, DECISION_FILE = "plan.json", "removals.parquet", "stale.parquet", "removal_decision.json"
 SAMPLES = 5
 OPS_SCHEMA = pa.schema([("op_id", pa.string()), ("action", pa.string()), ("row_number", pa.int64()),
                         ("contact_id", pa.string()), ("record_json", pa.string()), ("reason", pa.string())])
@@ -104,20 +94,8 @@ class SyncPlan(TypedDict):
     backfill: bool  # the run is older than the newest day the list holds
 
 
-def sync_dir(layout: RunLayout) -> Any:
-    return layout.root / SYNC_DIR
-
-
-def ops_file(layout: RunLayout, group_index: int) -> Any:
-    return sync_dir(layout) / f"ops-{group_index:05d}.parquet"
-
-
-def outcomes_file(layout: RunLayout, group_index: int) -> Any:
-    return sync_dir(layout) / f"outcomes-{group_index:05d}.parquet"
-
-
 def read_plan(layout: RunLayout) -> SyncPlan | None:
-    path = sync_dir(layout) / PLAN_FILE
+    path = layout.sync_plan
     return read_json(path) if path.exists() else None  # type: ignore[return-value]
 
 
@@ -220,9 +198,9 @@ def plan_sync(
         "withdrawn_unknown": withdrawn_unknown,
         "backfill": backfill,
     }
-    with atomic_open(sync_dir(layout) / REMOVALS_FILE, "wb") as handle:
+    with atomic_open(layout.sync_removals, "wb") as handle:
         pq.write_table(pa.Table.from_pandas(removals, preserve_index=False), handle)
-    write_json(sync_dir(layout) / PLAN_FILE, plan)
+    write_json(layout.sync_plan, plan)
     log.info("sync (%s): %d creates, %d updates, removals %s, %d stale updates, %d stale removals, %d contacts on "
              "the list rejected tonight left as they are%s", mode, plan["creates"], updates, counts, stale["updates"],
              stale["removals"], rejected_on_list, " (backfill)" if backfill else "")
@@ -237,7 +215,7 @@ def _empty_removals() -> pd.DataFrame:
 def _plan_updates(layout: RunLayout, parts: int, index: _StateIndex, logical_date: int) -> tuple[int, int]:
     """Sent records the state knows with other content (or answered duplicate): updates, or stale when the list
     holds a newer day's version; a contact the state saw removed is created again (unless newer: stale)."""
-    path = decision_file(layout)
+    path = layout.changes_decision
     if not path.exists():
         return 0, 0
     decided = read_parquet(path)
@@ -345,7 +323,7 @@ def write_group_ops(layout: RunLayout, parts: int, scope: str, groups: int) -> l
     updates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         {"row_number": pd.Series(dtype="int64"), "contact_id": [], "record_json": [], "reason": []})
     updates.insert(0, "action", UPDATE)
-    removals = read_parquet(sync_dir(layout) / REMOVALS_FILE)
+    removals = read_parquet(layout.sync_removals)
     removals = pd.DataFrame({"action": REMOVE, "row_number": removals["row_number"].astype("int64"),
                              "contact_id": removals["contact_id"].astype(str), "record_json": "",
                              "reason": removals["reason"].astype(str)})
@@ -355,7 +333,7 @@ def write_group_ops(layout: RunLayout, parts: int, scope: str, groups: int) -> l
     counts = []
     for group_index, share in enumerate(np.array_split(np.arange(len(ops)), max(groups, 1))):
         part = ops.iloc[share]
-        with atomic_open(ops_file(layout, group_index), "wb") as handle:
+        with atomic_open(layout.sync_ops(group_index), "wb") as handle:
             pq.write_table(pa.Table.from_pandas(part, schema=OPS_SCHEMA, preserve_index=False), handle)
         counts.append({"updates": int((part["action"] == UPDATE).sum()), "removals": int((part["action"] == REMOVE).sum())})
     return counts
@@ -371,7 +349,7 @@ def mirror_removals_allowed(layout: RunLayout, plan: SyncPlan | None, max_remova
     False: held), else whether they stay within ``max_removal_share`` of the list's state (None: no plan)."""
     if plan is None:
         return None
-    path = sync_dir(layout) / DECISION_FILE
+    path = layout.removal_decision
     if path.exists():
         decision = read_json(path).get("mirror_removals")
         if decision in ("approved", "held"):
@@ -446,7 +424,7 @@ class SyncSender:
     def run(self, group_index: int, *, mirror_allowed: bool) -> tuple[SyncSummary, list[OpResult]]:
         from include.cxone_import.engine import CheckpointStore
 
-        path = ops_file(self._layout, group_index)
+        path = self._layout.sync_ops(group_index)
         if not path.exists():
             return SyncSummary(), []
         ops = read_parquet(path)
@@ -525,7 +503,7 @@ def write_outcomes(layout: RunLayout, group_index: int, results: list[OpResult])
     """The group's sync outcome file (one row per update and removal, final outcomes only)."""
     table = pa.table({name: pa.array([getattr(r, name) for r in results], type=SYNC_OUTCOME_SCHEMA.field(name).type)
                       for name in SYNC_OUTCOME_SCHEMA.names}, schema=SYNC_OUTCOME_SCHEMA)
-    with atomic_open(outcomes_file(layout, group_index), "wb") as handle:
+    with atomic_open(layout.sync_outcomes(group_index), "wb") as handle:
         pq.write_table(table, handle)
 
 
@@ -541,14 +519,14 @@ def record_group(layout: RunLayout, group_index: int, summary: SyncSummary, resu
     counts = {"counts": summary.counts, "requests": summary.requests, "attempts": summary.attempts,
               "rate_limited": summary.rate_limited, "transient": summary.transient, "metrics": summary.metrics,
               "mirror_allowed": mirror_allowed, **(extra or {})}
-    write_json(sync_dir(layout) / f"outcomes-{group_index:05d}.json", counts, compact=True)
+    write_json(layout.sync_summary(group_index), counts, compact=True)
     log.info("group %d: sync %s, %d requests", group_index, summary.counts, summary.requests)
     return {k: v for k, v in counts.items() if k != "metrics"}
 
 
 def read_outcomes(layout: RunLayout) -> pd.DataFrame:
     """Every sync outcome of the run (all groups)."""
-    frames = [read_parquet(p) for p in list_files(sync_dir(layout), "outcomes-*.parquet")]
+    frames = [read_parquet(p) for p in layout.sync_outcome_files()]
     if not frames:
         return pd.DataFrame({name: pd.Series(dtype="int64" if name == "row_number" else "str")
                              for name in SYNC_OUTCOME_SCHEMA.names})

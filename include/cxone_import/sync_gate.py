@@ -14,15 +14,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from include.cxone_import.storage import RunLayout, read_json, write_json
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_json, write_json
 from include.cxone_import.sync import (
     CONSENT_EXPIRED,
     CONSENT_WITHDRAWN,
-    DECISION_FILE,
     MIRROR_ABSENT,
     SyncPlan,
     read_plan,
-    sync_dir,
 )
 
 __all__ = ["APPROVED", "HELD", "RemovalDecision", "approval_body", "decide_without_asking", "needs_approval",
@@ -49,12 +48,8 @@ class RemovalDecision:
         return asdict(self)
 
 
-def decision_file(layout: RunLayout) -> Any:
-    return sync_dir(layout) / DECISION_FILE
-
-
 def read_decision(layout: RunLayout) -> RemovalDecision | None:
-    path = decision_file(layout)
+    path = layout.removal_decision
     return RemovalDecision(**read_json(path)) if path.exists() else None
 
 
@@ -85,7 +80,7 @@ def decide_without_asking(layout: RunLayout, plan: SyncPlan | None, max_removal_
 
 def record_decision(layout: RunLayout, outcome: str, why: str, decided_by: str | None = None) -> RemovalDecision:
     decision = RemovalDecision(outcome, why, decided_by, datetime.now(timezone.utc).isoformat())
-    write_json(decision_file(layout), decision.to_dict())
+    write_json(layout.removal_decision, decision.to_dict())
     return decision
 
 

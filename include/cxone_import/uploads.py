@@ -34,11 +34,12 @@ import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneError
 
-from include.cxone_import.call_list_sync import UPDATE_OUTCOMES_FILE, UPDATES_FILE, group_dir, ids_on_list
+from include.cxone_import.call_list_sync import ids_on_list
 from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED, OUTCOMES, BatchMetrics, Outcome
 from include.cxone_import.pipeline import batch_id
 from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, phone_type_of
-from include.cxone_import.storage import RunLayout, read_json, read_parquet, write_json, write_jsonl, write_parquet
+from cxone_runs.layout import RunLayout
+from include.cxone_import.storage import read_json, read_parquet, write_json, write_jsonl, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,6 @@ class CallListLayout:
         return cls(**value)
 
 
-def call_list_file(layout: RunLayout) -> Any:
-    return layout.root / "call_list.json"
-
-
 @dataclass(frozen=True)
 class UploadFile:
     """One CSV file of a group: its deterministic id (list + the file's lines as uploaded), rows and bytes."""
@@ -240,15 +237,12 @@ class GroupUploader:
 
     # -- files under the run ----------------------------------------------------------------------------------
 
-    def _dir(self, group_index: int) -> Any:
-        return group_dir(self._layout, group_index)
-
     def load_state(self, group_index: int) -> GroupState:
-        path = self._dir(group_index) / "state.json"
+        path = self._layout.upload_state(group_index)
         return GroupState(**read_json(path)) if path.exists() else GroupState(group_index)
 
     def _save(self, state: GroupState) -> None:
-        write_json(self._dir(state.group_index) / "state.json", asdict(state))
+        write_json(self._layout.upload_state(state.group_index), asdict(state))
 
     def _group_rows(self, group_index: int) -> list[tuple[int, str, str]]:
         """The group's new records, then the changed records whose old version sync removed (``updates.parquet``,
@@ -263,7 +257,7 @@ class GroupUploader:
         return rows
 
     def _updates_file(self, group_index: int) -> Any:
-        return self._dir(group_index) / UPDATES_FILE
+        return self._layout.upload_updates(group_index)
 
     def _update_rows(self, group_index: int) -> set[int]:
         path = self._updates_file(group_index)
@@ -274,10 +268,10 @@ class GroupUploader:
         return ids_on_list(self._client, self._call_list.list_id, group_ids)
 
     def _before(self, group_index: int) -> set[str]:
-        return set(read_parquet(self._dir(group_index) / "before.parquet")["contact_id"])
+        return set(read_parquet(self._layout.upload_before(group_index))["contact_id"])
 
     def _round_file(self, group_index: int, recovery_round: int) -> Any:
-        return self._dir(group_index) / f"round-{recovery_round:02d}.parquet"
+        return self._layout.upload_round(group_index, recovery_round)
 
     def _files(self, group_index: int, state: GroupState) -> tuple[list[tuple[int, str, str]], list[UploadFile]]:
         """The group's rows and every file of the group: those of the first upload (the rows the list did not hold
@@ -304,7 +298,7 @@ class GroupUploader:
         if not state.before_taken:
             rows = self._group_rows(group_index)
             present = self._present({r[1] for r in rows})
-            write_parquet(self._dir(group_index) / "before.parquet",
+            write_parquet(self._layout.upload_before(group_index),
                           pd.DataFrame({"contact_id": pd.Series(sorted(present), dtype="str")}))
             state.before_taken = True
             self._save(state)
@@ -402,7 +396,7 @@ class GroupUploader:
         frame = pd.DataFrame(outcomes, columns=list(Outcome._fields)).astype({"row_number": "int64"})
         updates = frame["row_number"].isin(self._update_rows(group_index))
         if updates.any():  # changed records: sync accounts for them (``call_list_sync``), not the group's outcomes
-            write_parquet(self._dir(group_index) / UPDATE_OUTCOMES_FILE,
+            write_parquet(self._layout.upload_update_outcomes(group_index),
                           frame[updates][["row_number", "outcome", "detail"]].assign(at=_now()))
         frame = frame[~updates].reset_index(drop=True)
         write_parquet(self._layout.outcome_file(group_index), frame)

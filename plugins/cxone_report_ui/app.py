@@ -12,7 +12,6 @@ finished run's report once per api-server process.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -31,7 +30,9 @@ from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.models.dag import DagModel
 from airflow.models.dagrun import DagRun
-from include.cxone_import.report_pages import (
+from cxone_runs.layout import RunLayout, dag_ids_with_runs, safe_segment
+from cxone_runs.location import storage_base as runs_storage_base
+from cxone_runs.pages import (
     HistoryRow,
     RunLinks,
     RunRecord,
@@ -40,8 +41,7 @@ from include.cxone_import.report_pages import (
     render_no_report,
     render_run_report,
 )
-from include.cxone_import.segments import name_of
-from include.cxone_import.storage import RunLayout, list_files, safe_segment
+from cxone_runs.report import RunReport, read_report
 
 HISTORY_LIMIT_DEFAULT = 100
 HISTORY_LIMIT_MAX = 1000
@@ -110,9 +110,7 @@ def _db_variable(key: str, default: Any) -> Any:
 
 def storage_base() -> Any:
     """The import's storage base, resolved as the tasks resolve it (Variables read from the metadata DB here)."""
-    from include.cxone_import.airflow_tasks import storage_base as task_storage_base
-
-    return task_storage_base(variable=_db_variable)
+    return runs_storage_base(variable=_db_variable)
 
 
 CatalogDep = Annotated[RunCatalog, Depends(run_catalog)]
@@ -123,18 +121,18 @@ class ReportCache:
     """report.json of finished runs, keyed by run and its end date (a cleared, re-run run ends again: re-read)."""
 
     def __init__(self, size: int = REPORT_CACHE_SIZE) -> None:
-        self._entries: OrderedDict[tuple[str, str], tuple[datetime, dict[str, Any] | None]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[datetime, RunReport | None]] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, base: Any, run: RunRecord) -> dict[str, Any] | None:
+    def get(self, base: Any, run: RunRecord) -> RunReport | None:
         key = (run.dag_id, run.run_id)
         with self._lock:
             cached = self._entries.get(key)
             if cached is not None and run.ended is not None and cached[0] == run.ended:
                 self._entries.move_to_end(key)
                 return cached[1]
-        report = read_report(base, run.dag_id, run.run_id)
+        report = read_report(RunLayout.for_run(base, run.dag_id, run.run_id))
         if run.ended is not None and run.state not in ("queued", "running"):
             with self._lock:
                 self._entries[key] = (run.ended, report)
@@ -148,19 +146,6 @@ class ReportCache:
 
 
 reports = ReportCache()
-
-
-def read_report(base: Any, dag_id: str, run_id: str) -> dict[str, Any] | None:
-    path = RunLayout.for_run(base, dag_id, run_id).report
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
-def import_dag_ids(base: Any) -> set[str]:
-    """DAGs with import runs in storage (``{base}/runs/{dag_id}/``, each folder named by ``safe_segment``)."""
-    return {dag_id for p in list_files(base / "runs") if p.is_dir() and (dag_id := name_of(p.name))}
 
 
 def readable_dag_ids(user: Any, dag_ids: set[str]) -> set[str]:
@@ -300,7 +285,7 @@ def imports_page(
     limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT_MAX)] = HISTORY_LIMIT_DEFAULT,
 ) -> HTMLResponse:
     """The CXone imports page (the UI's ``nav`` external view): runs of every import DAG the user may read."""
-    runs = catalog.recent(readable_dag_ids(user, import_dag_ids(base)), limit)
+    runs = catalog.recent(readable_dag_ids(user, dag_ids_with_runs(base)), limit)
     with ThreadPoolExecutor(READ_THREADS) as pool:
         loaded = list(pool.map(lambda run: reports.get(base, run), runs))
     rows = [HistoryRow.of(run, report) for run, report in zip(runs, loaded, strict=True)]

@@ -1,11 +1,12 @@
 """The HTML of the CXone report tab (one run) and of the import history page (all runs), drawn from ``report.json``
 alone: charts are SVG drawn here, with no script library and nothing fetched at run time (air-gapped deployments).
-Plain functions over the report dicts; the Airflow plugin (``plugins/cxone_report_ui.py``) serves them.
+Plain functions over the reports (``cxone_runs.report.RunReport``); the api-server's app (``cxone_report_ui.app``)
+serves them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from cxone_provider.redaction import mask_uri
+from cxone_runs.report import NOT_SENT_REASONS, RunReport, describe_accounting
 
 # (totals key, label, colour); ``unchanged`` appears once change detection reports it.
 OUTCOMES = (
@@ -25,12 +27,9 @@ OUTCOMES = (
     ("rejected", "Rejected", "#ef6c00"),
     ("not_sent", "Not sent", "#757575"),
 )
-# why a run's valid rows were not sent (report.json ``not_sent_reason``)
-NOT_SENT_REASONS = {"dry_run": "dry run", "reject_gate": "held: too many rejects",
-                    "cxone_configuration": "stopped: configuration error", "list_lease_lost": "stopped: lost the list"}
 
 
-def not_sent_label(report: dict[str, Any]) -> str:
+def not_sent_label(report: RunReport) -> str:
     reason = report.get("not_sent_reason")
     if reason is None and report.get("held_by_reject_gate"):  # a report written before the reason was recorded
         reason = "reject_gate"
@@ -40,6 +39,8 @@ LIST_CHANGES = (("imported", "Created", "#2e7d32"), ("updated", "Updated", "#008
 # How the run's removals ended (report.json ``totals``), and why they were made (``sync.REMOVAL_REASONS``)
 REMOVAL_TILES = (("removed", "Removed"), ("not_on_list", "Not on list (404)"), ("removal_held", "Removals held"),
                  ("removal_failed", "Removals failed"))
+# The calling-list profile's DNC entries for withdrawn consent (connection extra ``dnc_group_id``): report.json ``sync.dnc``
+DNC_TILES = (("dnc_added", "Numbers put into the DNC group"), ("dnc_failed", "DNC numbers failed"))
 REMOVAL_REASON_LABELS = {"consent_withdrawn": "Consent withdrawn", "consent_expired": "Consent expired",
                          "mirror_absent": "Absent from the export (mirror)"}
 REJECT_COLOUR = "#ef6c00"
@@ -285,7 +286,7 @@ def _rate_section(throughput: dict[str, Any]) -> str:
         f'requests{f" of a budget of {budget:,.0f}/min" if budget else ""}{verdict}.{burst}'))
 
 
-def _state_section(report: dict[str, Any]) -> str:
+def _state_section(report: RunReport) -> str:
     """Which list state the run compared against, what it left out, and what the reader must know about it."""
     changes = report.get("changes") or {}
     notices = "".join(f"<li>{escape(n)}</li>" for n in report.get("notices") or [])
@@ -309,7 +310,7 @@ def _state_section(report: dict[str, Any]) -> str:
     return f"<section><h2>List state</h2>{compared}{listed}</section>"
 
 
-def _sync_section(report: dict[str, Any]) -> str:
+def _sync_section(report: RunReport) -> str:
     """What the run did to keep the list in sync (``sync_mode`` upsert or mirror): updates, removals by reason and
     outcome, and the contacts left on the list although rejected tonight."""
     section = report.get("sync")
@@ -322,6 +323,7 @@ def _sync_section(report: dict[str, Any]) -> str:
         ("stale", "Stale (newer day on the list)", _number(totals.get("stale", 0))),
         *((key, label, _number(totals.get(key, 0))) for key, label in REMOVAL_TILES),
         ("rejected_on_list", "Rejected, left on the list", _number(plan.get("rejected_on_list", 0))),
+        *((key, label, _number(section["dnc"].get(key, 0))) for key, label in DNC_TILES if "dnc" in section),
     ])
     outcomes = [key if key != "removal_failed" else "failed" for key, _ in REMOVAL_TILES]
     head = "".join(f'<th class="num">{escape(label)}</th>' for _, label in REMOVAL_TILES)
@@ -345,24 +347,8 @@ def _sync_section(report: dict[str, Any]) -> str:
     )
 
 
-def describe_accounting(accounting: Mapping[str, Any]) -> str:
-    """The run's arithmetic in a line: input rows = rejected + each outcome; removals planned = their outcomes."""
-    rows = accounting["rows"]
-    line = (f"input {rows['input']} = rejected {rows['rejected']} + "
-            + " + ".join(f"{name} {n}" for name, n in rows["outcomes"].items() if n)
-            + "".join(f" + {name} {n} (unknown)" for name, n in rows["unknown_outcomes"].items())
-            + ("" if rows["ok"] else f" -> {rows['accounted']}: DOES NOT ADD UP"))
-    removals = accounting.get("removals")
-    if removals and (removals["sent"] or sum(removals["planned"].values())):
-        line += (f"; removals planned {sum(removals['planned'].values())} = "
-                 + (" + ".join(f"{name} {n}" for name, n in removals["by_outcome"].items()) or "0")
-                 + ("" if removals["ok"] else ": DOES NOT ADD UP")
-                 + ("" if removals["sent"] else " (not sent)"))
-    return line
-
-
 def render_run_report(
-    report: dict[str, Any],
+    report: RunReport,
     *,
     dag_id: str,
     run_id: str,
@@ -479,10 +465,10 @@ class RunRecord:
 class HistoryRow(RunRecord):
     """One run in the history: Airflow's view of it (DB) plus its report's numbers (None without a report)."""
 
-    report: dict[str, Any] | None = None
+    report: RunReport | None = None
 
     @classmethod
-    def of(cls, run: RunRecord, report: dict[str, Any] | None) -> HistoryRow:
+    def of(cls, run: RunRecord, report: RunReport | None) -> HistoryRow:
         return cls(**vars(run), report=report)
 
     @property

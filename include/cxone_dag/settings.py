@@ -1,12 +1,12 @@
 """Names and settings the DAG file needs when it is parsed. Nothing here imports pandas, pyarrow or pandera: the
 DAG file stays quick to parse (the dag-processor and every task process parse it, under
-``dagbag_import_timeout``); the task bodies in ``airflow_tasks`` import the heavy libraries when they run."""
+``dagbag_import_timeout``); the task bodies (``include.cxone_import.airflow_tasks``) import the heavy libraries when
+they run, and import these names from here."""
 
 from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
 
 DAG_ID = "cxone_contact_import"
 CXONE_CONN_ID = "cxone_default"
@@ -29,10 +29,3 @@ def list_handover() -> timedelta:
     renews it: import tasks queued for a ``cxone_api`` pool slot must find the list still theirs. The report task
     releases it sooner; a run that died between tasks frees it after this long."""
     return timedelta(seconds=float(os.environ.get("CXONE_LIST_HANDOVER_S", str(6 * 3600))))
-
-
-def failure_event(context: Any) -> dict[str, Any]:
-    """The event of a failed run (built by ``airflow_tasks.failure_event`` when a run fails, not when parsed)."""
-    from include.cxone_import import airflow_tasks
-
-    return airflow_tasks.failure_event(context)
