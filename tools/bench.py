@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -263,46 +265,56 @@ def bench_dagtest(rows: int, args: argparse.Namespace, workdir: Path) -> dict[st
     return {"mode": "dag.test", **result, "baseline": baseline, "expected_valid": len(export.valid_contact_ids)}
 
 
-def bench_local(rows: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """``args.runs`` runs for as many contact lists, triggered at once on a real LocalExecutor stack."""
+@contextmanager
+def local_stack(home: Path, *, rpm: int, latency_ms: float, concurrency: int | None = None) -> Iterator[Any]:
+    """A real LocalExecutor stack (``tests/stack.py``: api-server, scheduler, dag-processor, sandbox, webhook sink as
+    plain processes on free 127.0.0.1 ports) in ``home``, its CXone connection at ``rpm`` (``concurrency`` sender
+    threads, default the connection's) and its sandbox at that limit and ``latency_ms``; stopped on exit."""
     sys.path.insert(0, str(ROOT))
     from tests.stack import AirflowStack
-
-    concurrency = args.concurrency
 
     class BenchStack(AirflowStack):
         """The test stack with the CXone connection at the bench's budget (follows the sandbox port it got)."""
 
         @property
         def env(self) -> dict[str, str]:
-            return {**super().env, **connection_env(self.sandbox_url, self.webhook_url, requests_per_minute=args.rpm,
+            return {**super().env, **connection_env(self.sandbox_url, self.webhook_url, requests_per_minute=rpm,
                                                     max_concurrency=concurrency)}
 
-    lists = [f"bench-{n + 1}" for n in range(args.runs)]
-    sources = {name: generate(rows, args, workdir, name)[0] for name in lists}
-    with BenchStack(workdir / "airflow") as stack:
+    with BenchStack(home) as stack:
         print(f"bench: LocalExecutor stack up in {stack.start_seconds}s ({stack.home})", flush=True)
         requests.post(f"{stack.sandbox_url}/_sandbox/config", timeout=30,
-                      json={"latency_ms": args.latency_ms, "requests_per_minute": args.rpm}).raise_for_status()
+                      json={"latency_ms": latency_ms, "requests_per_minute": rpm}).raise_for_status()
+        yield stack
+
+
+def finished_run(stack: Any, run_id: str) -> dict[str, Any]:
+    """Wait for a run triggered on ``stack``; its final state, task windows (REST task instances) and report."""
+    final = stack.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT_S, poll_s=1.0)
+    if final["state"] != "success":
+        print(stack.describe_run(DAG_ID, run_id), flush=True)
+        for log_file in sorted(stack.home.glob("logs/**/task_id=import_batches/**/attempt=*.log"))[-1:]:
+            print(f"bench: tail of {log_file}:\n" + "\n".join(log_file.read_text().splitlines()[-25:]), flush=True)
+    windows = [
+        {"task_id": ti["task_id"], "map_index": ti["map_index"], "state": str(ti["state"]),
+         "start": datetime.fromisoformat(ti["start_date"]).timestamp(),
+         "end": datetime.fromisoformat(ti["end_date"]).timestamp(), "hostname": ti.get("hostname")}
+        for ti in stack.task_instances(DAG_ID, run_id) if ti.get("start_date") and ti.get("end_date")
+    ]
+    return {"state": final["state"], "windows": windows, "report": stack.run_report(run_id) or {},
+            "metrics": task_metrics(stack.storage_base, run_id), "end": final["end_date"]}
+
+
+def bench_local(rows: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """``args.runs`` runs for as many contact lists, triggered at once on a real LocalExecutor stack."""
+    lists = [f"bench-{n + 1}" for n in range(args.runs)]
+    sources = {name: generate(rows, args, workdir, name)[0] for name in lists}
+    with local_stack(workdir / "airflow", rpm=args.rpm, latency_ms=args.latency_ms,
+                     concurrency=args.concurrency) as stack:
         started = time.time()
         triggered = {name: stack.trigger(DAG_ID, conf={"source_uri": f"file://{sources[name]}", "contact_list_id": name})
                      for name in lists}
-        runs = []
-        for name, dag_run in triggered.items():
-            run_id = dag_run["dag_run_id"]
-            final = stack.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT_S, poll_s=2.0)
-            if final["state"] != "success":
-                print(stack.describe_run(DAG_ID, run_id), flush=True)
-                for log_file in sorted(stack.home.glob("logs/**/task_id=import_batches/**/attempt=*.log"))[-1:]:
-                    print(f"bench: tail of {log_file}:\n" + "\n".join(log_file.read_text().splitlines()[-25:]), flush=True)
-            windows = [
-                {"task_id": ti["task_id"], "map_index": ti["map_index"], "state": str(ti["state"]),
-                 "start": datetime.fromisoformat(ti["start_date"]).timestamp(),
-                 "end": datetime.fromisoformat(ti["end_date"]).timestamp(), "hostname": ti.get("hostname")}
-                for ti in stack.task_instances(DAG_ID, run_id) if ti.get("start_date") and ti.get("end_date")
-            ]
-            runs.append({"state": final["state"], "windows": windows, "report": stack.run_report(run_id) or {},
-                         "metrics": task_metrics(stack.storage_base, run_id), "end": final["end_date"]})
+        runs = [finished_run(stack, dag_run["dag_run_id"]) for dag_run in triggered.values()]
         finished = max(datetime.fromisoformat(run["end"]).timestamp() for run in runs)
         stats = stack.sandbox_stats()
         log = requests.get(f"{stack.sandbox_url}/_sandbox/requests", timeout=60).json()["requests"]
