@@ -22,17 +22,10 @@ from cxone_provider.notifiers.run_failed import CrmRunFailedNotifier
 
 from include.cxone_dag import settings
 from include.cxone_dag.callbacks import failure_event
-from include.cxone_dag.operators import ImportGroupOperator, RemovalApprovalOperator
+from include.cxone_dag.operators import ContactImportOperator, RemovalApprovalOperator
 
-# Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported when a task runs.
+# Parsing stays light: the task bodies (pandas, pyarrow, pandera) are imported inside the tasks, when they run.
 RETRY_DELAY = settings.retry_delay()
-
-
-def _steps():
-    """The task bodies, imported when a task runs."""
-    from include.cxone_import import airflow_tasks
-
-    return airflow_tasks
 
 
 @dag(
@@ -121,45 +114,50 @@ def _steps():
 def cxone_contact_import():
     @task
     def extract(params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "extract"):
-            return steps.extract(params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "extract"):
+            return tasks.extract(params, context)
 
     @task
     def validate(extracted: dict, params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "validate"):
-            return steps.validate(extracted, params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "validate"):
+            return tasks.validate(extracted, params, context)
 
     @task
     def chunk(validated: dict, params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "chunk"):
-            return steps.chunk(validated, params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "chunk"):
+            return tasks.chunk(validated, params, context)
 
     @task(trigger_rule="all_done", retries=0)
     def notify_webhook(validated: dict, params=None, **context):
-        steps = _steps()
-        with steps.measured(context, "notify_webhook"):
-            return steps.notify(validated, params, context)
+        from include.cxone_import import run_bookkeeping, tasks
+
+        with run_bookkeeping.measured(context, "notify_webhook"):
+            return tasks.notify(validated, params, context)
 
     # The list's asset event comes from here, once per run and only when it reconciled: a downstream DAG never sees
     # a half-imported list, and parallel import tasks never race to create the alias's asset row (PostgreSQL).
     @task(trigger_rule="all_done", retries=0, outlets=[AssetAlias(settings.CONTACT_LIST_ASSET_ALIAS)])
     def report(extracted: dict, validated: dict, groups: list, webhook: dict | None, params=None, **context):
-        steps = _steps()
+        from include.cxone_import import list_lease, run_bookkeeping, tasks
+
         try:
-            with steps.measured(context, "report"):
-                return steps.report(extracted, validated, groups, webhook, params, context)
+            with run_bookkeeping.measured(context, "report"):
+                return tasks.report(extracted, validated, groups, webhook, params, context)
         finally:
-            steps.release_contact_list(params, context)
+            list_lease.release_contact_list(params, context)
 
     extracted = extract()
     validated = validate(extracted)
     groups = chunk(validated)
     # one task per group with the connection's api_profile: records batches, or calling-list uploads whose jobs it
     # waits for deferred on the triggerer, holding no worker or pool slot meanwhile
-    imported = ImportGroupOperator.partial(
+    imported = ContactImportOperator.partial(
         task_id="import_batches",
         pool="cxone_api",  # bounds the worker slots import tasks hold; the request budget does not depend on it
         retries=3,

@@ -9,9 +9,12 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
+from airflow.sdk.exceptions import TaskDeferred
 from cxone_provider.call_lists import CallListClient
+from cxone_provider.errors import CXoneJobWaitError
+from cxone_provider.operators.import_group import ImportGroupOperator
 from cxone_provider.retry import backoff_s
-from cxone_provider.triggers.call_lists import CallListJobsTrigger
+from cxone_provider.triggers.call_lists import TRIGGER_TIMEOUT_MARGIN_S, CallListJobsTrigger, JobWait
 from include.cxone_sandbox.call_lists_api import CallListSandbox, CallListSandboxConfig
 from tools.localrun import call_list_connection_env
 
@@ -103,6 +106,50 @@ def test_an_auth_failure_ends_the_wait_with_an_error(sandbox, client, monkeypatc
     assert "rotated" not in event["message"] and "sandbox-access-secret" not in event["message"]
 
 
+WAIT = JobWait(cxone_conn_id="cxone_default", list_id="list-1", job_ids=["job-1", "job-2"], wait_for_list=True,
+               submitted_at=1_700_000_000.0, timeout_s=600.0, poll_first_s=2.0, poll_max_s=30.0)
+
+
+class WaitOnceOperator(ImportGroupOperator):
+    """An import step that uploads (waits on ``WAIT``), then ends with what the trigger's event said."""
+
+    def start_group(self, context):
+        return WAIT
+
+    def resume_group(self, context, settled):
+        return {"status": settled.status, "jobs": settled.jobs}
+
+
+def test_the_operator_defers_on_the_trigger_built_from_the_wait():
+    with pytest.raises(TaskDeferred) as deferred:
+        WaitOnceOperator(task_id="import_batches", group={"group_index": 0}).execute({})
+
+    path, kwargs = deferred.value.trigger.serialize()
+    assert path == "cxone_provider.triggers.call_lists.CallListJobsTrigger"
+    assert kwargs == {"cxone_conn_id": "cxone_default", "list_id": "list-1", "job_ids": ["job-1", "job-2"],
+                      "wait_for_list": True, "submitted_at": 1_700_000_000.0, "timeout_s": 600.0,
+                      "poll_first_s": 2.0, "poll_max_s": 30.0}
+    assert deferred.value.method_name == "execute_complete"
+    assert deferred.value.timeout == timedelta(seconds=600.0 + TRIGGER_TIMEOUT_MARGIN_S)
+
+
+@pytest.mark.parametrize("event", [
+    {"status": "done", "jobs": {"job-1": "complete", "job-2": "cancelled"}},
+    {"status": "timeout", "jobs": {"job-1": "complete", "job-2": "pending"}},
+], ids=["done", "timeout"])
+def test_a_settled_or_timed_out_wait_resumes_the_import_step(event):
+    result = WaitOnceOperator(task_id="import_batches", group={"group_index": 0}).execute_complete({}, event)
+
+    assert result == event
+
+
+def test_an_error_event_fails_the_task_with_a_typed_error():
+    operator = WaitOnceOperator(task_id="import_batches", group={"group_index": 0})
+
+    with pytest.raises(CXoneJobWaitError, match="token request refused"):
+        operator.execute_complete({}, {"status": "error", "message": "token request refused", "jobs": {}})
+
+
 @pytest.mark.parametrize(("poll", "wait"), [(1, 0.5), (2, 1.0), (3, 2.0), (10, 30.0)], ids=str)
 def test_backoff_doubles_up_to_the_cap(poll, wait):
     assert backoff_s(poll, 0.5, 30.0) == wait
@@ -133,12 +180,12 @@ def test_uploads_are_checkpointed_and_never_sent_twice(sandbox, client, tmp_path
 
     from cxone_runs.layout import RunLayout
     from include.cxone_import.storage import write_json, write_parquet
-    from include.cxone_import.uploads import UPLOADING, CallListLayout, GroupState, GroupUploader, UploadOptions, csv_files
+    from include.cxone_import.uploads import UPLOADING, CallListColumns, GroupState, GroupUploader, UploadOptions, csv_files
 
     list_id = client.create_list("t", external_id_column="contactId", destination_mappings=[
         {"fieldName": "mobile_phone", "fieldValue": "mobile_phone"}], custom_field_mappings=[])
     layout = RunLayout(tmp_path / "run")
-    call_list = CallListLayout.for_columns(list_id, "t", "contactId", ["contact_id", "phone_mobile"])
+    call_list = CallListColumns.for_columns(list_id, "t", "contactId", ["contact_id", "phone_mobile"])
     _group(layout, 0, ["g0-a", "g0-b", "g0-c"])
     _group(layout, 1, ["g1-a", "g1-b"])
     uploader = GroupUploader(client, call_list, layout, records_per_file=2, options=UploadOptions(1))
@@ -188,12 +235,12 @@ def test_recovery_uploads_only_what_the_list_does_not_hold(sandbox, client, tmp_
     """A lost reply whose job ran: its rows are on the list and never sent again. A cancelled job: its rows go
     again, once, in a recovery round. A file cancelled every time: after the last round its rows end failed."""
     from cxone_runs.layout import RunLayout
-    from include.cxone_import.uploads import MAX_RECOVERY_ROUNDS, CallListLayout, GroupUploader, UploadOptions
+    from include.cxone_import.uploads import MAX_RECOVERY_ROUNDS, CallListColumns, GroupUploader, UploadOptions
 
     list_id = client.create_list("t", external_id_column="contactId", destination_mappings=PHONES,
                                  custom_field_mappings=[])
     layout = RunLayout(tmp_path / "run")
-    call_list = CallListLayout.for_columns(list_id, "t", "contactId", ["contact_id", "phone_mobile"])
+    call_list = CallListColumns.for_columns(list_id, "t", "contactId", ["contact_id", "phone_mobile"])
     uploader = GroupUploader(client, call_list, layout, records_per_file=2, options=UploadOptions(1))
 
     def settle(group_index: int) -> dict | None:

@@ -193,7 +193,7 @@ def test_killed_mid_import_then_next_run_loses_nothing_and_resends_nothing(
 
     # The killed run never reached its report task, which gives the list back; an operator (or the lease's expiry)
     # frees it. A re-run of the killed run itself would not need this (tests/test_faults.py).
-    from include.cxone_import.airflow_tasks import release_contact_list
+    from include.cxone_import.list_lease import release_contact_list
 
     monkeypatch.setenv("AIRFLOW_CONN_CXONE_DEFAULT", env["AIRFLOW_CONN_CXONE_DEFAULT"])
     release_contact_list({"contact_list_id": CONTACT_LIST_ID}, {"run_id": f"manual__{KILLED_DAY.isoformat()}"})

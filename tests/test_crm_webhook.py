@@ -264,18 +264,18 @@ def test_failing_connection_lookup_fails_instead_of_going_quiet(monkeypatch):
 def test_unset_variable_falls_back_but_a_failing_one_fails(monkeypatch):
     from airflow.sdk import Variable
 
-    from include.cxone_import import airflow_tasks
+    from include.cxone_import import task_config
 
     monkeypatch.setenv("CXONE_IMPORT_STORAGE_BASE", "file:///tmp/cxone-default-base")
     monkeypatch.delenv("AIRFLOW_VAR_CXONE_STORAGE_BASE", raising=False)
-    assert str(airflow_tasks.storage_base()).endswith("/tmp/cxone-default-base")
+    assert str(task_config.storage_base()).endswith("/tmp/cxone-default-base")
 
     def broken_backend(key: str, default: Any = None, **kwargs: Any) -> Any:
         raise RuntimeError("secrets backend unreachable")
 
     monkeypatch.setattr(Variable, "get", staticmethod(broken_backend))
     with pytest.raises(RuntimeError, match="secrets backend unreachable"):
-        airflow_tasks.storage_base()
+        task_config.storage_base()
 
 
 # -- the events of a run's updates and removals (include/cxone_import/webhook.py) --------------------------------

@@ -17,7 +17,7 @@ from cxone_provider.errors import (
 )
 from cxone_provider.hooks.cxone import CXoneHook
 from cxone_provider.retry import is_configuration_error
-from include.cxone_import import airflow_tasks as steps
+from include.cxone_import import task_config
 from tools.sample_data import generate_crm_export
 
 pytestmark = pytest.mark.timeout(600)
@@ -69,7 +69,7 @@ def test_a_wrong_client_secret_fails_on_the_first_try_and_names_the_credential(r
 
 
 def test_a_missing_connection_fails_chunk_once_and_leaves_the_records_not_sent(run_import, export, monkeypatch):
-    monkeypatch.setattr(steps, "CXONE_CONN_ID", "cxone_missing")
+    monkeypatch.setattr(task_config, "CXONE_CONN_ID", "cxone_missing")
     run = run_import({"source_uri": f"file://{export.path}"})
 
     assert run.state == "failed"
@@ -128,7 +128,7 @@ def test_a_shared_or_intended_budget_store_is_accepted(monkeypatch, executor, ex
 def test_an_import_task_on_celery_with_the_sqlite_default_fails_at_start(run_import, export, cxone_sandbox,
                                                                           monkeypatch):
     monkeypatch.delenv("CXONE_RATE_BUDGET_URL", raising=False)
-    monkeypatch.setattr(steps, "default_executor", lambda: "CeleryExecutor")
+    monkeypatch.setattr(task_config, "default_executor", lambda: "CeleryExecutor")
     run = run_import({"source_uri": f"file://{export.path}"})
 
     assert run.state == "failed"

@@ -14,8 +14,10 @@ import pytest
 from airflow.sdk.exceptions import AirflowRescheduleException
 from cxone_provider.errors import ListLeaseLostError
 from cxone_provider.hooks.cxone import CXoneHook
-from include.cxone_import import airflow_tasks as steps
+from include.cxone_dag.settings import CXONE_CONN_ID
+from include.cxone_import import list_lease
 from include.cxone_import.state import list_key
+from include.cxone_import.task_config import run_layout
 from include.cxone_import.storage import write_json
 
 
@@ -31,7 +33,7 @@ def hook(monkeypatch, request, storage_base) -> CXoneHook:
     monkeypatch.setenv("AIRFLOW_CONN_CXONE_DEFAULT", json.dumps(
         {"conn_type": "cxone", "login": "client", "password": "secret", "extra": {"host": HOST}}
     ))
-    return CXoneHook(steps.CXONE_CONN_ID)
+    return CXoneHook(CXONE_CONN_ID)
 
 
 def run(run_id: str) -> dict:
@@ -39,16 +41,16 @@ def run(run_id: str) -> dict:
 
 
 def test_a_second_run_for_a_held_list_is_rescheduled(hook) -> None:
-    with steps.contact_list_lease(hook, LIST_A, run("run-1")):
+    with list_lease.contact_list_lease(hook, LIST_A, run("run-1")):
         with pytest.raises(AirflowRescheduleException) as waiting:
-            with steps.contact_list_lease(hook, LIST_A, run("run-2")):
+            with list_lease.contact_list_lease(hook, LIST_A, run("run-2")):
                 pytest.fail("two runs sent to one list at once")
-        with steps.contact_list_lease(hook, LIST_A, run("run-1")):
+        with list_lease.contact_list_lease(hook, LIST_A, run("run-1")):
             pass  # another import task of the same run
-        with steps.contact_list_lease(hook, LIST_B, run("run-2")):
+        with list_lease.contact_list_lease(hook, LIST_B, run("run-2")):
             pass  # another list goes on
         other_tenant = list_key("list-a", base_url="http://127.0.0.1:10", client_id="client")
-        with steps.contact_list_lease(hook, other_tenant, run("run-2")):
+        with list_lease.contact_list_lease(hook, other_tenant, run("run-2")):
             pass  # the same list id on another tenant is another list
 
     assert waiting.value.reschedule_date is not None
@@ -58,54 +60,54 @@ def test_a_calling_list_named_by_id_or_by_name_is_one_lease(hook) -> None:
     """chunk resolves the name to the list's id: the key (tenant + resolved id) is the same either way."""
     by_name = list_key("4711", tenant_id="tenant-1")  # the run named "outbound-q4", resolved to listId 4711
     by_id = list_key("4711", tenant_id="tenant-1")
-    with steps.contact_list_lease(hook, by_name, run("run-1")):
+    with list_lease.contact_list_lease(hook, by_name, run("run-1")):
         with pytest.raises(AirflowRescheduleException):
-            with steps.contact_list_lease(hook, by_id, run("run-2")):
+            with list_lease.contact_list_lease(hook, by_id, run("run-2")):
                 pass
 
 
 def test_the_report_task_frees_the_list(hook) -> None:
-    steps.run_layout(run("run-1")).root.mkdir(parents=True, exist_ok=True)
-    write_json(steps.run_layout(run("run-1")).list_key, LIST_A.to_dict())  # chunk resolved it
-    with steps.contact_list_lease(hook, LIST_A, run("run-1")):
+    run_layout(run("run-1")).root.mkdir(parents=True, exist_ok=True)
+    write_json(run_layout(run("run-1")).list_key, LIST_A.to_dict())  # chunk resolved it
+    with list_lease.contact_list_lease(hook, LIST_A, run("run-1")):
         pass
     with pytest.raises(AirflowRescheduleException):
-        with steps.contact_list_lease(hook, LIST_A, run("run-2")):
+        with list_lease.contact_list_lease(hook, LIST_A, run("run-2")):
             pass  # still held between the run's import tasks
 
-    steps.release_contact_list({"contact_list_id": "list-a"}, run("run-1"))
+    list_lease.release_contact_list({"contact_list_id": "list-a"}, run("run-1"))
 
-    with steps.contact_list_lease(hook, LIST_A, run("run-2")):
+    with list_lease.contact_list_lease(hook, LIST_A, run("run-2")):
         pass
 
 
 def test_the_list_stays_the_runs_between_chunk_and_its_imports(hook, monkeypatch) -> None:
     """Queued for a pool slot longer than the lease's lifetime: chunk's lease is kept for the hand-over, so another
     run cannot take the list, and the imports go on with chunk's fencing token."""
-    monkeypatch.setattr(steps, "LIST_LEASE_TTL_S", 0.5)
-    with steps.contact_list_lease(hook, LIST_A, run("run-1"), first=True) as chunk_lease:
+    monkeypatch.setattr(list_lease, "LIST_LEASE_TTL_S", 0.5)
+    with list_lease.contact_list_lease(hook, LIST_A, run("run-1"), first=True) as chunk_lease:
         pass
     time.sleep(1.0)  # twice the lease's lifetime, nothing of run-1 running
 
     with pytest.raises(AirflowRescheduleException):
-        with steps.contact_list_lease(hook, LIST_A, run("run-2")):
+        with list_lease.contact_list_lease(hook, LIST_A, run("run-2")):
             pytest.fail("another run took the list while run-1's imports were queued")
-    with steps.contact_list_lease(hook, LIST_A, run("run-1")) as import_lease:
+    with list_lease.contact_list_lease(hook, LIST_A, run("run-1")) as import_lease:
         import_lease.check()
     assert import_lease.token == chunk_lease.token
 
 
 def test_an_import_that_finds_another_runs_tenure_since_chunk_fails(hook, monkeypatch) -> None:
     monkeypatch.setenv("CXONE_LIST_HANDOVER_S", "0.2")
-    with steps.contact_list_lease(hook, LIST_A, run("run-1"), first=True):
+    with list_lease.contact_list_lease(hook, LIST_A, run("run-1"), first=True):
         pass
     time.sleep(0.4)
-    with steps.contact_list_lease(hook, LIST_A, run("run-2"), first=True):
+    with list_lease.contact_list_lease(hook, LIST_A, run("run-2"), first=True):
         pass  # run-2 took the list after run-1's hand-over lapsed, and gave it back
-    assert hook.release_list_lease(LIST_A.lease_name, steps._lease_owner(run("run-2")))
+    assert hook.release_list_lease(LIST_A.lease_name, list_lease.lease_owner(run("run-2")))
 
     with pytest.raises(ListLeaseLostError, match="another run held the list"):
-        with steps.contact_list_lease(hook, LIST_A, run("run-1")):
+        with list_lease.contact_list_lease(hook, LIST_A, run("run-1")):
             pytest.fail("run-1 sent on a comparison another run has made stale")
 
 
@@ -119,8 +121,8 @@ def test_a_run_that_lost_its_list_stops_sending_and_fails_naming_why(run_import,
 
     store_path = tmp_path / "budget.sqlite"
     monkeypatch.setenv("CXONE_RATE_BUDGET_URL", f"sqlite:///{store_path}")
-    monkeypatch.setattr(steps, "LIST_LEASE_TTL_S", 2.0)
-    monkeypatch.setattr(steps, "LIST_LEASE_RENEW_S", 0.3)
+    monkeypatch.setattr(list_lease, "LIST_LEASE_TTL_S", 2.0)
+    monkeypatch.setattr(list_lease, "LIST_LEASE_RENEW_S", 0.3)
     cxone_sandbox.configure(latency_ms=150)
     export = generate_crm_export(tmp_path / "contacts.csv", 400, bad_share=0.0, seed=3)
     key = list_key(CONTACT_LIST_ID, base_url=cxone_sandbox.url, client_id="sandbox-client")
@@ -135,7 +137,7 @@ def test_a_run_that_lost_its_list_stops_sending_and_fails_naming_why(run_import,
         time.sleep(3.0)  # longer than the lease's 2 s
         db.execute("COMMIT")
         db.close()
-        taken = CXoneHook(steps.CXONE_CONN_ID).list_lease(key.lease_name, "run-b", 600, label="b").take()
+        taken = CXoneHook(CXONE_CONN_ID).list_lease(key.lease_name, "run-b", 600, label="b").take()
         seen["b_token"] = taken.token if taken.holder == "run-b" else -1
         time.sleep(2.0)
         seen["after"] = cxone_sandbox.stats()["records_requests"]

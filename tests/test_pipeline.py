@@ -81,16 +81,16 @@ def test_a_batch_spanning_two_parts_stays_whole(tmp_path):
 
 def test_parallel_groups_follow_the_variable(monkeypatch):
     """The group plan counts on as many import tasks side by side as the Variable says (the pool's slots)."""
-    from include.cxone_import import airflow_tasks
+    from include.cxone_import import task_config
 
     monkeypatch.delenv("AIRFLOW_VAR_CXONE_IMPORT_PARALLEL_GROUPS", raising=False)
-    assert airflow_tasks.parallel_groups() == airflow_tasks.DEFAULT_PARALLEL_GROUPS == 4
+    assert task_config.parallel_groups() == task_config.DEFAULT_PARALLEL_GROUPS == 4
     monkeypatch.setenv("AIRFLOW_VAR_CXONE_IMPORT_PARALLEL_GROUPS", "6")
-    assert airflow_tasks.parallel_groups() == 6
+    assert task_config.parallel_groups() == 6
     for wrong in ("0", "four"):
         monkeypatch.setenv("AIRFLOW_VAR_CXONE_IMPORT_PARALLEL_GROUPS", wrong)
         with pytest.raises(ValueError, match="cxone_import_parallel_groups must be a whole number"):
-            airflow_tasks.parallel_groups()
+            task_config.parallel_groups()
 
 
 def _reference_chunk(layout, groups, contact_list_id):

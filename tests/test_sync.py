@@ -215,15 +215,17 @@ def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists
     from upath import UPath
 
     from cxone_provider.hooks.cxone import CXoneHook
-    from include.cxone_import import airflow_tasks
     from include.cxone_import.engine import CheckpointStore
+    from cxone_runs.layout import RunLayout
+    from include.cxone_dag.settings import CXONE_CONN_ID
+    from include.cxone_import.list_lease import run_list_key
 
     nightly(run_import, export.path, 80, sync_mode="mirror")
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=30, withdraw=10, expire=6, absent=8)
     day = DAY + timedelta(days=81)
     run_killed_mid_sync(cxone_sandbox, webhook_sink, storage_base, tmp_path, path, day)
     killed = f"manual__{day.isoformat()}"  # tools.localrun's run id
-    layout = airflow_tasks.RunLayout.for_run(UPath(f"file://{storage_base}"), "cxone_contact_import", killed)
+    layout = RunLayout.for_run(UPath(f"file://{storage_base}"), "cxone_contact_import", killed)
     answered = 0
     for group in range(8):
         if layout.sync_ops(group).exists():
@@ -231,9 +233,9 @@ def test_a_killed_run_never_retried_leaves_its_updates_and_removals_in_the_lists
             store = CheckpointStore(layout, op_ids)
             answered += sum(store.load(op) is not None for op in op_ids)
     assert 0 < answered < len(changed) + len(withdrawn | expired | absent)
-    key = airflow_tasks.run_list_key(layout)
+    key = run_list_key(layout)
     owner = f"cxone_contact_import/{killed}"  # the killed run's lease: released, not waited for
-    assert CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).release_list_lease(key.lease_name, owner)
+    assert CXoneHook(cxone_conn_id=CXONE_CONN_ID).release_list_lease(key.lease_name, owner)
     log_before = len(cxone_sandbox.request_log())
     night3 = nightly(run_import, path, 82, sync_mode="mirror")  # the same export, the next night
     assert night3.state == "success", night3.report["problems"]
@@ -323,13 +325,16 @@ def test_a_contact_removed_on_the_cxone_side_ends_not_on_list(run_import, cxone_
     from upath import UPath
 
     from cxone_provider.hooks.cxone import CXoneHook
-    from include.cxone_import import airflow_tasks
+    from cxone_runs.layout import RunLayout
+    from include.cxone_dag.settings import CXONE_CONN_ID
+    from include.cxone_import import tasks
+    from include.cxone_import.list_lease import run_list_key
     from include.cxone_import.state import REMOVED, ContactListState, contact_keys
 
     nightly(run_import, export.path, 70, sync_mode="upsert")
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=0, withdraw=8, expire=0, absent=0)
     removed_there = sorted(withdrawn)[:3]
-    with CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).get_client() as client:
+    with CXoneHook(cxone_conn_id=CXONE_CONN_ID).get_client() as client:
         assert all(client.delete_record(CONTACT_LIST_ID, c).found for c in removed_there)
     second = nightly(run_import, path, 71, sync_mode="upsert")
     assert second.state == "success", second.report["problems"]
@@ -356,8 +361,7 @@ def test_a_contact_removed_on_the_cxone_side_ends_not_on_list(run_import, cxone_
         assert entry["details"]["reason"] == "consent_withdrawn"
         assert datetime.fromisoformat(entry["timestamp"]).tzinfo is not None
     # the list's state: every withdrawn contact is removed, those gone before included
-    key = airflow_tasks.run_list_key(airflow_tasks.RunLayout.for_run(UPath(f"file://{storage_base}"),
-                                                                    "cxone_contact_import", second.dag_run.run_id))
+    key = run_list_key(RunLayout.for_run(UPath(f"file://{storage_base}"), "cxone_contact_import", second.dag_run.run_id))
     snapshot = ContactListState(UPath(f"file://{storage_base}"), "cxone_contact_import", key).snapshot()
     at = np.searchsorted(np.sort(snapshot["key"]), contact_keys(sorted(withdrawn)))
     acknowledged = snapshot["acknowledged"][np.argsort(snapshot["key"])][at]
@@ -366,9 +370,9 @@ def test_a_contact_removed_on_the_cxone_side_ends_not_on_list(run_import, cxone_
     received = len(webhook_sink.events())
     context = {"run_id": second.dag_run.run_id, "logical_date": DAY + timedelta(days=71),
                "ti": type("TI", (), {"dag_id": "cxone_contact_import", "try_number": 2, "map_index": -1})()}
-    again = airflow_tasks.notify({"input_rows": second.report["totals"]["input"],
-                                  "rejected_rows": totals["rejected"], "valid_rows": totals["valid"]},
-                                 {"contact_list_id": CONTACT_LIST_ID, "sync_mode": "upsert"}, context)
+    again = tasks.notify({"input_rows": second.report["totals"]["input"],
+                          "rejected_rows": totals["rejected"], "valid_rows": totals["valid"]},
+                         {"contact_list_id": CONTACT_LIST_ID, "sync_mode": "upsert"}, context)
     assert len(webhook_sink.events()) == received
     assert again["failed"] == 0 and again["delivered"] == again["events"]
 
@@ -378,13 +382,13 @@ def test_a_full_resync_under_upsert_updates_only_what_changed_and_re_creates_wha
     """``full_resync`` sends every record, but a record the list holds exactly so goes as a create (batched, answered
     duplicate), never as an update: only the changed ones are PUT, and a record deleted in CXone is created again."""
     from cxone_provider.hooks.cxone import CXoneHook
-    from include.cxone_import import airflow_tasks
+    from include.cxone_dag.settings import CXONE_CONN_ID
 
     first = nightly(run_import, export.path, 90, sync_mode="upsert")
     assert first.state == "success"
     path, changed, withdrawn, expired, absent, _ = night2(export, tmp_path, change=7, withdraw=0, expire=0, absent=0)
     lost = sorted(set(export.valid_contact_ids) - set(changed))[:4]
-    with CXoneHook(cxone_conn_id=airflow_tasks.CXONE_CONN_ID).get_client() as client:
+    with CXoneHook(cxone_conn_id=CXONE_CONN_ID).get_client() as client:
         assert all(client.delete_record(CONTACT_LIST_ID, c).found for c in lost)
     log_before = len(cxone_sandbox.request_log())
     resync = nightly(run_import, path, 91, sync_mode="upsert", full_resync=True)

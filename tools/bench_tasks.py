@@ -5,7 +5,7 @@
 For each size the export is generated once (``tools.sample_data``, seed 42, 2% bad, fixed as-of), then each task's
 body runs in its own fresh process (as any executor runs a task), in DAG order over one local storage folder:
 ``extract`` (``pipeline.extract``), ``validate`` (``pipeline.validate``), ``chunk`` (``state.decide_changes`` on an
-empty list state, then ``pipeline.chunk``, as ``airflow_tasks.chunk`` calls them), ``notify`` (what
+empty list state, then ``pipeline.chunk``, as ``tasks.chunk`` calls them), ``notify`` (what
 ``notify_webhook`` reads for the run summary, nothing sent) and ``report`` (``report.build_report``). The chunk
 plans groups for ``PARALLEL_GROUPS`` import tasks, the DAG's default. Between chunk and notify, an unmeasured
 process writes what the import tasks would (``GroupImporter.run``'s files): every record ``imported`` but one batch
@@ -36,7 +36,7 @@ AS_OF = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 TASKS = ("extract", "validate", "chunk", "notify", "report")
 LIST_ID = "bench-list"
 BATCH_SIZE = 100
-PARALLEL_GROUPS = 4  # the DAG's default: min(core.parallelism, airflow_tasks.parallel_groups()), the cxone_api pool
+PARALLEL_GROUPS = 4  # the DAG's default: min(core.parallelism, task_config.parallel_groups()), the cxone_api pool
 FAILED_EVERY = 500
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 
 def failure_event(context: Any) -> dict[str, Any]:
-    """The event of a failed run, for the DAG's ``on_failure_callback`` (``airflow_tasks.failure_event`` builds it
+    """The event of a failed run, for the DAG's ``on_failure_callback`` (``run_bookkeeping.failure_event`` builds it
     from the run's report or recorded failures)."""
-    from include.cxone_import import airflow_tasks
+    from include.cxone_import import run_bookkeeping
 
-    return airflow_tasks.failure_event(context)
+    return run_bookkeeping.failure_event(context)

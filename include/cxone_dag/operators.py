@@ -1,80 +1,74 @@
-"""The DAG's operators: the import step as one deferrable operator, mapped over the import groups (see
-``import_operator`` for what it does on each API profile), and the human approval of a mirror run's bulk removals
-(see ``sync_gate``). This module is imported when the DAG file is parsed, so it imports nothing heavy: the task's
-code is imported when the task runs."""
+"""The DAG's operators: the import step as the provider's deferrable ``ImportGroupOperator`` with this project's
+profile steps (``include.cxone_import.profiles``), mapped over the import groups, and the human approval
+of a mirror run's bulk removals (see ``sync_gate``). This module is imported when the DAG file is parsed, so it
+imports nothing heavy: the task's code is imported when the task runs."""
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from datetime import timedelta
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
-from airflow.sdk import BaseOperator
+from cxone_provider.operators.import_group import ImportGroupOperator
+from cxone_provider.triggers.call_lists import JobsSettled
+
+from include.cxone_dag.settings import CXONE_CONN_ID
+
+if TYPE_CHECKING:
+    from cxone_provider.hooks.cxone import CXoneHook
+
+    from include.cxone_import.handoffs import ImportGroup
 
 log = logging.getLogger(__name__)
 
 
-def _task_modules() -> tuple[ModuleType, ModuleType]:
-    """The task bodies (``airflow_tasks``) and the import step (``import_operator``), imported at run time."""
-    from include.cxone_import import airflow_tasks, import_operator
-
-    return airflow_tasks, import_operator
+def group_label(group: ImportGroup) -> str:
+    """How a mapped import task is named in the UI."""
+    return f"group {group['group_index']}: {group.get('batches', '?')} batches, {group['records']} records"
 
 
-class ImportGroupOperator(BaseOperator):
+class ContactImportOperator(ImportGroupOperator):
     """
-    Import one group of the run (mapped over ``chunk``'s groups) with the connection's API profile.
+    Import one group of the run (mapped over ``chunk``'s groups) with the connection's API profile: ``records``
+    sends the group's batches and ends; ``call_lists`` uploads the group's files, defers until their jobs settle,
+    then reads the list back.
 
     :param group: the group as ``chunk`` planned it (index, path, counts).
     """
 
-    ui_color = "#e8f4ff"
+    def __init__(self, *, group: ImportGroup, **kwargs: Any) -> None:
+        super().__init__(group=group, cxone_conn_id=CXONE_CONN_ID, **kwargs)
 
-    def __init__(self, *, group: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.group = group
+    def get_hook(self) -> CXoneHook:
+        from include.cxone_import.task_config import cxone_hook
 
-    def execute(self, context: Any) -> Any:
-        steps, ops = _task_modules()
-        context["group_label"] = steps.group_label(self.group)  # map_index_template
-        params = context["params"]
-        with steps.measured(context, "import_batches"):
-            hook = ops._hook()
-            steps.check_sending_setup(hook, self.executor)
-            if hook.api_profile != ops.CALL_LISTS:
-                return steps.import_group(self.group, params, context)
-            wait = ops.submit_group(hook, self.group, params, context)
-            if wait is None:
-                wait = ops.finish_group(hook, self.group, params, context, None)
-        return self._wait_or_return(wait, ops)
+        return cxone_hook()
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        """Resumed by the trigger's event: read the list back and write the group's outcomes (or upload a recovery
-        round and wait again)."""
-        steps, ops = _task_modules()
-        context["group_label"] = steps.group_label(self.group)
-        with steps.measured(context, "import_batches"):
-            log.info("group %s: upload jobs %s (%s)", self.group["group_index"], (event or {}).get("jobs"),
-                     (event or {}).get("status"))
-            done = event or {"status": "done", "jobs": {}}
-            result = ops.finish_group(ops._hook(), self.group, context["params"], context, done)
-        return self._wait_or_return(result, ops)
+    def step_scope(self, context: Any) -> AbstractContextManager[Any]:
+        """Metrics and failure records of ``import_batches``; the task's name in the UI (``map_index_template``)."""
+        from include.cxone_import.run_bookkeeping import measured
 
-    def _wait_or_return(self, result: Any, ops: ModuleType) -> Any:
-        """Return the group's summary, or defer on the triggerer until the upload jobs ``result`` names settle."""
-        if not isinstance(result, ops.JobWait):
-            return result
-        log.info("group %s: waiting on the triggerer for jobs %s of list %s", self.group["group_index"],
-                 result.job_ids, result.list_id)
-        from cxone_provider.triggers.call_lists import CallListJobsTrigger
+        context["group_label"] = group_label(self.group)
+        return measured(context, "import_batches")
 
-        self.defer(
-            trigger=CallListJobsTrigger(**result.trigger_kwargs()),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=result.timeout_s + ops.TRIGGER_TIMEOUT_MARGIN_S),
-        )
+    def start_group(self, context: Any) -> Any:
+        from include.cxone_import.task_config import CALL_LISTS, check_sending_setup
+
+        check_sending_setup(self.hook, self.executor)
+        if self.hook.api_profile != CALL_LISTS:
+            from include.cxone_import.profiles import records
+
+            return records.import_group(self.hook, self.group, context["params"], context)
+        from include.cxone_import.profiles import call_lists
+
+        return call_lists.start_group(self.hook, self.group, context["params"], context)
+
+    def resume_group(self, context: Any, settled: JobsSettled | None) -> Any:
+        from include.cxone_import.profiles import call_lists
+
+        return call_lists.finish_group(self.hook, self.group, context["params"], context, settled)
 
 
 class RemovalApprovalOperator(HITLOperator):
@@ -95,8 +89,9 @@ class RemovalApprovalOperator(HITLOperator):
     def execute(self, context: Any) -> Any:
         from include.cxone_import import sync_gate
 
-        steps, _ = _task_modules()
-        layout = steps.run_layout(context)
+        from include.cxone_import.task_config import run_layout
+
+        layout = run_layout(context)
         params = context["params"]
         share = float(params.get("max_removal_share", 0.05))
         plan = sync_gate.read_plan(layout)
@@ -127,8 +122,9 @@ class RemovalApprovalOperator(HITLOperator):
             why = f"approved by {by}"
         else:
             why = f"rejected by {by}" if by else "no answer within approval_timeout_hours"
-        steps, _ = _task_modules()
+        from include.cxone_import.task_config import run_layout
+
         outcome = sync_gate.APPROVED if approved else sync_gate.HELD
-        decision = sync_gate.record_decision(steps.run_layout(context), outcome, why, by)
+        decision = sync_gate.record_decision(run_layout(context), outcome, why, by)
         log.info("mirror removals %s: %s", decision.mirror_removals, decision.why)
         return decision.to_dict()

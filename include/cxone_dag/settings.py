@@ -1,7 +1,7 @@
 """Names and settings the DAG file needs when it is parsed. Nothing here imports pandas, pyarrow or pandera: the
 DAG file stays quick to parse (the dag-processor and every task process parse it, under
-``dagbag_import_timeout``); the task bodies (``include.cxone_import.airflow_tasks``) import the heavy libraries when
-they run, and import these names from here."""
+``dagbag_import_timeout``); the task bodies (``include.cxone_import.tasks``) import the heavy libraries when they
+run, and import these names from here."""
 
 from __future__ import annotations
 

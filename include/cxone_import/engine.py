@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +49,7 @@ from cxone_provider.models import RecordIssue, parse_record_issues
 from cxone_provider.retry import is_configuration_error
 
 from cxone_runs.layout import RunLayout
+from include.cxone_import.handoffs import AuditEntry, GroupSummary
 from include.cxone_import.storage import ensure_parent, fs_path, put_bytes, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -112,15 +113,16 @@ class BatchMetrics:
         return {**self.__dict__, "request_ids": list(self.request_ids)}
 
 
-class BatchResult(NamedTuple):
-    """What one batch of a group came to: its metrics, its records' outcomes and its audit entry."""
+class SettledBatch(NamedTuple):
+    """What one batch of a group came to: its metrics, its records' outcomes and its audit entry (the provider's
+    ``models.BatchResult`` is one request's answer)."""
 
     metrics: BatchMetrics
     outcomes: list[Outcome]
-    audit: dict[str, Any]
+    audit: AuditEntry
 
 
-BatchListener = Callable[[BatchMetrics, dict[str, Any]], None]
+BatchListener = Callable[[BatchMetrics, AuditEntry], None]
 """Told of each batch this task sent as soon as its outcome is final: (metrics, audit entry)."""
 T = TypeVar("T")
 
@@ -246,7 +248,7 @@ class GroupImporter:
                 self.stopped_by = error
                 log.warning("stopped sending: %s", error)
 
-    def run(self, group_index: int, on_batch: BatchListener | None = None) -> dict[str, Any]:
+    def run(self, group_index: int, on_batch: BatchListener | None = None) -> GroupSummary:
         """Import the group; write its outcomes, batch metrics and audit entries; return the group summary.
 
         Sending starts while the group file is still being read (a bounded window of batches is queued ahead of the
@@ -261,7 +263,7 @@ class GroupImporter:
         started = time.monotonic()
         self._progress = _Progress(group_index, len(batch_ids), started)
         metrics: list[BatchMetrics] = []
-        audit: list[dict[str, Any]] = []
+        audit: list[AuditEntry] = []
         with _OutcomeWriter(self._layout.outcome_file(group_index)) as outcomes, ThreadPoolExecutor(
             max_workers=self._concurrency, thread_name_prefix=f"cxone-g{group_index}"
         ) as pool:
@@ -273,20 +275,11 @@ class GroupImporter:
         elapsed = time.monotonic() - started
         write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), audit)
         counts = outcomes.counts
-        summary = {
-            "group_index": group_index,
-            "records": records,
-            "batches": len(metrics),
-            **{name: int(counts.get(name, 0)) for name in OUTCOMES},
-            NOT_SENT: int(counts.get(NOT_SENT, 0)),
-            "transient_failed_batches": sum(1 for m in metrics if m.transient),
-            "stopped": {"error": type(self.stopped_by).__name__, "message": str(self.stopped_by)} if self.stopped_by else None,
-            "resumed_batches": sum(1 for m in metrics if m.resumed),
-            "requests": sum(m.requests for m in metrics),
-            "rate_limited": sum(m.rate_limited for m in metrics),
-            "seconds": round(elapsed, 3),
-            "batch_metrics": [m.as_dict() for m in metrics],
-        }
+        summary = group_summary(
+            group_index, records, metrics, counts, elapsed,
+            not_sent=int(counts.get(NOT_SENT, 0)),
+            stopped={"error": type(self.stopped_by).__name__, "message": str(self.stopped_by)} if self.stopped_by else None,
+        )
         write_json(self._layout.group_summary(group_index), summary, compact=True)
         log.info(
             "group %d done in %.1fs: %d imported, %d duplicate, %d failed, %d requests, %d answered 429",
@@ -295,7 +288,7 @@ class GroupImporter:
         )
         return summary
 
-    def import_rows(self, batches: list[tuple[int, str, list[tuple]]]) -> list[BatchResult]:
+    def import_rows(self, batches: list[tuple[int, str, list[tuple]]]) -> list[SettledBatch]:
         """Send batches held in memory (``(batch_index, batch_id, members)`` as a group file gives them) with the same
         rules and checkpoints as a group's: records of updates the list no longer held, created after the group."""
         self._checkpoints = CheckpointStore(self._layout, [b[1] for b in batches])
@@ -305,7 +298,7 @@ class GroupImporter:
 
     # -- one batch ---------------------------------------------------------------------------------------------
 
-    def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> BatchResult:
+    def _import_batch(self, batch_index: int, batch_id: str, members: list[tuple]) -> SettledBatch:
         metrics = BatchMetrics(batch_id=batch_id, batch_index=batch_index, records=len(members), started_at=_now())
         checkpoint = self._checkpoints.load(batch_id)
         if checkpoint is not None:
@@ -314,7 +307,7 @@ class GroupImporter:
             # the same id is the same records; their rows are this run's (a corrected file may have moved them)
             row_of = {member[1]: member[0] for member in members}
             outcomes = [Outcome(row_of.get(o[1], o[0]), *o[1:]) for o in checkpoint["outcomes"]]
-            return BatchResult(metrics, outcomes, audit_entry(metrics))
+            return SettledBatch(metrics, outcomes, audit_entry(metrics))
         rows = [Row(*member) for member in members]
         if self.stopped_by is None and self._fence is not None:
             try:
@@ -341,7 +334,7 @@ class GroupImporter:
             log.warning("batch %s failed transiently after %d attempts: %s", batch_id, metrics.attempts, metrics.error)
         else:
             self._checkpoints.save(batch_id, {"metrics": metrics.as_dict(), "outcomes": outcomes.items})
-        result = BatchResult(metrics, outcomes.items, audit_entry(metrics))
+        result = SettledBatch(metrics, outcomes.items, audit_entry(metrics))
         if not metrics.transient and self._on_batch is not None:
             try:
                 self._on_batch(metrics, result.audit)
@@ -350,7 +343,7 @@ class GroupImporter:
         self._progress.batch_done(metrics.records)
         return result
 
-    def _not_sent(self, rows: list[Row], outcomes: _BatchOutcomes) -> BatchResult:
+    def _not_sent(self, rows: list[Row], outcomes: _BatchOutcomes) -> SettledBatch:
         """The batch after the group stopped: its records without an answer end ``not_sent``; no checkpoint (a later
         run sends it again; its in-flight marker stays when a request of it may have reached CXone)."""
         metrics = outcomes.metrics
@@ -363,7 +356,7 @@ class GroupImporter:
         for name, attr in ((IMPORTED, "imported"), (DUPLICATE, "duplicates"), (FAILED, "failed")):
             setattr(metrics, attr, sum(1 for o in outcomes.items if o.outcome == name))
         self._progress.batch_done(metrics.records)
-        return BatchResult(metrics, outcomes.items, audit_entry(metrics))
+        return SettledBatch(metrics, outcomes.items, audit_entry(metrics))
 
     def _send(self, rows: list[Row], uncertain: bool, outcomes: _BatchOutcomes) -> None:
         metrics = outcomes.metrics
@@ -679,18 +672,40 @@ def _named_indexes(rows: list[Row], items: Sequence[Any]) -> dict[int, str]:
     return named
 
 
-def audit_entry(metrics: BatchMetrics) -> dict[str, Any]:
-    """The batch's audit entry (also the ``auditTrailer`` of its CRM event)."""
+def group_summary(group_index: int, records: int, metrics: Sequence[BatchMetrics], counts: Mapping[str, int],
+                  seconds: float, **profile: Any) -> GroupSummary:
+    """What a group came to, for either API profile: its counts by outcome and its batches' (or uploaded files')
+    metrics; ``profile``: the profile's own fields (``GroupSummary`` names them)."""
+    summary: GroupSummary = {
+        "group_index": group_index,
+        "records": records,
+        "batches": len(metrics),
+        IMPORTED: int(counts.get(IMPORTED, 0)),
+        DUPLICATE: int(counts.get(DUPLICATE, 0)),
+        FAILED: int(counts.get(FAILED, 0)),
+        "transient_failed_batches": sum(1 for m in metrics if m.transient),
+        "resumed_batches": sum(1 for m in metrics if m.resumed),
+        "requests": sum(m.requests for m in metrics),
+        "rate_limited": sum(m.rate_limited for m in metrics),
+        "seconds": round(seconds, 3),
+        "batch_metrics": [m.as_dict() for m in metrics],
+    }
+    return {**summary, **profile}
+
+
+def audit_entry(metrics: BatchMetrics, *, kind: str = "batch", details: Mapping[str, Any] | None = None) -> AuditEntry:
+    """The batch's audit entry (also the ``auditTrailer`` of its CRM event); ``kind`` and ``details``: an uploaded
+    file's (the call_lists profile) instead of a records batch's."""
     return {
         "auditId": str(uuid.uuid4()),
         "timestamp": metrics.finished_at or _now(),
-        "kind": "batch",
+        "kind": kind,
         "batchId": metrics.batch_id,
         "batchIndex": metrics.batch_index,
         "recordCount": metrics.records,
         "status": metrics.status if not metrics.transient else "failed_transient",
         "latencyMs": round(metrics.latency_ms, 2),
-        "details": {
+        "details": dict(details) if details is not None else {
             "imported": metrics.imported,
             "duplicates": metrics.duplicates,
             "failed": metrics.failed,

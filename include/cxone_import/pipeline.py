@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from cxone_provider.redaction import mask_uri
 
 from include.cxone_import.arrow_text import arrow_strings
+from include.cxone_import.handoffs import ExtractResult, ImportGroup, ValidateResult
 from include.cxone_import.masking import neutralise_formulas
 from include.cxone_import.payloads import record_json
 from include.cxone_import.schema import REJECT_COLUMNS, ChunkValidator, ContactRecordSchema
@@ -47,7 +48,7 @@ GROUP_SCHEMA = pa.schema(
 )
 
 
-def extract(source: Any, layout: RunLayout, *, fmt: str | None = None, chunk_rows: int = 200_000) -> dict[str, Any]:
+def extract(source: Any, layout: RunLayout, *, fmt: str | None = None, chunk_rows: int = 200_000) -> ExtractResult:
     """Read the source in chunks into canonical parquet parts under the run."""
     parts: list[str] = []
     rows = 0
@@ -70,7 +71,7 @@ def validate(
     as_of: datetime | None = None,
     default_phone_region: str | None = None,
     max_record_chars: int | None = None,
-) -> dict[str, Any]:
+) -> ValidateResult:
     """Validate every extracted part; write valid parts, the rejects files and the rejection audit entries.
     ``max_record_chars``: the longest record as a calling-list CSV line (the call_lists profile), else no limit."""
     schema = ContactRecordSchema.policy(
@@ -132,7 +133,7 @@ def validate(
     }
 
 
-def reject_gate_tripped(validated: dict[str, Any], max_reject_share: float | None) -> bool:
+def reject_gate_tripped(validated: ValidateResult, max_reject_share: float | None) -> bool:
     """More rows rejected than the run allows: then nothing is sent (decided before the first request)."""
     if max_reject_share is None or not validated.get("input_rows"):
         return False
@@ -291,7 +292,7 @@ class _GroupFiles:
     layout: RunLayout
     writers: dict[int, pq.ParquetWriter]
     handles: dict[int, Any]
-    groups: dict[int, dict[str, Any]]
+    groups: dict[int, ImportGroup]
 
     def write(self, group_index: int, table: pa.Table) -> None:
         """Append to a group's file; groups fill in order, so the files of the groups before it are complete and
@@ -370,7 +371,7 @@ def chunk(
     left_out_rows: np.ndarray | None = None,
     listed_rows: np.ndarray | None = None,
     answer_lost_rows: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ImportGroup]:
     """Number the valid records to send (all but ``left_out_rows``, which the list already holds) into batches
     whose ids hash ``batch_scope`` and the records, stream them into one file per import group (``listed_rows``
     marked ``listed_before``, ``answer_lost_rows`` ``sent_unanswered``), write the manifest."""

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,7 +34,8 @@ import pyarrow.parquet as pq
 from cxone_provider.errors import CXoneError
 
 from include.cxone_import.call_list_sync import ids_on_list
-from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED, OUTCOMES, BatchMetrics, Outcome
+from include.cxone_import.engine import DUPLICATE, FAILED, IMPORTED, BatchMetrics, Outcome, audit_entry, group_summary
+from include.cxone_import.handoffs import AuditEntry, GroupSummary
 from include.cxone_import.pipeline import batch_id
 from include.cxone_import.sources import CUSTOM_PREFIX, PHONE_PREFIX, phone_type_of
 from cxone_runs.layout import RunLayout
@@ -69,7 +69,7 @@ class UploadOptions:
         return datetime.now(timezone.utc) + timedelta(days=self.expiration_days)
 
 
-class CallListClient(Protocol):
+class UploadClient(Protocol):
     """What the uploader needs of ``cxone_provider.call_lists.CallListClient``."""
 
     def upload(self, list_id: str, csv_bytes: bytes, *, file_name: str, expiration_date: datetime,
@@ -80,7 +80,7 @@ class CallListClient(Protocol):
 
 
 @dataclass(frozen=True)
-class CallListLayout:
+class CallListColumns:
     """The calling list of a run and its CSV columns (decided once, in ``chunk``; ``call_list.json``)."""
 
     list_id: str
@@ -92,7 +92,7 @@ class CallListLayout:
 
     @classmethod
     def for_columns(cls, list_id: str, list_name: str, external_id_column: str, canonical_columns: Iterable[str],
-                    *, created: bool = False) -> CallListLayout:
+                    *, created: bool = False) -> CallListColumns:
         """CSV columns for the canonical columns of the valid records: one per phone column (by type) and custom
         field, plus consent and opt-in (kept on the list as other fields)."""
         phones: dict[str, list[str]] = {}
@@ -137,7 +137,7 @@ class CallListLayout:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> CallListLayout:
+    def from_dict(cls, value: dict[str, Any]) -> CallListColumns:
         return cls(**value)
 
 
@@ -157,7 +157,7 @@ class UploadFile:
         return f"cxone-import-{self.file_id}.csv"
 
 
-def csv_files(call_list: CallListLayout, rows: Sequence[tuple[int, str, str]], *, records_per_file: int,
+def csv_files(call_list: CallListColumns, rows: Sequence[tuple[int, str, str]], *, records_per_file: int,
               max_bytes: int = MAX_FILE_BYTES, recovery_round: int = 0, first_index: int = 0) -> list[UploadFile]:
     """The group's records as CSV files of at most ``records_per_file`` records and ``max_bytes`` bytes, each with
     the header (the same rows always give the same files and ids; a recovery round's files carry their round in
@@ -223,7 +223,7 @@ class GroupState:
 class GroupUploader:
     """Uploads one group's records to a calling list and reconciles them by reading the list back."""
 
-    def __init__(self, client: CallListClient, call_list: CallListLayout, layout: RunLayout, *,
+    def __init__(self, client: UploadClient, call_list: CallListColumns, layout: RunLayout, *,
                  records_per_file: int, options: UploadOptions) -> None:
         self._client = client
         self._call_list = call_list
@@ -349,7 +349,7 @@ class GroupUploader:
     # -- 3. reconcile -----------------------------------------------------------------------------------------
 
     def reconcile(self, group_index: int, job_states: dict[str, str], *, timeout_s: float | None = None,
-                  recover: bool = True) -> dict[str, Any] | None:
+                  recover: bool = True) -> GroupSummary | None:
         """
         Read the list again and settle every record of the group.
 
@@ -401,21 +401,12 @@ class GroupUploader:
         frame = frame[~updates].reset_index(drop=True)
         write_parquet(self._layout.outcome_file(group_index), frame)
         write_jsonl(self._layout.audit_part(f"import-group-{group_index:05d}"), (_audit_entry(m, state) for m in metrics))
-        counts = frame["outcome"].value_counts()
-        summary = {
-            "group_index": group_index,
-            "records": len(frame),
-            "batches": len(metrics),
-            **{name: int(counts.get(name, 0)) for name in OUTCOMES},
-            "transient_failed_batches": 0,
-            "resumed_batches": 0,
-            "requests": sum(m.requests for m in metrics),
-            "rate_limited": 0,
-            "seconds": round(time.time() - (state.submitted_at or time.time()), 3),
-            "jobs": {f["job_id"]: f.get("job_state", PENDING) for f in state.files.values() if f.get("job_id")},
-            "recovery_rounds": state.recovery_rounds,
-            "batch_metrics": [asdict(m) for m in metrics],
-        }
+        summary = group_summary(
+            group_index, len(frame), metrics, frame["outcome"].value_counts(),
+            time.time() - (state.submitted_at or time.time()),
+            jobs={f["job_id"]: f.get("job_state", PENDING) for f in state.files.values() if f.get("job_id")},
+            recovery_rounds=state.recovery_rounds,
+        )
         write_json(self._layout.outcome_file(group_index).with_suffix(".json"), summary)
         state.reconciled = True  # files still not_sent are sent by the task's retry, which reconciles again
         self._save(state)
@@ -474,24 +465,15 @@ def _file_metrics(upload: UploadFile, entry: dict[str, Any], outcomes: list[Outc
     )
 
 
-def _audit_entry(metrics: BatchMetrics, state: GroupState) -> dict[str, Any]:
-    return {
-        "auditId": str(uuid.uuid4()),
-        "timestamp": metrics.finished_at,
-        "kind": "upload",
-        "batchId": metrics.batch_id,
-        "batchIndex": metrics.batch_index,
-        "recordCount": metrics.records,
-        "status": metrics.status,
-        "latencyMs": round(metrics.latency_ms, 2),
-        "details": {
-            "imported": metrics.imported,
-            "failed": metrics.failed,
-            "jobId": next((f.get("job_id") for i, f in state.files.items() if i == metrics.batch_id), None),
-            "attempts": metrics.attempts,
-            "error": metrics.error,
-        },
-    }
+def _audit_entry(metrics: BatchMetrics, state: GroupState) -> AuditEntry:
+    """An uploaded file's audit entry."""
+    return audit_entry(metrics, kind="upload", details={
+        "imported": metrics.imported,
+        "failed": metrics.failed,
+        "jobId": next((f.get("job_id") for i, f in state.files.items() if i == metrics.batch_id), None),
+        "attempts": metrics.attempts,
+        "error": metrics.error,
+    })
 
 
 def _ms(started: float) -> float:

@@ -1,5 +1,6 @@
 """Airflow provider for NICE CXone contact-list imports: typed errors, HTTP client, retry policy, rate limiter,
-``CXoneHook``, the CRM webhook (``CrmWebhookHook``) and the run-failed notifier. Imports nothing from ``include/``."""
+``CXoneHook``, the CRM webhook (``CrmWebhookHook``), the run-failed notifier, and the deferrable
+``ImportGroupOperator`` beside the ``CallListJobsTrigger`` it defers on. Imports nothing from ``include/``."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ __all__ = [
     "CXoneConflictError",
     "CXoneConnectionError",
     "CXoneError",
+    "CXoneJobWaitError",
     "CXoneRateLimitError",
     "CXoneRedirectError",
     "CXoneServerError",
@@ -183,6 +184,11 @@ def _what_to_fix(conn_id: str, error: BaseException, list_id: str | None) -> str
         return (f"connection {conn_id}: CXone has no contact list {list_id or ''} on this tenant: check the "
                 "contact_list_id param (or the cxone_contact_list_id Variable) and the connection's host").replace("  ", " ")
     return f"connection {conn_id}: {type(error).__name__}"
+
+
+class CXoneJobWaitError(CXoneError):
+    """Waiting on the triggerer for upload jobs ended in an error (the trigger's ``error`` event); the task's retry
+    waits again."""
 
 
 class ListLeaseLostError(Exception):

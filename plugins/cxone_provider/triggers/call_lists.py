@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -22,6 +24,42 @@ from cxone_provider.retry import backoff_s
 log = logging.getLogger(__name__)
 
 COMPLETE, CANCELLED, PENDING = "complete", "cancelled", "pending"
+DONE, TIMEOUT, ERROR = "done", "timeout", "error"  # how a wait ended: the event's ``status``
+TRIGGER_TIMEOUT_MARGIN_S = 300  # the triggerer's own limit, beyond the trigger's timeout (a stuck trigger)
+
+
+@dataclass(frozen=True)
+class JobWait:
+    """What an import task defers on: upload jobs of one calling list (the :class:`CallListJobsTrigger`'s
+    arguments, named as its ``serialize()`` names them)."""
+
+    cxone_conn_id: str
+    list_id: str
+    job_ids: list[str]
+    wait_for_list: bool
+    submitted_at: float
+    timeout_s: float
+    poll_first_s: float
+    poll_max_s: float
+
+    @property
+    def deferral_timeout(self) -> timedelta:
+        """How long the task may stay deferred: the trigger's own timeout and a margin for a stuck trigger."""
+        return timedelta(seconds=self.timeout_s + TRIGGER_TIMEOUT_MARGIN_S)
+
+
+@dataclass(frozen=True)
+class JobsSettled:
+    """The trigger's event, read: how the wait ended (``done``, ``timeout``, ``error``) and each job's state."""
+
+    status: str
+    jobs: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> JobsSettled:
+        return cls(str(event.get("status") or ERROR), {str(k): str(v) for k, v in (event.get("jobs") or {}).items()},
+                   event.get("message"))
 
 
 class CallListJobsTrigger(BaseTrigger):
@@ -119,19 +157,19 @@ class CallListJobsTrigger(BaseTrigger):
                     polled, busy = await self._in_own_thread(self._poll, pending)
                     states.update(polled)
                 except (CXoneAuthError, CXoneUntrustedHostError) as exc:
-                    yield TriggerEvent({"status": "error", "message": str(exc), "jobs": states})
+                    yield TriggerEvent({"status": ERROR, "message": str(exc), "jobs": states})
                     return
                 except CXoneError as exc:  # the client's retries are spent; the next round tries again
                     self.log.warning("list %s: polling upload jobs failed (%s); polling on", self.list_id, exc)
                 if not busy and all(s != PENDING for s in states.values()):
                     self.log.info("list %s: upload jobs settled after %d polls: %s", self.list_id, poll, states)
-                    yield TriggerEvent({"status": "done", "jobs": states})
+                    yield TriggerEvent({"status": DONE, "jobs": states})
                     return
                 remaining = deadline - time.time()
                 if remaining <= 0:
                     self.log.warning("list %s: upload jobs not settled after %.0fs: %s", self.list_id,
                                      self.timeout_s, states)
-                    yield TriggerEvent({"status": "timeout", "jobs": states})
+                    yield TriggerEvent({"status": TIMEOUT, "jobs": states})
                     return
                 await asyncio.sleep(min(remaining, backoff_s(poll, self.poll_first_s, self.poll_max_s)))
         finally:

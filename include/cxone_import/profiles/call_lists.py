@@ -1,87 +1,71 @@
-"""The DAG's import step for both API profiles: what the deferrable ``operators.ImportGroupOperator`` runs.
-
-The connection's ``api_profile`` decides what a mapped task does:
-
-- ``records``: the records engine sends the group's batches (``airflow_tasks.import_group``) and the task ends.
-- ``call_lists``: the task uploads the group's CSV files (job ids checkpointed), then *defers*: it hands a
-  :class:`~cxone_provider.triggers.call_lists.CallListJobsTrigger` to Airflow's triggerer and leaves its worker
-  slot (and its ``cxone_api`` pool slot). When every job is complete or cancelled, or the wait timed out, the
-  triggerer's event resumes the task in ``execute_complete``, which reads the list back and writes the outcomes.
-  A retried or cleared task finds the checkpointed jobs and waits for them again; it never uploads a file twice.
+"""The ``call_lists`` API profile's import step (NICE's calling-list API): the task sends the group's removals,
+uploads its CSV files (job ids checkpointed) and returns a :class:`~cxone_provider.triggers.call_lists.JobWait`,
+on which the provider's ``ImportGroupOperator`` *defers*: the triggerer waits for the jobs and the task leaves its
+worker slot (and its ``cxone_api`` pool slot). When every job is complete or cancelled, or the wait timed out, the
+task resumes in :func:`finish_group`, which reads the list back and writes the outcomes. A retried or cleared task
+finds the checkpointed jobs and waits for them again; it never uploads a file twice. Also what ``chunk`` needs of
+the profile: the calling list found or created (:func:`prepare_call_list`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
 from cxone_provider.errors import CXoneConfigurationError
+from cxone_provider.triggers.call_lists import TRIGGER_TIMEOUT_MARGIN_S, JobsSettled, JobWait
 
 from cxone_runs.layout import RunLayout
-from include.cxone_import import airflow_tasks as steps
 from include.cxone_import import sync
 from include.cxone_import.call_list_sync import CallListSyncer, dnc_audit_entries, dnc_counts
 from include.cxone_import.engine import TransientImportError
+from include.cxone_import.handoffs import GroupSummary, ImportGroup, RunParams
+from include.cxone_import.list_lease import contact_list_lease, hold_contact_list, sending_list_key
+from include.cxone_import.run_bookkeeping import record_answers, record_sync_answers, xcom_summary
 from include.cxone_import.storage import read_json, write_json
-from include.cxone_import.uploads import CallListLayout, GroupUploader, UploadOptions
+from include.cxone_import.task_config import contact_list_id, cxone_hook, run_layout
+from include.cxone_import.uploads import CallListColumns, GroupUploader, UploadOptions
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
 
-CALL_LISTS = "call_lists"
-TRIGGER_TIMEOUT_MARGIN_S = 300  # the triggerer's own limit, beyond the trigger's timeout (a stuck trigger)
 
-
-def _hook() -> Any:
-    from cxone_provider.hooks.cxone import CXoneHook
-
-    return CXoneHook(cxone_conn_id=steps.CXONE_CONN_ID)
-
-
-def api_profile() -> str:
-    """The connection's API profile; ``records`` when there is no CXone connection (a dry run may have none)."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        return _hook().api_profile
-    except AirflowNotFoundException:
-        return "records"
-
-
-def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool) -> tuple[CallListLayout | None, str]:
+def prepare_call_list(params: RunParams, layout: RunLayout, *, create: bool) -> tuple[CallListColumns | None, str]:
     """Find the run's calling list by id or name, or, when ``create`` and the param ``create_list_if_missing`` say
     so, create it (with the external id column, a destination mapping per phone column and a custom-field mapping
     per other column); remember it and its CSV columns in ``call_list.json`` (a retried chunk reuses it). Returns
     the list (None: missing, to be created once records are sent) and the tenant id its token names."""
     path = layout.call_list
-    hook = _hook()
-    name = steps.contact_list_id(params)
+    hook = cxone_hook()
+    name = contact_list_id(params)
     external_id_column = hook.call_list_options["external_id_column"]
     with layout.valid_part(0).open("rb") as handle:
         columns = pq.read_schema(handle).names
     with hook.get_call_list_client() as client:
         tenant_id = client.tenant_id
         if path.exists():
-            return CallListLayout.from_dict(read_json(path)), tenant_id
+            return CallListColumns.from_dict(read_json(path)), tenant_id
         found = client.find_list(name)
         if found is not None:
-            call_list = CallListLayout.for_columns(str(found["listId"]), str(found.get("listName") or name),
+            call_list = CallListColumns.for_columns(str(found["listId"]), str(found.get("listName") or name),
                                                    external_id_column, columns)
             log.info("calling list %s found: id %s", name, call_list.list_id)
         elif params.get("create_list_if_missing") and not create:
             return None, tenant_id  # created by the run that sends (never on a dry run or a held run)
         elif params.get("create_list_if_missing"):
-            planned = CallListLayout.for_columns("", name, external_id_column, columns, created=True)
+            planned = CallListColumns.for_columns("", name, external_id_column, columns, created=True)
             list_id = client.create_list(
                 name,
                 external_id_column=external_id_column,
                 destination_mappings=planned.destination_mappings(),
                 custom_field_mappings=planned.custom_field_mappings(),
             )
-            call_list = CallListLayout.for_columns(list_id, name, external_id_column, columns, created=True)
+            call_list = CallListColumns.for_columns(list_id, name, external_id_column, columns, created=True)
         elif not create:
             return None, tenant_id  # a dry run or a held run: the report says nothing was sent
         else:
@@ -94,26 +78,9 @@ def prepare_call_list(params: dict[str, Any], layout: RunLayout, *, create: bool
     return call_list, tenant_id
 
 
-@dataclass(frozen=True)
-class JobWait:
-    """What the task defers on: the arguments of ``CallListJobsTrigger`` (``asdict`` gives them)."""
-
-    cxone_conn_id: str
-    list_id: str
-    job_ids: list[str]
-    wait_for_list: bool
-    submitted_at: float
-    timeout_s: float
-    poll_first_s: float
-    poll_max_s: float
-
-    def trigger_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any]) -> tuple[GroupUploader, dict[str, Any]]:
+def _uploader(hook: Any, client: Any, layout: RunLayout, params: RunParams) -> tuple[GroupUploader, dict[str, Any]]:
     options = hook.call_list_options
-    call_list = CallListLayout.from_dict(read_json(layout.call_list))
+    call_list = CallListColumns.from_dict(read_json(layout.call_list))
     upload_options = UploadOptions(
         expiration_days=int(params.get("list_expiration_days") or options["list_expiration_days"]),
         skill_id=options["skill_id"],
@@ -126,7 +93,7 @@ def _uploader(hook: Any, client: Any, layout: RunLayout, params: dict[str, Any])
     return uploader, options
 
 
-def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, context: dict[str, Any],
+def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, context: Context,
             options: dict[str, Any], *, submitted_at: float | None = None) -> JobWait | None:
     """Upload the group's files never sent (the caller holds the list); what to wait for, or None."""
     state = uploader.submit(group_index)
@@ -135,9 +102,9 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, cont
     if not state.jobs() and not state.uncertain():
         return None
     # while deferred nothing renews the lease: hold the list for the whole wait (the report task releases it)
-    steps.hold_contact_list(hook, key, context, options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
+    hold_contact_list(hook, key, context, options["job_timeout_s"] + TRIGGER_TIMEOUT_MARGIN_S)
     return JobWait(
-        cxone_conn_id=steps.CXONE_CONN_ID,
+        cxone_conn_id=hook.cxone_conn_id,
         list_id=uploader.list_id,
         job_ids=[j for j in state.jobs() if j not in state.settled_jobs()],
         wait_for_list=state.uncertain(),
@@ -149,24 +116,31 @@ def _submit(hook: Any, uploader: GroupUploader, group_index: int, key: Any, cont
 
 
 def _syncer(hook: Any, client: Any, layout: RunLayout) -> CallListSyncer:
-    call_list = CallListLayout.from_dict(read_json(layout.call_list))
+    call_list = CallListColumns.from_dict(read_json(layout.call_list))
     return CallListSyncer(client, call_list.list_id, call_list.list_name, layout,
                           dnc_group_id=hook.call_list_options.get("dnc_group_id"))
 
 
-def _mirror_allowed(layout: RunLayout, params: dict[str, Any]) -> bool:
+def _mirror_allowed(layout: RunLayout, params: RunParams) -> bool:
     plan = sync.read_plan(layout)
     return bool(sync.mirror_removals_allowed(layout, plan, float(params.get("max_removal_share", 0.05))))
 
 
-def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any]) -> JobWait | None:
+def start_group(hook: Any, group: ImportGroup, params: RunParams, context: Context) -> GroupSummary | JobWait:
+    """The import step: remove and upload (:func:`submit_group`), then what to wait for, or, when nothing is to be
+    waited for, the group's summary at once."""
+    wait = submit_group(hook, group, params, context)
+    return wait if wait is not None else finish_group(hook, group, params, context, None)
+
+
+def submit_group(hook: Any, group: ImportGroup, params: RunParams, context: Context) -> JobWait | None:
     """Send the group's removals (sync: removals, the old versions of changed records, DNC entries), then upload
     the group's files (those never sent) while the run holds the list; what the task waits for, or None when there
     is nothing to wait for."""
-    layout = steps.run_layout(context)
-    key = steps.sending_list_key(layout)
+    layout = run_layout(context)
+    key = sending_list_key(layout)
     group_index = int(group["group_index"])
-    with steps.contact_list_lease(hook, key, context) as lease, \
+    with contact_list_lease(hook, key, context) as lease, \
             hook.get_call_list_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client:
         # removals first: a changed record's new version is uploaded only once its old one is seen gone
         _syncer(hook, client, layout).remove(group_index, mirror_allowed=_mirror_allowed(layout, params))
@@ -174,25 +148,23 @@ def submit_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
         return _submit(hook, uploader, group_index, key, context, options)
 
 
-def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], context: dict[str, Any],
-                 event: dict[str, Any] | None) -> dict[str, Any] | JobWait:
+def finish_group(hook: Any, group: ImportGroup, params: RunParams, context: Context,
+                 settled: JobsSettled | None) -> GroupSummary | JobWait:
     """Reconcile the group from the list (after its jobs settled or timed out), update the list's state, and raise
     when a file is still to be sent (the task's retry sends it). When the read-back plans a recovery round (rows
     of a cancelled job or a lost reply that the list does not hold), upload its files and return what to wait for
-    instead."""
-    if event and event.get("status") == "error":
-        raise RuntimeError(f"waiting for the upload jobs failed: {event.get('message')}")
-    layout = steps.run_layout(context)
+    instead. ``settled``: the trigger's event (None: nothing was waited for)."""
+    layout = run_layout(context)
     group_index = int(group["group_index"])
-    key = steps.sending_list_key(layout)
-    with steps.contact_list_lease(hook, key, context) as lease, \
+    key = sending_list_key(layout)
+    with contact_list_lease(hook, key, context) as lease, \
             hook.get_call_list_client(rate_limiter=lease.fenced(hook.rate_limiter)) as client:
         uploader, options = _uploader(hook, client, layout, params)
         state = uploader.load_state(group_index)
-        if state.reconciled and not state.not_sent() and event is None:
+        if state.reconciled and not state.not_sent() and settled is None:
             summary = read_json(layout.group_summary(group_index))
         else:
-            summary = uploader.reconcile(group_index, dict((event or {}).get("jobs") or {}),
+            summary = uploader.reconcile(group_index, dict(settled.jobs) if settled else {},
                                          timeout_s=options["job_timeout_s"])
             if summary is None:  # a recovery round: its files go now, the task waits for their jobs again
                 wait = _submit(hook, uploader, group_index, key, context, options, submitted_at=time.time())
@@ -202,7 +174,7 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
                 summary = uploader.reconcile(group_index, {}, timeout_s=options["job_timeout_s"], recover=False)
             state = uploader.load_state(group_index)
         sync_summary = _account_sync(_syncer(hook, client, layout), layout, key, group_index, params, context)
-    steps.record_answers(layout, key, group_index, context)
+    record_answers(layout, key, group_index, context)
     if sync_summary is not None:
         summary = {**summary, "sync": sync_summary}
     if state.not_sent():
@@ -210,11 +182,11 @@ def finish_group(hook: Any, group: dict[str, Any], params: dict[str, Any], conte
             f"group {group_index}: {len(state.not_sent())} files could not be uploaded; the task retry sends only "
             "those, the others keep their jobs"
         )
-    return {**summary, "batch_metrics": [{k: m[k] for k in steps.XCOM_BATCH_FIELDS} for m in summary["batch_metrics"]]}
+    return xcom_summary(summary)
 
 
-def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_index: int, params: dict[str, Any],
-                  context: dict[str, Any]) -> dict[str, Any] | None:
+def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_index: int, params: RunParams,
+                  context: Context) -> dict[str, Any] | None:
     """The group's updates, removals and DNC entries into the run's accounting (the records profile's functions:
     outcome file, audit, counts, the list's state); None when the group has none."""
     if syncer.ops(group_index) is None:
@@ -225,5 +197,5 @@ def _account_sync(syncer: CallListSyncer, layout: RunLayout, key: Any, group_ind
     group_id = str(syncer.dnc_group_id or "")
     counts = sync.record_group(layout, group_index, summary, results, mirror_allowed=allowed,
                                audit=dnc_audit_entries(group_id, dnc), extra={"dnc": dnc_counts(dnc)} if dnc else None)
-    steps.record_sync_answers(layout, key, group_index, context, results)
+    record_sync_answers(layout, key, group_index, context, results)
     return counts
