@@ -35,16 +35,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-# The bad-row kinds and the rule names (docs/DESIGN.md) a row of that kind breaks.
+from include.cxone_import import rules
+
+# The bad-row kinds and the validation rules (include/cxone_import/rules.py) a row of that kind breaks.
 BAD_KIND_RULES: dict[str, frozenset[str]] = {
-    "bad_phone": frozenset({"phone_e164"}),
-    "no_phone": frozenset({"phone_present"}),
-    "expired_consent": frozenset({"consent_max_age"}),
-    "future_consent": frozenset({"consent_not_future"}),
-    "unparseable_consent": frozenset({"consent_parseable"}),
-    "bad_opt_in": frozenset({"opt_in_status_allowed"}),
-    "duplicate_id": frozenset({"contact_id_unique"}),
-    "missing_id": frozenset({"contact_id_present"}),
+    "bad_phone": frozenset({rules.PHONE_E164}),
+    "no_phone": frozenset({rules.PHONE_PRESENT}),
+    "expired_consent": frozenset({rules.CONSENT_MAX_AGE}),
+    "future_consent": frozenset({rules.CONSENT_NOT_FUTURE}),
+    "unparseable_consent": frozenset({rules.CONSENT_PARSEABLE}),
+    "bad_opt_in": frozenset({rules.OPT_IN_STATUS_ALLOWED}),
+    "duplicate_id": frozenset({rules.CONTACT_ID_UNIQUE}),
+    "missing_id": frozenset({rules.CONTACT_ID_PRESENT}),
 }
 BAD_KINDS: tuple[str, ...] = tuple(BAD_KIND_RULES)
 FORMATS = ("csv", "jsonl")
