@@ -508,7 +508,7 @@ class _CallListHandler(JsonHandler):
         except BodyError as exc:
             self.send_json(exc.status, {"error": exc.error})
             return
-        try:
+        with self.answering():
             lowered = path.lower()
             if method == "GET" and path.rstrip("/") == "/.well-known/openid-configuration":
                 app._openid_configuration(self)
@@ -524,11 +524,6 @@ class _CallListHandler(JsonHandler):
                     app._api(self, method, route, query, body)
             else:
                 self.send_json(404, {"error": "NotFound"})
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-        except Exception:  # a sandbox bug must still answer, not hang the client
-            self.close_connection = True
-            self.send_json(500, {"error": "internal_error"})
 
     def do_GET(self) -> None:
         self._dispatch("GET")

@@ -8,6 +8,8 @@ import socket
 import socketserver
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,6 +86,18 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Handle one request: a connection the client dropped is closed; a sandbox bug still answers (500), never
+        hangs the client."""
+        try:
+            yield
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # noqa: BLE001 - whatever broke, the client gets an answer
+            self.close_connection = True
+            self.send_json(500, {"error": "internal_error"})
 
     def read_request(self) -> tuple[str, bytes] | None:
         """The request's path and body; None when the body could not be read (that error is already answered)."""

@@ -455,7 +455,7 @@ class _SandboxHandler(JsonHandler):
         if request is None:
             return
         path, body = request
-        try:
+        with self.answering():
             match = _RECORDS_PATH.match(path)
             if match:
                 app._import_records(self, unquote(match.group(1)), body)
@@ -465,11 +465,6 @@ class _SandboxHandler(JsonHandler):
                 app._control_post(self, path, body)
             else:
                 self.send_json(404, {"error": "not_found"})
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-        except Exception:  # a sandbox bug must still answer, not hang the client
-            self.close_connection = True
-            self.send_json(500, {"error": "internal_error"})
 
     def do_GET(self) -> None:
         app: CXoneSandbox = self.server.app
@@ -496,13 +491,8 @@ class _SandboxHandler(JsonHandler):
         if match is None:
             self.send_json(404 if not _RECORDS_PATH.match(path) else 405, {"error": "not_found"})
             return
-        try:
+        with self.answering():
             app._record_call(self, method, unquote(match.group(1)), unquote(match.group(2)), body)
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-        except Exception:  # a sandbox bug must still answer, not hang the client
-            self.close_connection = True
-            self.send_json(500, {"error": "internal_error"})
 
     def do_PUT(self) -> None:
         self._record_method("PUT")
