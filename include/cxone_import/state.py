@@ -895,10 +895,6 @@ def read_decided_rows(layout: RunLayout, *decisions: int) -> np.ndarray:
     return table.loc[table["decision"].isin(decisions), "row_number"].to_numpy(dtype=np.int64)
 
 
-def read_unchanged_rows(layout: RunLayout) -> np.ndarray:
-    return read_decided_rows(layout, DECISION_UNCHANGED)
-
-
 def decide_changes(
     layout: RunLayout,
     state: ContactListState | None,
